@@ -1,0 +1,723 @@
+//! Configuration: the YAML file, environment variables (MLflow's own `MLFLOW_TRACKING_*` among them) and
+//! command-line flags, merged in that order of precedence into one validated [`Settings`].
+//! The doc comments on the structs are the configuration reference; secrets print as `<redacted>`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::ConfigError;
+
+/// Default port: from the 9100–9999 range Prometheus exporters use.
+pub const DEFAULT_PORT: u16 = 9868;
+
+/// A value that must never be printed or logged (passwords, tokens).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that sends it (an HTTP header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// Everything the exporter can be told.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub mlflow: MlflowSettings,
+    pub web: WebSettings,
+    pub log: LogSettings,
+    pub metrics: MetricsSettings,
+    pub cost: CostSettings,
+}
+
+/// How to reach MLflow and how often to read it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlflowSettings {
+    /// Base URL of the tracking server (`MLFLOW_TRACKING_URI`), e.g. `http://mlflow:5000`.
+    pub tracking_uri: String,
+    /// Bearer token (`MLFLOW_TRACKING_TOKEN`).
+    pub token: Option<Secret>,
+    /// Basic-auth user (`MLFLOW_TRACKING_USERNAME`); wins over a token when both are set, as in MLflow's client.
+    pub username: Option<String>,
+    /// Basic-auth password (`MLFLOW_TRACKING_PASSWORD`).
+    pub password: Option<Secret>,
+    /// Skip TLS verification (`MLFLOW_TRACKING_INSECURE_TLS=true`). For testing only.
+    pub insecure_tls: bool,
+    /// CA bundle (PEM) to verify the server with (`MLFLOW_TRACKING_SERVER_CERT_PATH`).
+    pub server_cert_path: Option<PathBuf>,
+    /// Client certificate and key in one PEM file (`MLFLOW_TRACKING_CLIENT_CERT_PATH`).
+    pub client_cert_path: Option<PathBuf>,
+    /// Timeout of one request to MLflow.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of one request on connection errors, 429 and 5xx (never on other 4xx).
+    pub max_retries: u32,
+    /// First retry delay; doubles on each retry, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Page size of runs and model-version searches.
+    pub page_size: u32,
+    /// Time between sync cycles (`--mlflow.sync-interval`).
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Time between full re-reads, which also notice deleted runs (`--mlflow.full-resync-interval`).
+    #[serde(with = "humantime_serde")]
+    pub full_resync_interval: Duration,
+    /// How far an incremental cycle looks back before its cursor, for clock skew and late writes.
+    #[serde(with = "humantime_serde")]
+    pub sync_overlap: Duration,
+}
+
+impl Default for MlflowSettings {
+    fn default() -> Self {
+        MlflowSettings {
+            tracking_uri: String::new(),
+            token: None,
+            username: None,
+            password: None,
+            insecure_tls: false,
+            server_cert_path: None,
+            client_cert_path: None,
+            timeout: Duration::from_secs(30),
+            max_retries: 3,
+            retry_backoff: Duration::from_millis(500),
+            page_size: 1000,
+            sync_interval: Duration::from_secs(60),
+            full_resync_interval: Duration::from_secs(3600),
+            sync_overlap: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The exporter's own HTTP server.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSettings {
+    /// Address to listen on (`--web.listen-address`); `:PORT` means every interface.
+    pub listen_address: String,
+    /// Path of the metrics endpoint (`--web.telemetry-path`).
+    pub telemetry_path: String,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            listen_address: format!(":{DEFAULT_PORT}"),
+            telemetry_path: "/metrics".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Logfmt,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `debug`, `info`, `warn` or `error` (`--log.level`).
+    pub level: LogLevel,
+    /// `logfmt` or `json` (`--log.format`).
+    pub format: LogFormat,
+}
+
+/// What the derived metrics look like.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Buckets of `mlflow_run_duration_seconds`, in seconds.
+    pub run_duration_buckets: Vec<f64>,
+    /// Windows of the active, new and churned user gauges.
+    #[serde(with = "humantime_vec")]
+    pub user_windows: Vec<Duration>,
+    /// Run tag (then experiment tag) that names a run's team.
+    pub team_tag: String,
+    /// At most this many values per user-fed label; the rest become `__other__`.
+    pub max_label_values: usize,
+    /// Extra labels on `mlflow_runs_ended_total` and `mlflow_run_duration_seconds`, from a run tag or param.
+    pub extra_labels: Vec<ExtraLabel>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            run_duration_buckets: vec![
+                60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0,
+            ],
+            user_windows: vec![
+                Duration::from_secs(86400),
+                Duration::from_secs(7 * 86400),
+                Duration::from_secs(30 * 86400),
+            ],
+            team_tag: "team".into(),
+            max_label_values: 200,
+            extra_labels: Vec::new(),
+        }
+    }
+}
+
+/// A label taken from each run, e.g. `{name: estimator, param: estimator_class}`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraLabel {
+    /// Label name on the exported series.
+    pub name: String,
+    /// Run tag to read it from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Run param to read it from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+}
+
+/// The rate card that prices run time.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CostSettings {
+    /// Currency of `mlflow_run_cost_total` (documentation only; the number is in this currency).
+    pub currency: String,
+    /// Hourly rate of a run no rate matches.
+    pub default_hourly_rate: f64,
+    /// Run tag whose value is the `instance_type` label.
+    pub instance_type_tag: String,
+    /// Rates, first match wins.
+    pub rates: Vec<Rate>,
+}
+
+impl Default for CostSettings {
+    fn default() -> Self {
+        CostSettings {
+            currency: "USD".into(),
+            default_hourly_rate: 0.0,
+            instance_type_tag: "instance_type".into(),
+            rates: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    #[serde(rename = "match")]
+    pub matcher: RateMatch,
+    pub hourly_rate: f64,
+    /// GPUs of the instance; when unset, the GPUs a run's system metrics show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+}
+
+/// Which runs a rate applies to: a tag or param equal to `value` or matching `regex`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+mod humantime_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Clone, Debug, Default)]
+pub struct FlagOverrides {
+    pub listen_address: Option<String>,
+    pub telemetry_path: Option<String>,
+    pub log_level: Option<LogLevel>,
+    pub log_format: Option<LogFormat>,
+    pub tracking_uri: Option<String>,
+    pub sync_interval: Option<String>,
+    pub full_resync_interval: Option<String>,
+}
+
+/// MLflow client variables and the settings keys they set.
+const MLFLOW_ENV: &[(&str, &str)] = &[
+    ("MLFLOW_TRACKING_URI", "mlflow.tracking_uri"),
+    ("MLFLOW_TRACKING_TOKEN", "mlflow.token"),
+    ("MLFLOW_TRACKING_USERNAME", "mlflow.username"),
+    ("MLFLOW_TRACKING_PASSWORD", "mlflow.password"),
+    (
+        "MLFLOW_TRACKING_SERVER_CERT_PATH",
+        "mlflow.server_cert_path",
+    ),
+    (
+        "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+        "mlflow.client_cert_path",
+    ),
+];
+
+/// Prefix of the exporter's own variables: `MLFLOW_EXPORTER_MLFLOW__SYNC_INTERVAL=30s`.
+const EXPORTER_ENV_PREFIX: &str = "MLFLOW_EXPORTER";
+
+impl Settings {
+    /// Merges file < environment < flags. `env` is passed in so tests need not touch the process environment.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: &HashMap<String, String>,
+        flags: &FlagOverrides,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist; pass an existing YAML file to --config.file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Yaml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(EXPORTER_ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(
+                    env.iter()
+                        .filter(|(k, _)| k.starts_with(EXPORTER_ENV_PREFIX))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )),
+        );
+        let set = |b: config::ConfigBuilder<config::builder::DefaultState>,
+                   key: &str,
+                   value: Option<String>| {
+            b.set_override_option(key, value)
+                .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
+        };
+        for (var, key) in MLFLOW_ENV {
+            builder = set(
+                builder,
+                key,
+                env.get(*var).filter(|v| !v.is_empty()).cloned(),
+            )?;
+        }
+        // MLflow's client treats only the exact string "true" as disabling verification.
+        if let Some(v) = env.get("MLFLOW_TRACKING_INSECURE_TLS") {
+            builder = set(
+                builder,
+                "mlflow.insecure_tls",
+                Some((v == "true").to_string()),
+            )?;
+        }
+        builder = set(builder, "web.listen_address", flags.listen_address.clone())?;
+        builder = set(builder, "web.telemetry_path", flags.telemetry_path.clone())?;
+        builder = set(builder, "log.level", flags.log_level.map(|l| enum_name(&l)))?;
+        builder = set(
+            builder,
+            "log.format",
+            flags.log_format.map(|f| enum_name(&f)),
+        )?;
+        builder = set(builder, "mlflow.tracking_uri", flags.tracking_uri.clone())?;
+        builder = set(builder, "mlflow.sync_interval", flags.sync_interval.clone())?;
+        builder = set(
+            builder,
+            "mlflow.full_resync_interval",
+            flags.full_resync_interval.clone(),
+        )?;
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let settings: Settings = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        let uri = self.mlflow.tracking_uri.trim();
+        if uri.is_empty() {
+            return bad(
+                "mlflow.tracking_uri",
+                "not set; set MLFLOW_TRACKING_URI or mlflow.tracking_uri to the tracking server's URL".into(),
+            );
+        }
+        match url::Url::parse(uri) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => {
+                return bad(
+                    "mlflow.tracking_uri",
+                    format!(
+                        "scheme {:?} is not served over HTTP; the exporter needs a tracking server URL (http:// or https://)",
+                        u.scheme()
+                    ),
+                )
+            }
+            Err(e) => return bad("mlflow.tracking_uri", format!("{uri:?} is not a URL: {e}")),
+        }
+        if self.mlflow.password.is_some() && self.mlflow.username.is_none() {
+            return bad(
+                "mlflow.password",
+                "set without a username; set MLFLOW_TRACKING_USERNAME too".into(),
+            );
+        }
+        for (key, d) in [
+            ("mlflow.timeout", self.mlflow.timeout),
+            ("mlflow.sync_interval", self.mlflow.sync_interval),
+            (
+                "mlflow.full_resync_interval",
+                self.mlflow.full_resync_interval,
+            ),
+        ] {
+            if d.is_zero() {
+                return bad(key, "must be greater than zero".into());
+            }
+        }
+        if self.mlflow.page_size == 0 || self.mlflow.page_size > 50_000 {
+            return bad(
+                "mlflow.page_size",
+                format!(
+                    "{} is outside 1..=50000 (MLflow's limit)",
+                    self.mlflow.page_size
+                ),
+            );
+        }
+        parse_listen_address(&self.web.listen_address)
+            .map_err(|e| ConfigError::Invalid(format!("web.listen_address: {e}")))?;
+        if !self.web.telemetry_path.starts_with('/') || self.web.telemetry_path.len() < 2 {
+            return bad(
+                "web.telemetry_path",
+                format!(
+                    "{:?} must start with / and not be /",
+                    self.web.telemetry_path
+                ),
+            );
+        }
+        let b = &self.metrics.run_duration_buckets;
+        if b.is_empty() || b.windows(2).any(|w| w[0] >= w[1]) || b.iter().any(|x| !x.is_finite()) {
+            return bad(
+                "metrics.run_duration_buckets",
+                "must be a non-empty list of finite, strictly increasing numbers".into(),
+            );
+        }
+        if self.metrics.user_windows.is_empty()
+            || self.metrics.user_windows.iter().any(|w| w.is_zero())
+        {
+            return bad(
+                "metrics.user_windows",
+                "must be a non-empty list of non-zero durations such as 1d".into(),
+            );
+        }
+        if self.metrics.max_label_values == 0 {
+            return bad("metrics.max_label_values", "must be at least 1".into());
+        }
+        if self.metrics.team_tag.is_empty() {
+            return bad("metrics.team_tag", "must not be empty".into());
+        }
+        let reserved = [
+            "experiment",
+            "status",
+            "team",
+            "instance_type",
+            "le",
+            "job",
+            "instance",
+        ];
+        for (i, l) in self.metrics.extra_labels.iter().enumerate() {
+            let key = format!("metrics.extra_labels[{i}]");
+            if !is_label_name(&l.name) || l.name.starts_with("__") {
+                return bad(
+                    &key,
+                    format!("{:?} is not a valid Prometheus label name", l.name),
+                );
+            }
+            if reserved.contains(&l.name.as_str()) {
+                return bad(&key, format!("label name {:?} is already used", l.name));
+            }
+            if self.metrics.extra_labels[..i]
+                .iter()
+                .any(|o| o.name == l.name)
+            {
+                return bad(&key, format!("label name {:?} appears twice", l.name));
+            }
+            if l.tag.is_some() == l.param.is_some() {
+                return bad(&key, "set exactly one of tag or param".into());
+            }
+        }
+        if !self.cost.default_hourly_rate.is_finite() || self.cost.default_hourly_rate < 0.0 {
+            return bad("cost.default_hourly_rate", "must be a number ≥ 0".into());
+        }
+        for (i, r) in self.cost.rates.iter().enumerate() {
+            let key = format!("cost.rates[{i}]");
+            if !r.hourly_rate.is_finite() || r.hourly_rate < 0.0 {
+                return bad(&key, "hourly_rate must be a number ≥ 0".into());
+            }
+            let m = &r.matcher;
+            if m.tag.is_some() == m.param.is_some() {
+                return bad(&key, "match needs exactly one of tag or param".into());
+            }
+            if m.value.is_some() == m.regex.is_some() {
+                return bad(&key, "match needs exactly one of value or regex".into());
+            }
+            if let Some(re) = &m.regex {
+                regex::Regex::new(re).map_err(|e| {
+                    ConfigError::Invalid(format!("{key}: regex {re:?} does not compile: {e}"))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as YAML, secrets redacted (for `check-config`).
+    pub fn to_redacted_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+fn enum_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses `host:port`, `:port` (every interface) or `[v6]:port`.
+pub fn parse_listen_address(addr: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    };
+    use std::net::ToSocketAddrs;
+    full.to_socket_addrs()
+        .map_err(|e| format!("{addr:?} is not host:port or :port ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(yaml: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        std::io::Write::write_all(&mut f, yaml.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn only_the_tracking_uri_is_needed() {
+        let s = Settings::load(
+            None,
+            &env(&[("MLFLOW_TRACKING_URI", "http://mlflow:5000")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.mlflow.tracking_uri, "http://mlflow:5000");
+        assert_eq!(s.mlflow.sync_interval, Duration::from_secs(60));
+        assert_eq!(s.mlflow.full_resync_interval, Duration::from_secs(3600));
+        assert_eq!(s.web.listen_address, ":9868");
+        assert_eq!(s.metrics.max_label_values, 200);
+    }
+
+    #[test]
+    fn flags_beat_env_and_env_beats_the_file() {
+        let f = write(
+            "mlflow:\n  tracking_uri: http://file:5000\n  sync_interval: 10s\n  timeout: 5s\nlog:\n  level: debug\n",
+        );
+        let e = env(&[
+            ("MLFLOW_TRACKING_URI", "http://env:5000"),
+            ("MLFLOW_EXPORTER_MLFLOW__SYNC_INTERVAL", "20s"),
+        ]);
+        let s = Settings::load(Some(f.path()), &e, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.mlflow.tracking_uri, "http://env:5000");
+        assert_eq!(s.mlflow.sync_interval, Duration::from_secs(20));
+        assert_eq!(s.mlflow.timeout, Duration::from_secs(5));
+        assert_eq!(s.log.level, LogLevel::Debug);
+        let flags = FlagOverrides {
+            sync_interval: Some("30s".into()),
+            tracking_uri: Some("http://flag:5000".into()),
+            log_format: Some(LogFormat::Json),
+            ..Default::default()
+        };
+        let s = Settings::load(Some(f.path()), &e, &flags).unwrap();
+        assert_eq!(s.mlflow.tracking_uri, "http://flag:5000");
+        assert_eq!(s.mlflow.sync_interval, Duration::from_secs(30));
+        assert_eq!(s.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn mlflow_client_variables_are_honoured_and_redacted() {
+        let e = env(&[
+            ("MLFLOW_TRACKING_URI", "https://mlflow"),
+            ("MLFLOW_TRACKING_USERNAME", "svc"),
+            ("MLFLOW_TRACKING_PASSWORD", "hunter2-pw"),
+            ("MLFLOW_TRACKING_TOKEN", "tok-abc123"),
+            ("MLFLOW_TRACKING_INSECURE_TLS", "TRUE"),
+            ("MLFLOW_TRACKING_SERVER_CERT_PATH", "/etc/ca.pem"),
+        ]);
+        let s = Settings::load(None, &e, &FlagOverrides::default()).unwrap();
+        assert_eq!(s.mlflow.username.as_deref(), Some("svc"));
+        assert_eq!(s.mlflow.password.as_ref().unwrap().expose(), "hunter2-pw");
+        assert_eq!(s.mlflow.token.as_ref().unwrap().expose(), "tok-abc123");
+        // Only the exact string "true" disables verification, as in MLflow's client.
+        assert!(!s.mlflow.insecure_tls);
+        assert_eq!(
+            s.mlflow.server_cert_path,
+            Some(PathBuf::from("/etc/ca.pem"))
+        );
+        let yaml = s.to_redacted_yaml();
+        assert!(!yaml.contains("hunter2-pw") && !yaml.contains("tok-abc123"));
+        assert_eq!(yaml.matches("<redacted>").count(), 2);
+        assert!(!format!("{s:?}").contains("hunter2-pw"));
+    }
+
+    #[test]
+    fn rate_card_and_extra_labels_parse() {
+        let f = write(
+            r#"
+mlflow: {tracking_uri: "http://m"}
+metrics:
+  user_windows: [1h, 2d]
+  extra_labels: [{name: estimator, param: estimator_class}]
+cost:
+  currency: EUR
+  default_hourly_rate: 0.5
+  rates:
+    - match: {tag: instance_type, value: g5.xlarge}
+      hourly_rate: 1.006
+      gpus: 1
+    - match: {param: node, regex: "^p4d"}
+      hourly_rate: 32.77
+"#,
+        );
+        let s = Settings::load(Some(f.path()), &HashMap::new(), &FlagOverrides::default()).unwrap();
+        assert_eq!(
+            s.metrics.user_windows,
+            vec![Duration::from_secs(3600), Duration::from_secs(172800)]
+        );
+        assert_eq!(
+            s.metrics.extra_labels[0].param.as_deref(),
+            Some("estimator_class")
+        );
+        assert_eq!(s.cost.currency, "EUR");
+        assert_eq!(s.cost.rates.len(), 2);
+        assert_eq!(s.cost.rates[0].gpus, Some(1));
+        assert_eq!(s.cost.rates[1].matcher.regex.as_deref(), Some("^p4d"));
+    }
+
+    fn load_err(yaml: &str) -> String {
+        let f = write(yaml);
+        Settings::load(Some(f.path()), &HashMap::new(), &FlagOverrides::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let e = load_err("mlflow: {tracking_uri: 'http://m', sync_interval: soon}\n");
+        assert!(e.contains("mlflow.sync_interval"), "{e}");
+        let e = load_err("mlflow: {tracking_uri: 'http://m', sync_intervall: 5s}\n");
+        assert!(e.contains("sync_intervall"), "{e}");
+        let e = load_err("mlflow: {tracking_uri: 'sqlite:///x.db'}\n");
+        assert!(
+            e.contains("mlflow.tracking_uri") && e.contains("sqlite"),
+            "{e}"
+        );
+        let e = load_err("mlflow: {tracking_uri: 'http://m'}\ncost: {rates: [{match: {tag: a}, hourly_rate: 1}]}\n");
+        assert!(
+            e.contains("cost.rates[0]") && e.contains("value or regex"),
+            "{e}"
+        );
+        let e = load_err("mlflow: {tracking_uri: 'http://m'}\ncost: {rates: [{match: {tag: a, regex: '('}, hourly_rate: 1}]}\n");
+        assert!(
+            e.contains("cost.rates[0]") && e.contains("does not compile"),
+            "{e}"
+        );
+        let e = load_err(
+            "mlflow: {tracking_uri: 'http://m'}\nmetrics: {extra_labels: [{name: team, tag: t}]}\n",
+        );
+        assert!(e.contains("metrics.extra_labels[0]"), "{e}");
+        let e = load_err("mlflow: {tracking_uri: 'http://m'}\nweb: {listen_address: 'nonsense'}\n");
+        assert!(e.contains("web.listen_address"), "{e}");
+        let e = Settings::load(None, &HashMap::new(), &FlagOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MLFLOW_TRACKING_URI"), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_address(":9868").unwrap().to_string(),
+            "0.0.0.0:9868"
+        );
+        assert_eq!(
+            parse_listen_address("127.0.0.1:1").unwrap().to_string(),
+            "127.0.0.1:1"
+        );
+        assert!(parse_listen_address("9868").is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! The library's error types. Each variant says what failed and what to do, and maps to a bounded
+//! `reason` label for `mlflow_exporter_sync_errors_total`.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A failed call to MLflow.
+#[derive(Debug, Error)]
+pub enum MlflowError {
+    #[error("cannot connect to MLflow at {endpoint}: {detail}; check that the tracking server is up and MLFLOW_TRACKING_URI is right")]
+    Connect {
+        endpoint: &'static str,
+        detail: String,
+    },
+    #[error("MLflow did not answer {endpoint} within {timeout:?}; raise mlflow.timeout or check the server's load")]
+    Timeout {
+        endpoint: &'static str,
+        timeout: Duration,
+    },
+    #[error("MLflow answered {endpoint} with HTTP {status} {error_code}: {message}{hint}")]
+    Status {
+        endpoint: &'static str,
+        status: u16,
+        error_code: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error("MLflow's answer to {endpoint} is not the JSON expected: {detail}")]
+    Decode {
+        endpoint: &'static str,
+        detail: String,
+    },
+    #[error(
+        "MLflow's answer to {endpoint} repeats page token {token:?}; stopping instead of looping"
+    )]
+    PageLoop {
+        endpoint: &'static str,
+        token: String,
+    },
+    #[error("cannot set up the HTTP client for MLflow: {0}")]
+    Setup(String),
+}
+
+impl MlflowError {
+    /// A bounded label value for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MlflowError::Connect { .. } => "connect",
+            MlflowError::Timeout { .. } => "timeout",
+            MlflowError::Status { status, .. } if *status == 401 || *status == 403 => "auth",
+            MlflowError::Status { status, .. } if *status >= 500 || *status == 429 => {
+                "server_error"
+            }
+            MlflowError::Status { .. } => "client_error",
+            MlflowError::Decode { .. } | MlflowError::PageLoop { .. } => "decode",
+            MlflowError::Setup(_) => "setup",
+        }
+    }
+
+    /// Every value [`reason`](Self::reason) can return, so counters start at 0.
+    pub const REASONS: &'static [&'static str] = &[
+        "connect",
+        "timeout",
+        "auth",
+        "server_error",
+        "client_error",
+        "decode",
+        "setup",
+    ];
+}

@@ -1,0 +1,28 @@
+//! mlflow-exporter: reads an MLflow tracking server on a schedule and exposes what its platform's
+//! leads ask about (adoption, delivery, cost, reliability) as Prometheus metrics.
+//!
+//! Data flows through the modules in this order: [`source`] (MLflow's REST API) → [`sync`] (the
+//! in-memory snapshot) → [`metrics`] (pure functions to metric families) → [`server`] (HTTP).
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+pub mod source;
+pub mod sync;
+
+/// Anything that stops the exporter from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] error::ConfigError),
+    #[error(transparent)]
+    Mlflow(#[from] error::MlflowError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}

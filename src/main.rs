@@ -1,0 +1,129 @@
+//! The `mlflow-exporter` command: flags in the Prometheus style, `check-config`, and the daemon.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use mlflow_exporter::config::{parse_listen_address, FlagOverrides, LogFormat, LogLevel, Settings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mlflow-exporter",
+    version,
+    about = "Prometheus exporter for MLflow: adoption, delivery, cost and reliability of an ML platform"
+)]
+struct Cli {
+    /// YAML configuration file.
+    #[arg(long = "config.file", value_name = "PATH", global = true)]
+    config_file: Option<PathBuf>,
+    /// Address to listen on, `host:port` or `:port` [default: :9868].
+    #[arg(long = "web.listen-address", value_name = "ADDR", global = true)]
+    listen_address: Option<String>,
+    /// Path under which to expose metrics [default: /metrics].
+    #[arg(long = "web.telemetry-path", value_name = "PATH", global = true)]
+    telemetry_path: Option<String>,
+    /// Only log messages with the given severity or above [default: info].
+    #[arg(long = "log.level", value_enum, global = true)]
+    log_level: Option<LogLevel>,
+    /// Output format of log messages [default: logfmt].
+    #[arg(long = "log.format", value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    /// MLflow tracking server URL (overrides MLFLOW_TRACKING_URI).
+    #[arg(long = "mlflow.tracking-uri", value_name = "URL", global = true)]
+    tracking_uri: Option<String>,
+    /// Time between sync cycles, e.g. 60s [default: 60s].
+    #[arg(long = "mlflow.sync-interval", value_name = "DURATION", global = true)]
+    sync_interval: Option<String>,
+    /// Time between full re-reads of MLflow, e.g. 1h [default: 1h].
+    #[arg(
+        long = "mlflow.full-resync-interval",
+        value_name = "DURATION",
+        global = true
+    )]
+    full_resync_interval: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the configuration and print it with secrets redacted.
+    CheckConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let flags = FlagOverrides {
+        listen_address: cli.listen_address.clone(),
+        telemetry_path: cli.telemetry_path.clone(),
+        log_level: cli.log_level,
+        log_format: cli.log_format,
+        tracking_uri: cli.tracking_uri.clone(),
+        sync_interval: cli.sync_interval.clone(),
+        full_resync_interval: cli.full_resync_interval.clone(),
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let settings = match Settings::load(cli.config_file.as_deref(), &env, &flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mlflow-exporter: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        print!("{}", settings.to_redacted_yaml());
+        eprintln!("mlflow-exporter: configuration is valid");
+        return std::process::ExitCode::SUCCESS;
+    }
+    mlflow_exporter::logging::init(&settings.log);
+    match serve(settings) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "mlflow-exporter failed");
+            eprintln!("mlflow-exporter: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let addr = parse_listen_address(&settings.web.listen_address).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr}; is another process using the port? (--web.listen-address)"
+        )
+    })?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    mlflow_exporter::app::run(settings, listener, rx).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

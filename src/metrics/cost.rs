@@ -1,0 +1,96 @@
+//! What the platform costs: compute time of runs (ended runs' wall time plus running runs' elapsed
+//! time), that time priced by the rate card, and GPU time, per experiment, team and instance type.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prometheus::proto::MetricFamily;
+
+use super::family::{Family, Spec};
+use super::{team_of, Derivation, Folds};
+use crate::sync::snapshot::{Snapshot, Sym};
+
+pub const COMPUTE: Spec = Spec::counter(
+    "mlflow_run_compute_seconds_total",
+    "Wall time of ended runs plus elapsed time of running ones",
+    LABELS,
+);
+pub const COST: Spec = Spec::counter(
+    "mlflow_run_cost_total",
+    "Compute time priced by the rate card, in the configured currency (see mlflow_exporter_cost_currency_info)",
+    LABELS,
+);
+pub const GPU: Spec = Spec::counter(
+    "mlflow_run_gpu_seconds_total",
+    "Compute seconds times the run's GPU count (from the rate card, else its system/gpu_{i}_* metrics)",
+    LABELS,
+);
+pub const CURRENCY: Spec = Spec::gauge(
+    "mlflow_exporter_cost_currency_info",
+    "Currency of mlflow_run_cost_total, from cost.currency; value 1",
+    &["currency"],
+);
+const LABELS: &[&str] = &["experiment", "team", "instance_type"];
+pub const SPECS: &[Spec] = &[COMPUTE, COST, GPU, CURRENCY];
+
+/// Exact integer sums; money is computed once per series and rate.
+#[derive(Default)]
+struct Acc {
+    ms: u64,
+    gpu_ms: u64,
+    ms_by_rate: BTreeMap<u16, u64>,
+}
+
+impl Acc {
+    fn add(&mut self, other: &Acc) {
+        self.ms += other.ms;
+        self.gpu_ms += other.gpu_ms;
+        for (rate, ms) in &other.ms_by_rate {
+            *self.ms_by_rate.entry(*rate).or_default() += ms;
+        }
+    }
+}
+
+pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> Vec<MetricFamily> {
+    let s = &snap.strings;
+    let mut acc: HashMap<(Sym, Option<Sym>, Option<Sym>), Acc> = HashMap::new();
+    for r in snap.runs.values() {
+        let ms = r.compute_ms(now_ms);
+        let a = acc
+            .entry((r.experiment, team_of(snap, r), r.instance_type))
+            .or_default();
+        a.ms += ms;
+        a.gpu_ms += ms * u64::from(d.rates.gpus(r.rate, r.gpus_logged));
+        *a.ms_by_rate.entry(r.rate).or_default() += ms;
+    }
+    let mut merged: BTreeMap<(&str, &str, &str), Acc> = BTreeMap::new();
+    for ((exp, team, itype), a) in &acc {
+        let key = (
+            folds.experiment(snap, *exp),
+            folds.team.label(*team, s),
+            folds.instance_type.label(*itype, s),
+        );
+        merged.entry(key).or_default().add(a);
+    }
+    let mut compute = Family::new(&COMPUTE);
+    let mut cost = Family::new(&COST);
+    let mut gpu = Family::new(&GPU);
+    for ((exp, team, itype), a) in &merged {
+        let values = [*exp, *team, *itype];
+        compute.add(&values, a.ms as f64 / 1000.0);
+        gpu.add(&values, a.gpu_ms as f64 / 1000.0);
+        let money: f64 = a
+            .ms_by_rate
+            .iter()
+            .map(|(rate, ms)| *ms as f64 * d.rates.hourly_rate(*rate) / 3_600_000.0)
+            .sum();
+        cost.add(&values, money);
+    }
+    let mut currency = Family::new(&CURRENCY);
+    currency.add(&[&d.currency], 1.0);
+    vec![
+        compute.finish(),
+        cost.finish(),
+        gpu.finish(),
+        currency.finish(),
+    ]
+}

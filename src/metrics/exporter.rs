@@ -1,0 +1,105 @@
+//! The exporter's own health: whether the last sync worked, when and how long syncs take, why they
+//! fail, and the latency of its calls to MLflow. Registered once, in one place.
+
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::error::MlflowError;
+use crate::sync::Mode;
+
+/// Revision baked in by build.rs (`git rev-parse`), or `unknown`.
+pub const REVISION: &str = env!("MLFLOW_EXPORTER_REVISION");
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Clone)]
+pub struct ExporterMetrics {
+    pub up: IntGauge,
+    pub last_sync: Gauge,
+    pub sync_duration: GaugeVec,
+    pub sync_errors: IntCounterVec,
+    pub api_latency: HistogramVec,
+    pub snapshot_runs: IntGauge,
+}
+
+impl ExporterMetrics {
+    pub fn register(r: &Registry) -> prometheus::Result<ExporterMetrics> {
+        let up = IntGauge::new(
+            "mlflow_up",
+            "1 if the last sync cycle with MLflow succeeded, else 0",
+        )?;
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "mlflow_exporter_build_info",
+                "Version and revision of the exporter; value 1",
+            ),
+            &["version", "revision"],
+        )?;
+        build.with_label_values(&[VERSION, REVISION]).set(1);
+        let last_sync = Gauge::new(
+            "mlflow_exporter_last_sync_timestamp_seconds",
+            "Unix time at which the last successful sync ended",
+        )?;
+        let sync_duration = GaugeVec::new(
+            Opts::new(
+                "mlflow_exporter_sync_duration_seconds",
+                "Duration of the last successful sync of each mode",
+            ),
+            &["mode"],
+        )?;
+        let sync_errors = IntCounterVec::new(
+            Opts::new(
+                "mlflow_exporter_sync_errors_total",
+                "Sync cycles that failed, by reason",
+            ),
+            &["reason"],
+        )?;
+        for reason in MlflowError::REASONS {
+            sync_errors.with_label_values(&[reason]).inc_by(0);
+        }
+        let api_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "mlflow_exporter_api_request_duration_seconds",
+                "Latency of the exporter's requests to MLflow's API, retries included, by endpoint",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["endpoint"],
+        )?;
+        let snapshot_runs = IntGauge::new(
+            "mlflow_exporter_snapshot_runs",
+            "Runs held in the exporter's snapshot of MLflow",
+        )?;
+        r.register(Box::new(up.clone()))?;
+        r.register(Box::new(build))?;
+        r.register(Box::new(last_sync.clone()))?;
+        r.register(Box::new(sync_duration.clone()))?;
+        r.register(Box::new(sync_errors.clone()))?;
+        r.register(Box::new(api_latency.clone()))?;
+        r.register(Box::new(snapshot_runs.clone()))?;
+        Ok(ExporterMetrics {
+            up,
+            last_sync,
+            sync_duration,
+            sync_errors,
+            api_latency,
+            snapshot_runs,
+        })
+    }
+
+    pub fn sync_succeeded(&self, mode: Mode, seconds: f64, ended_at_s: f64, runs: usize) {
+        self.up.set(1);
+        self.last_sync.set(ended_at_s);
+        self.sync_duration
+            .with_label_values(&[mode.as_str()])
+            .set(seconds);
+        self.snapshot_runs.set(runs as i64);
+    }
+
+    pub fn sync_failed(&self, err: &MlflowError) {
+        self.up.set(0);
+        self.sync_errors.with_label_values(&[err.reason()]).inc();
+    }
+}

@@ -1,0 +1,239 @@
+//! Keeps the [`Snapshot`] in step with MLflow: a full read first and then every
+//! `full_resync_interval` (the only way to notice deleted runs), incremental cycles in between that
+//! fetch only runs that ended or are still running, the registry and the experiments.
+//! A cycle reads everything before it changes anything, so a failed cycle leaves the snapshot as it was.
+
+pub mod extract;
+pub mod snapshot;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use crate::config::Settings;
+use crate::error::MlflowError;
+use crate::source::mlflow::client::RunsQuery;
+use crate::source::mlflow::MlflowClient;
+pub use extract::{Extractor, RateCard};
+pub use snapshot::Snapshot;
+use snapshot::{run_id, Interner, ModelRecord, RunKey, RunRecord, RunStatus, Sym, VersionRecord};
+
+/// Which kind of cycle ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Full,
+    Incremental,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Incremental => "incremental",
+        }
+    }
+}
+
+/// What one successful cycle did.
+#[derive(Debug, Clone)]
+pub struct CycleReport {
+    pub mode: Mode,
+    /// HTTP requests that returned a page (retries not counted).
+    pub requests: usize,
+    pub runs_read: usize,
+    pub seconds: f64,
+}
+
+pub struct Syncer {
+    client: MlflowClient,
+    extractor: Extractor,
+    full_every_ms: i64,
+    overlap_ms: i64,
+    snapshot: Snapshot,
+    /// `now` of the last successful cycle and of the last successful full one.
+    cursor_ms: Option<i64>,
+    last_full_ms: Option<i64>,
+}
+
+impl Syncer {
+    pub fn new(client: MlflowClient, settings: &Settings) -> Syncer {
+        Syncer {
+            client,
+            extractor: Extractor::new(settings),
+            full_every_ms: settings.mlflow.full_resync_interval.as_millis() as i64,
+            overlap_ms: settings.mlflow.sync_overlap.as_millis() as i64,
+            snapshot: Snapshot::default(),
+            cursor_ms: None,
+            last_full_ms: None,
+        }
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn rates(&self) -> &RateCard {
+        &self.extractor.rates
+    }
+
+    /// True once a cycle has succeeded.
+    pub fn has_synced(&self) -> bool {
+        self.cursor_ms.is_some()
+    }
+
+    /// Runs a full cycle when none has run or one is due, else an incremental one. `now_ms` is the
+    /// cycle's reference time: running runs are timed up to it, and the next cursor is derived from it.
+    pub async fn cycle(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
+        match self.last_full_ms {
+            Some(last) if now_ms - last < self.full_every_ms => self.incremental(now_ms).await,
+            _ => self.full(now_ms).await,
+        }
+    }
+
+    /// Reads everything and replaces the snapshot.
+    pub async fn full(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
+        let started = Instant::now();
+        let mut next = Snapshot::default();
+        let experiments = self.client.experiments().await?;
+        let mut requests = 1;
+        let mut ids = Vec::with_capacity(experiments.len());
+        for e in &experiments {
+            let (id, rec) = self.extractor.experiment(&mut next.strings, e);
+            next.experiments.insert(id, rec);
+            ids.push(e.experiment_id.clone());
+        }
+        let mut runs_read = 0;
+        {
+            let (strings, runs, ex) = (&mut next.strings, &mut next.runs, &self.extractor);
+            requests += self
+                .client
+                .runs(&ids, RunsQuery::All, |page| {
+                    runs_read += page.len();
+                    for r in &page {
+                        let (k, rec) = ex.run(strings, r);
+                        runs.insert(k, rec);
+                    }
+                })
+                .await?;
+        }
+        let (registry, n) =
+            read_registry(&self.client, &self.extractor, &mut next.strings, None).await?;
+        requests += n;
+        next.models = registry.models;
+        next.versions = registry.versions;
+        self.snapshot = next;
+        self.cursor_ms = Some(now_ms);
+        self.last_full_ms = Some(now_ms);
+        Ok(CycleReport {
+            mode: Mode::Full,
+            requests,
+            runs_read,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Reads what can have changed since the cursor and applies it. Falls back to a full cycle when no
+    /// cycle has succeeded yet.
+    pub async fn incremental(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
+        let Some(cursor) = self.cursor_ms else {
+            return self.full(now_ms).await;
+        };
+        let started = Instant::now();
+        let since = cursor.saturating_sub(self.overlap_ms);
+        let snap = &mut self.snapshot;
+        let ex = &self.extractor;
+
+        let experiments = self.client.experiments().await?;
+        let mut requests = 1;
+        let mut ids = Vec::with_capacity(experiments.len());
+        let mut new_experiments = HashMap::with_capacity(experiments.len());
+        for e in &experiments {
+            let (id, rec) = ex.experiment(&mut snap.strings, e);
+            new_experiments.insert(id, rec);
+            ids.push(e.experiment_id.clone());
+        }
+
+        // Runs that ended since the cursor, and every run still running: together with the periodic
+        // full read this sees each run's start and end (MLflow has no last-update time for runs).
+        let mut changed: Vec<(RunKey, RunRecord)> = Vec::new();
+        let ended = format!("attributes.end_time >= {since}");
+        for filter in [ended.as_str(), "attributes.status = 'RUNNING'"] {
+            let strings = &mut snap.strings;
+            requests += self
+                .client
+                .runs(&ids, RunsQuery::Filter(filter), |page| {
+                    changed.extend(page.iter().map(|r| ex.run(strings, r)));
+                })
+                .await?;
+        }
+        // Runs we hold as running that neither search returned ended with an end time before the
+        // cursor (a client that backdated it): read them by id.
+        let seen: HashSet<RunKey> = changed.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<String> = snap
+            .runs
+            .iter()
+            .filter(|(k, r)| r.status == RunStatus::Running && !seen.contains(k) && **k >> 127 == 0)
+            .map(|(k, _)| format!("'{}'", run_id(*k)))
+            .collect();
+        for batch in stale.chunks(100) {
+            let filter = format!("attributes.run_id IN ({})", batch.join(","));
+            let strings = &mut snap.strings;
+            requests += self
+                .client
+                .runs(&ids, RunsQuery::Filter(&filter), |page| {
+                    changed.extend(page.iter().map(|r| ex.run(strings, r)));
+                })
+                .await?;
+        }
+
+        let (registry, n) = read_registry(&self.client, ex, &mut snap.strings, Some(since)).await?;
+        requests += n;
+
+        // Everything is read: apply.
+        let runs_read = changed.len();
+        snap.experiments = new_experiments;
+        snap.runs.extend(changed);
+        snap.models = registry.models;
+        snap.versions.extend(registry.versions);
+        let models = &snap.models;
+        snap.versions.retain(|(m, _), _| models.contains_key(m));
+        self.cursor_ms = Some(now_ms);
+        Ok(CycleReport {
+            mode: Mode::Incremental,
+            requests,
+            runs_read,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Models and versions as read in one cycle.
+struct Registry {
+    models: BTreeMap<Sym, ModelRecord>,
+    versions: HashMap<(Sym, u32), VersionRecord>,
+}
+
+/// Registered models with their aliases (always all: moving an alias changes no timestamp), and the
+/// versions updated since `since` (all when `None`).
+async fn read_registry(
+    client: &MlflowClient,
+    ex: &Extractor,
+    strings: &mut Interner,
+    since: Option<i64>,
+) -> Result<(Registry, usize), MlflowError> {
+    let mut reg = Registry {
+        models: BTreeMap::new(),
+        versions: HashMap::new(),
+    };
+    let (models, model_requests) = client.registered_models().await?;
+    for m in &models {
+        let (name, rec) = ex.model(strings, m);
+        reg.models.insert(name, rec);
+    }
+    let (versions, version_requests) = client.model_versions(since).await?;
+    for v in &versions {
+        if let Some((key, rec)) = ex.version(strings, v) {
+            reg.versions.insert(key, rec);
+        }
+    }
+    Ok((reg, model_requests + version_requests))
+}

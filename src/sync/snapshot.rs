@@ -1,0 +1,283 @@
+//! The in-memory picture of MLflow that metrics are derived from: experiments, compact run records,
+//! registered models with their aliases, and model versions. Strings are interned so that a run costs
+//! well under 300 bytes however many tags it carried.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+/// An interned string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sym(NonZeroU32);
+
+impl Sym {
+    /// Dense index, for tables indexed by symbol.
+    pub fn index(self) -> usize {
+        self.0.get() as usize
+    }
+}
+
+/// String table; symbols stay valid for the life of the snapshot.
+#[derive(Debug, Clone)]
+pub struct Interner {
+    map: HashMap<Arc<str>, Sym>,
+    strings: Vec<Arc<str>>,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Interner {
+            map: HashMap::new(),
+            // Index 0 is never handed out, so that `Option<Sym>` costs no more than `Sym`.
+            strings: vec![Arc::from("")],
+        }
+    }
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> Sym {
+        if let Some(&sym) = self.map.get(s) {
+            return sym;
+        }
+        let idx = u32::try_from(self.strings.len()).expect("fewer than 2^32 distinct strings");
+        let sym = Sym(NonZeroU32::new(idx).expect("index 0 is reserved"));
+        let arc: Arc<str> = Arc::from(s);
+        self.strings.push(arc.clone());
+        self.map.insert(arc, sym);
+        sym
+    }
+
+    pub fn lookup(&self, s: &str) -> Option<Sym> {
+        self.map.get(s).copied()
+    }
+
+    pub fn get(&self, sym: Sym) -> &str {
+        &self.strings[sym.index()]
+    }
+
+    /// One past the largest symbol index.
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.len() <= 1
+    }
+}
+
+/// A run's status as MLflow reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum RunStatus {
+    Running,
+    Scheduled,
+    Finished,
+    Failed,
+    Killed,
+    Unknown,
+}
+
+impl RunStatus {
+    /// The statuses MLflow defines, in the order they are exported.
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Running,
+        RunStatus::Scheduled,
+        RunStatus::Finished,
+        RunStatus::Failed,
+        RunStatus::Killed,
+    ];
+    pub const ENDED: [RunStatus; 3] = [RunStatus::Finished, RunStatus::Failed, RunStatus::Killed];
+
+    pub fn parse(s: &str) -> RunStatus {
+        match s {
+            "RUNNING" => RunStatus::Running,
+            "SCHEDULED" => RunStatus::Scheduled,
+            "FINISHED" => RunStatus::Finished,
+            "FAILED" => RunStatus::Failed,
+            "KILLED" => RunStatus::Killed,
+            _ => RunStatus::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "RUNNING",
+            RunStatus::Scheduled => "SCHEDULED",
+            RunStatus::Finished => "FINISHED",
+            RunStatus::Failed => "FAILED",
+            RunStatus::Killed => "KILLED",
+            RunStatus::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn is_ended(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Finished | RunStatus::Failed | RunStatus::Killed
+        )
+    }
+}
+
+/// A run id: MLflow's 32 hex digits packed into 128 bits (a hash for any other form).
+pub type RunKey = u128;
+
+pub fn run_key(run_id: &str) -> RunKey {
+    if run_id.len() == 32 {
+        if let Ok(k) = u128::from_str_radix(run_id, 16) {
+            return k;
+        }
+    }
+    // Not MLflow's format: two independent 64-bit hashes, with the top bit set so no hex id collides.
+    use std::hash::{BuildHasher, Hasher};
+    let h = |seed: u64| {
+        let mut s =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .build_hasher();
+        s.write_u64(seed);
+        s.write(run_id.as_bytes());
+        s.finish()
+    };
+    (u128::from(h(1)) << 64 | u128::from(h(2))) | (1u128 << 127)
+}
+
+/// The MLflow run id of a key packed from hex.
+pub fn run_id(key: RunKey) -> String {
+    format!("{key:032x}")
+}
+
+/// Marks an absent timestamp.
+pub const NO_TIME: i64 = i64::MIN;
+
+/// What is kept of one run: only what metrics need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// Start, ms since the epoch, or [`NO_TIME`].
+    pub start_ms: i64,
+    /// End, ms since the epoch, or [`NO_TIME`].
+    pub end_ms: i64,
+    /// The experiment's id.
+    pub experiment: Sym,
+    pub user: Option<Sym>,
+    /// The run's own team tag; the experiment's applies when absent.
+    pub team: Option<Sym>,
+    pub instance_type: Option<Sym>,
+    /// Values of the configured extra labels, in their order.
+    pub extra: Box<[Option<Sym>]>,
+    /// Index of the matching rate in the rate card, or [`NO_RATE`].
+    pub rate: u16,
+    /// Distinct GPUs seen in the run's `system/…gpu_{i}_*` metric keys.
+    pub gpus_logged: u16,
+    pub status: RunStatus,
+    pub deleted: bool,
+}
+
+/// No rate of the card matched: the default hourly rate applies.
+pub const NO_RATE: u16 = u16::MAX;
+
+impl RunRecord {
+    /// Milliseconds of compute: end − start once ended, now − start while running, else 0.
+    pub fn compute_ms(&self, now_ms: i64) -> u64 {
+        if self.start_ms == NO_TIME {
+            return 0;
+        }
+        let end = match self.status {
+            s if s.is_ended() && self.end_ms != NO_TIME => self.end_ms,
+            RunStatus::Running => now_ms,
+            _ => return 0,
+        };
+        end.saturating_sub(self.start_ms).max(0) as u64
+    }
+
+    /// Duration of an ended run, when MLflow recorded both ends.
+    pub fn duration_ms(&self) -> Option<u64> {
+        (self.status.is_ended() && self.start_ms != NO_TIME && self.end_ms != NO_TIME)
+            .then(|| self.end_ms.saturating_sub(self.start_ms).max(0) as u64)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentRecord {
+    pub name: Sym,
+    pub deleted: bool,
+    pub team: Option<Sym>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelRecord {
+    /// `(alias, version)`, as MLflow lists them.
+    pub aliases: Vec<(Sym, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRecord {
+    /// Legacy stage; `None` when unset.
+    pub stage: Sym,
+    pub status: Sym,
+    pub last_updated_ms: i64,
+}
+
+/// Everything the metrics are derived from, as of one sync.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub strings: Interner,
+    /// By experiment id.
+    pub experiments: HashMap<Sym, ExperimentRecord>,
+    pub runs: HashMap<RunKey, RunRecord>,
+    /// By model name.
+    pub models: BTreeMap<Sym, ModelRecord>,
+    /// By model name and version number.
+    pub versions: HashMap<(Sym, u32), VersionRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_records_stay_small() {
+        // The budget is 300 bytes per run including the map's own overhead.
+        assert!(
+            std::mem::size_of::<RunRecord>() <= 64,
+            "{}",
+            std::mem::size_of::<RunRecord>()
+        );
+        assert_eq!(std::mem::size_of::<Option<Sym>>(), 4);
+    }
+
+    #[test]
+    fn run_keys_round_trip_hex_ids() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(run_id(run_key(id)), id);
+        assert_ne!(run_key("not-hex"), run_key("not-hex2"));
+        assert_eq!(run_key("not-hex"), run_key("not-hex"));
+        assert!(run_key("not-hex") >> 127 == 1);
+    }
+
+    #[test]
+    fn compute_time_of_each_status() {
+        let mut r = RunRecord {
+            start_ms: 1_000,
+            end_ms: 61_000,
+            experiment: Interner::default().intern("1"),
+            user: None,
+            team: None,
+            instance_type: None,
+            extra: Box::new([]),
+            rate: NO_RATE,
+            gpus_logged: 0,
+            status: RunStatus::Finished,
+            deleted: false,
+        };
+        assert_eq!(r.compute_ms(100_000), 60_000);
+        assert_eq!(r.duration_ms(), Some(60_000));
+        r.status = RunStatus::Running;
+        r.end_ms = NO_TIME;
+        assert_eq!(r.compute_ms(100_000), 99_000);
+        assert_eq!(r.duration_ms(), None);
+        r.status = RunStatus::Scheduled;
+        assert_eq!(r.compute_ms(100_000), 0);
+        // A clock behind the run's start never gives negative time.
+        r.status = RunStatus::Running;
+        assert_eq!(r.compute_ms(500), 0);
+    }
+}

@@ -331,7 +331,7 @@ impl Settings {
                 .separator("__")
                 .source(Some(
                     env.iter()
-                        .filter(|(k, _)| k.starts_with(EXPORTER_ENV_PREFIX))
+                        .filter(|(k, _)| is_settings_variable(k))
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                 )),
@@ -524,6 +524,21 @@ impl Settings {
     }
 }
 
+/// `MLFLOW_EXPORTER_<SECTION>__<KEY>` for a known section. Other variables with the prefix are left
+/// alone: Kubernetes, for one, sets `MLFLOW_EXPORTER_SERVICE_HOST` for a Service of that name.
+fn is_settings_variable(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(EXPORTER_ENV_PREFIX)
+        .and_then(|r| r.strip_prefix('_'))
+    else {
+        return false;
+    };
+    let Some((section, _)) = rest.split_once("__") else {
+        return false;
+    };
+    ["MLFLOW", "WEB", "LOG", "METRICS", "COST"].contains(&section.to_ascii_uppercase().as_str())
+}
+
 fn enum_name<T: clap::ValueEnum>(v: &T) -> String {
     v.to_possible_value()
         .map(|p| p.get_name().to_string())
@@ -590,6 +605,9 @@ mod tests {
         let e = env(&[
             ("MLFLOW_TRACKING_URI", "http://env:5000"),
             ("MLFLOW_EXPORTER_MLFLOW__SYNC_INTERVAL", "20s"),
+            // Set by Kubernetes for a Service named mlflow-exporter: not a setting.
+            ("MLFLOW_EXPORTER_SERVICE_HOST", "10.0.0.1"),
+            ("MLFLOW_EXPORTER_PORT", "tcp://10.0.0.1:9868"),
         ]);
         let s = Settings::load(Some(f.path()), &e, &FlagOverrides::default()).unwrap();
         assert_eq!(s.mlflow.tracking_uri, "http://env:5000");

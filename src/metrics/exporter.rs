@@ -10,7 +10,7 @@ use crate::error::MlflowError;
 use crate::sync::Mode;
 
 /// Revision baked in by build.rs (`git rev-parse`), or `unknown`.
-pub const REVISION: &str = env!("MLFLOW_EXPORTER_REVISION");
+pub const REVISION: &str = env!("MLFLOW_EXPORTER_BUILD_REVISION");
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Clone)]

@@ -1,0 +1,476 @@
+//! Helpers shared by the integration tests: a real MLflow server from the project's virtualenv, the seed
+//! script with its known history, the exporter binary, a plain HTTP client and a parser for scrapes.
+//! Every service binds 127.0.0.1 on a free port and is stopped when its handle drops.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A program of the virtualenv that scripts/test creates (or `MLFLOW_EXPORTER_TEST_VENV`).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("MLFLOW_EXPORTER_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_dir().join(".venv"));
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test, which installs MLflow into .venv (or set MLFLOW_EXPORTER_TEST_VENV)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Polls `f` every 100 ms until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal HTTP/1.0 GET: status, headers (lower-case names) and body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+/// Sends `sig` (e.g. "TERM") to a whole process group.
+fn kill_group(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops a child started in its own process group: TERM, then KILL after 10 s.
+pub fn stop_group(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    kill_group(child.id(), "TERM");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_group(child.id(), "KILL");
+    let _ = child.wait();
+}
+
+/// A real MLflow tracking server with a sqlite store in a temporary folder.
+pub struct MlflowServer {
+    pub url: String,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl MlflowServer {
+    pub fn start() -> MlflowServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("mlflow.log")).unwrap();
+        let mut cmd = Command::new(venv_bin("mlflow"));
+        cmd.args(["server", "--backend-store-uri"])
+            .arg(format!(
+                "sqlite:///{}",
+                dir.path().join("mlflow.db").display()
+            ))
+            .arg("--default-artifact-root")
+            .arg(dir.path().join("artifacts"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--workers",
+                "1",
+            ])
+            // On 2 cores the job-runner processes only slow the tests down.
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .env("PATH", path_with_venv())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("start mlflow server");
+        let mut server = MlflowServer {
+            url: format!("http://{addr}"),
+            addr,
+            dir,
+            child,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = http_get(&server.addr, "/health", &[]) {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("mlflow server exited with {status}: {}", server.log());
+            }
+            if start.elapsed() > Duration::from_secs(90) {
+                server.stop();
+                panic!("mlflow server not healthy within 90 s: {}", server.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mlflow.log")).unwrap_or_default()
+    }
+
+    /// Runs tests/fixtures/seed.py against this server (`initial` or `incremental`), times relative to `t_ms`.
+    pub fn seed(&self, t_ms: i64, phase: &str) {
+        let out = Command::new(venv_bin("python"))
+            .arg(project_dir().join("tests/fixtures/seed.py"))
+            .args(["--now-ms", &t_ms.to_string(), "--state"])
+            .arg(self.dir.path().join("seed-state.json"))
+            .arg(phase)
+            .env("MLFLOW_TRACKING_URI", &self.url)
+            .output()
+            .expect("run seed.py");
+        assert!(
+            out.status.success(),
+            "seed.py {phase} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn stop(&mut self) {
+        stop_group(&mut self.child);
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn path_with_venv() -> String {
+    let bin = venv_bin("python").parent().unwrap().to_path_buf();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// The exporter's configuration used against the seeded history: a rate card and one extra label.
+pub const SEED_CONFIG: &str = r#"
+metrics:
+  extra_labels:
+    - {name: estimator, param: estimator_class}
+cost:
+  currency: USD
+  default_hourly_rate: 0.5
+  rates:
+    - match: {tag: instance_type, value: g5.xlarge}
+      hourly_rate: 1.2
+      gpus: 1
+    - match: {tag: instance_type, regex: "^cpu\\."}
+      hourly_rate: 0.1
+"#;
+
+pub fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// The exporter binary, started in its own process group; stderr goes to a file.
+pub struct ExporterProcess {
+    pub addr: String,
+    pub child: Child,
+    pub stderr_path: PathBuf,
+}
+
+impl ExporterProcess {
+    pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ExporterProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let stderr_path = dir.join(format!("exporter-{}.log", free_port()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"));
+        cmd.arg("--web.listen-address")
+            .arg(&addr)
+            .args(args)
+            .env_remove("MLFLOW_TRACKING_URI")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        ExporterProcess {
+            addr,
+            child: cmd.spawn().expect("start mlflow-exporter"),
+            stderr_path,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(&self.addr, path, &[])
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; log: {}", self.stderr()))
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        Scrape::parse(&self.get("/metrics").text())
+    }
+
+    pub fn wait_ready(&mut self) {
+        let limit = Duration::from_secs(60);
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = http_get(&self.addr, "/-/ready", &[]) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("exporter exited with {s}: {}", self.stderr());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "exporter not ready in {limit:?}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ExporterProcess {
+    fn drop(&mut self) {
+        stop_group(&mut self.child);
+    }
+}
+
+/// `promtool check metrics` on a scrape: its output (empty when the lint passes) and exit code.
+pub fn promtool_check_metrics(scrape: &str) -> (String, Option<i32>) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install the Debian package prometheus (scripts/test does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.code(),
+    )
+}
+
+/// Labels of one series, sorted by name.
+pub type Labels = BTreeMap<String, String>;
+
+/// A parsed text exposition.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub text: String,
+    /// Sample name → (labels → value).
+    pub samples: BTreeMap<String, BTreeMap<Labels, f64>>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Scrape {
+        let mut samples: BTreeMap<String, BTreeMap<Labels, f64>> = BTreeMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (name, labels, rest) = match line.find('{') {
+                Some(i) => {
+                    let (labels, end) = parse_labels(&line[i + 1..]);
+                    (&line[..i], labels, &line[i + 1 + end..])
+                }
+                None => {
+                    let i = line.find(' ').expect("sample without value");
+                    (&line[..i], Labels::new(), &line[i..])
+                }
+            };
+            let value = rest.split_whitespace().next().expect("value");
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            };
+            let prev = samples
+                .entry(name.to_string())
+                .or_default()
+                .insert(labels, value);
+            assert!(prev.is_none(), "duplicate series {line:?}");
+        }
+        Scrape {
+            text: text.to_string(),
+            samples,
+        }
+    }
+
+    /// The value of one series; panics naming the series present when it is missing.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let want = to_labels(labels);
+        self.samples
+            .get(name)
+            .and_then(|s| s.get(&want))
+            .copied()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no series {name}{want:?}; present: {:?}",
+                    self.samples.get(name).map(|s| s.keys().collect::<Vec<_>>())
+                )
+            })
+    }
+
+    /// Every series of one sample name.
+    pub fn family(&self, name: &str) -> BTreeMap<Labels, f64> {
+        self.samples.get(name).cloned().unwrap_or_default()
+    }
+}
+
+pub fn to_labels(labels: &[(&str, &str)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Parses `a="x",b="y"}`; returns the labels and the byte index just past the `}`.
+fn parse_labels(s: &str) -> (Labels, usize) {
+    let mut labels = Labels::new();
+    let mut chars = s.char_indices();
+    let mut next = || chars.next().expect("unterminated label set");
+    loop {
+        let mut name = String::new();
+        loop {
+            match next() {
+                (i, '}') => return (labels, i + 1),
+                (_, '=') => break,
+                (_, ',') => {}
+                (_, c) => name.push(c),
+            }
+        }
+        assert_eq!(next().1, '"', "label value must be quoted");
+        let mut value = String::new();
+        loop {
+            match next() {
+                (_, '\\') => value.push(match next().1 {
+                    'n' => '\n',
+                    c => c,
+                }),
+                (_, '"') => break,
+                (_, c) => value.push(c),
+            }
+        }
+        labels.insert(name, value);
+    }
+}
+
+/// Asserts that a family holds exactly these series, with values equal to within 1e-9 relative
+/// (money is a product of floats; everything else is an exact integer or decimal).
+pub fn assert_family(scrape: &Scrape, name: &str, expected: &[(&[(&str, &str)], f64)]) {
+    let got = scrape.family(name);
+    let want: BTreeMap<Labels, f64> = expected.iter().map(|(l, v)| (to_labels(l), *v)).collect();
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{name}: missing series {missing:?}, unexpected series {extra:?}"
+    );
+    for (labels, w) in &want {
+        let g = got[labels];
+        let close = if *w == 0.0 {
+            g == 0.0
+        } else {
+            ((g - w) / w).abs() < 1e-9
+        };
+        assert!(close, "{name}{labels:?} = {g}, want {w}");
+    }
+}

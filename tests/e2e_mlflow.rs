@@ -1,0 +1,499 @@
+//! End to end against a real MLflow seeded with the known history of tests/fixtures/seed.py: every
+//! metric's exact value after the first (full) sync, then after one incremental cycle that sees new
+//! runs, an ended run, a new version and a moved alias. Expected values are worked out by hand there.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use common::*;
+use mlflow_exporter::app::after_cycle;
+use mlflow_exporter::config::{FlagOverrides, Settings};
+use mlflow_exporter::metrics::publish::Publisher;
+use mlflow_exporter::metrics::Derivation;
+use mlflow_exporter::source::mlflow::MlflowClient;
+use mlflow_exporter::sync::{Mode, Syncer};
+
+const MIN: i64 = 60_000;
+
+fn scrape(publisher: &Publisher) -> Scrape {
+    let text = String::from_utf8(publisher.handle().load().text.to_vec()).unwrap();
+    let (lint, code) = promtool_check_metrics(&text);
+    assert_eq!(
+        (lint.as_str(), code),
+        ("", Some(0)),
+        "promtool check metrics"
+    );
+    Scrape::parse(&text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_metrics_after_a_full_and_an_incremental_sync() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    // T is whole seconds, so that every expected duration below is exact.
+    let t = now_ms() / 1000 * 1000;
+    tokio::task::block_in_place(|| server.seed(t, "initial"));
+
+    let config = write_file(server.dir.path(), "exporter.yaml", SEED_CONFIG);
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let settings = Settings::load(Some(&config), &env, &FlagOverrides::default()).unwrap();
+    let publisher = Publisher::new(Derivation::new(&settings)).unwrap();
+    let client = MlflowClient::new(
+        &settings.mlflow,
+        Some(publisher.exporter.api_latency.clone()),
+    )
+    .unwrap();
+    let mut syncer = Syncer::new(client, &settings);
+    let ready = AtomicBool::new(false);
+
+    // Before any sync: not up, nothing derived yet.
+    let s = scrape(&publisher);
+    assert_eq!(s.get("mlflow_up", &[]), 0.0);
+    assert!(s.family("mlflow_runs").is_empty());
+
+    // First sync at T + 1 min.
+    let s1 = t + MIN;
+    let report = syncer.cycle(s1).await.unwrap();
+    assert_eq!(report.mode, Mode::Full);
+    // experiments, runs, registered models, model versions: one page each.
+    assert_eq!(report.requests, 4);
+    assert_eq!(report.runs_read, 15);
+    after_cycle(&syncer, &publisher, &ready, s1, Ok(report));
+    let s = scrape(&publisher);
+
+    assert_eq!(s.get("mlflow_up", &[]), 1.0);
+    assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 15.0);
+    assert_eq!(
+        s.get(
+            "mlflow_exporter_api_request_duration_seconds_count",
+            &[("endpoint", "runs/search")]
+        ),
+        1.0
+    );
+    assert!(s.get("mlflow_exporter_sync_duration_seconds", &[("mode", "full")]) > 0.0);
+    assert!(s.get("mlflow_exporter_last_sync_timestamp_seconds", &[]) >= (t / 1000) as f64);
+
+    // Inventory.
+    assert_family(
+        &s,
+        "mlflow_experiments",
+        &[
+            (&[("lifecycle_stage", "active")], 4.0),
+            (&[("lifecycle_stage", "deleted")], 1.0),
+        ],
+    );
+    assert_family(&s, "mlflow_registered_models", &[(&[], 3.0)]);
+    assert_family(
+        &s,
+        "mlflow_model_versions",
+        &[
+            (
+                &[
+                    ("model", "churn-model"),
+                    ("stage", "None"),
+                    ("status", "READY"),
+                ],
+                3.0,
+            ),
+            (
+                &[
+                    ("model", "fraud-model"),
+                    ("stage", "Staging"),
+                    ("status", "READY"),
+                ],
+                1.0,
+            ),
+            (
+                &[
+                    ("model", "fraud-model"),
+                    ("stage", "Production"),
+                    ("status", "READY"),
+                ],
+                1.0,
+            ),
+        ],
+    );
+    assert_family(
+        &s,
+        "mlflow_model_alias_version",
+        &[
+            (&[("model", "churn-model"), ("alias", "champion")], 2.0),
+            (&[("model", "churn-model"), ("alias", "challenger")], 3.0),
+        ],
+    );
+
+    // Runs shown by MLflow's UI: active runs of active experiments (r6 is deleted, old-exp too).
+    let runs = |exp, counts: [f64; 5]| {
+        ["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]
+            .into_iter()
+            .zip(counts)
+            .map(move |(st, n)| (exp, st, n))
+    };
+    let expect_runs = |s: &Scrape, rows: Vec<(&str, &str, f64)>| {
+        let rows: Vec<([(&str, &str); 2], f64)> = rows
+            .into_iter()
+            .map(|(e, st, n)| ([("experiment", e), ("status", st)], n))
+            .collect();
+        let rows: Vec<(&[(&str, &str)], f64)> = rows.iter().map(|(l, n)| (&l[..], *n)).collect();
+        assert_family(s, "mlflow_runs", &rows);
+    };
+    expect_runs(
+        &s,
+        runs("Default", [0.0; 5])
+            .chain(runs("vision", [1.0, 0.0, 2.0, 1.0, 1.0]))
+            .chain(runs("nlp", [0.0, 0.0, 2.0, 1.0, 0.0]))
+            .chain(runs("forecast", [1.0, 1.0, 1.0, 0.0, 1.0]))
+            .collect(),
+    );
+
+    // Every ended run, deleted ones included, by experiment, status and estimator.
+    let ended = |rows: &[(&str, &str, &str, f64)]| -> Vec<([(&'static str, String); 3], f64)> {
+        rows.iter()
+            .map(|(e, st, est, n)| {
+                (
+                    [
+                        ("experiment", e.to_string()),
+                        ("status", st.to_string()),
+                        ("estimator", est.to_string()),
+                    ],
+                    *n,
+                )
+            })
+            .collect()
+    };
+    let check_ended = |s: &Scrape, name: &str, rows: &[(&str, &str, &str, f64)]| {
+        let owned = ended(rows);
+        let labels: Vec<Vec<(&str, &str)>> = owned
+            .iter()
+            .map(|(l, _)| l.iter().map(|(k, v)| (*k, v.as_str())).collect())
+            .collect();
+        let rows: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&owned)
+            .map(|(l, (_, n))| (&l[..], *n))
+            .collect();
+        assert_family(s, name, &rows);
+    };
+    let ended_1 = [
+        ("vision", "FINISHED", "ResNet", 1.0),
+        ("vision", "FAILED", "ResNet", 1.0),
+        ("vision", "KILLED", "ResNet", 0.0),
+        ("vision", "FINISHED", "", 1.0),
+        ("vision", "FAILED", "", 0.0),
+        ("vision", "KILLED", "", 1.0),
+        ("vision", "FINISHED", "XGBoost", 1.0),
+        ("vision", "FAILED", "XGBoost", 0.0),
+        ("vision", "KILLED", "XGBoost", 0.0),
+        ("nlp", "FINISHED", "BERT", 1.0),
+        ("nlp", "FAILED", "BERT", 0.0),
+        ("nlp", "KILLED", "BERT", 0.0),
+        ("nlp", "FINISHED", "", 1.0),
+        ("nlp", "FAILED", "", 1.0),
+        ("nlp", "KILLED", "", 0.0),
+        ("forecast", "FINISHED", "", 1.0),
+        ("forecast", "FAILED", "", 0.0),
+        ("forecast", "KILLED", "", 1.0),
+        ("old-exp", "FINISHED", "", 1.0),
+        ("old-exp", "FAILED", "", 1.0),
+        ("old-exp", "KILLED", "", 0.0),
+    ];
+    check_ended(&s, "mlflow_runs_ended_total", &ended_1);
+
+    // Durations: count and sum of each series with observations (seconds).
+    let durations_1 = [
+        ("vision", "FINISHED", "ResNet", 1.0, 3600.0),
+        ("vision", "FAILED", "ResNet", 1.0, 600.0),
+        ("vision", "FINISHED", "", 1.0, 3600.0),
+        ("vision", "KILLED", "", 1.0, 1800.0),
+        ("vision", "FINISHED", "XGBoost", 1.0, 7200.0),
+        ("nlp", "FINISHED", "BERT", 1.0, 1800.0),
+        ("nlp", "FINISHED", "", 1.0, 1200.0),
+        ("nlp", "FAILED", "", 1.0, 60.0),
+        ("forecast", "FINISHED", "", 1.0, 14400.0),
+        ("forecast", "KILLED", "", 1.0, 900.0),
+        ("old-exp", "FINISHED", "", 1.0, 3600.0),
+        ("old-exp", "FAILED", "", 1.0, 300.0),
+    ];
+    let check_durations = |s: &Scrape, rows: &[(&str, &str, &str, f64, f64)]| {
+        let counts: Vec<_> = rows
+            .iter()
+            .map(|(e, st, x, c, _)| (*e, *st, *x, *c))
+            .collect();
+        let sums: Vec<_> = rows
+            .iter()
+            .map(|(e, st, x, _, sum)| (*e, *st, *x, *sum))
+            .collect();
+        check_ended(s, "mlflow_run_duration_seconds_count", &counts);
+        check_ended(s, "mlflow_run_duration_seconds_sum", &sums);
+    };
+    check_durations(&s, &durations_1);
+    // Buckets are cumulative and `le` is inclusive: a 7200 s run is in le=7200, not in le=3600.
+    let bucket = |s: &Scrape, le: &str| {
+        s.get(
+            "mlflow_run_duration_seconds_bucket",
+            &[
+                ("experiment", "vision"),
+                ("status", "FINISHED"),
+                ("estimator", "XGBoost"),
+                ("le", le),
+            ],
+        )
+    };
+    assert_eq!(
+        ["60", "3600", "7200", "86400", "+Inf"].map(|le| bucket(&s, le)),
+        [0.0, 0.0, 1.0, 1.0, 1.0]
+    );
+
+    // Users at T + 1 min (see the seed: alice, bob, carol, dave, erin, frank, gina).
+    let users = |s: &Scrape, name: &str, v: [f64; 3]| {
+        assert_family(
+            s,
+            name,
+            &[
+                (&[("window", "1d")], v[0]),
+                (&[("window", "7d")], v[1]),
+                (&[("window", "30d")], v[2]),
+            ],
+        );
+    };
+    assert_family(&s, "mlflow_users", &[(&[], 7.0)]);
+    users(&s, "mlflow_active_users", [4.0, 5.0, 6.0]);
+    users(&s, "mlflow_new_users", [1.0, 2.0, 4.0]);
+    users(&s, "mlflow_churned_users", [1.0, 1.0, 1.0]);
+
+    // Cost at T + 1 min: running runs are timed up to the sync (r3: 31 min, r11: 3 h 1 min).
+    let cost_rows = |rows: &[(&'static str, &'static str, &'static str, f64)]| {
+        rows.iter()
+            .map(|(e, tm, it, v)| {
+                (
+                    [("experiment", *e), ("team", *tm), ("instance_type", *it)],
+                    *v,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let check_cost =
+        |s: &Scrape, name: &str, rows: &[(&'static str, &'static str, &'static str, f64)]| {
+            let rows = cost_rows(rows);
+            let rows: Vec<(&[(&str, &str)], f64)> =
+                rows.iter().map(|(l, v)| (&l[..], *v)).collect();
+            assert_family(s, name, &rows);
+        };
+    let h = |secs: f64, rate: f64| secs * rate / 3600.0;
+    check_cost(
+        &s,
+        "mlflow_run_compute_seconds_total",
+        &[
+            ("vision", "vision", "g5.xlarge", 7800.0),
+            ("vision", "vision", "cpu.large", 1860.0),
+            ("vision", "platform", "", 7200.0),
+            ("vision", "vision", "", 1800.0),
+            ("nlp", "nlp", "", 3060.0),
+            ("forecast", "", "", 900.0),
+            ("forecast", "", "g5.xlarge", 14400.0),
+            ("forecast", "", "m5.large", 10860.0),
+            ("old-exp", "vision", "", 3900.0),
+        ],
+    );
+    check_cost(
+        &s,
+        "mlflow_run_cost_total",
+        &[
+            ("vision", "vision", "g5.xlarge", h(7800.0, 1.2)),
+            ("vision", "vision", "cpu.large", h(1860.0, 0.1)),
+            ("vision", "platform", "", h(7200.0, 0.5)),
+            ("vision", "vision", "", h(1800.0, 0.5)),
+            ("nlp", "nlp", "", h(3060.0, 0.5)),
+            ("forecast", "", "", h(900.0, 0.5)),
+            ("forecast", "", "g5.xlarge", h(14400.0, 1.2)),
+            ("forecast", "", "m5.large", h(10860.0, 0.5)),
+            ("old-exp", "vision", "", h(3900.0, 0.5)),
+        ],
+    );
+    // GPUs: the g5.xlarge rate says 1 (r10 logged 4); cpu.large has no count, so r3's one logged GPU
+    // counts; r11 (no rate) logged two.
+    check_cost(
+        &s,
+        "mlflow_run_gpu_seconds_total",
+        &[
+            ("vision", "vision", "g5.xlarge", 7800.0),
+            ("vision", "vision", "cpu.large", 1860.0),
+            ("vision", "platform", "", 0.0),
+            ("vision", "vision", "", 0.0),
+            ("nlp", "nlp", "", 0.0),
+            ("forecast", "", "", 0.0),
+            ("forecast", "", "g5.xlarge", 14400.0),
+            ("forecast", "", "m5.large", 21720.0),
+            ("old-exp", "vision", "", 0.0),
+        ],
+    );
+    assert_family(
+        &s,
+        "mlflow_exporter_cost_currency_info",
+        &[(&[("currency", "USD")], 1.0)],
+    );
+    assert_family(
+        &s,
+        "mlflow_exporter_label_values_folded",
+        &[
+            (&[("label", "experiment")], 0.0),
+            (&[("label", "team")], 0.0),
+            (&[("label", "instance_type")], 0.0),
+            (&[("label", "model")], 0.0),
+            (&[("label", "estimator")], 0.0),
+        ],
+    );
+
+    // MLflow changes; the next cycle, at T + 2 min, is incremental.
+    tokio::task::block_in_place(|| server.seed(t, "incremental"));
+    let s2 = t + 2 * MIN;
+    let report = syncer.cycle(s2).await.unwrap();
+    assert_eq!(report.mode, Mode::Incremental);
+    // experiments, ended runs, running runs, registered models, model versions.
+    assert_eq!(report.requests, 5);
+    after_cycle(&syncer, &publisher, &ready, s2, Ok(report));
+    let s = scrape(&publisher);
+    assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 17.0);
+    assert_eq!(
+        s.get(
+            "mlflow_exporter_api_request_duration_seconds_count",
+            &[("endpoint", "runs/search")]
+        ),
+        3.0
+    );
+
+    expect_runs(
+        &s,
+        runs("Default", [0.0; 5])
+            .chain(runs("vision", [1.0, 0.0, 3.0, 1.0, 1.0]))
+            .chain(runs("nlp", [0.0, 0.0, 3.0, 1.0, 0.0]))
+            .chain(runs("forecast", [1.0, 1.0, 1.0, 0.0, 1.0]))
+            .collect(),
+    );
+    let ended_2: Vec<_> = ended_1
+        .iter()
+        .map(|r| match (r.0, r.1, r.2) {
+            ("vision", "FINISHED", "") => (r.0, r.1, r.2, 2.0), // r3 ended
+            ("nlp", "FINISHED", "BERT") => (r.0, r.1, r.2, 2.0), // r16
+            _ => *r,
+        })
+        .collect();
+    check_ended(&s, "mlflow_runs_ended_total", &ended_2);
+    let durations_2: Vec<_> = durations_1
+        .iter()
+        .map(|r| match (r.0, r.1, r.2) {
+            ("vision", "FINISHED", "") => (r.0, r.1, r.2, 2.0, 3600.0 + 1900.0),
+            ("nlp", "FINISHED", "BERT") => (r.0, r.1, r.2, 2.0, 1800.0 + 1290.0),
+            _ => *r,
+        })
+        .collect();
+    check_durations(&s, &durations_2);
+
+    assert_family(&s, "mlflow_users", &[(&[], 7.0)]);
+    // gina's new run makes her active again: no longer churned in the 1d window.
+    users(&s, "mlflow_active_users", [5.0, 5.0, 6.0]);
+    users(&s, "mlflow_new_users", [1.0, 2.0, 4.0]);
+    users(&s, "mlflow_churned_users", [0.0, 1.0, 1.0]);
+
+    check_cost(
+        &s,
+        "mlflow_run_compute_seconds_total",
+        &[
+            ("vision", "vision", "g5.xlarge", 7800.0 + 90.0),
+            ("vision", "vision", "cpu.large", 1900.0),
+            ("vision", "platform", "", 7200.0),
+            ("vision", "vision", "", 1800.0),
+            ("nlp", "nlp", "", 3060.0 + 1290.0),
+            ("forecast", "", "", 900.0),
+            ("forecast", "", "g5.xlarge", 14400.0),
+            ("forecast", "", "m5.large", 10920.0),
+            ("old-exp", "vision", "", 3900.0),
+        ],
+    );
+    check_cost(
+        &s,
+        "mlflow_run_cost_total",
+        &[
+            ("vision", "vision", "g5.xlarge", h(7890.0, 1.2)),
+            ("vision", "vision", "cpu.large", h(1900.0, 0.1)),
+            ("vision", "platform", "", h(7200.0, 0.5)),
+            ("vision", "vision", "", h(1800.0, 0.5)),
+            ("nlp", "nlp", "", h(4350.0, 0.5)),
+            ("forecast", "", "", h(900.0, 0.5)),
+            ("forecast", "", "g5.xlarge", h(14400.0, 1.2)),
+            ("forecast", "", "m5.large", h(10920.0, 0.5)),
+            ("old-exp", "vision", "", h(3900.0, 0.5)),
+        ],
+    );
+    check_cost(
+        &s,
+        "mlflow_run_gpu_seconds_total",
+        &[
+            ("vision", "vision", "g5.xlarge", 7890.0),
+            ("vision", "vision", "cpu.large", 1900.0),
+            ("vision", "platform", "", 0.0),
+            ("vision", "vision", "", 0.0),
+            ("nlp", "nlp", "", 0.0),
+            ("forecast", "", "", 0.0),
+            ("forecast", "", "g5.xlarge", 14400.0),
+            ("forecast", "", "m5.large", 21840.0),
+            ("old-exp", "vision", "", 0.0),
+        ],
+    );
+    assert_family(
+        &s,
+        "mlflow_model_versions",
+        &[
+            (
+                &[
+                    ("model", "churn-model"),
+                    ("stage", "None"),
+                    ("status", "READY"),
+                ],
+                4.0,
+            ),
+            (
+                &[
+                    ("model", "fraud-model"),
+                    ("stage", "Staging"),
+                    ("status", "READY"),
+                ],
+                1.0,
+            ),
+            (
+                &[
+                    ("model", "fraud-model"),
+                    ("stage", "Production"),
+                    ("status", "READY"),
+                ],
+                1.0,
+            ),
+        ],
+    );
+    assert_family(
+        &s,
+        "mlflow_model_alias_version",
+        &[
+            (&[("model", "churn-model"), ("alias", "champion")], 3.0),
+            (&[("model", "churn-model"), ("alias", "challenger")], 3.0),
+        ],
+    );
+
+    // A full resync of the same MLflow gives the same figures as the incremental path.
+    let incremental_text = s.text.clone();
+    let report = syncer.full(s2).await.unwrap();
+    after_cycle(&syncer, &publisher, &ready, s2, Ok(report));
+    let full = scrape(&publisher);
+    let derived = |s: &Scrape| {
+        s.samples
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with("mlflow_exporter_")
+                    && !k.starts_with("process_")
+                    && *k != "mlflow_up"
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(derived(&full), derived(&Scrape::parse(&incremental_text)));
+}

@@ -17,7 +17,7 @@ const TOKEN: &str = "tok-Xv3-never-print";
 fn serves_a_real_mlflow_and_survives_it_going_away() {
     let mut mlflow = MlflowServer::start();
     mlflow.seed(now_ms() / 1000 * 1000, "initial");
-    let config = write_file(mlflow.dir.path(), "exporter.yaml", SEED_CONFIG);
+    let config = example_config();
     let mut exporter = ExporterProcess::start(
         mlflow.dir.path(),
         &[

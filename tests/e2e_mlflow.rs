@@ -34,7 +34,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
     let t = now_ms() / 1000 * 1000;
     tokio::task::block_in_place(|| server.seed(t, "initial"));
 
-    let config = write_file(server.dir.path(), "exporter.yaml", SEED_CONFIG);
+    let config = example_config();
     let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
     let settings = Settings::load(Some(&config), &env, &FlagOverrides::default()).unwrap();
     let publisher = Publisher::new(Derivation::new(&settings)).unwrap();

@@ -93,8 +93,7 @@ impl Syncer {
     pub async fn full(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
         let started = Instant::now();
         let mut next = Snapshot::default();
-        let experiments = self.client.experiments().await?;
-        let mut requests = 1;
+        let (experiments, mut requests) = self.client.experiments().await?;
         let mut ids = Vec::with_capacity(experiments.len());
         for e in &experiments {
             let (id, rec) = self.extractor.experiment(&mut next.strings, e);
@@ -142,8 +141,7 @@ impl Syncer {
         let snap = &mut self.snapshot;
         let ex = &self.extractor;
 
-        let experiments = self.client.experiments().await?;
-        let mut requests = 1;
+        let (experiments, mut requests) = self.client.experiments().await?;
         let mut ids = Vec::with_capacity(experiments.len());
         let mut new_experiments = HashMap::with_capacity(experiments.len());
         for e in &experiments {

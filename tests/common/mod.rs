@@ -230,21 +230,10 @@ fn path_with_venv() -> String {
     )
 }
 
-/// The exporter's configuration used against the seeded history: a rate card and one extra label.
-pub const SEED_CONFIG: &str = r#"
-metrics:
-  extra_labels:
-    - {name: estimator, param: estimator_class}
-cost:
-  currency: USD
-  default_hourly_rate: 0.5
-  rates:
-    - match: {tag: instance_type, value: g5.xlarge}
-      hourly_rate: 1.2
-      gpus: 1
-    - match: {tag: instance_type, regex: "^cpu\\."}
-      hourly_rate: 0.1
-"#;
+/// The example configuration (a rate card and one extra label), which the seeded figures assume.
+pub fn example_config() -> PathBuf {
+    project_dir().join("deploy/config.example.yaml")
+}
 
 pub fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     let p = dir.join(name);

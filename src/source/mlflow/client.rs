@@ -102,22 +102,23 @@ impl MlflowClient {
     }
 
     /// Every experiment, active and deleted.
-    pub async fn experiments(&self) -> Result<Vec<Experiment>, MlflowError> {
+    pub async fn experiments(&self) -> Result<(Vec<Experiment>, usize), MlflowError> {
         let mut all = Vec::new();
-        self.pages::<SearchExperimentsResponse, _>(
-            "experiments/search",
-            |token| {
-                Request::Post(json!({
-                    "view_type": "ALL",
-                    "max_results": EXPERIMENTS_PAGE,
-                    "order_by": ["experiment_id ASC"],
-                    "page_token": token,
-                }))
-            },
-            |page| all.extend(page),
-        )
-        .await?;
-        Ok(all)
+        let requests = self
+            .pages::<SearchExperimentsResponse, _>(
+                "experiments/search",
+                |token| {
+                    Request::Post(json!({
+                        "view_type": "ALL",
+                        "max_results": EXPERIMENTS_PAGE,
+                        "order_by": ["experiment_id ASC"],
+                        "page_token": token,
+                    }))
+                },
+                |page| all.extend(page),
+            )
+            .await?;
+        Ok((all, requests))
     }
 
     /// Runs of the given experiments, active and deleted, handed to `sink` page by page so that a large

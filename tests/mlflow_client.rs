@@ -1,0 +1,833 @@
+//! Integration tests of the MLflow client and the syncer against a wiremock MLflow: paging, page-token
+//! loops, retries, auth headers, timeouts, connection and decode errors, latency recording and sync requests.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use mlflow_exporter::config::{Secret, Settings};
+use mlflow_exporter::error::MlflowError;
+use mlflow_exporter::source::mlflow::client::RunsQuery;
+use mlflow_exporter::source::mlflow::MlflowClient;
+use mlflow_exporter::sync::snapshot::run_key;
+use mlflow_exporter::sync::{Mode, Syncer};
+use prometheus::{HistogramOpts, HistogramVec};
+use serde_json::{json, Value};
+use wiremock::matchers::{body_partial_json, method, path, query_param, query_param_is_missing};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const EXPERIMENTS: &str = "experiments/search";
+const RUNS: &str = "runs/search";
+const MODELS: &str = "registered-models/search";
+const VERSIONS: &str = "model-versions/search";
+
+/// The URL path of an MLflow endpoint.
+fn api(endpoint: &str) -> String {
+    format!("/api/2.0/mlflow/{endpoint}")
+}
+
+/// HTTP method MLflow uses for each search.
+fn verb(endpoint: &str) -> &'static str {
+    match endpoint {
+        EXPERIMENTS | RUNS => "POST",
+        _ => "GET",
+    }
+}
+
+/// Settings pointing at `uri`, with fast retries and a generous timeout.
+fn settings(uri: &str) -> Settings {
+    let mut s = Settings::default();
+    s.mlflow.tracking_uri = uri.to_string();
+    s.mlflow.retry_backoff = Duration::from_millis(10);
+    s.mlflow.max_retries = 3;
+    s.mlflow.timeout = Duration::from_secs(5);
+    s
+}
+
+fn client(s: &Settings) -> MlflowClient {
+    MlflowClient::new(&s.mlflow, None).expect("client builds")
+}
+
+/// A 32-hex-digit run id.
+fn run_id(n: u32) -> String {
+    format!("{n:032x}")
+}
+
+fn experiment(id: &str, name: &str) -> Value {
+    json!({"experiment_id": id, "name": name, "lifecycle_stage": "active",
+           "tags": [{"key": "team", "value": "a"}]})
+}
+
+fn run(n: u32, experiment_id: &str, status: &str) -> Value {
+    json!({
+        "info": {"run_id": run_id(n), "experiment_id": experiment_id, "user_id": "alice",
+                 "status": status, "start_time": 1000, "end_time": 61000, "lifecycle_stage": "active"},
+        "data": {"tags": [{"key": "team", "value": "a"}], "params": [{"key": "lr", "value": "0.1"}],
+                 "metrics": [{"key": "loss", "value": 0.5}]}
+    })
+}
+
+fn ok(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+/// Answers every request to `endpoint` with `body`.
+async fn mount(server: &MockServer, endpoint: &str, body: Value) {
+    Mock::given(method(verb(endpoint)))
+        .and(path(api(endpoint)))
+        .respond_with(ok(body))
+        .mount(server)
+        .await;
+}
+
+/// Requests the server received on `endpoint`, in order.
+async fn received(server: &MockServer, endpoint: &str) -> Vec<Request> {
+    let want = api(endpoint);
+    server
+        .received_requests()
+        .await
+        .expect("request recording is on")
+        .into_iter()
+        .filter(|r| r.url.path() == want)
+        .collect()
+}
+
+/// The JSON body of a POST request.
+fn body(r: &Request) -> Value {
+    r.body_json().expect("JSON body")
+}
+
+/// A port on 127.0.0.1 nothing listens on.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    port
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Paging
+
+#[tokio::test]
+async fn experiments_are_read_over_three_pages_in_order() {
+    let server = MockServer::start().await;
+    let pages = [
+        (
+            Value::Null,
+            json!({"experiments": [experiment("1", "a"), experiment("2", "b")], "next_page_token": "p2"}),
+        ),
+        (
+            json!("p2"),
+            json!({"experiments": [experiment("3", "c")], "next_page_token": "p3"}),
+        ),
+        (json!("p3"), json!({"experiments": [experiment("4", "d")]})),
+    ];
+    for (token, answer) in pages {
+        Mock::given(method("POST"))
+            .and(path(api(EXPERIMENTS)))
+            .and(body_partial_json(json!({"page_token": token})))
+            .respond_with(ok(answer))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let (exps, requests) = client(&settings(&server.uri()))
+        .experiments()
+        .await
+        .unwrap();
+    assert_eq!(requests, 3);
+    let got: Vec<(&str, &str)> = exps
+        .iter()
+        .map(|e| (e.experiment_id.as_str(), e.name.as_str()))
+        .collect();
+    assert_eq!(got, [("1", "a"), ("2", "b"), ("3", "c"), ("4", "d")]);
+    assert_eq!(exps[0].tags[0].key, "team");
+    assert_eq!(exps[0].tags[0].value, "a");
+
+    let reqs = received(&server, EXPERIMENTS).await;
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(
+        body(&reqs[0]),
+        json!({"view_type": "ALL", "max_results": 50000, "order_by": ["experiment_id ASC"], "page_token": null})
+    );
+    let tokens: Vec<Value> = reqs.iter().map(|r| body(r)["page_token"].clone()).collect();
+    assert_eq!(tokens, [Value::Null, json!("p2"), json!("p3")]);
+}
+
+#[tokio::test]
+async fn runs_are_read_over_three_pages_in_order_and_requests_counted() {
+    let server = MockServer::start().await;
+    let pages = [
+        (
+            Value::Null,
+            json!({"runs": [run(1, "1", "FINISHED"), run(2, "1", "FAILED")], "next_page_token": "t2"}),
+        ),
+        (
+            json!("t2"),
+            json!({"runs": [run(3, "2", "RUNNING"), run(4, "2", "KILLED")], "next_page_token": "t3"}),
+        ),
+        (
+            json!("t3"),
+            json!({"runs": [run(5, "2", "FINISHED")], "next_page_token": ""}),
+        ),
+    ];
+    for (token, answer) in pages {
+        Mock::given(method("POST"))
+            .and(path(api(RUNS)))
+            .and(body_partial_json(json!({"page_token": token})))
+            .respond_with(ok(answer))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let mut s = settings(&server.uri());
+    s.mlflow.page_size = 2;
+    let ids = vec!["1".to_string(), "2".to_string()];
+    let mut pages_seen = Vec::new();
+    let requests = client(&s)
+        .runs(&ids, RunsQuery::All, |page| {
+            pages_seen.push(
+                page.iter()
+                    .map(|r| (r.info.run_id.clone(), r.info.status.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(requests, 3);
+    assert_eq!(
+        pages_seen,
+        vec![
+            vec![
+                (run_id(1), "FINISHED".to_string()),
+                (run_id(2), "FAILED".to_string())
+            ],
+            vec![
+                (run_id(3), "RUNNING".to_string()),
+                (run_id(4), "KILLED".to_string())
+            ],
+            vec![(run_id(5), "FINISHED".to_string())],
+        ]
+    );
+
+    let reqs = received(&server, RUNS).await;
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(
+        body(&reqs[0]),
+        json!({
+            "experiment_ids": ["1", "2"],
+            "filter": "",
+            "run_view_type": "ALL",
+            "max_results": 2,
+            "order_by": ["attributes.start_time ASC", "attributes.run_id ASC"],
+            "page_token": null,
+        })
+    );
+    let tokens: Vec<Value> = reqs.iter().map(|r| body(r)["page_token"].clone()).collect();
+    assert_eq!(tokens, [Value::Null, json!("t2"), json!("t3")]);
+}
+
+#[tokio::test]
+async fn registered_models_page_through_the_page_token_query_param() {
+    let server = MockServer::start().await;
+    let model =
+        |name: &str| json!({"name": name, "aliases": [{"alias": "champion", "version": "2"}]});
+    Mock::given(method("GET"))
+        .and(path(api(MODELS)))
+        .and(query_param_is_missing("page_token"))
+        .and(query_param("max_results", "1000"))
+        .and(query_param("order_by", "name ASC"))
+        .respond_with(ok(
+            json!({"registered_models": [model("a")], "next_page_token": "m2"}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(api(MODELS)))
+        .and(query_param("page_token", "m2"))
+        .respond_with(ok(
+            json!({"registered_models": [model("b")], "next_page_token": "m3"}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(api(MODELS)))
+        .and(query_param("page_token", "m3"))
+        .respond_with(ok(json!({"registered_models": [model("c")]})))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let (models, requests) = client(&settings(&server.uri()))
+        .registered_models()
+        .await
+        .unwrap();
+    assert_eq!(requests, 3);
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(models[2].aliases.len(), 1);
+    assert_eq!(models[2].aliases[0].alias, "champion");
+    assert_eq!(models[2].aliases[0].version, "2");
+    assert_eq!(received(&server, MODELS).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_page_token_that_repeats_forever_stops_with_page_loop() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        EXPERIMENTS,
+        json!({"experiments": [experiment("1", "e")], "next_page_token": "again"}),
+    )
+    .await;
+    // Bounded, so that a regression fails instead of hanging.
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        client(&settings(&server.uri())).experiments(),
+    )
+    .await
+    .expect("the page walk stops")
+    .unwrap_err();
+    match &err {
+        MlflowError::PageLoop { endpoint, token } => {
+            assert_eq!(*endpoint, EXPERIMENTS);
+            assert_eq!(token, "again");
+        }
+        other => panic!("expected PageLoop, got {other:?}"),
+    }
+    assert_eq!(err.reason(), "decode");
+    // The first page hands out "again", the second repeats it: the walk stops there.
+    assert_eq!(received(&server, EXPERIMENTS).await.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Retries
+
+/// Answers `endpoint` with `first` `times` times, then with `then`.
+async fn mount_then(
+    server: &MockServer,
+    endpoint: &str,
+    first: ResponseTemplate,
+    times: u64,
+    then: ResponseTemplate,
+) {
+    Mock::given(method(verb(endpoint)))
+        .and(path(api(endpoint)))
+        .respond_with(first)
+        .up_to_n_times(times)
+        .with_priority(1)
+        .mount(server)
+        .await;
+    Mock::given(method(verb(endpoint)))
+        .and(path(api(endpoint)))
+        .respond_with(then)
+        .with_priority(2)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn two_503s_then_200_succeeds_after_exactly_three_requests() {
+    let server = MockServer::start().await;
+    mount_then(
+        &server,
+        EXPERIMENTS,
+        ResponseTemplate::new(503),
+        2,
+        ok(json!({"experiments": [experiment("7", "seven")]})),
+    )
+    .await;
+    let (exps, requests) = client(&settings(&server.uri()))
+        .experiments()
+        .await
+        .unwrap();
+    // Retries are not counted as pages.
+    assert_eq!(requests, 1);
+    assert_eq!(exps.len(), 1);
+    assert_eq!(exps[0].experiment_id, "7");
+    assert_eq!(received(&server, EXPERIMENTS).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_its_retry_after() {
+    let server = MockServer::start().await;
+    mount_then(
+        &server,
+        MODELS,
+        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+        1,
+        ok(json!({"registered_models": [{"name": "m"}]})),
+    )
+    .await;
+    let started = Instant::now();
+    let (models, requests) = client(&settings(&server.uri()))
+        .registered_models()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(requests, 1, "retries are not counted as pages");
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0].name, "m");
+    assert_eq!(received(&server, MODELS).await.len(), 2);
+    // The backoff is 10 ms: only honouring Retry-After makes the retry wait a second.
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+}
+
+#[tokio::test]
+async fn a_400_is_not_retried_and_carries_mlflows_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(api(RUNS)))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error_code": "INVALID_PARAMETER_VALUE",
+            "message": "bad filter"
+        })))
+        .mount(&server)
+        .await;
+    let err = client(&settings(&server.uri()))
+        .runs(&["1".to_string()], RunsQuery::Filter("nonsense"), |_| {})
+        .await
+        .unwrap_err();
+    match &err {
+        MlflowError::Status {
+            endpoint,
+            status,
+            error_code,
+            message,
+            ..
+        } => {
+            assert_eq!(*endpoint, RUNS);
+            assert_eq!(*status, 400);
+            assert_eq!(error_code, "INVALID_PARAMETER_VALUE");
+            assert_eq!(message, "bad filter");
+        }
+        other => panic!("expected Status, got {other:?}"),
+    }
+    assert_eq!(err.reason(), "client_error");
+    assert_eq!(
+        err.to_string(),
+        "MLflow answered runs/search with HTTP 400 INVALID_PARAMETER_VALUE: bad filter"
+    );
+    let reqs = received(&server, RUNS).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(body(&reqs[0])["filter"], "nonsense");
+}
+
+#[tokio::test]
+async fn a_404_is_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(api(VERSIONS)))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({
+            "error_code": "ENDPOINT_NOT_FOUND",
+            "message": "No API route"
+        })))
+        .mount(&server)
+        .await;
+    let err = client(&settings(&server.uri()))
+        .model_versions(None)
+        .await
+        .unwrap_err();
+    match &err {
+        MlflowError::Status {
+            endpoint,
+            status,
+            error_code,
+            message,
+            ..
+        } => {
+            assert_eq!(*endpoint, VERSIONS);
+            assert_eq!(*status, 404);
+            assert_eq!(error_code, "ENDPOINT_NOT_FOUND");
+            assert_eq!(message, "No API route");
+        }
+        other => panic!("expected Status, got {other:?}"),
+    }
+    assert_eq!(err.reason(), "client_error");
+    assert_eq!(received(&server, VERSIONS).await.len(), 1);
+}
+
+#[tokio::test]
+async fn server_errors_beyond_max_retries_fail_after_max_retries_plus_one_requests() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(api(EXPERIMENTS)))
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({
+            "error_code": "INTERNAL_ERROR",
+            "message": "database is locked"
+        })))
+        .mount(&server)
+        .await;
+    let mut s = settings(&server.uri());
+    s.mlflow.max_retries = 2;
+    let err = client(&s).experiments().await.unwrap_err();
+    match &err {
+        MlflowError::Status {
+            status,
+            error_code,
+            message,
+            ..
+        } => {
+            assert_eq!(*status, 500);
+            assert_eq!(error_code, "INTERNAL_ERROR");
+            assert_eq!(message, "database is locked");
+        }
+        other => panic!("expected Status, got {other:?}"),
+    }
+    assert_eq!(err.reason(), "server_error");
+    assert_eq!(received(&server, EXPERIMENTS).await.len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Auth
+
+/// The Authorization header of the one request a client with these credentials sends.
+async fn authorization_sent(
+    username: Option<&str>,
+    password: Option<&str>,
+    token: Option<&str>,
+) -> Option<String> {
+    let server = MockServer::start().await;
+    mount(&server, EXPERIMENTS, json!({})).await;
+    let mut s = settings(&server.uri());
+    s.mlflow.username = username.map(str::to_string);
+    s.mlflow.password = password.map(Secret::new);
+    s.mlflow.token = token.map(Secret::new);
+    assert!(client(&s).experiments().await.unwrap().0.is_empty());
+    let reqs = received(&server, EXPERIMENTS).await;
+    assert_eq!(reqs.len(), 1);
+    reqs[0]
+        .headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn username_and_password_send_basic_auth() {
+    // base64("alice:s3cret")
+    assert_eq!(
+        authorization_sent(Some("alice"), Some("s3cret"), None)
+            .await
+            .as_deref(),
+        Some("Basic YWxpY2U6czNjcmV0")
+    );
+}
+
+#[tokio::test]
+async fn a_token_alone_sends_bearer_auth() {
+    assert_eq!(
+        authorization_sent(None, None, Some("tok-123"))
+            .await
+            .as_deref(),
+        Some("Bearer tok-123")
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_wins_over_a_token() {
+    // base64("svc:pw")
+    assert_eq!(
+        authorization_sent(Some("svc"), Some("pw"), Some("tok-123"))
+            .await
+            .as_deref(),
+        Some("Basic c3ZjOnB3")
+    );
+}
+
+#[tokio::test]
+async fn no_credentials_send_no_authorization_header() {
+    assert_eq!(authorization_sent(None, None, None).await, None);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Transport and decode failures
+
+#[tokio::test]
+async fn a_slow_answer_times_out_and_is_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(api(EXPERIMENTS)))
+        .respond_with(ok(json!({})).set_delay(Duration::from_secs(2)))
+        .mount(&server)
+        .await;
+    let mut s = settings(&server.uri());
+    s.mlflow.timeout = Duration::from_millis(200);
+    let started = Instant::now();
+    let err = client(&s).experiments().await.unwrap_err();
+    let took = started.elapsed();
+    match &err {
+        MlflowError::Timeout { endpoint, timeout } => {
+            assert_eq!(*endpoint, EXPERIMENTS);
+            assert_eq!(*timeout, Duration::from_millis(200));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert_eq!(err.reason(), "timeout");
+    assert!(took < Duration::from_millis(1500), "gave up after {took:?}");
+    assert_eq!(received(&server, EXPERIMENTS).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error() {
+    let mut s = settings(&format!("http://127.0.0.1:{}", closed_port()));
+    s.mlflow.max_retries = 1;
+    let err = client(&s).experiments().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MlflowError::Connect {
+                endpoint: EXPERIMENTS,
+                ..
+            }
+        ),
+        "expected Connect, got {err:?}"
+    );
+    assert_eq!(err.reason(), "connect");
+}
+
+#[tokio::test]
+async fn truncated_json_is_a_decode_error_naming_the_endpoint() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(api(RUNS)))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"runs": ["#))
+        .mount(&server)
+        .await;
+    let err = client(&settings(&server.uri()))
+        .runs(&["1".to_string()], RunsQuery::All, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MlflowError::Decode { endpoint: RUNS, .. }),
+        "expected Decode, got {err:?}"
+    );
+    assert_eq!(err.reason(), "decode");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("MLflow's answer to runs/search is not the JSON expected: "),
+        "{text}"
+    );
+    assert_eq!(
+        received(&server, RUNS).await.len(),
+        1,
+        "decode errors are not retried"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Syncer
+
+const NOW: i64 = 1_700_000_000_000;
+
+/// One experiment, two ended runs, one model with an alias and one version.
+async fn mount_small_install(server: &MockServer) {
+    mount(
+        server,
+        EXPERIMENTS,
+        json!({"experiments": [experiment("1", "e")]}),
+    )
+    .await;
+    mount(
+        server,
+        RUNS,
+        json!({"runs": [run(1, "1", "FINISHED"), run(2, "1", "FAILED")]}),
+    )
+    .await;
+    mount(
+        server,
+        MODELS,
+        json!({"registered_models": [{"name": "m", "aliases": [{"alias": "champion", "version": "2"}]}]}),
+    )
+    .await;
+    mount(
+        server,
+        VERSIONS,
+        json!({"model_versions": [{"name": "m", "version": "2", "current_stage": "None",
+                                   "status": "READY", "last_updated_timestamp": 5}]}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_cycle_keeps_the_last_good_snapshot() {
+    let server = MockServer::start().await;
+    mount_small_install(&server).await;
+    let s = settings(&server.uri());
+    let mut syncer = Syncer::new(client(&s), &s);
+
+    let report = syncer.full(NOW).await.unwrap();
+    assert_eq!(report.mode, Mode::Full);
+    assert_eq!(report.requests, 4);
+    assert_eq!(report.runs_read, 2);
+
+    let check = |syncer: &Syncer| {
+        let snap = syncer.snapshot();
+        let mut runs: Vec<u128> = snap.runs.keys().copied().collect();
+        runs.sort();
+        assert_eq!(runs, [run_key(&run_id(1)), run_key(&run_id(2))]);
+        assert_eq!(snap.experiments.len(), 1);
+        let (id, exp) = snap.experiments.iter().next().unwrap();
+        assert_eq!(snap.strings.get(*id), "1");
+        assert_eq!(snap.strings.get(exp.name), "e");
+        assert_eq!(exp.team.map(|t| snap.strings.get(t)), Some("a"));
+        assert_eq!(snap.models.len(), 1);
+        let (name, model) = snap.models.iter().next().unwrap();
+        assert_eq!(snap.strings.get(*name), "m");
+        let aliases: Vec<(&str, u32)> = model
+            .aliases
+            .iter()
+            .map(|(a, v)| (snap.strings.get(*a), *v))
+            .collect();
+        assert_eq!(aliases, [("champion", 2)]);
+        assert_eq!(snap.versions.len(), 1);
+    };
+    check(&syncer);
+
+    server.reset().await;
+    mount(
+        &server,
+        EXPERIMENTS,
+        json!({"experiments": [experiment("1", "e")]}),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path(api(RUNS)))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"runs": ["#))
+        .mount(&server)
+        .await;
+    mount(&server, MODELS, json!({})).await;
+    mount(&server, VERSIONS, json!({})).await;
+
+    let err = syncer.full(NOW + 60_000).await.unwrap_err();
+    assert!(
+        matches!(err, MlflowError::Decode { endpoint: RUNS, .. }),
+        "{err:?}"
+    );
+    check(&syncer);
+    let err = syncer.incremental(NOW + 120_000).await.unwrap_err();
+    assert!(
+        matches!(err, MlflowError::Decode { endpoint: RUNS, .. }),
+        "{err:?}"
+    );
+    check(&syncer);
+    assert!(syncer.has_synced());
+}
+
+#[tokio::test]
+async fn latency_is_recorded_for_every_attempt() {
+    let server = MockServer::start().await;
+    mount_then(
+        &server,
+        EXPERIMENTS,
+        ResponseTemplate::new(503),
+        1,
+        ok(json!({"experiments": [experiment("1", "e")]})),
+    )
+    .await;
+    let latency = HistogramVec::new(
+        HistogramOpts::new("mlflow_request_seconds", "MLflow request latency"),
+        &["endpoint"],
+    )
+    .unwrap();
+    let s = settings(&server.uri());
+    let c = MlflowClient::new(&s.mlflow, Some(latency.clone())).unwrap();
+    assert_eq!(c.experiments().await.unwrap().0.len(), 1);
+
+    let families = prometheus::core::Collector::collect(&latency);
+    assert_eq!(families.len(), 1);
+    let series = families[0].get_metric();
+    assert_eq!(series.len(), 1, "one endpoint was called");
+    assert_eq!(series[0].get_label()[0].name(), "endpoint");
+    assert_eq!(series[0].get_label()[0].value(), EXPERIMENTS);
+    assert_eq!(
+        latency.with_label_values(&[EXPERIMENTS]).get_sample_count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn an_incremental_cycle_makes_five_requests_and_looks_back_by_the_overlap() {
+    let server = MockServer::start().await;
+    mount_small_install(&server).await;
+    let s = settings(&server.uri());
+    let overlap_ms = s.mlflow.sync_overlap.as_millis() as i64;
+    let mut syncer = Syncer::new(client(&s), &s);
+    syncer.full(NOW).await.unwrap();
+
+    // Empty answers everywhere but the experiments: without an experiment there is no runs search.
+    server.reset().await;
+    mount(
+        &server,
+        EXPERIMENTS,
+        json!({"experiments": [experiment("1", "e")]}),
+    )
+    .await;
+    mount(&server, RUNS, json!({})).await;
+    mount(&server, MODELS, json!({})).await;
+    mount(&server, VERSIONS, json!({})).await;
+
+    let report = syncer.incremental(NOW + 60_000).await.unwrap();
+    assert_eq!(report.mode, Mode::Incremental);
+    assert_eq!(report.requests, 5);
+    assert_eq!(report.runs_read, 0);
+
+    let all = server.received_requests().await.unwrap();
+    let paths: Vec<&str> = all.iter().map(|r| r.url.path()).collect();
+    assert_eq!(
+        paths,
+        [
+            api(EXPERIMENTS),
+            api(RUNS),
+            api(RUNS),
+            api(MODELS),
+            api(VERSIONS)
+        ]
+    );
+    let filters: Vec<Value> = received(&server, RUNS)
+        .await
+        .iter()
+        .map(|r| body(r)["filter"].clone())
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            json!(format!("attributes.end_time >= {}", NOW - overlap_ms)),
+            json!("attributes.status = 'RUNNING'"),
+        ]
+    );
+    assert_eq!(NOW - overlap_ms, 1_699_999_700_000);
+    // Nothing changed, so the snapshot still holds both runs.
+    assert_eq!(syncer.snapshot().runs.len(), 2);
+}
+
+#[tokio::test]
+async fn a_full_cycle_counts_every_experiments_page() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(api(EXPERIMENTS)))
+        .and(body_partial_json(json!({"page_token": null})))
+        .respond_with(ok(
+            json!({"experiments": [experiment("1", "a")], "next_page_token": "p2"}),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(api(EXPERIMENTS)))
+        .and(body_partial_json(json!({"page_token": "p2"})))
+        .respond_with(ok(json!({"experiments": [experiment("2", "b")]})))
+        .mount(&server)
+        .await;
+    mount(&server, RUNS, json!({})).await;
+    mount(&server, MODELS, json!({})).await;
+    mount(&server, VERSIONS, json!({})).await;
+    let s = settings(&server.uri());
+    let mut syncer = Syncer::new(client(&s), &s);
+    let report = syncer.full(NOW).await.unwrap();
+    assert_eq!(syncer.snapshot().experiments.len(), 2);
+    let sent = server.received_requests().await.unwrap().len();
+    // 2 experiments pages + 1 runs page + 1 models page + 1 versions page.
+    assert_eq!(sent, 5);
+    // CycleReport.requests is documented as "HTTP requests that returned a page (retries not counted)".
+    assert_eq!(report.requests, sent);
+}

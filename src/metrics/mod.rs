@@ -169,15 +169,4 @@ pub fn team_of(snap: &Snapshot, r: &RunRecord) -> Option<Sym> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn window_labels() {
-        assert_eq!(window_label(Duration::from_secs(86400)), "1d");
-        assert_eq!(window_label(Duration::from_secs(30 * 86400)), "30d");
-        assert_eq!(window_label(Duration::from_secs(7200)), "2h");
-        assert_eq!(window_label(Duration::from_secs(90)), "90s");
-        assert_eq!(window_label(Duration::from_secs(120)), "2m");
-    }
-}
+mod tests;

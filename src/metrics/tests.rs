@@ -1,0 +1,471 @@
+//! Unit tests of snapshot → families with hand-built snapshots: window edges, the cardinality cap,
+//! the rate card, lifecycle rules and zero series, each with exact expected values.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::*;
+use crate::config::{CostSettings, Rate, RateMatch, Settings};
+use crate::sync::snapshot::*;
+
+const H: i64 = 3_600_000;
+const D: i64 = 24 * H;
+const NOW: i64 = 1_800_000_000_000;
+
+#[derive(Default)]
+struct Build {
+    snap: Snapshot,
+    next: u128,
+}
+
+impl Build {
+    fn experiment(&mut self, id: &str, name: &str, team: Option<&str>, deleted: bool) -> &mut Self {
+        let s = &mut self.snap.strings;
+        let rec = ExperimentRecord {
+            name: s.intern(name),
+            deleted,
+            team: team.map(|t| s.intern(t)),
+        };
+        let id = s.intern(id);
+        self.snap.experiments.insert(id, rec);
+        self
+    }
+
+    /// A run; `end` is `NO_TIME` when it has none.
+    fn run(
+        &mut self,
+        exp: &str,
+        user: Option<&str>,
+        status: RunStatus,
+        start: i64,
+        end: i64,
+    ) -> &mut RunRecord {
+        self.next += 1;
+        let s = &mut self.snap.strings;
+        let rec = RunRecord {
+            start_ms: start,
+            end_ms: end,
+            experiment: s.intern(exp),
+            user: user.map(|u| s.intern(u)),
+            team: None,
+            instance_type: None,
+            extra: Box::new([]),
+            rate: NO_RATE,
+            gpus_logged: 0,
+            status,
+            deleted: false,
+        };
+        self.snap.runs.entry(self.next).or_insert(rec)
+    }
+
+    fn sym(&mut self, s: &str) -> Sym {
+        self.snap.strings.intern(s)
+    }
+}
+
+fn settings(f: impl FnOnce(&mut Settings)) -> Derivation {
+    let mut s = Settings::default();
+    f(&mut s);
+    Derivation::new(&s)
+}
+
+/// Series of one family: label values joined by `,` → value (histograms: `_count`).
+fn series(fams: &[MetricFamily], name: &str) -> BTreeMap<String, f64> {
+    let f = fams
+        .iter()
+        .find(|f| f.name() == name)
+        .unwrap_or_else(|| panic!("no family {name}"));
+    f.get_metric()
+        .iter()
+        .map(|m| {
+            let key = m
+                .get_label()
+                .iter()
+                .map(|l| l.value())
+                .collect::<Vec<_>>()
+                .join(",");
+            let v = match f.get_field_type() {
+                MetricType::COUNTER => m.get_counter().get_value(),
+                MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
+                _ => m.get_gauge().get_value(),
+            };
+            (key, v)
+        })
+        .collect()
+}
+
+fn map(rows: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    rows.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[test]
+fn user_windows_include_their_start_edge() {
+    let mut b = Build::default();
+    b.experiment("1", "e", None, false);
+    // Exactly one window old: inside it (the window is [now - 1d, now]).
+    b.run("1", Some("edge"), RunStatus::Finished, NOW - D, NOW - D + 1);
+    // One ms older: in the window before, so churned for 1d, new for 7d.
+    b.run(
+        "1",
+        Some("churner"),
+        RunStatus::Finished,
+        NOW - D - 1,
+        NOW - D,
+    );
+    // Active now, first seen 20 days ago: active everywhere, new only for 30d.
+    b.run("1", Some("veteran"), RunStatus::Running, NOW - H, NO_TIME);
+    b.run(
+        "1",
+        Some("veteran"),
+        RunStatus::Finished,
+        NOW - 20 * D,
+        NOW - 20 * D + H,
+    );
+    // Exactly two windows old: the 1d window before is [now - 2d, now - 1d), so this one is in it.
+    b.run(
+        "1",
+        Some("old"),
+        RunStatus::Killed,
+        NOW - 2 * D,
+        NOW - 2 * D + 1,
+    );
+    // No user, or no start time: neither counts as active.
+    b.run("1", None, RunStatus::Finished, NOW - H, NOW);
+    b.run(
+        "1",
+        Some("unstarted"),
+        RunStatus::Scheduled,
+        NO_TIME,
+        NO_TIME,
+    );
+    let d = settings(|_| {});
+    let f = adoption::families(&b.snap, &d, NOW);
+    assert_eq!(series(&f, "mlflow_users"), map(&[("", 5.0)]));
+    assert_eq!(
+        series(&f, "mlflow_active_users"),
+        map(&[("1d", 2.0), ("7d", 4.0), ("30d", 4.0)])
+    );
+    assert_eq!(
+        series(&f, "mlflow_new_users"),
+        map(&[("1d", 1.0), ("7d", 3.0), ("30d", 4.0)])
+    );
+    assert_eq!(
+        series(&f, "mlflow_churned_users"),
+        map(&[("1d", 2.0), ("7d", 0.0), ("30d", 0.0)])
+    );
+}
+
+#[test]
+fn configured_windows_are_labelled_as_promql_durations() {
+    let mut b = Build::default();
+    b.experiment("1", "e", None, false);
+    b.run("1", Some("u"), RunStatus::Finished, NOW - 90 * 60_000, NOW);
+    let d = settings(|s| {
+        s.metrics.user_windows = vec![Duration::from_secs(3600), Duration::from_secs(7200)]
+    });
+    let f = adoption::families(&b.snap, &d, NOW);
+    assert_eq!(
+        series(&f, "mlflow_active_users"),
+        map(&[("1h", 0.0), ("2h", 1.0)])
+    );
+    assert_eq!(
+        series(&f, "mlflow_churned_users"),
+        map(&[("1h", 1.0), ("2h", 0.0)])
+    );
+}
+
+#[test]
+fn runs_follow_mlflow_lifecycle_rules_and_zero_fill() {
+    let mut b = Build::default();
+    b.experiment("1", "live", None, false);
+    b.experiment("2", "gone", None, true);
+    b.experiment("3", "empty", None, false);
+    b.run("1", Some("a"), RunStatus::Finished, 0, 60_000);
+    b.run("1", Some("a"), RunStatus::Failed, 0, 600_000).deleted = true;
+    b.run("1", Some("a"), RunStatus::Running, 0, NO_TIME);
+    b.run("2", Some("a"), RunStatus::Killed, 0, 1_000).deleted = true;
+    let d = settings(|_| {});
+    let folds = Folds::build(&b.snap, &d);
+    let f = runs::families(&b.snap, &d, &folds);
+    // What the UI shows: the deleted run and the deleted experiment are not there.
+    assert_eq!(
+        series(&f, "mlflow_runs"),
+        map(&[
+            ("empty,FAILED", 0.0),
+            ("empty,FINISHED", 0.0),
+            ("empty,KILLED", 0.0),
+            ("empty,RUNNING", 0.0),
+            ("empty,SCHEDULED", 0.0),
+            ("live,FAILED", 0.0),
+            ("live,FINISHED", 1.0),
+            ("live,KILLED", 0.0),
+            ("live,RUNNING", 1.0),
+            ("live,SCHEDULED", 0.0),
+        ])
+    );
+    // Compute was spent all the same: every ended run counts.
+    assert_eq!(
+        series(&f, "mlflow_runs_ended_total"),
+        map(&[
+            ("gone,FAILED", 0.0),
+            ("gone,FINISHED", 0.0),
+            ("gone,KILLED", 1.0),
+            ("live,FAILED", 1.0),
+            ("live,FINISHED", 1.0),
+            ("live,KILLED", 0.0),
+        ])
+    );
+    assert_eq!(
+        series(&f, "mlflow_run_duration_seconds"),
+        map(&[
+            ("gone,KILLED", 1.0),
+            ("live,FAILED", 1.0),
+            ("live,FINISHED", 1.0)
+        ])
+    );
+}
+
+#[test]
+fn duration_buckets_are_inclusive_and_sums_exact() {
+    let mut b = Build::default();
+    b.experiment("1", "e", None, false);
+    for ms in [59_999, 60_000, 60_001, 86_400_000, 90_000_000] {
+        b.run("1", Some("a"), RunStatus::Finished, 0, ms);
+    }
+    let d = settings(|_| {});
+    let folds = Folds::build(&b.snap, &d);
+    let f = runs::families(&b.snap, &d, &folds);
+    let h = f
+        .iter()
+        .find(|f| f.name() == "mlflow_run_duration_seconds")
+        .unwrap();
+    let h = h.get_metric()[0].get_histogram();
+    let cumulative: Vec<u64> = h
+        .get_bucket()
+        .iter()
+        .map(|b| b.cumulative_count())
+        .collect();
+    assert_eq!(cumulative, vec![2, 3, 3, 3, 3, 3, 3, 3, 3, 4]);
+    assert_eq!(h.get_sample_count(), 5);
+    assert_eq!(
+        h.get_sample_sum(),
+        (59_999 + 60_000 + 60_001 + 86_400_000 + 90_000_000) as f64 / 1000.0
+    );
+}
+
+#[test]
+fn the_cardinality_cap_folds_the_least_used_values() {
+    let mut b = Build::default();
+    for (id, name, runs) in [
+        ("1", "big", 3),
+        ("2", "mid", 2),
+        ("3", "small", 1),
+        ("4", "tiny", 1),
+    ] {
+        b.experiment(id, name, Some(name), false);
+        for _ in 0..runs {
+            b.run(id, Some("u"), RunStatus::Finished, 0, 1_000);
+        }
+    }
+    let (m1, m2, m3) = (b.sym("m1"), b.sym("m2"), b.sym("m3"));
+    let (champ, ready, none) = (b.sym("champion"), b.sym("READY"), b.sym("None"));
+    for (m, versions) in [(m1, 3), (m2, 2), (m3, 1)] {
+        b.snap.models.insert(
+            m,
+            ModelRecord {
+                aliases: vec![(champ, 1)],
+            },
+        );
+        for v in 1..=versions {
+            b.snap.versions.insert(
+                (m, v),
+                VersionRecord {
+                    stage: none,
+                    status: ready,
+                    last_updated_ms: 0,
+                },
+            );
+        }
+    }
+    let d = settings(|s| s.metrics.max_label_values = 2);
+    let f = derive(&b.snap, &d, NOW);
+    assert_eq!(
+        series(&f, "mlflow_runs_ended_total"),
+        map(&[
+            ("__other__,FAILED", 0.0),
+            ("__other__,FINISHED", 2.0),
+            ("__other__,KILLED", 0.0),
+            ("big,FAILED", 0.0),
+            ("big,FINISHED", 3.0),
+            ("big,KILLED", 0.0),
+            ("mid,FAILED", 0.0),
+            ("mid,FINISHED", 2.0),
+            ("mid,KILLED", 0.0),
+        ])
+    );
+    // Team values come from the experiments' tags: the same ranking folds them too.
+    assert_eq!(
+        series(&f, "mlflow_run_compute_seconds_total"),
+        map(&[
+            ("__other__,__other__,", 2.0),
+            ("big,big,", 3.0),
+            ("mid,mid,", 2.0)
+        ])
+    );
+    assert_eq!(
+        series(&f, "mlflow_model_versions"),
+        map(&[
+            ("__other__,None,READY", 1.0),
+            ("m1,None,READY", 3.0),
+            ("m2,None,READY", 2.0)
+        ])
+    );
+    // A folded model's aliases would collide under __other__: they are left out.
+    assert_eq!(
+        series(&f, "mlflow_model_alias_version"),
+        map(&[("m1,champion", 1.0), ("m2,champion", 1.0)])
+    );
+    assert_eq!(
+        series(&f, "mlflow_exporter_label_values_folded"),
+        map(&[
+            ("experiment", 2.0),
+            ("instance_type", 0.0),
+            ("model", 1.0),
+            ("team", 2.0)
+        ])
+    );
+}
+
+#[test]
+fn the_rate_card_prices_each_run_and_counts_its_gpus() {
+    let mut b = Build::default();
+    b.experiment("1", "train", Some("ml"), false);
+    let (gpu_box, cpu_box) = (b.sym("p4d"), b.sym("m5"));
+    // 2 h on the 8-GPU rate (the card's count wins over the 1 GPU the run logged).
+    let r = b.run("1", Some("a"), RunStatus::Finished, 0, 2 * H);
+    (r.rate, r.instance_type, r.gpus_logged) = (0, Some(gpu_box), 1);
+    // Running for 30 min at `now`, on a rate with no GPU count: its 2 logged GPUs count.
+    let r = b.run("1", Some("a"), RunStatus::Running, NOW - H / 2, NO_TIME);
+    (r.rate, r.instance_type, r.gpus_logged) = (1, Some(cpu_box), 2);
+    // No rate matched: the default rate; scheduled runs cost nothing.
+    b.run("1", Some("a"), RunStatus::Killed, 0, 3 * H);
+    b.run("1", Some("a"), RunStatus::Scheduled, NOW - H, NO_TIME);
+    let d = settings(|s| {
+        s.cost = CostSettings {
+            currency: "EUR".into(),
+            default_hourly_rate: 0.25,
+            rates: vec![
+                Rate {
+                    matcher: RateMatch {
+                        tag: Some("instance_type".into()),
+                        param: None,
+                        value: Some("p4d".into()),
+                        regex: None,
+                    },
+                    hourly_rate: 32.0,
+                    gpus: Some(8),
+                },
+                Rate {
+                    matcher: RateMatch {
+                        tag: Some("instance_type".into()),
+                        param: None,
+                        value: None,
+                        regex: Some("^m5".into()),
+                    },
+                    hourly_rate: 0.5,
+                    gpus: None,
+                },
+            ],
+            ..CostSettings::default()
+        }
+    });
+    let folds = Folds::build(&b.snap, &d);
+    let f = cost::families(&b.snap, &d, &folds, NOW);
+    assert_eq!(
+        series(&f, "mlflow_run_compute_seconds_total"),
+        map(&[
+            ("train,ml,", 3.0 * 3600.0),
+            ("train,ml,m5", 1800.0),
+            ("train,ml,p4d", 7200.0)
+        ])
+    );
+    assert_eq!(
+        series(&f, "mlflow_run_cost_total"),
+        map(&[
+            ("train,ml,", 0.75),
+            ("train,ml,m5", 0.25),
+            ("train,ml,p4d", 64.0)
+        ])
+    );
+    assert_eq!(
+        series(&f, "mlflow_run_gpu_seconds_total"),
+        map(&[
+            ("train,ml,", 0.0),
+            ("train,ml,m5", 3600.0),
+            ("train,ml,p4d", 57600.0)
+        ])
+    );
+    assert_eq!(
+        series(&f, "mlflow_exporter_cost_currency_info"),
+        map(&[("EUR", 1.0)])
+    );
+}
+
+#[test]
+fn a_run_tag_names_its_team_before_its_experiment() {
+    let mut b = Build::default();
+    b.experiment("1", "e", Some("exp-team"), false);
+    b.experiment("2", "f", None, false);
+    b.run("1", Some("a"), RunStatus::Finished, 0, 1_000);
+    let own = b.sym("run-team");
+    b.run("1", Some("a"), RunStatus::Finished, 0, 2_000).team = Some(own);
+    b.run("2", Some("a"), RunStatus::Finished, 0, 4_000);
+    let d = settings(|_| {});
+    let folds = Folds::build(&b.snap, &d);
+    let f = cost::families(&b.snap, &d, &folds, NOW);
+    assert_eq!(
+        series(&f, "mlflow_run_compute_seconds_total"),
+        map(&[("e,exp-team,", 1.0), ("e,run-team,", 2.0), ("f,,", 4.0)])
+    );
+}
+
+#[test]
+fn every_family_is_declared_with_its_labels() {
+    let mut b = Build::default();
+    b.experiment("1", "e", None, false);
+    b.run("1", Some("a"), RunStatus::Finished, 0, 1_000);
+    let d = settings(|s| {
+        s.metrics.extra_labels = vec![crate::config::ExtraLabel {
+            name: "estimator".into(),
+            tag: None,
+            param: Some("estimator_class".into()),
+        }]
+    });
+    b.snap
+        .runs
+        .values_mut()
+        .for_each(|r| r.extra = Box::new([None]));
+    let f = derive(&b.snap, &d, NOW);
+    let specs = specs();
+    assert_eq!(f.len(), specs.len());
+    for (fam, spec) in f.iter().zip(&specs) {
+        assert_eq!(fam.name(), spec.name);
+        assert_eq!(fam.get_field_type(), spec.kind);
+        let names = spec.label_names(&d.extra_label_names());
+        for m in fam.get_metric() {
+            let got: Vec<&str> = m.get_label().iter().map(|l| l.name()).collect();
+            assert_eq!(got, names, "{}", spec.name);
+        }
+    }
+}
+
+#[test]
+fn window_labels() {
+    assert_eq!(window_label(Duration::from_secs(86400)), "1d");
+    assert_eq!(window_label(Duration::from_secs(30 * 86400)), "30d");
+    assert_eq!(window_label(Duration::from_secs(7200)), "2h");
+    assert_eq!(window_label(Duration::from_secs(90)), "90s");
+    assert_eq!(window_label(Duration::from_secs(120)), "2m");
+}

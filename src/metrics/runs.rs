@@ -1,6 +1,6 @@
 //! Throughput of the platform: runs by current status, every run that ended, and how long they took.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prometheus::proto::MetricFamily;
 
@@ -46,6 +46,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFam
     }
     let mut combos: HashMap<Box<[Option<Sym>]>, u32> = HashMap::new();
     let mut ended: HashMap<(Sym, RunStatus, u32), Ended> = HashMap::new();
+    let mut seen: HashSet<(Sym, u32)> = HashSet::new();
     for r in snap.runs.values() {
         let active_experiment = snap
             .experiments
@@ -59,17 +60,21 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFam
             Some(c) => *c,
             None => *combos.entry(r.extra.clone()).or_insert(next),
         };
-        // Every ended status gets a series as soon as the experiment has a run, so that the first
-        // failure is an increase from 0 that rate() sees.
-        for st in RunStatus::ENDED {
-            ended.entry((r.experiment, st, combo)).or_default();
-        }
+        seen.insert((r.experiment, combo));
         if r.status.is_ended() {
             let e = ended.entry((r.experiment, r.status, combo)).or_default();
             e.total += 1;
             if let Some(ms) = r.duration_ms() {
                 e.durations.observe_ms(&d.bounds_ms, ms);
             }
+        }
+    }
+
+    // Every ended status gets a series as soon as the experiment has a run, so that the first
+    // failure is an increase from 0 that rate() sees.
+    for (exp, combo) in seen {
+        for st in RunStatus::ENDED {
+            ended.entry((exp, st, combo)).or_default();
         }
     }
 

@@ -99,8 +99,15 @@ pub fn after_cycle(
                 ended,
                 syncer.snapshot().runs.len(),
             );
-            // Deriving a large snapshot is CPU work: keep it off the threads that serve scrapes.
-            tokio::task::block_in_place(|| publisher.publish(syncer.snapshot(), now_ms));
+            // Deriving a large snapshot is CPU work: tell a multi-threaded runtime to move the
+            // scrapes this thread would serve elsewhere (a current-thread runtime has nowhere to go).
+            let publish = || publisher.publish(syncer.snapshot(), now_ms);
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(publish)
+                }
+                _ => publish(),
+            }
             ready.store(true, Ordering::Release);
             tracing::info!(
                 mode = report.mode.as_str(),

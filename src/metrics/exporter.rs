@@ -61,7 +61,7 @@ impl ExporterMetrics {
         let api_latency = HistogramVec::new(
             HistogramOpts::new(
                 "mlflow_exporter_api_request_duration_seconds",
-                "Latency of the exporter's requests to MLflow's API, retries included, by endpoint",
+                "Latency of each HTTP request the exporter makes to MLflow's API (every attempt), by endpoint",
             )
             .buckets(vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -15,7 +15,10 @@ use crate::source::mlflow::client::RunsQuery;
 use crate::source::mlflow::MlflowClient;
 pub use extract::{Extractor, RateCard};
 pub use snapshot::Snapshot;
-use snapshot::{run_id, Interner, ModelRecord, RunKey, RunRecord, RunStatus, Sym, VersionRecord};
+use snapshot::{
+    run_id, ExperimentRecord, Interner, ModelRecord, RunKey, RunRecord, RunStatus, Sym,
+    VersionRecord,
+};
 
 /// Which kind of cycle ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,13 +96,9 @@ impl Syncer {
     pub async fn full(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
         let started = Instant::now();
         let mut next = Snapshot::default();
-        let (experiments, mut requests) = self.client.experiments().await?;
-        let mut ids = Vec::with_capacity(experiments.len());
-        for e in &experiments {
-            let (id, rec) = self.extractor.experiment(&mut next.strings, e);
-            next.experiments.insert(id, rec);
-            ids.push(e.experiment_id.clone());
-        }
+        let (experiments, ids, mut requests) =
+            read_experiments(&self.client, &self.extractor, &mut next.strings).await?;
+        next.experiments = experiments;
         let mut runs_read = 0;
         {
             let (strings, runs, ex) = (&mut next.strings, &mut next.runs, &self.extractor);
@@ -141,14 +140,8 @@ impl Syncer {
         let snap = &mut self.snapshot;
         let ex = &self.extractor;
 
-        let (experiments, mut requests) = self.client.experiments().await?;
-        let mut ids = Vec::with_capacity(experiments.len());
-        let mut new_experiments = HashMap::with_capacity(experiments.len());
-        for e in &experiments {
-            let (id, rec) = ex.experiment(&mut snap.strings, e);
-            new_experiments.insert(id, rec);
-            ids.push(e.experiment_id.clone());
-        }
+        let (new_experiments, ids, mut requests) =
+            read_experiments(&self.client, ex, &mut snap.strings).await?;
 
         // Runs that ended since the cursor, and every run still running: together with the periodic
         // full read this sees each run's start and end (MLflow has no last-update time for runs).
@@ -202,6 +195,24 @@ impl Syncer {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Every experiment, by id, with the ids as MLflow spells them (for runs searches) and the request count.
+async fn read_experiments(
+    client: &MlflowClient,
+    ex: &Extractor,
+    strings: &mut Interner,
+) -> Result<(HashMap<Sym, ExperimentRecord>, Vec<String>, usize), MlflowError> {
+    let (experiments, requests) = client.experiments().await?;
+    let ids = experiments
+        .iter()
+        .map(|e| e.experiment_id.clone())
+        .collect();
+    let records = experiments
+        .iter()
+        .map(|e| ex.experiment(strings, e))
+        .collect();
+    Ok((records, ids, requests))
 }
 
 /// Models and versions as read in one cycle.

@@ -349,8 +349,8 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
     let s2 = t + 2 * MIN;
     let report = syncer.cycle(s2).await.unwrap();
     assert_eq!(report.mode, Mode::Incremental);
-    // experiments, ended runs, running runs, registered models, model versions.
-    assert_eq!(report.requests, 5);
+    // experiments, ended runs, running runs, r11 read by id, registered models, model versions.
+    assert_eq!(report.requests, 6);
     after_cycle(&syncer, &publisher, &ready, s2, Ok(report));
     let s = scrape(&publisher);
     assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 17.0);
@@ -359,7 +359,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
             "mlflow_exporter_api_request_duration_seconds_count",
             &[("endpoint", "runs/search")]
         ),
-        3.0
+        4.0
     );
 
     expect_runs(
@@ -367,7 +367,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
         runs("Default", [0.0; 5])
             .chain(runs("vision", [1.0, 0.0, 3.0, 1.0, 1.0]))
             .chain(runs("nlp", [0.0, 0.0, 3.0, 1.0, 0.0]))
-            .chain(runs("forecast", [1.0, 1.0, 1.0, 0.0, 1.0]))
+            .chain(runs("forecast", [0.0, 1.0, 2.0, 0.0, 1.0]))
             .collect(),
     );
     let ended_2: Vec<_> = ended_1
@@ -375,6 +375,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
         .map(|r| match (r.0, r.1, r.2) {
             ("vision", "FINISHED", "") => (r.0, r.1, r.2, 2.0), // r3 ended
             ("nlp", "FINISHED", "BERT") => (r.0, r.1, r.2, 2.0), // r16
+            ("forecast", "FINISHED", "") => (r.0, r.1, r.2, 2.0), // r11, backdated
             _ => *r,
         })
         .collect();
@@ -384,6 +385,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
         .map(|r| match (r.0, r.1, r.2) {
             ("vision", "FINISHED", "") => (r.0, r.1, r.2, 2.0, 3600.0 + 1900.0),
             ("nlp", "FINISHED", "BERT") => (r.0, r.1, r.2, 2.0, 1800.0 + 1290.0),
+            ("forecast", "FINISHED", "") => (r.0, r.1, r.2, 2.0, 14400.0 + 3600.0),
             _ => *r,
         })
         .collect();
@@ -406,7 +408,8 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
             ("nlp", "nlp", "", 3060.0 + 1290.0),
             ("forecast", "", "", 900.0),
             ("forecast", "", "g5.xlarge", 14400.0),
-            ("forecast", "", "m5.large", 10920.0),
+            // r11 ran 1 h by its backdated end: less than the 3 h 1 min credited while running.
+            ("forecast", "", "m5.large", 3600.0),
             ("old-exp", "vision", "", 3900.0),
         ],
     );
@@ -421,7 +424,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
             ("nlp", "nlp", "", h(4350.0, 0.5)),
             ("forecast", "", "", h(900.0, 0.5)),
             ("forecast", "", "g5.xlarge", h(14400.0, 1.2)),
-            ("forecast", "", "m5.large", h(10920.0, 0.5)),
+            ("forecast", "", "m5.large", h(3600.0, 0.5)),
             ("old-exp", "vision", "", h(3900.0, 0.5)),
         ],
     );
@@ -436,7 +439,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
             ("nlp", "nlp", "", 0.0),
             ("forecast", "", "", 0.0),
             ("forecast", "", "g5.xlarge", 14400.0),
-            ("forecast", "", "m5.large", 21840.0),
+            ("forecast", "", "m5.large", 7200.0),
             ("old-exp", "vision", "", 0.0),
         ],
     );

@@ -58,6 +58,7 @@ pub fn snapshot(runs: usize, experiments: usize) -> Snapshot {
             gpus_logged: rng.u16(0..3),
             status,
             deleted: i % 40 == 0,
+            hashed_id: false,
         };
         snap.runs.insert(rng.u128(..), rec);
     }

@@ -56,6 +56,7 @@ impl Build {
             gpus_logged: 0,
             status,
             deleted: false,
+            hashed_id: false,
         };
         self.snap.runs.entry(self.next).or_insert(rec)
     }

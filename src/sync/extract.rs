@@ -179,6 +179,7 @@ impl Extractor {
             gpus_logged: gpu_count(data.metrics.iter().map(|m| m.key.as_str())),
             status: RunStatus::parse(&info.status),
             deleted: info.lifecycle_stage == "deleted",
+            hashed_id: !is_hex_run_id(&info.run_id),
         };
         (run_key(&info.run_id), record)
     }

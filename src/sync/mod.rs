@@ -162,7 +162,7 @@ impl Syncer {
         let stale: Vec<String> = snap
             .runs
             .iter()
-            .filter(|(k, r)| r.status == RunStatus::Running && !seen.contains(k) && **k >> 127 == 0)
+            .filter(|(k, r)| r.status == RunStatus::Running && !r.hashed_id && !seen.contains(k))
             .map(|(k, _)| format!("'{}'", run_id(*k)))
             .collect();
         for batch in stale.chunks(100) {

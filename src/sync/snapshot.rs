@@ -122,12 +122,12 @@ impl RunStatus {
 pub type RunKey = u128;
 
 pub fn run_key(run_id: &str) -> RunKey {
-    if run_id.len() == 32 {
+    if is_hex_run_id(run_id) {
         if let Ok(k) = u128::from_str_radix(run_id, 16) {
             return k;
         }
     }
-    // Not MLflow's format: two independent 64-bit hashes, with the top bit set so no hex id collides.
+    // Not MLflow's format: two independent 64-bit hashes (the record says so: `RunRecord::hashed_id`).
     use std::hash::{BuildHasher, Hasher};
     let h = |seed: u64| {
         let mut s =
@@ -137,7 +137,12 @@ pub fn run_key(run_id: &str) -> RunKey {
         s.write(run_id.as_bytes());
         s.finish()
     };
-    (u128::from(h(1)) << 64 | u128::from(h(2))) | (1u128 << 127)
+    u128::from(h(1)) << 64 | u128::from(h(2))
+}
+
+/// True when `run_key` packed the id itself, so that `run_id` gives it back.
+pub fn is_hex_run_id(run_id: &str) -> bool {
+    run_id.len() == 32 && run_id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The MLflow run id of a key packed from hex.
@@ -169,6 +174,8 @@ pub struct RunRecord {
     pub gpus_logged: u16,
     pub status: RunStatus,
     pub deleted: bool,
+    /// The key is a hash of an id not in MLflow's hex form: `run_id(key)` cannot give it back.
+    pub hashed_id: bool,
 }
 
 /// No rate of the card matched: the default hourly rate applies.
@@ -246,11 +253,17 @@ mod tests {
 
     #[test]
     fn run_keys_round_trip_hex_ids() {
-        let id = "0123456789abcdef0123456789abcdef";
-        assert_eq!(run_id(run_key(id)), id);
+        // Any first digit: ids from 8… up fill the top bit of the key too.
+        for id in [
+            "0123456789abcdef0123456789abcdef",
+            "fedcba9876543210fedcba9876543210",
+        ] {
+            assert!(is_hex_run_id(id));
+            assert_eq!(run_id(run_key(id)), id);
+        }
+        assert!(!is_hex_run_id("not-hex"));
         assert_ne!(run_key("not-hex"), run_key("not-hex2"));
         assert_eq!(run_key("not-hex"), run_key("not-hex"));
-        assert!(run_key("not-hex") >> 127 == 1);
     }
 
     #[test]
@@ -267,6 +280,7 @@ mod tests {
             gpus_logged: 0,
             status: RunStatus::Finished,
             deleted: false,
+            hashed_id: false,
         };
         assert_eq!(r.compute_ms(100_000), 60_000);
         assert_eq!(r.duration_ms(), Some(60_000));

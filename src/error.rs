@@ -20,6 +20,11 @@ pub enum MlflowError {
         endpoint: &'static str,
         detail: String,
     },
+    #[error("TLS with MLflow failed at {endpoint}: {detail}; check the CA bundle (MLFLOW_TRACKING_SERVER_CERT_PATH) and the client certificate (MLFLOW_TRACKING_CLIENT_CERT_PATH)")]
+    Tls {
+        endpoint: &'static str,
+        detail: String,
+    },
     #[error("MLflow did not answer {endpoint} within {timeout:?}; raise mlflow.timeout or check the server's load")]
     Timeout {
         endpoint: &'static str,
@@ -54,6 +59,7 @@ impl MlflowError {
     pub fn reason(&self) -> &'static str {
         match self {
             MlflowError::Connect { .. } => "connect",
+            MlflowError::Tls { .. } => "tls",
             MlflowError::Timeout { .. } => "timeout",
             MlflowError::Status { status, .. } if *status == 401 || *status == 403 => "auth",
             MlflowError::Status { status, .. } if *status >= 500 || *status == 429 => {
@@ -68,6 +74,7 @@ impl MlflowError {
     /// Every value [`reason`](Self::reason) can return, so counters start at 0.
     pub const REASONS: &'static [&'static str] = &[
         "connect",
+        "tls",
         "timeout",
         "auth",
         "server_error",

@@ -55,7 +55,11 @@ impl MlflowClient {
                 MlflowError::Setup(format!("cannot read CA bundle {}: {e}", path.display()))
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                MlflowError::Setup(format!("CA bundle {} is not PEM: {e}", path.display()))
+                MlflowError::Setup(format!(
+                    "CA bundle {} is not PEM: {}",
+                    path.display(),
+                    error_chain(&e)
+                ))
             })?;
             if certs.is_empty() {
                 return Err(MlflowError::Setup(format!(
@@ -76,13 +80,26 @@ impl MlflowClient {
             })?;
             let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
                 MlflowError::Setup(format!(
-                    "client certificate {} must hold the certificate and its private key in PEM: {e}",
-                    path.display()
+                    "client certificate {} must hold the certificate and its private key in PEM: {}",
+                    path.display(),
+                    error_chain(&e)
                 ))
             })?;
             b = b.identity(id);
         }
-        let http = b.build().map_err(|e| MlflowError::Setup(e.to_string()))?;
+        let http = b.build().map_err(|e| {
+            // reqwest says only "builder error": name the cause and the files it came from.
+            let files: Vec<String> = [&s.server_cert_path, &s.client_cert_path]
+                .into_iter()
+                .flatten()
+                .map(|p| p.display().to_string())
+                .collect();
+            MlflowError::Setup(format!(
+                "{} (TLS files: {})",
+                error_chain(&e),
+                files.join(", ")
+            ))
+        })?;
         // As in MLflow's client: Basic wins when both a user and a token are set.
         let auth = match (&s.username, &s.password, &s.token) {
             (Some(user), pw, _) => Some(Auth::Basic(user.clone(), pw.clone().unwrap_or_default())),
@@ -362,6 +379,11 @@ impl MlflowClient {
                 endpoint,
                 timeout: self.timeout,
             }
+        } else if is_tls_error(&e) {
+            MlflowError::Tls {
+                endpoint,
+                detail: error_chain(&e),
+            }
         } else if e.is_decode() || e.is_body() {
             MlflowError::Decode {
                 endpoint,
@@ -400,6 +422,27 @@ fn status_hint(status: StatusCode) -> &'static str {
         403 => "; grant the exporter's MLflow user read permission",
         _ => "",
     }
+}
+
+/// Whether rustls is somewhere in the cause chain: a certificate or handshake problem, which no retry
+/// mends. rustls errors travel inside `std::io::Error`, whose `source()` skips its payload.
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if is_tls_error(inner) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The whole cause chain of a transport error (reqwest's top-level message alone says little).

@@ -129,7 +129,7 @@ impl Publisher {
         }
         let mut gz = flate2::write::GzEncoder::new(
             Vec::with_capacity(text.len() / 4),
-            flate2::Compression::fast(),
+            flate2::Compression::best(),
         );
         let gzip = gz
             .write_all(&text)

@@ -173,7 +173,64 @@ pub struct MetricsSettings {
     pub max_label_values: usize,
     /// Extra labels on `mlflow_runs_ended_total` and `mlflow_run_duration_seconds`, from a run tag or param.
     pub extra_labels: Vec<ExtraLabel>,
+    /// Platform features whose users `mlflow_feature_users` counts; each a predicate on a run.
+    pub features: Vec<Feature>,
+    /// Model-quality metric keys and which way is better, for `mlflow_experiment_best_metric`.
+    pub quality_metrics: Vec<QualityMetric>,
+    /// Buckets of `mlflow_user_time_to_first_model_seconds`, in seconds.
+    pub time_to_first_model_buckets: Vec<f64>,
+    /// Buckets of `mlflow_run_gpu_utilization_ratio`.
+    pub gpu_utilization_buckets: Vec<f64>,
 }
+
+/// A platform feature, used by a run when its one predicate holds, e.g. `{name: git, tag:
+/// mlflow.source.git.commit}`. Set exactly one of `tag` (present, or equal to `value`),
+/// `metric_prefix`, `inputs: true` (the run logged dataset inputs) or `registered: true` (a model
+/// version was created from the run).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    /// The `feature` label value.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inputs: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub registered: bool,
+}
+
+impl Feature {
+    fn tag(name: &str, tag: &str) -> Feature {
+        Feature {
+            name: name.into(),
+            tag: Some(tag.into()),
+            ..Feature::default()
+        }
+    }
+}
+
+/// Which way a quality metric improves.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Goal {
+    Max,
+    Min,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QualityMetric {
+    pub key: String,
+    pub goal: Goal,
+}
+
+/// At most this many features: a run's feature set is a 32-bit mask.
+pub const MAX_FEATURES: usize = 32;
 
 impl Default for MetricsSettings {
     fn default() -> Self {
@@ -189,6 +246,46 @@ impl Default for MetricsSettings {
             team_tag: "team".into(),
             max_label_values: 200,
             extra_labels: Vec::new(),
+            features: vec![
+                Feature {
+                    name: "registry".into(),
+                    registered: true,
+                    ..Feature::default()
+                },
+                Feature {
+                    name: "system_metrics".into(),
+                    metric_prefix: Some("system/".into()),
+                    ..Feature::default()
+                },
+                Feature::tag("autolog", "mlflow.autologging"),
+                Feature::tag("git", "mlflow.source.git.commit"),
+                Feature::tag("nested_runs", "mlflow.parentRunId"),
+                Feature {
+                    name: "datasets".into(),
+                    inputs: true,
+                    ..Feature::default()
+                },
+            ],
+            quality_metrics: [
+                ("accuracy", Goal::Max),
+                ("auc", Goal::Max),
+                ("f1", Goal::Max),
+                ("rmse", Goal::Min),
+                ("loss", Goal::Min),
+            ]
+            .into_iter()
+            .map(|(key, goal)| QualityMetric {
+                key: key.into(),
+                goal,
+            })
+            .collect(),
+            time_to_first_model_buckets: [
+                1.0, 6.0, 24.0, 72.0, 168.0, 336.0, 720.0, 1440.0, 2160.0, 4320.0,
+            ]
+            .iter()
+            .map(|hours| hours * 3600.0)
+            .collect(),
+            gpu_utilization_buckets: (1..=10).map(|i| f64::from(i) / 10.0).collect(),
         }
     }
 }
@@ -443,12 +540,70 @@ impl Settings {
                 ),
             );
         }
-        let b = &self.metrics.run_duration_buckets;
-        if b.is_empty() || b.windows(2).any(|w| w[0] >= w[1]) || b.iter().any(|x| !x.is_finite()) {
-            return bad(
+        for (key, b) in [
+            (
                 "metrics.run_duration_buckets",
-                "must be a non-empty list of finite, strictly increasing numbers".into(),
+                &self.metrics.run_duration_buckets,
+            ),
+            (
+                "metrics.time_to_first_model_buckets",
+                &self.metrics.time_to_first_model_buckets,
+            ),
+            (
+                "metrics.gpu_utilization_buckets",
+                &self.metrics.gpu_utilization_buckets,
+            ),
+        ] {
+            if b.is_empty()
+                || b.windows(2).any(|w| w[0] >= w[1])
+                || b.iter().any(|x| !x.is_finite())
+            {
+                return bad(
+                    key,
+                    "must be a non-empty list of finite, strictly increasing numbers".into(),
+                );
+            }
+        }
+        let features = &self.metrics.features;
+        if features.len() > MAX_FEATURES {
+            return bad(
+                "metrics.features",
+                format!("at most {MAX_FEATURES} features"),
             );
+        }
+        for (i, f) in features.iter().enumerate() {
+            let key = format!("metrics.features[{i}]");
+            if f.name.is_empty() || features[..i].iter().any(|o| o.name == f.name) {
+                return bad(&key, format!("name {:?} is empty or appears twice", f.name));
+            }
+            let kinds = [
+                f.tag.is_some(),
+                f.metric_prefix.is_some(),
+                f.inputs,
+                f.registered,
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return bad(
+                    &key,
+                    "set exactly one of tag, metric_prefix, inputs: true or registered: true"
+                        .into(),
+                );
+            }
+            if f.value.is_some() && f.tag.is_none() {
+                return bad(&key, "value only goes with tag".into());
+            }
+        }
+        for (i, q) in self.metrics.quality_metrics.iter().enumerate() {
+            if q.key.is_empty()
+                || self.metrics.quality_metrics[..i]
+                    .iter()
+                    .any(|o| o.key == q.key)
+            {
+                return bad(
+                    &format!("metrics.quality_metrics[{i}]"),
+                    format!("key {:?} is empty or appears twice", q.key),
+                );
+            }
         }
         if self.metrics.user_windows.is_empty()
             || self.metrics.user_windows.iter().any(|w| w.is_zero())
@@ -718,6 +873,17 @@ cost:
             "mlflow: {tracking_uri: 'http://m'}\nmetrics: {extra_labels: [{name: team, tag: t}]}\n",
         );
         assert!(e.contains("metrics.extra_labels[0]"), "{e}");
+        let e = load_err("mlflow: {tracking_uri: 'http://m'}\nmetrics: {features: [{name: x, tag: t, inputs: true}]}\n");
+        assert!(
+            e.contains("metrics.features[0]") && e.contains("exactly one"),
+            "{e}"
+        );
+        let e = load_err("mlflow: {tracking_uri: 'http://m'}\nmetrics: {quality_metrics: [{key: acc, goal: up}]}\n");
+        assert!(e.contains("up"), "{e}");
+        let e = load_err(
+            "mlflow: {tracking_uri: 'http://m'}\nmetrics: {gpu_utilization_buckets: [0.5, 0.2]}\n",
+        );
+        assert!(e.contains("metrics.gpu_utilization_buckets"), "{e}");
         let e = load_err("mlflow: {tracking_uri: 'http://m'}\nweb: {listen_address: 'nonsense'}\n");
         assert!(e.contains("web.listen_address"), "{e}");
         let e = Settings::load(None, &HashMap::new(), &FlagOverrides::default())

@@ -344,6 +344,8 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
         ],
     );
 
+    north_star(&s, &server, t, Phase::First);
+
     // MLflow changes; the next cycle, at T + 2 min, is incremental.
     tokio::task::block_in_place(|| server.seed(t, "incremental"));
     let s2 = t + 2 * MIN;
@@ -482,6 +484,8 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
         ],
     );
 
+    north_star(&s, &server, t, Phase::Second);
+
     // A full resync of the same MLflow gives the same figures as the incremental path.
     let incremental_text = s.text.clone();
     let report = syncer.full(s2).await.unwrap();
@@ -499,4 +503,197 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
             .collect::<Vec<_>>()
     };
     assert_eq!(derived(&full), derived(&Scrape::parse(&incremental_text)));
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    First,
+    Second,
+}
+
+/// Teams, usage, creations, activation, time to value, features, GPU use and model quality (the
+/// north-star figures) in both phases; only the noted series change in the second.
+fn north_star(s: &Scrape, server: &MlflowServer, t: i64, phase: Phase) {
+    let second = phase == Phase::Second;
+    assert_family(s, "mlflow_teams", &[(&[], 3.0)]);
+    assert_family(
+        s,
+        "mlflow_active_teams",
+        &[
+            (&[("window", "1d")], 2.0),
+            (&[("window", "7d")], 2.0),
+            (&[("window", "30d")], 3.0),
+        ],
+    );
+    let started = |e, tm, n| ([("experiment", e), ("team", tm)], n);
+    let rows = [
+        started("vision", "vision", if second { 6.0 } else { 5.0 }), // r17
+        started("vision", "platform", 1.0),
+        started("nlp", "nlp", if second { 4.0 } else { 3.0 }), // r16
+        started("forecast", "", 3.0),                          // r9 is only scheduled
+        started("old-exp", "vision", 2.0),
+    ];
+    let rows: Vec<(&[(&str, &str)], f64)> = rows.iter().map(|(l, n)| (&l[..], *n)).collect();
+    assert_family(s, "mlflow_runs_started_total", &rows);
+    assert_family(
+        s,
+        "mlflow_experiments_created_total",
+        &[
+            (&[("team", "")], 2.0),
+            (&[("team", "vision")], 2.0),
+            (&[("team", "nlp")], 1.0),
+        ],
+    );
+    assert_family(
+        s,
+        "mlflow_registered_models_created_total",
+        &[
+            (&[("team", "")], 1.0),
+            (&[("team", "vision")], 1.0),
+            (&[("team", "risk")], 1.0),
+        ],
+    );
+    assert_family(
+        s,
+        "mlflow_model_versions_created_total",
+        &[
+            (&[("model", "churn-model")], if second { 4.0 } else { 3.0 }),
+            (&[("model", "fraud-model")], 2.0),
+        ],
+    );
+
+    // Activation: alice (r1), bob (r4), carol (r7), dave (r10) and frank (r14) have versions.
+    assert_family(s, "mlflow_activated_users", &[(&[], 5.0)]);
+    let state = server.seed_state();
+    let created = |v: &str| state["versions"][v].as_i64().unwrap();
+    const H: i64 = 3_600_000;
+    const D: i64 = 24 * H;
+    // First version of each user's runs minus their first run's start.
+    let ttv_ms = [
+        created("churn-model/1") - (t - 3 * H),  // alice: r2
+        created("churn-model/2") - (t - 50 * D), // bob: r12
+        created("churn-model/3") - (t - 40 * D), // carol: r5
+        created("fraud-model/1") - (t - 8 * D),  // dave: r10
+        created("fraud-model/2") - (t - 9 * D),  // frank: r14
+    ];
+    let name = "mlflow_user_time_to_first_model_seconds";
+    assert_eq!(s.get(&format!("{name}_count"), &[]), 5.0);
+    assert_eq!(
+        s.get(&format!("{name}_sum"), &[]),
+        ttv_ms.iter().sum::<i64>() as f64 / 1000.0
+    );
+    for (le, hours) in [
+        ("21600", 6),
+        ("86400", 24),
+        ("1209600", 336),
+        ("5184000", 1440),
+    ] {
+        let want = ttv_ms.iter().filter(|ms| **ms <= hours * H).count() as f64;
+        assert_eq!(
+            s.get(&format!("{name}_bucket"), &[("le", le)]),
+            want,
+            "le={le}"
+        );
+    }
+    // alice ≈ 3 h, dave ≈ 8 d and frank ≈ 9 d, bob ≈ 50 d and carol ≈ 40 d: three buckets apart.
+    assert_eq!(s.get(&format!("{name}_bucket"), &[("le", "21600")]), 1.0);
+    assert_eq!(s.get(&format!("{name}_bucket"), &[("le", "1209600")]), 3.0);
+    assert_eq!(s.get(&format!("{name}_bucket"), &[("le", "5184000")]), 5.0);
+
+    // Features of the users whose runs started in each window.
+    let features = [
+        ("registry", [2.0, 2.0, 5.0]),
+        ("system_metrics", [3.0, 3.0, 3.0]),
+        ("autolog", [1.0, 2.0, 2.0]),
+        ("git", [2.0, 2.0, 2.0]),
+        ("nested_runs", [2.0, 2.0, 2.0]),
+        ("datasets", [1.0, 1.0, 1.0]),
+    ];
+    let rows: Vec<([(&str, &str); 2], f64)> = features
+        .iter()
+        .flat_map(|(f, v)| {
+            ["1d", "7d", "30d"]
+                .into_iter()
+                .zip(*v)
+                .map(move |(w, n)| ([("feature", *f), ("window", w)], n))
+        })
+        .collect();
+    let rows: Vec<(&[(&str, &str)], f64)> = rows.iter().map(|(l, n)| (&l[..], *n)).collect();
+    assert_family(s, "mlflow_feature_users", &rows);
+
+    // GPU utilization of ended runs: r1 (80 %, 60 %) and r10 (20–80 %); then r3 (30 %) and r11 (90 %).
+    let util = |e, tm, count: f64, sum: f64| ([("experiment", e), ("team", tm)], count, sum);
+    let utils = if second {
+        [
+            util("vision", "vision", 2.0, 0.7 + 0.3),
+            util("forecast", "", 2.0, 0.5 + 0.9),
+        ]
+    } else {
+        [
+            util("vision", "vision", 1.0, 0.7),
+            util("forecast", "", 1.0, 0.5),
+        ]
+    };
+    let counts: Vec<(&[(&str, &str)], f64)> = utils.iter().map(|(l, c, _)| (&l[..], *c)).collect();
+    let sums: Vec<(&[(&str, &str)], f64)> = utils.iter().map(|(l, _, v)| (&l[..], *v)).collect();
+    assert_family(s, "mlflow_run_gpu_utilization_ratio_count", &counts);
+    assert_family(s, "mlflow_run_gpu_utilization_ratio_sum", &sums);
+    let bucket = |le| {
+        s.get(
+            "mlflow_run_gpu_utilization_ratio_bucket",
+            &[("experiment", "vision"), ("team", "vision"), ("le", le)],
+        )
+    };
+    let want = if second {
+        [0.0, 1.0, 1.0, 2.0]
+    } else {
+        [0.0, 0.0, 0.0, 1.0]
+    };
+    assert_eq!(["0.2", "0.3", "0.6", "0.7"].map(bucket), want);
+
+    // Money on idle GPUs: cost × (1 − utilization) of those runs.
+    let idle = |e, tm, it, v| ([("experiment", e), ("team", tm), ("instance_type", it)], v);
+    let rows = [
+        idle("vision", "vision", "g5.xlarge", 1.2 * (1.0 - 0.7)),
+        idle(
+            "vision",
+            "vision",
+            "cpu.large",
+            if second {
+                1900.0 * 0.1 / 3600.0 * (1.0 - 0.3)
+            } else {
+                0.0
+            },
+        ),
+        idle("vision", "platform", "", 0.0),
+        idle("vision", "vision", "", 0.0),
+        idle("nlp", "nlp", "", 0.0),
+        idle("forecast", "", "", 0.0),
+        idle("forecast", "", "g5.xlarge", 4.8 * (1.0 - 0.5)),
+        idle(
+            "forecast",
+            "",
+            "m5.large",
+            if second { 0.5 * (1.0 - 0.9) } else { 0.0 },
+        ),
+        idle("old-exp", "vision", "", 0.0),
+    ];
+    let rows: Vec<(&[(&str, &str)], f64)> = rows.iter().map(|(l, n)| (&l[..], *n)).collect();
+    assert_family(s, "mlflow_run_idle_gpu_cost_total", &rows);
+
+    // Best quality among finished, not deleted runs: r2 (failed) and r6 (deleted) score higher
+    // accuracy than r1 but do not count; rmse is lower-is-better.
+    assert_family(
+        s,
+        "mlflow_experiment_best_metric",
+        &[
+            (&[("experiment", "vision"), ("key", "accuracy")], 0.91),
+            (
+                &[("experiment", "nlp"), ("key", "f1")],
+                if second { 0.85 } else { 0.8 },
+            ),
+            (&[("experiment", "nlp"), ("key", "rmse")], 0.25),
+            (&[("experiment", "forecast"), ("key", "rmse")], 12.5),
+        ],
+    );
 }

@@ -186,6 +186,33 @@ impl HistogramAcc {
     }
 }
 
+/// Per-bucket counts of float observations (ratios), for histograms without an integer unit.
+#[derive(Debug, Clone, Default)]
+pub struct FloatHistogramAcc {
+    pub counts: Vec<u64>,
+    pub sum: f64,
+}
+
+impl FloatHistogramAcc {
+    pub fn observe(&mut self, bounds: &[f64], v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; bounds.len() + 1];
+        }
+        self.counts[bounds.partition_point(|b| *b < v)] += 1;
+        self.sum += v;
+    }
+
+    pub fn merge(&mut self, other: &FloatHistogramAcc) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; other.counts.len()];
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+    }
+}
+
 /// Bucket bounds in ms; an observation equal to a bound falls in that bucket (`le`).
 pub fn bounds_ms(bounds: &[f64]) -> Vec<u64> {
     bounds

@@ -1,5 +1,6 @@
 //! What exists in MLflow: experiments by lifecycle stage, registered models, versions by stage and
-//! status, and the version each alias points at.
+//! status, the version each alias points at, and counters of everything ever created (deleted
+//! experiments included), which charts of creations over time are built from.
 
 use std::collections::BTreeMap;
 
@@ -26,11 +27,29 @@ pub const ALIAS_VERSION: Spec = Spec::gauge(
     "Version number each alias of a registered model points at",
     &["model", "alias"],
 );
+pub const EXPERIMENTS_CREATED: Spec = Spec::counter(
+    "mlflow_experiments_created_total",
+    "Experiments created, deleted ones included, by the experiment's team tag",
+    &["team"],
+);
+pub const MODELS_CREATED: Spec = Spec::counter(
+    "mlflow_registered_models_created_total",
+    "Registered models created, by the model's team tag",
+    &["team"],
+);
+pub const VERSIONS_CREATED: Spec = Spec::counter(
+    "mlflow_model_versions_created_total",
+    "Model versions created, by model",
+    &["model"],
+);
 pub const SPECS: &[Spec] = &[
     EXPERIMENTS,
     REGISTERED_MODELS,
     MODEL_VERSIONS,
     ALIAS_VERSION,
+    EXPERIMENTS_CREATED,
+    MODELS_CREATED,
+    VERSIONS_CREATED,
 ];
 
 pub fn families(snap: &Snapshot, folds: &Folds) -> Vec<MetricFamily> {
@@ -67,10 +86,45 @@ pub fn families(snap: &Snapshot, folds: &Folds) -> Vec<MetricFamily> {
             aliases.add(&[s.get(*model), s.get(*alias)], f64::from(*version));
         }
     }
+
+    // Counting what exists: MLflow keeps soft-deleted experiments, so these only drop when its
+    // garbage collection removes objects for good.
+    let count = |spec: &Spec, keys: &mut dyn Iterator<Item = &str>| {
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for k in keys {
+            *counts.entry(k).or_default() += 1;
+        }
+        let mut f = Family::new(spec);
+        for (k, n) in counts {
+            f.add(&[k], n as f64);
+        }
+        f.finish()
+    };
+    let exp_created = count(
+        &EXPERIMENTS_CREATED,
+        &mut snap
+            .experiments
+            .values()
+            .map(|e| folds.team.label(e.team, s)),
+    );
+    let models_created = count(
+        &MODELS_CREATED,
+        &mut snap.models.values().map(|m| folds.team.label(m.team, s)),
+    );
+    let versions_created = count(
+        &VERSIONS_CREATED,
+        &mut snap
+            .versions
+            .keys()
+            .map(|(m, _)| folds.model.label(Some(*m), s)),
+    );
     vec![
         exp.finish(),
         models.finish(),
         versions.finish(),
         aliases.finish(),
+        exp_created,
+        models_created,
+        versions_created,
     ]
 }

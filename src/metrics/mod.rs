@@ -1,7 +1,9 @@
 //! Pure functions from a [`Snapshot`] to metric families, one module per question family:
-//! [`inventory`] (experiments, models, versions, aliases), [`runs`] (throughput and durations),
-//! [`adoption`] (users), [`cost`] (compute time, money, GPU time). [`exporter`] holds the exporter's
-//! own health metrics and [`publish`] encodes everything once per snapshot.
+//! [`inventory`] (experiments, models, versions, aliases, and their creation counters), [`runs`]
+//! (throughput, durations, runs started), [`adoption`] (users, teams, activation, time to value,
+//! feature use), [`cost`] (compute time, money, GPU time and utilization), [`quality`] (best model
+//! metrics). [`exporter`] holds the exporter's own health metrics and [`publish`] encodes everything
+//! once per snapshot.
 
 pub mod adoption;
 pub mod cost;
@@ -10,6 +12,7 @@ pub mod family;
 pub mod inventory;
 pub mod labels;
 pub mod publish;
+pub mod quality;
 pub mod runs;
 
 use std::collections::HashMap;
@@ -33,6 +36,10 @@ pub struct Derivation {
     /// Windows in ms with their label values (`1d`, `7d`, …).
     pub windows: Vec<(i64, String)>,
     pub currency: String,
+    /// `time_to_first_model_buckets` in ms.
+    pub ttfm_bounds_ms: Vec<u64>,
+    /// Bits of the features decided by the registry (a version was created from the run).
+    pub registered_features: u32,
 }
 
 impl Derivation {
@@ -48,6 +55,13 @@ impl Derivation {
             settings: m.clone(),
             rates: RateCard::new(&s.cost),
             currency: s.cost.currency.clone(),
+            ttfm_bounds_ms: family::bounds_ms(&m.time_to_first_model_buckets),
+            registered_features: m
+                .features
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.registered)
+                .fold(0, |bits, (i, _)| bits | 1 << i),
         }
     }
 
@@ -80,6 +94,7 @@ pub fn derive(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<MetricFamily>
     out.extend(runs::families(snap, d, &folds));
     out.extend(adoption::families(snap, d, now_ms));
     out.extend(cost::families(snap, d, &folds, now_ms));
+    out.extend(quality::families(snap, d, &folds));
     out.push(folds.family().finish());
     out
 }
@@ -91,6 +106,7 @@ pub fn specs() -> Vec<Spec> {
     v.extend_from_slice(runs::SPECS);
     v.extend_from_slice(adoption::SPECS);
     v.extend_from_slice(cost::SPECS);
+    v.extend_from_slice(quality::SPECS);
     v.push(labels::FOLDED);
     v
 }
@@ -120,6 +136,13 @@ impl Folds {
             for (w, v) in extra.iter_mut().zip(r.extra.iter()) {
                 tally(w, *v);
             }
+        }
+        // Teams named only by an experiment or a model still need a label value of their own.
+        for e in snap.experiments.values() {
+            tally(&mut team, e.team);
+        }
+        for m in snap.models.values() {
+            tally(&mut team, m.team);
         }
         let mut model: HashMap<Sym, u64> = snap.models.keys().map(|k| (*k, 0)).collect();
         for (m, _) in snap.versions.keys() {

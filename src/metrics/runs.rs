@@ -1,12 +1,13 @@
-//! Throughput of the platform: runs by current status, every run that ended, and how long they took.
+//! Throughput of the platform: runs by current status, every run that ended and how long it took, and
+//! every run started (usage frequency, per active user).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prometheus::proto::MetricFamily;
 
 use super::family::{Family, HistogramAcc, Spec};
-use super::{Derivation, Folds};
-use crate::sync::snapshot::{RunStatus, Snapshot, Sym};
+use super::{team_of, Derivation, Folds};
+use crate::sync::snapshot::{RunStatus, Snapshot, Sym, NO_TIME};
 
 pub const RUNS: Spec = Spec::gauge(
     "mlflow_runs",
@@ -25,7 +26,12 @@ pub const RUN_DURATION: Spec = Spec::histogram(
     &["experiment", "status"],
 )
 .with_extra_labels();
-pub const SPECS: &[Spec] = &[RUNS, RUNS_ENDED, RUN_DURATION];
+pub const RUNS_STARTED: Spec = Spec::counter(
+    "mlflow_runs_started_total",
+    "Runs ever started (any status but SCHEDULED), deleted ones included",
+    &["experiment", "team"],
+);
+pub const SPECS: &[Spec] = &[RUNS, RUNS_ENDED, RUN_DURATION, RUNS_STARTED];
 
 #[derive(Default)]
 struct Ended {
@@ -45,6 +51,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFam
         }
     }
     let mut combos: HashMap<Box<[Option<Sym>]>, u32> = HashMap::new();
+    let mut started: HashMap<(Sym, Option<Sym>), u64> = HashMap::new();
     let mut ended: HashMap<(Sym, RunStatus, u32), Ended> = HashMap::new();
     let mut seen: HashSet<(Sym, u32)> = HashSet::new();
     for r in snap.runs.values() {
@@ -61,6 +68,8 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFam
             None => *combos.entry(r.extra.clone()).or_insert(next),
         };
         seen.insert((r.experiment, combo));
+        *started.entry((r.experiment, team_of(snap, r))).or_default() +=
+            u64::from(r.start_ms != NO_TIME && r.status != RunStatus::Scheduled);
         if r.status.is_ended() {
             let e = ended.entry((r.experiment, r.status, combo)).or_default();
             e.total += 1;
@@ -126,5 +135,20 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFam
             );
         }
     }
-    vec![runs_f.finish(), total_f.finish(), dur_f.finish()]
+    let mut started_f = Family::new(&RUNS_STARTED);
+    let mut folded: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for ((exp, team), n) in started {
+        *folded
+            .entry((folds.experiment(snap, exp), folds.team.label(team, s)))
+            .or_default() += n;
+    }
+    for ((exp, team), n) in folded {
+        started_f.add(&[exp, team], n as f64);
+    }
+    vec![
+        runs_f.finish(),
+        total_f.finish(),
+        dur_f.finish(),
+        started_f.finish(),
+    ]
 }

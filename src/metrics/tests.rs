@@ -52,6 +52,9 @@ impl Build {
             team: None,
             instance_type: None,
             extra: Box::new([]),
+            quality: Box::new([]),
+            gpu_util_pct: f64::NAN,
+            features: 0,
             rate: NO_RATE,
             gpus_logged: 0,
             status,
@@ -277,6 +280,7 @@ fn the_cardinality_cap_folds_the_least_used_values() {
             m,
             ModelRecord {
                 aliases: vec![(champ, 1)],
+                team: None,
             },
         );
         for v in 1..=versions {
@@ -285,7 +289,9 @@ fn the_cardinality_cap_folds_the_least_used_values() {
                 VersionRecord {
                     stage: none,
                     status: ready,
+                    created_ms: 0,
                     last_updated_ms: 0,
+                    run: None,
                 },
             );
         }
@@ -469,4 +475,274 @@ fn window_labels() {
     assert_eq!(window_label(Duration::from_secs(7200)), "2h");
     assert_eq!(window_label(Duration::from_secs(90)), "90s");
     assert_eq!(window_label(Duration::from_secs(120)), "2m");
+}
+
+fn version(b: &mut Build, model: &str, number: u32, run: Option<RunKey>, created_ms: i64) {
+    let (m, none, ready) = (b.sym(model), b.sym("None"), b.sym("READY"));
+    b.snap.models.entry(m).or_default();
+    b.snap.versions.insert(
+        (m, number),
+        VersionRecord {
+            stage: none,
+            status: ready,
+            created_ms,
+            last_updated_ms: created_ms,
+            run,
+        },
+    );
+}
+
+#[test]
+fn activation_time_to_value_and_registry_feature_users() {
+    let mut b = Build::default();
+    b.experiment("1", "e", Some("ml"), false);
+    // ann: first run 10 d ago, a version from her second run 2 d ago → 8 d to value.
+    b.run(
+        "1",
+        Some("ann"),
+        RunStatus::Finished,
+        NOW - 10 * D,
+        NOW - 10 * D + H,
+    );
+    b.run(
+        "1",
+        Some("ann"),
+        RunStatus::Finished,
+        NOW - 3 * D,
+        NOW - 3 * D + H,
+    );
+    let ann_run = b.next;
+    // ben: a version from his only run, created 1 h after its start; and a later one.
+    b.run(
+        "1",
+        Some("ben"),
+        RunStatus::Finished,
+        NOW - 12 * H,
+        NOW - 11 * H,
+    );
+    let ben_run = b.next;
+    // cy: runs, but no version of his; a version whose run MLflow no longer has; one with no run.
+    b.run("1", Some("cy"), RunStatus::Finished, NOW - H, NOW);
+    version(&mut b, "m", 1, Some(ann_run), NOW - 2 * D);
+    version(&mut b, "m", 2, Some(ben_run), NOW - 11 * H);
+    version(&mut b, "m", 3, Some(ben_run), NOW - H);
+    version(&mut b, "m", 4, Some(999_999), NOW);
+    version(&mut b, "m", 5, None, NOW);
+    let d = settings(|s| s.metrics.time_to_first_model_buckets = vec![3600.0, 86400.0, 864000.0]);
+    let f = adoption::families(&b.snap, &d, NOW);
+    assert_eq!(series(&f, "mlflow_activated_users"), map(&[("", 2.0)]));
+    let h = f
+        .iter()
+        .find(|f| f.name() == "mlflow_user_time_to_first_model_seconds")
+        .unwrap();
+    let h = h.get_metric()[0].get_histogram();
+    let cumulative: Vec<u64> = h
+        .get_bucket()
+        .iter()
+        .map(|b| b.cumulative_count())
+        .collect();
+    // ben: exactly 1 h (le is inclusive); ann: 8 d.
+    assert_eq!(cumulative, vec![1, 1, 2]);
+    assert_eq!(h.get_sample_sum(), (H + 8 * D) as f64 / 1000.0);
+    // The registry feature follows the run a version came from: ann's run 3 d ago, ben's 12 h ago.
+    let registry: BTreeMap<String, f64> = series(&f, "mlflow_feature_users")
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("registry,"))
+        .collect();
+    assert_eq!(
+        registry,
+        map(&[
+            ("registry,1d", 1.0),
+            ("registry,30d", 2.0),
+            ("registry,7d", 2.0)
+        ])
+    );
+    assert_eq!(series(&f, "mlflow_teams"), map(&[("", 1.0)]));
+}
+
+#[test]
+fn nobody_activated_still_exports_an_empty_histogram() {
+    let mut b = Build::default();
+    b.experiment("1", "e", None, false);
+    b.run("1", Some("a"), RunStatus::Finished, NOW - H, NOW);
+    let f = adoption::families(&b.snap, &settings(|_| {}), NOW);
+    assert_eq!(series(&f, "mlflow_activated_users"), map(&[("", 0.0)]));
+    assert_eq!(
+        series(&f, "mlflow_user_time_to_first_model_seconds"),
+        map(&[("", 0.0)])
+    );
+    // No team anywhere: no teams, none active.
+    assert_eq!(series(&f, "mlflow_teams"), map(&[("", 0.0)]));
+    assert_eq!(
+        series(&f, "mlflow_active_teams"),
+        map(&[("1d", 0.0), ("30d", 0.0), ("7d", 0.0)])
+    );
+}
+
+#[test]
+fn feature_users_count_each_user_once_per_window() {
+    let mut b = Build::default();
+    b.experiment("1", "e", None, false);
+    // Default features: registry 0, system_metrics 1, autolog 2, git 3, nested_runs 4, datasets 5.
+    b.run("1", Some("a"), RunStatus::Finished, NOW - H, NOW)
+        .features = 1 << 1 | 1 << 3;
+    b.run("1", Some("a"), RunStatus::Running, NOW - 2 * H, NO_TIME)
+        .features = 1 << 1;
+    b.run("1", Some("b"), RunStatus::Finished, NOW - 5 * D, NOW)
+        .features = 1 << 2;
+    b.run("1", Some("c"), RunStatus::Finished, NOW - 40 * D, NOW)
+        .features = 0b111110;
+    let f = adoption::families(&b.snap, &settings(|_| {}), NOW);
+    let got: BTreeMap<String, f64> = series(&f, "mlflow_feature_users")
+        .into_iter()
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    assert_eq!(
+        got,
+        map(&[
+            ("autolog,30d", 1.0),
+            ("autolog,7d", 1.0),
+            ("git,1d", 1.0),
+            ("git,30d", 1.0),
+            ("git,7d", 1.0),
+            ("system_metrics,1d", 1.0),
+            ("system_metrics,30d", 1.0),
+            ("system_metrics,7d", 1.0),
+        ])
+    );
+    // Every feature and window is exported, zeros included: 6 features × 3 windows.
+    assert_eq!(series(&f, "mlflow_feature_users").len(), 18);
+}
+
+#[test]
+fn gpu_utilization_and_idle_cost_of_ended_runs() {
+    let mut b = Build::default();
+    b.experiment("1", "train", Some("ml"), false);
+    let g5 = b.sym("g5");
+    // 2 h at 25 % on a 2/h rate: 4 of cost, 3 of it idle.
+    let r = b.run("1", Some("a"), RunStatus::Finished, 0, 2 * H);
+    (r.gpu_util_pct, r.rate, r.instance_type) = (25.0, 0, Some(g5));
+    // Failed at 100 % on the same rate: no idle cost; over 100 % counts as 100 %.
+    let r = b.run("1", Some("a"), RunStatus::Failed, 0, H);
+    (r.gpu_util_pct, r.rate, r.instance_type) = (130.0, 0, Some(g5));
+    // Still running: not observed yet.
+    let r = b.run("1", Some("a"), RunStatus::Running, NOW - H, NO_TIME);
+    (r.gpu_util_pct, r.rate, r.instance_type) = (10.0, 0, Some(g5));
+    // No GPU metrics: no utilization.
+    b.run("1", Some("a"), RunStatus::Finished, 0, H)
+        .instance_type = Some(g5);
+    let d = settings(|s| {
+        s.cost.rates = vec![Rate {
+            matcher: RateMatch {
+                tag: Some("instance_type".into()),
+                param: None,
+                value: Some("g5".into()),
+                regex: None,
+            },
+            hourly_rate: 2.0,
+            gpus: None,
+        }];
+        s.metrics.gpu_utilization_buckets = vec![0.25, 0.5, 1.0];
+    });
+    let folds = Folds::build(&b.snap, &d);
+    let f = cost::families(&b.snap, &d, &folds, NOW);
+    let h = f
+        .iter()
+        .find(|f| f.name() == "mlflow_run_gpu_utilization_ratio")
+        .unwrap();
+    let m = &h.get_metric()[0];
+    let labels: Vec<&str> = m.get_label().iter().map(|l| l.value()).collect();
+    assert_eq!(labels, ["train", "ml"]);
+    let cumulative: Vec<u64> = m
+        .get_histogram()
+        .get_bucket()
+        .iter()
+        .map(|b| b.cumulative_count())
+        .collect();
+    assert_eq!(cumulative, vec![1, 1, 2]);
+    assert_eq!(m.get_histogram().get_sample_sum(), 1.25);
+    assert_eq!(
+        series(&f, "mlflow_run_idle_gpu_cost_total"),
+        map(&[("train,ml,g5", 3.0)])
+    );
+}
+
+#[test]
+fn best_metric_follows_each_keys_goal() {
+    let mut b = Build::default();
+    b.experiment("1", "a", None, false);
+    b.experiment("2", "b", None, false);
+    let nan = f64::NAN;
+    // Keys by default: accuracy (max), auc (max), f1 (max), rmse (min), loss (min).
+    b.run("1", None, RunStatus::Finished, 0, 1).quality = Box::new([0.8, nan, nan, 2.0, nan]);
+    b.run("1", None, RunStatus::Finished, 0, 1).quality = Box::new([0.9, nan, nan, 3.0, 0.4]);
+    // Better values, but failed, or deleted: not counted.
+    b.run("1", None, RunStatus::Failed, 0, 1).quality = Box::new([0.99, nan, nan, 0.1, nan]);
+    let r = b.run("1", None, RunStatus::Finished, 0, 1);
+    (r.quality, r.deleted) = (Box::new([0.95, nan, nan, 0.5, nan]), true);
+    b.run("2", None, RunStatus::Finished, 0, 1).quality = Box::new([nan, 0.7, nan, nan, nan]);
+    let d = settings(|_| {});
+    let folds = Folds::build(&b.snap, &d);
+    let f = quality::families(&b.snap, &d, &folds);
+    assert_eq!(
+        series(&f, "mlflow_experiment_best_metric"),
+        map(&[
+            ("a,accuracy", 0.9),
+            ("a,loss", 0.4),
+            ("a,rmse", 2.0),
+            ("b,auc", 0.7)
+        ])
+    );
+    // Folded together, the better value of the two experiments wins for each key.
+    let d = settings(|s| s.metrics.max_label_values = 1);
+    let folds = Folds::build(&b.snap, &d);
+    let f = quality::families(&b.snap, &d, &folds);
+    assert_eq!(
+        series(&f, "mlflow_experiment_best_metric"),
+        map(&[
+            ("__other__,auc", 0.7),
+            ("a,accuracy", 0.9),
+            ("a,loss", 0.4),
+            ("a,rmse", 2.0)
+        ])
+    );
+}
+
+#[test]
+fn runs_started_and_creation_counters() {
+    let mut b = Build::default();
+    b.experiment("1", "e", Some("ml"), false);
+    b.experiment("2", "gone", Some("ml"), true);
+    b.experiment("3", "f", None, false);
+    b.run("1", Some("a"), RunStatus::Finished, 0, 1);
+    b.run("1", Some("a"), RunStatus::Running, 0, NO_TIME);
+    b.run("1", Some("a"), RunStatus::Scheduled, 0, NO_TIME);
+    b.run("2", Some("a"), RunStatus::Killed, 0, 1).deleted = true;
+    version(&mut b, "m", 1, None, 0);
+    version(&mut b, "m", 2, None, 0);
+    let team = b.sym("risk");
+    version(&mut b, "n", 1, None, 0);
+    b.snap
+        .models
+        .get_mut(&b.snap.strings.lookup("n").unwrap())
+        .unwrap()
+        .team = Some(team);
+    let d = settings(|_| {});
+    let f = derive(&b.snap, &d, NOW);
+    assert_eq!(
+        series(&f, "mlflow_runs_started_total"),
+        map(&[("e,ml", 2.0), ("gone,ml", 1.0)])
+    );
+    assert_eq!(
+        series(&f, "mlflow_experiments_created_total"),
+        map(&[("", 1.0), ("ml", 2.0)])
+    );
+    assert_eq!(
+        series(&f, "mlflow_registered_models_created_total"),
+        map(&[("", 1.0), ("risk", 1.0)])
+    );
+    assert_eq!(
+        series(&f, "mlflow_model_versions_created_total"),
+        map(&[("m", 2.0), ("n", 1.0)])
+    );
 }

@@ -1,10 +1,11 @@
 //! Turns MLflow's wire objects into snapshot records, keeping only what metrics need: the team and
-//! instance-type tags, the configured extra labels, the matching rate of the rate card, the GPU count.
+//! instance-type tags, the configured extra labels, the matching rate of the rate card, the GPU count
+//! and utilization, the features a run uses and its quality metrics.
 
 use regex::Regex;
 
 use super::snapshot::*;
-use crate::config::{CostSettings, ExtraLabel, Rate, Settings};
+use crate::config::{CostSettings, ExtraLabel, Feature, Rate, Settings};
 use crate::source::mlflow::model::{Experiment, KeyValue, ModelVersion, RegisteredModel, Run};
 
 /// Where a rate or label reads its value.
@@ -120,12 +121,55 @@ impl RateCard {
     }
 }
 
+/// A feature's predicate on a run.
+#[derive(Debug, Clone)]
+enum Predicate {
+    Tag {
+        key: String,
+        value: Option<String>,
+    },
+    MetricPrefix(String),
+    Inputs,
+    /// Decided from the registry when metrics are derived, not from the run.
+    Registered,
+}
+
+impl Predicate {
+    fn new(f: &Feature) -> Predicate {
+        match (&f.tag, &f.metric_prefix) {
+            (Some(key), _) => Predicate::Tag {
+                key: key.clone(),
+                value: f.value.clone(),
+            },
+            (None, Some(p)) => Predicate::MetricPrefix(p.clone()),
+            _ if f.inputs => Predicate::Inputs,
+            _ => Predicate::Registered,
+        }
+    }
+
+    fn holds(&self, run: &Run) -> bool {
+        match self {
+            Predicate::Tag { key, value } => tag(&run.data.tags, key)
+                .is_some_and(|v| value.as_ref().is_none_or(|want| want == v)),
+            Predicate::MetricPrefix(p) => run
+                .data
+                .metrics
+                .iter()
+                .any(|m| m.key.starts_with(p.as_str())),
+            Predicate::Inputs => !run.inputs.dataset_inputs.is_empty(),
+            Predicate::Registered => false,
+        }
+    }
+}
+
 /// Reads the parts of MLflow objects the metrics need.
 #[derive(Debug, Clone)]
 pub struct Extractor {
     team_tag: String,
     instance_type_tag: String,
     extra: Vec<Field>,
+    features: Vec<Predicate>,
+    quality_keys: Vec<String>,
     pub rates: RateCard,
 }
 
@@ -140,7 +184,43 @@ impl Extractor {
                 .iter()
                 .map(|l: &ExtraLabel| Field::of(&l.tag, &l.param))
                 .collect(),
+            features: s.metrics.features.iter().map(Predicate::new).collect(),
+            quality_keys: s
+                .metrics
+                .quality_metrics
+                .iter()
+                .map(|q| q.key.clone())
+                .collect(),
             rates: RateCard::new(&s.cost),
+        }
+    }
+
+    /// The bit set of the features a run uses (registry aside).
+    fn features(&self, run: &Run) -> u32 {
+        self.features
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.holds(run))
+            .fold(0, |bits, (i, _)| bits | 1 << i)
+    }
+
+    /// Latest values of the quality keys, or nothing when the run logged none of them.
+    fn quality(&self, run: &Run) -> Box<[f64]> {
+        let values: Vec<f64> = self
+            .quality_keys
+            .iter()
+            .map(|k| {
+                run.data
+                    .metrics
+                    .iter()
+                    .find(|m| &m.key == k)
+                    .map_or(f64::NAN, |m| m.value)
+            })
+            .collect();
+        if values.iter().all(|v| v.is_nan()) {
+            Box::new([])
+        } else {
+            values.into_boxed_slice()
         }
     }
 
@@ -175,6 +255,9 @@ impl Extractor {
             team,
             instance_type,
             extra,
+            quality: self.quality(run),
+            gpu_util_pct: gpu_utilization(data.metrics.iter().map(|m| (m.key.as_str(), m.value))),
+            features: self.features(run),
             rate: self.rates.find(&data.tags, &data.params),
             gpus_logged: gpu_count(data.metrics.iter().map(|m| m.key.as_str())),
             status: RunStatus::parse(&info.status),
@@ -190,7 +273,8 @@ impl Extractor {
             .iter()
             .filter_map(|a| Some((strings.intern(&a.alias), a.version.parse().ok()?)))
             .collect();
-        (strings.intern(&m.name), ModelRecord { aliases })
+        let team = tag(&m.tags, &self.team_tag).map(|t| strings.intern(t));
+        (strings.intern(&m.name), ModelRecord { aliases, team })
     }
 
     /// `None` for a version whose number is not an integer (MLflow always numbers them).
@@ -214,7 +298,9 @@ impl Extractor {
                 } else {
                     &v.status
                 }),
+                created_ms: v.creation_timestamp.unwrap_or(NO_TIME),
                 last_updated_ms: v.last_updated_timestamp.unwrap_or(NO_TIME),
+                run: (!v.run_id.is_empty()).then(|| run_key(&v.run_id)),
             },
         ))
     }
@@ -226,29 +312,39 @@ fn tag<'a>(tags: &'a [KeyValue], key: &str) -> Option<&'a str> {
         .map(|kv| kv.value.as_str())
 }
 
-/// Distinct GPUs among system metric keys: `system/gpu_{i}_…` or, on several nodes, `system/<node>/gpu_{i}_…`.
+/// Splits a system metric key `system/gpu_{i}_{what}` (or `system/<node>/gpu_{i}_{what}`) into
+/// `((node, i), what)`.
+fn gpu_key(key: &str) -> Option<((&str, &str), &str)> {
+    let rest = key.strip_prefix("system/")?;
+    let (node, leaf) = rest.rsplit_once('/').unwrap_or(("", rest));
+    let (index, what) = leaf.strip_prefix("gpu_")?.split_once('_')?;
+    (!index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(((node, index), what))
+}
+
+/// Distinct GPUs among a run's system metric keys.
 pub fn gpu_count<'a>(keys: impl Iterator<Item = &'a str>) -> u16 {
     let mut seen: Vec<(&str, &str)> = Vec::new();
-    for key in keys {
-        let Some(rest) = key.strip_prefix("system/") else {
-            continue;
-        };
-        let (node, leaf) = rest.rsplit_once('/').unwrap_or(("", rest));
-        let Some(tail) = leaf.strip_prefix("gpu_") else {
-            continue;
-        };
-        let digits = tail.split('_').next().unwrap_or("");
-        if digits.is_empty()
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-            || digits.len() == tail.len()
-        {
-            continue;
-        }
-        if !seen.contains(&(node, digits)) {
-            seen.push((node, digits));
+    for (gpu, _) in keys.filter_map(gpu_key) {
+        if !seen.contains(&gpu) {
+            seen.push(gpu);
         }
     }
     u16::try_from(seen.len()).unwrap_or(u16::MAX)
+}
+
+/// Mean of the latest `gpu_{i}_utilization_percentage` values, in percent; NaN when there are none.
+pub fn gpu_utilization<'a>(metrics: impl Iterator<Item = (&'a str, f64)>) -> f64 {
+    let (sum, n) = metrics
+        .filter(|(k, v)| {
+            v.is_finite() && gpu_key(k).is_some_and(|(_, what)| what == "utilization_percentage")
+        })
+        .fold((0.0, 0u32), |(s, n), (_, v)| (s + v, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / f64::from(n)
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +379,87 @@ mod tests {
             "system/node-b/gpu_1_power_usage_watts",
         ];
         assert_eq!(gpu_count(multi.into_iter()), 3);
+    }
+
+    #[test]
+    fn gpu_utilization_is_the_mean_of_utilization_keys() {
+        let m = [
+            ("system/gpu_0_utilization_percentage", 80.0),
+            ("system/gpu_1_utilization_percentage", 60.0),
+            ("system/gpu_1_memory_usage_megabytes", 9000.0),
+            ("system/cpu_utilization_percentage", 5.0),
+            ("system/gpu_2_utilization_percentage", f64::NAN),
+        ];
+        assert_eq!(gpu_utilization(m.into_iter()), 70.0);
+        assert!(gpu_utilization([("accuracy", 0.9)].into_iter()).is_nan());
+    }
+
+    fn run_with(tags: &[(&str, &str)], metrics: &[&str], inputs: usize) -> Run {
+        let json = serde_json::json!({
+            "info": {"run_id": "0123456789abcdef0123456789abcdef", "experiment_id": "1"},
+            "data": {
+                "tags": tags.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>(),
+                "metrics": metrics.iter().map(|k| serde_json::json!({"key": k, "value": 0.5})).collect::<Vec<_>>(),
+            },
+            "inputs": {"dataset_inputs": (0..inputs).map(|_| serde_json::json!({"dataset": {"name": "d"}})).collect::<Vec<_>>()},
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn feature_predicates() {
+        let mut s = Settings::default();
+        s.metrics.features.push(Feature {
+            name: "sklearn_autolog".into(),
+            tag: Some("mlflow.autologging".into()),
+            value: Some("sklearn".into()),
+            ..Feature::default()
+        });
+        let ex = Extractor::new(&s);
+        // Defaults: registry (bit 0, never from the run), system_metrics 1, autolog 2, git 3, nested 4, datasets 5.
+        assert_eq!(ex.features(&run_with(&[], &[], 0)), 0);
+        assert_eq!(
+            ex.features(&run_with(&[], &["system/cpu_utilization_percentage"], 0)),
+            1 << 1
+        );
+        assert_eq!(
+            ex.features(&run_with(&[], &["systems/x", "my/system/y"], 0)),
+            0
+        );
+        assert_eq!(
+            ex.features(&run_with(&[("mlflow.autologging", "pytorch")], &[], 0)),
+            1 << 2
+        );
+        assert_eq!(
+            ex.features(&run_with(&[("mlflow.autologging", "sklearn")], &[], 0)),
+            1 << 2 | 1 << 6
+        );
+        assert_eq!(
+            ex.features(&run_with(
+                &[
+                    ("mlflow.source.git.commit", "abc"),
+                    ("mlflow.parentRunId", "p")
+                ],
+                &[],
+                0
+            )),
+            1 << 3 | 1 << 4
+        );
+        assert_eq!(ex.features(&run_with(&[], &[], 2)), 1 << 5);
+    }
+
+    #[test]
+    fn quality_values_follow_the_configured_keys() {
+        let ex = Extractor::new(&Settings::default());
+        let mut run = run_with(&[], &["f1"], 0);
+        run.data.metrics[0].value = 0.8;
+        // accuracy, auc, f1, rmse, loss
+        let q = ex.quality(&run);
+        assert_eq!(q.len(), 5);
+        assert!(q[0].is_nan() && q[1].is_nan() && q[3].is_nan() && q[4].is_nan());
+        assert_eq!(q[2], 0.8);
+        // None of the keys: nothing kept, no allocation.
+        assert!(ex.quality(&run_with(&[], &["other"], 0)).is_empty());
     }
 
     #[test]

@@ -168,6 +168,13 @@ pub struct RunRecord {
     pub instance_type: Option<Sym>,
     /// Values of the configured extra labels, in their order.
     pub extra: Box<[Option<Sym>]>,
+    /// Latest values of the configured quality metrics, in their order (NaN when not logged); empty
+    /// when the run logged none of them.
+    pub quality: Box<[f64]>,
+    /// Mean of the latest `system/…gpu_{i}_utilization_percentage` values, in percent; NaN when none.
+    pub gpu_util_pct: f64,
+    /// Configured features the run uses, one bit each (the registry feature is derived, not stored).
+    pub features: u32,
     /// Index of the matching rate in the rate card, or [`NO_RATE`].
     pub rate: u16,
     /// Distinct GPUs seen in the run's `system/…gpu_{i}_*` metric keys.
@@ -213,6 +220,8 @@ pub struct ExperimentRecord {
 pub struct ModelRecord {
     /// `(alias, version)`, as MLflow lists them.
     pub aliases: Vec<(Sym, u32)>,
+    /// The model's own team tag.
+    pub team: Option<Sym>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,7 +229,10 @@ pub struct VersionRecord {
     /// Legacy stage; `None` when unset.
     pub stage: Sym,
     pub status: Sym,
+    pub created_ms: i64,
     pub last_updated_ms: i64,
+    /// The run that produced the version, when MLflow knows it.
+    pub run: Option<RunKey>,
 }
 
 /// Everything the metrics are derived from, as of one sync.
@@ -244,7 +256,7 @@ mod tests {
     fn run_records_stay_small() {
         // The budget is 300 bytes per run including the map's own overhead.
         assert!(
-            std::mem::size_of::<RunRecord>() <= 64,
+            std::mem::size_of::<RunRecord>() <= 96,
             "{}",
             std::mem::size_of::<RunRecord>()
         );
@@ -276,6 +288,9 @@ mod tests {
             team: None,
             instance_type: None,
             extra: Box::new([]),
+            quality: Box::new([]),
+            gpu_util_pct: f64::NAN,
+            features: 0,
             rate: NO_RATE,
             gpus_logged: 0,
             status: RunStatus::Finished,

@@ -210,6 +210,13 @@ impl MlflowServer {
         );
     }
 
+    /// What seed.py recorded: experiment and run ids, and each version's creation time
+    /// (`versions["model/N"]`, ms), which MLflow stamps itself.
+    pub fn seed_state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.path().join("seed-state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
     pub fn stop(&mut self) {
         stop_group(&mut self.child);
     }

@@ -39,6 +39,15 @@ pub struct Run {
     pub info: RunInfo,
     #[serde(default)]
     pub data: RunData,
+    #[serde(default)]
+    pub inputs: RunInputs,
+}
+
+/// Only whether a run logged dataset inputs matters, not what they were.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RunInputs {
+    #[serde(default)]
+    pub dataset_inputs: Vec<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,47 @@
+//! How good the models are: the best value of each configured quality metric (accuracy, rmse, …)
+//! among an experiment's finished runs, in the direction the configuration says is better.
+
+use std::collections::BTreeMap;
+
+use prometheus::proto::MetricFamily;
+
+use super::family::{Family, Spec};
+use super::{Derivation, Folds};
+use crate::config::Goal;
+use crate::sync::snapshot::{RunStatus, Snapshot};
+
+pub const BEST_METRIC: Spec = Spec::gauge(
+    "mlflow_experiment_best_metric",
+    "Best latest value of a quality metric among the experiment's finished, not deleted runs",
+    &["experiment", "key"],
+);
+pub const SPECS: &[Spec] = &[BEST_METRIC];
+
+/// The better of two values for a goal.
+pub fn better(goal: Goal, a: f64, b: f64) -> f64 {
+    match goal {
+        Goal::Max => a.max(b),
+        Goal::Min => a.min(b),
+    }
+}
+
+pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFamily> {
+    let keys = &d.settings.quality_metrics;
+    let mut best: BTreeMap<(&str, usize), f64> = BTreeMap::new();
+    for r in snap.runs.values() {
+        if r.status != RunStatus::Finished || r.deleted || r.quality.is_empty() {
+            continue;
+        }
+        let exp = folds.experiment(snap, r.experiment);
+        for (i, v) in r.quality.iter().enumerate().filter(|(_, v)| v.is_finite()) {
+            best.entry((exp, i))
+                .and_modify(|b| *b = better(keys[i].goal, *b, *v))
+                .or_insert(*v);
+        }
+    }
+    let mut f = Family::new(&BEST_METRIC);
+    for ((exp, i), v) in best {
+        f.add(&[exp, &keys[i].key], v);
+    }
+    vec![f.finish()]
+}

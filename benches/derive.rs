@@ -5,7 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use mlflow_exporter::config::{Rate, RateMatch, Settings};
+use mlflow_exporter::config::{ExtraLabel, Rate, RateMatch, Settings};
 use mlflow_exporter::metrics::publish::Publisher;
 use mlflow_exporter::metrics::{derive, Derivation};
 
@@ -55,6 +55,11 @@ fn main() {
             gpus: Some(1 << i),
         })
         .collect();
+    settings.metrics.extra_labels = vec![ExtraLabel {
+        name: "estimator".into(),
+        tag: None,
+        param: Some("estimator_class".into()),
+    }];
     let d = Derivation::new(&settings);
 
     let before = LIVE.load(Ordering::Relaxed);
@@ -86,7 +91,7 @@ fn main() {
 
     println!("| figure | value | target |");
     println!("|---|---|---|");
-    println!("| derive, {runs} runs, 1 000 experiments ({series} series) | {:.0} ms (median of 5) | < 1 000 ms |", median(times) * 1e3);
+    println!("| derive, {runs} runs, 1 000 experiments, 1 extra label ({series} series) | {:.0} ms (median of 5) | < 1 000 ms |", median(times) * 1e3);
     println!(
         "| snapshot memory per run (heap, map overhead included) | {:.0} bytes | < 300 bytes |",
         bytes as f64 / runs as f64

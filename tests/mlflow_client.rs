@@ -663,7 +663,7 @@ async fn a_failed_cycle_keeps_the_last_good_snapshot() {
 
     let check = |syncer: &Syncer| {
         let snap = syncer.snapshot();
-        let mut runs: Vec<u128> = snap.runs.keys().copied().collect();
+        let mut runs: Vec<u128> = snap.runs.keys().collect();
         runs.sort();
         assert_eq!(runs, [run_key(&run_id(1)), run_key(&run_id(2))]);
         assert_eq!(snap.experiments.len(), 1);

@@ -1,5 +1,6 @@
 //! A synthetic snapshot shaped like a large install, shared by the benches: experiments, users,
-//! teams and instance types drawn from a fixed seed so every run measures the same data.
+//! teams, instance types, one extra label (8 estimators), quality metrics on most finished runs and
+//! GPU utilization on GPU runs, drawn from a fixed seed so every run measures the same data.
 
 use mlflow_exporter::sync::snapshot::*;
 
@@ -17,6 +18,12 @@ pub fn snapshot(runs: usize, experiments: usize) -> Snapshot {
         .collect();
     let users: Vec<Sym> = (0..2_000)
         .map(|i| s.intern(&format!("user{i}@example.com")))
+        .collect();
+    let estimators: Vec<u32> = (0..8)
+        .map(|i| {
+            let e = s.intern(&format!("Estimator{i}"));
+            s.intern_combo(&[Some(e)])
+        })
         .collect();
     let mut exp_ids = Vec::with_capacity(experiments);
     for i in 0..experiments {
@@ -37,7 +44,7 @@ pub fn snapshot(runs: usize, experiments: usize) -> Snapshot {
         RunStatus::Killed,
         RunStatus::Running,
     ];
-    snap.runs.reserve(runs);
+    // No reserve: the sync grows the run table as pages arrive, then trims it.
     for i in 0..runs {
         let status = statuses[rng.usize(..statuses.len())];
         let start = NOW_MS - rng.i64(0..90 * DAY_MS);
@@ -46,6 +53,13 @@ pub fn snapshot(runs: usize, experiments: usize) -> Snapshot {
         } else {
             NO_TIME
         };
+        let gpus = rng.u16(0..3);
+        let quality: Box<[f64]> = if status == RunStatus::Finished && rng.u8(..10) < 6 {
+            // accuracy and loss of the default keys (accuracy, auc, f1, rmse, loss).
+            Box::new([rng.f64(), f64::NAN, f64::NAN, f64::NAN, rng.f64()])
+        } else {
+            Box::new([])
+        };
         let rec = RunRecord {
             start_ms: start,
             end_ms: end,
@@ -53,17 +67,22 @@ pub fn snapshot(runs: usize, experiments: usize) -> Snapshot {
             user: Some(users[rng.usize(..users.len())]),
             team: (i % 7 == 0).then(|| teams[rng.usize(..teams.len())]),
             instance_type: (i % 3 != 0).then(|| types[rng.usize(..types.len())]),
-            extra: Box::new([]),
-            quality: Box::new([]),
-            gpu_util_pct: f64::NAN,
-            features: 0,
+            extra: estimators[rng.usize(..estimators.len())],
+            quality,
+            gpu_util_pct: if gpus > 0 {
+                rng.f64() * 100.0
+            } else {
+                f64::NAN
+            },
+            features: rng.u32(..64),
             rate: if i % 3 == 0 { NO_RATE } else { rng.u16(0..4) },
-            gpus_logged: rng.u16(0..3),
+            gpus_logged: gpus,
             status,
             deleted: i % 40 == 0,
             hashed_id: false,
         };
         snap.runs.insert(rng.u128(..), rec);
     }
+    snap.runs.shrink_to_fit();
     snap
 }

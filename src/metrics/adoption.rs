@@ -109,7 +109,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<MetricFamil
     let registered: HashSet<RunKey> = snap.versions.values().filter_map(|v| v.run).collect();
     let mut users: Vec<Option<Activity>> = vec![None; snap.strings.len()];
     let mut teams: HashMap<Sym, Activity> = HashMap::new();
-    for (key, r) in &snap.runs {
+    for (key, r) in snap.runs.iter() {
         let user = r
             .user
             .map(|u| users[u.index()].get_or_insert_with(|| Activity::new(windows.len())));
@@ -117,7 +117,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<MetricFamil
             continue;
         }
         let mut features = r.features;
-        if registered.contains(key) {
+        if registered.contains(&key) {
             features |= d.registered_features;
         }
         if let Some(u) = user {

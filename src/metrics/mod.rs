@@ -133,7 +133,7 @@ impl Folds {
             tally(&mut exp, Some(r.experiment));
             tally(&mut team, team_of(snap, r));
             tally(&mut itype, r.instance_type);
-            for (w, v) in extra.iter_mut().zip(r.extra.iter()) {
+            for (w, v) in extra.iter_mut().zip(snap.strings.combo(r.extra)) {
                 tally(w, *v);
             }
         }

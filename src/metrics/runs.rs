@@ -50,7 +50,6 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFam
             }
         }
     }
-    let mut combos: HashMap<Box<[Option<Sym>]>, u32> = HashMap::new();
     let mut started: HashMap<(Sym, Option<Sym>), u64> = HashMap::new();
     let mut ended: HashMap<(Sym, RunStatus, u32), Ended> = HashMap::new();
     let mut seen: HashSet<(Sym, u32)> = HashSet::new();
@@ -62,11 +61,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFam
         if active_experiment && !r.deleted {
             *current.entry((r.experiment, r.status)).or_default() += 1;
         }
-        let next = combos.len() as u32;
-        let combo = match combos.get(&*r.extra) {
-            Some(c) => *c,
-            None => *combos.entry(r.extra.clone()).or_insert(next),
-        };
+        let combo = r.extra;
         seen.insert((r.experiment, combo));
         *started.entry((r.experiment, team_of(snap, r))).or_default() +=
             u64::from(r.start_ms != NO_TIME && r.status != RunStatus::Scheduled);
@@ -96,25 +91,17 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFam
         runs_f.add(&[exp, st.as_str()], n as f64);
     }
 
-    let combo_values: Vec<Vec<&str>> = {
-        let mut by_id = vec![Vec::new(); combos.len()];
-        for (values, id) in &combos {
-            by_id[*id as usize] = values
-                .iter()
-                .zip(&folds.extra)
-                .map(|(v, f)| f.label(*v, s))
-                .collect();
-        }
-        by_id
+    let extra_values = |combo: u32| -> Vec<&str> {
+        s.combo(combo)
+            .iter()
+            .zip(&folds.extra)
+            .map(|(v, f)| f.label(*v, s))
+            .collect()
     };
-    let mut merged: BTreeMap<(&str, RunStatus, &[&str]), Ended> = BTreeMap::new();
+    let mut merged: BTreeMap<(&str, RunStatus, Vec<&str>), Ended> = BTreeMap::new();
     for ((exp, st, combo), e) in ended {
         let m = merged
-            .entry((
-                folds.experiment(snap, exp),
-                st,
-                &combo_values[combo as usize],
-            ))
+            .entry((folds.experiment(snap, exp), st, extra_values(combo)))
             .or_default();
         m.total += e.total;
         m.durations.merge(&e.durations);

@@ -51,7 +51,7 @@ impl Build {
             user: user.map(|u| s.intern(u)),
             team: None,
             instance_type: None,
-            extra: Box::new([]),
+            extra: 0,
             quality: Box::new([]),
             gpu_util_pct: f64::NAN,
             features: 0,
@@ -61,7 +61,7 @@ impl Build {
             deleted: false,
             hashed_id: false,
         };
-        self.snap.runs.entry(self.next).or_insert(rec)
+        self.snap.runs.insert(self.next, rec)
     }
 
     fn sym(&mut self, s: &str) -> Sym {
@@ -450,10 +450,8 @@ fn every_family_is_declared_with_its_labels() {
             param: Some("estimator_class".into()),
         }]
     });
-    b.snap
-        .runs
-        .values_mut()
-        .for_each(|r| r.extra = Box::new([None]));
+    let combo = b.snap.strings.intern_combo(&[None]);
+    b.snap.runs.values_mut().for_each(|r| r.extra = combo);
     let f = derive(&b.snap, &d, NOW);
     let specs = specs();
     assert_eq!(f.len(), specs.len());

@@ -242,11 +242,12 @@ impl Extractor {
         let team = opt(tag(&data.tags, &self.team_tag));
         let instance_type = opt(tag(&data.tags, &self.instance_type_tag));
         let user = opt(Some(info.user_id.as_str()));
-        let extra = self
+        let extra: Vec<Option<Sym>> = self
             .extra
             .iter()
             .map(|f| opt(f.read(&data.tags, &data.params)))
             .collect();
+        let extra = strings.intern_combo(&extra);
         let record = RunRecord {
             start_ms: info.start_time.unwrap_or(NO_TIME),
             end_ms: info.end_time.unwrap_or(NO_TIME),

@@ -118,6 +118,7 @@ impl Syncer {
         requests += n;
         next.models = registry.models;
         next.versions = registry.versions;
+        next.runs.shrink_to_fit();
         self.snapshot = next;
         self.cursor_ms = Some(now_ms);
         self.last_full_ms = Some(now_ms);
@@ -163,7 +164,7 @@ impl Syncer {
             .runs
             .iter()
             .filter(|(k, r)| r.status == RunStatus::Running && !r.hashed_id && !seen.contains(k))
-            .map(|(k, _)| format!("'{}'", run_id(*k)))
+            .map(|(k, _)| format!("'{}'", run_id(k)))
             .collect();
         for batch in stale.chunks(100) {
             let filter = format!("attributes.run_id IN ({})", batch.join(","));

@@ -17,11 +17,14 @@ impl Sym {
     }
 }
 
-/// String table; symbols stay valid for the life of the snapshot.
+/// String table, and a table of the combinations of extra-label values runs carry (few distinct
+/// ones, so a run holds a 4-byte id instead of its own list). Both live as long as the snapshot.
 #[derive(Debug, Clone)]
 pub struct Interner {
     map: HashMap<Arc<str>, Sym>,
     strings: Vec<Arc<str>>,
+    combo_map: HashMap<Arc<[Option<Sym>]>, u32>,
+    combos: Vec<Arc<[Option<Sym>]>>,
 }
 
 impl Default for Interner {
@@ -30,6 +33,8 @@ impl Default for Interner {
             map: HashMap::new(),
             // Index 0 is never handed out, so that `Option<Sym>` costs no more than `Sym`.
             strings: vec![Arc::from("")],
+            combo_map: HashMap::new(),
+            combos: Vec::new(),
         }
     }
 }
@@ -62,6 +67,28 @@ impl Interner {
 
     pub fn is_empty(&self) -> bool {
         self.strings.len() <= 1
+    }
+
+    /// The id of a combination of extra-label values.
+    pub fn intern_combo(&mut self, values: &[Option<Sym>]) -> u32 {
+        if let Some(&id) = self.combo_map.get(values) {
+            return id;
+        }
+        let id = self.combos.len() as u32;
+        let arc: Arc<[Option<Sym>]> = Arc::from(values);
+        self.combos.push(arc.clone());
+        self.combo_map.insert(arc, id);
+        id
+    }
+
+    /// The values of a combination; empty for an id never handed out.
+    pub fn combo(&self, id: u32) -> &[Option<Sym>] {
+        self.combos.get(id as usize).map_or(&[], |c| c)
+    }
+
+    /// One past the largest combination id.
+    pub fn combos(&self) -> usize {
+        self.combos.len()
     }
 }
 
@@ -166,8 +193,8 @@ pub struct RunRecord {
     /// The run's own team tag; the experiment's applies when absent.
     pub team: Option<Sym>,
     pub instance_type: Option<Sym>,
-    /// Values of the configured extra labels, in their order.
-    pub extra: Box<[Option<Sym>]>,
+    /// Values of the configured extra labels, as a combination id of the [`Interner`].
+    pub extra: u32,
     /// Latest values of the configured quality metrics, in their order (NaN when not logged); empty
     /// when the run logged none of them.
     pub quality: Box<[f64]>,
@@ -235,13 +262,96 @@ pub struct VersionRecord {
     pub run: Option<RunKey>,
 }
 
+/// Runs by id: the records sit in one vector and a map holds only their positions, so a run costs
+/// its record plus a 24-byte index slot rather than a record-sized slot in a half-empty table.
+#[derive(Debug, Clone, Default)]
+pub struct Runs {
+    /// Key halves → position (a `u128` key would align map slots to 32 bytes).
+    index: HashMap<(u64, u64), usize>,
+    keys: Vec<RunKey>,
+    records: Vec<RunRecord>,
+}
+
+fn halves(key: RunKey) -> (u64, u64) {
+    ((key >> 64) as u64, key as u64)
+}
+
+impl Runs {
+    /// Inserts or replaces a run; returns the stored record.
+    pub fn insert(&mut self, key: RunKey, rec: RunRecord) -> &mut RunRecord {
+        use std::collections::hash_map::Entry;
+        let i = match self.index.entry(halves(key)) {
+            Entry::Occupied(e) => {
+                let i = *e.get();
+                self.records[i] = rec;
+                i
+            }
+            Entry::Vacant(e) => {
+                e.insert(self.records.len());
+                self.keys.push(key);
+                self.records.push(rec);
+                self.records.len() - 1
+            }
+        };
+        &mut self.records[i]
+    }
+
+    pub fn get(&self, key: &RunKey) -> Option<&RunRecord> {
+        self.index.get(&halves(*key)).map(|i| &self.records[*i])
+    }
+
+    pub fn values(&self) -> std::slice::Iter<'_, RunRecord> {
+        self.records.iter()
+    }
+
+    pub fn values_mut(&mut self) -> std::slice::IterMut<'_, RunRecord> {
+        self.records.iter_mut()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (RunKey, &RunRecord)> {
+        self.keys.iter().copied().zip(&self.records)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = RunKey> + '_ {
+        self.keys.iter().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn reserve(&mut self, additional: usize) {
+        self.index.reserve(additional);
+        self.keys.reserve(additional);
+        self.records.reserve(additional);
+    }
+
+    /// Drops the spare capacity a full read leaves in the vectors.
+    pub fn shrink_to_fit(&mut self) {
+        self.keys.shrink_to_fit();
+        self.records.shrink_to_fit();
+    }
+}
+
+impl Extend<(RunKey, RunRecord)> for Runs {
+    fn extend<I: IntoIterator<Item = (RunKey, RunRecord)>>(&mut self, iter: I) {
+        for (k, r) in iter {
+            self.insert(k, r);
+        }
+    }
+}
+
 /// Everything the metrics are derived from, as of one sync.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub strings: Interner,
     /// By experiment id.
     pub experiments: HashMap<Sym, ExperimentRecord>,
-    pub runs: HashMap<RunKey, RunRecord>,
+    pub runs: Runs,
     /// By model name.
     pub models: BTreeMap<Sym, ModelRecord>,
     /// By model name and version number.
@@ -261,6 +371,52 @@ mod tests {
             std::mem::size_of::<RunRecord>()
         );
         assert_eq!(std::mem::size_of::<Option<Sym>>(), 4);
+    }
+
+    #[test]
+    fn runs_upsert_in_place_and_keep_their_keys() {
+        let experiment = Interner::default().intern("1");
+        let rec = |start| RunRecord {
+            start_ms: start,
+            end_ms: NO_TIME,
+            experiment,
+            user: None,
+            team: None,
+            instance_type: None,
+            extra: 0,
+            quality: Box::new([]),
+            gpu_util_pct: f64::NAN,
+            features: 0,
+            rate: NO_RATE,
+            gpus_logged: 0,
+            status: RunStatus::Running,
+            deleted: false,
+            hashed_id: false,
+        };
+        let (a, b) = (rec(1), rec(2));
+        let mut runs = Runs::default();
+        runs.insert(u128::MAX, a);
+        runs.insert(7, b);
+        runs.insert(u128::MAX, rec(3));
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs.get(&u128::MAX).unwrap().start_ms, 3);
+        assert_eq!(runs.get(&7).unwrap().start_ms, 2);
+        assert!(runs.get(&8).is_none());
+        let pairs: Vec<(RunKey, i64)> = runs.iter().map(|(k, r)| (k, r.start_ms)).collect();
+        assert_eq!(pairs, vec![(u128::MAX, 3), (7, 2)]);
+    }
+
+    #[test]
+    fn extra_label_combinations_are_interned() {
+        let mut s = Interner::default();
+        let (a, b) = (s.intern("a"), s.intern("b"));
+        let x = s.intern_combo(&[Some(a), None]);
+        let y = s.intern_combo(&[Some(b), None]);
+        assert_eq!(s.intern_combo(&[Some(a), None]), x);
+        assert_ne!(x, y);
+        assert_eq!(s.combo(y), &[Some(b), None]);
+        assert_eq!(s.combo(99), &[] as &[Option<Sym>]);
+        assert_eq!(s.combos(), 2);
     }
 
     #[test]
@@ -287,7 +443,7 @@ mod tests {
             user: None,
             team: None,
             instance_type: None,
-            extra: Box::new([]),
+            extra: 0,
             quality: Box::new([]),
             gpu_util_pct: f64::NAN,
             features: 0,

@@ -25,7 +25,7 @@ fn wrk_figure(out: &str, key: &str) -> String {
 
 fn main() {
     let publisher = Publisher::new(Derivation::new(&Settings::default())).unwrap();
-    publisher.publish(&common::snapshot(5_000, 100), common::NOW_MS);
+    publisher.publish(&common::snapshot(3_000, 55), common::NOW_MS);
     let encoded = publisher.handle();
     let text = encoded.load_full();
     let samples = std::str::from_utf8(&text.text)

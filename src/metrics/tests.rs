@@ -45,21 +45,8 @@ impl Build {
         self.next += 1;
         let s = &mut self.snap.strings;
         let rec = RunRecord {
-            start_ms: start,
-            end_ms: end,
-            experiment: s.intern(exp),
             user: user.map(|u| s.intern(u)),
-            team: None,
-            instance_type: None,
-            extra: 0,
-            quality: Box::new([]),
-            gpu_util_pct: f64::NAN,
-            features: 0,
-            rate: NO_RATE,
-            gpus_logged: 0,
-            status,
-            deleted: false,
-            hashed_id: false,
+            ..RunRecord::new(s.intern(exp), status, start, end)
         };
         self.snap.runs.insert(self.next, rec)
     }

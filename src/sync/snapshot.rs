@@ -216,6 +216,27 @@ pub struct RunRecord {
 pub const NO_RATE: u16 = u16::MAX;
 
 impl RunRecord {
+    /// A run of `experiment` with `status` and times, nothing else known (no user, tags or metrics).
+    pub fn new(experiment: Sym, status: RunStatus, start_ms: i64, end_ms: i64) -> RunRecord {
+        RunRecord {
+            start_ms,
+            end_ms,
+            experiment,
+            user: None,
+            team: None,
+            instance_type: None,
+            extra: 0,
+            quality: Box::new([]),
+            gpu_util_pct: f64::NAN,
+            features: 0,
+            rate: NO_RATE,
+            gpus_logged: 0,
+            status,
+            deleted: false,
+            hashed_id: false,
+        }
+    }
+
     /// Milliseconds of compute: end − start once ended, now − start while running, else 0.
     pub fn compute_ms(&self, now_ms: i64) -> u64 {
         if self.start_ms == NO_TIME {
@@ -376,23 +397,7 @@ mod tests {
     #[test]
     fn runs_upsert_in_place_and_keep_their_keys() {
         let experiment = Interner::default().intern("1");
-        let rec = |start| RunRecord {
-            start_ms: start,
-            end_ms: NO_TIME,
-            experiment,
-            user: None,
-            team: None,
-            instance_type: None,
-            extra: 0,
-            quality: Box::new([]),
-            gpu_util_pct: f64::NAN,
-            features: 0,
-            rate: NO_RATE,
-            gpus_logged: 0,
-            status: RunStatus::Running,
-            deleted: false,
-            hashed_id: false,
-        };
+        let rec = |start| RunRecord::new(experiment, RunStatus::Running, start, NO_TIME);
         let (a, b) = (rec(1), rec(2));
         let mut runs = Runs::default();
         runs.insert(u128::MAX, a);
@@ -436,23 +441,8 @@ mod tests {
 
     #[test]
     fn compute_time_of_each_status() {
-        let mut r = RunRecord {
-            start_ms: 1_000,
-            end_ms: 61_000,
-            experiment: Interner::default().intern("1"),
-            user: None,
-            team: None,
-            instance_type: None,
-            extra: 0,
-            quality: Box::new([]),
-            gpu_util_pct: f64::NAN,
-            features: 0,
-            rate: NO_RATE,
-            gpus_logged: 0,
-            status: RunStatus::Finished,
-            deleted: false,
-            hashed_id: false,
-        };
+        let experiment = Interner::default().intern("1");
+        let mut r = RunRecord::new(experiment, RunStatus::Finished, 1_000, 61_000);
         assert_eq!(r.compute_ms(100_000), 60_000);
         assert_eq!(r.duration_ms(), Some(60_000));
         r.status = RunStatus::Running;

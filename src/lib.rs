@@ -2,16 +2,19 @@
 //! leads ask about (adoption, delivery, cost, reliability) as Prometheus metrics.
 //!
 //! Data flows through the modules in this order: [`source`] (MLflow's REST API) → [`sync`] (the
-//! in-memory snapshot) → [`metrics`] (pure functions to metric families) → [`server`] (HTTP).
+//! in-memory snapshot) → [`delivery`] (registry changes as events) and [`store`] (their durable
+//! history) → [`metrics`] (pure functions to metric families) → [`server`] (HTTP).
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod source;
+pub mod store;
 pub mod sync;
 
 /// Anything that stops the exporter from starting or serving.

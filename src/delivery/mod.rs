@@ -1,0 +1,295 @@
+//! Delivery (DORA for models): registry changes as events, detected by comparing each snapshot's
+//! serving aliases and `Production` stage with what is known to be served, and folded into the
+//! figures: deployments, rollbacks, lead time and its parts, time to restore.
+//!
+//! Everything here is pure: events come in, state and aggregates come out. The event store keeps the
+//! events; on start-up they are folded again in order, so counters continue across restarts.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::metrics::family::HistogramAcc;
+use crate::sync::snapshot::{Snapshot, NO_TIME};
+
+/// The legacy stage that counts as serving; it is tracked like an alias of this name.
+pub const PRODUCTION: &str = "Production";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// First sight of what an alias serves at start-up: known, not a deployment.
+    Baseline,
+    Deployment,
+    AliasDeleted,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Baseline => "baseline",
+            Kind::Deployment => "deployment",
+            Kind::AliasDeleted => "alias_deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        [Kind::Baseline, Kind::Deployment, Kind::AliasDeleted]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Seen by comparing two syncs: the time is the detection time, at most one interval late.
+    Poll,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Poll => "poll",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Source> {
+        (s == "poll").then_some(Source::Poll)
+    }
+}
+
+/// One change of what a model's alias (or `Production` stage) serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `model␟target␟n`: the n-th change of that target. Two sources that see the same change
+    /// compute the same key, so the store keeps it once.
+    pub dedup_key: String,
+    pub kind: Kind,
+    pub source: Source,
+    pub model: String,
+    pub target: String,
+    pub version: Option<u32>,
+    pub at_ms: i64,
+    /// Of the training run behind the version, and of the version itself, when known.
+    pub run_start_ms: Option<i64>,
+    pub run_end_ms: Option<i64>,
+    pub version_created_ms: Option<i64>,
+}
+
+/// What one target (a model's alias, or its `Production` stage) serves, and has served.
+#[derive(Debug, Clone, Default)]
+struct Target {
+    current: Option<u32>,
+    /// When the current version was deployed (or first seen).
+    since_ms: i64,
+    served: BTreeSet<u32>,
+    /// Changes applied so far: the next event's sequence number.
+    changes: u64,
+}
+
+/// Figures of one target.
+#[derive(Debug, Clone, Default)]
+pub struct TargetFigures {
+    pub deployments: u64,
+    pub rollbacks: u64,
+    pub lead_time: HistogramAcc,
+    pub time_to_deploy: HistogramAcc,
+    pub rollback_recovery: HistogramAcc,
+    /// Time of the last deployment, or `NO_TIME`.
+    pub last_deployed_ms: i64,
+}
+
+/// Bucket bounds in ms of the delivery histograms.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub lead_time: Vec<u64>,
+    pub time_to_register: Vec<u64>,
+    pub time_to_deploy: Vec<u64>,
+    pub recovery: Vec<u64>,
+}
+
+/// The folded history.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    bounds: Bounds,
+    targets: HashMap<(String, String), Target>,
+    pub figures: HashMap<(String, String), TargetFigures>,
+    pub time_to_register: HashMap<String, HistogramAcc>,
+    /// Events folded in so far.
+    pub events: u64,
+}
+
+impl Delivery {
+    pub fn new(bounds: Bounds) -> Delivery {
+        Delivery {
+            bounds,
+            targets: HashMap::new(),
+            figures: HashMap::new(),
+            time_to_register: HashMap::new(),
+            events: 0,
+        }
+    }
+
+    pub fn bounds(&self) -> &Bounds {
+        &self.bounds
+    }
+
+    /// Folds one event in. Events must come in the order they were recorded.
+    pub fn apply(&mut self, e: &Event) {
+        self.events += 1;
+        let key = (e.model.clone(), e.target.clone());
+        let t = self.targets.entry(key.clone()).or_default();
+        t.changes += 1;
+        match e.kind {
+            Kind::AliasDeleted => t.current = None,
+            Kind::Baseline => {
+                if let Some(v) = e.version {
+                    t.current = Some(v);
+                    t.since_ms = e.at_ms;
+                    t.served.insert(v);
+                }
+            }
+            Kind::Deployment => {
+                let Some(v) = e.version else { return };
+                let f = self.figures.entry(key).or_insert_with(|| TargetFigures {
+                    last_deployed_ms: NO_TIME,
+                    ..TargetFigures::default()
+                });
+                f.deployments += 1;
+                f.last_deployed_ms = e.at_ms;
+                // A move back to a lower version than the one replaced, or to one this target
+                // served before: the replaced deployment failed, and this restores service.
+                let rollback = t.current.is_some_and(|cur| v < cur) || t.served.contains(&v);
+                if rollback {
+                    f.rollbacks += 1;
+                    if t.current.is_some() {
+                        f.rollback_recovery
+                            .observe_ms(&self.bounds.recovery, span(t.since_ms, e.at_ms));
+                    }
+                } else {
+                    // Lead time measures changes; a rollback restores an old one.
+                    if let Some(start) = e.run_start_ms {
+                        f.lead_time
+                            .observe_ms(&self.bounds.lead_time, span(start, e.at_ms));
+                    }
+                    if let Some(created) = e.version_created_ms {
+                        f.time_to_deploy
+                            .observe_ms(&self.bounds.time_to_deploy, span(created, e.at_ms));
+                        if let Some(end) = e.run_end_ms {
+                            self.time_to_register
+                                .entry(e.model.clone())
+                                .or_default()
+                                .observe_ms(&self.bounds.time_to_register, span(end, created));
+                        }
+                    }
+                }
+                t.current = Some(v);
+                t.since_ms = e.at_ms;
+                t.served.insert(v);
+            }
+        }
+    }
+
+    /// What a target serves now, as far as the history knows.
+    pub fn serving(&self, model: &str, target: &str) -> Option<u32> {
+        self.targets
+            .get(&(model.to_string(), target.to_string()))
+            .and_then(|t| t.current)
+    }
+
+    /// Compares a snapshot's serving aliases (those named in `aliases`) and `Production` stage with
+    /// the history and returns the events that explain the difference. On the first poll after
+    /// start-up a target the history has never seen is a baseline; later, a deployment.
+    pub fn detect(
+        &self,
+        snap: &Snapshot,
+        aliases: &[String],
+        first_poll: bool,
+        now_ms: i64,
+    ) -> Vec<Event> {
+        let s = &snap.strings;
+        let mut now: HashMap<(String, String), u32> = HashMap::new();
+        for (model, rec) in &snap.models {
+            for (alias, version) in &rec.aliases {
+                if aliases.iter().any(|a| a == s.get(*alias)) {
+                    now.insert(
+                        (s.get(*model).to_string(), s.get(*alias).to_string()),
+                        *version,
+                    );
+                }
+            }
+        }
+        for ((model, number), v) in &snap.versions {
+            if s.get(v.stage) == PRODUCTION {
+                let slot = now
+                    .entry((s.get(*model).to_string(), PRODUCTION.to_string()))
+                    .or_insert(*number);
+                *slot = (*slot).max(*number);
+            }
+        }
+
+        let mut events = Vec::new();
+        let mut keys: Vec<&(String, String)> = now.keys().collect();
+        keys.sort();
+        for key in keys {
+            let version = now[key];
+            let known = self.targets.get(key);
+            if known.and_then(|t| t.current) == Some(version) {
+                continue;
+            }
+            let kind = if first_poll && known.is_none() {
+                Kind::Baseline
+            } else {
+                Kind::Deployment
+            };
+            let (model, target) = key;
+            let m = s.lookup(model);
+            let rec = m.and_then(|m| snap.versions.get(&(m, version)));
+            let run = rec.and_then(|v| v.run).and_then(|k| snap.runs.get(&k));
+            let time = |t: i64| (t != NO_TIME).then_some(t);
+            events.push(Event {
+                dedup_key: dedup_key(model, target, known.map_or(0, |t| t.changes) + 1),
+                kind,
+                source: Source::Poll,
+                model: model.clone(),
+                target: target.clone(),
+                version: Some(version),
+                at_ms: now_ms,
+                run_start_ms: run.and_then(|r| time(r.start_ms)),
+                run_end_ms: run.and_then(|r| time(r.end_ms)),
+                version_created_ms: rec.and_then(|v| time(v.created_ms)),
+            });
+        }
+        let mut gone: Vec<(&(String, String), &Target)> = self
+            .targets
+            .iter()
+            .filter(|(k, t)| t.current.is_some() && !now.contains_key(*k))
+            .collect();
+        gone.sort_by(|a, b| a.0.cmp(b.0));
+        for ((model, target), t) in gone {
+            events.push(Event {
+                dedup_key: dedup_key(model, target, t.changes + 1),
+                kind: Kind::AliasDeleted,
+                source: Source::Poll,
+                model: model.clone(),
+                target: target.clone(),
+                version: None,
+                at_ms: now_ms,
+                run_start_ms: None,
+                run_end_ms: None,
+                version_created_ms: None,
+            });
+        }
+        events
+    }
+}
+
+fn dedup_key(model: &str, target: &str, n: u64) -> String {
+    format!("{model}\u{1f}{target}\u{1f}{n}")
+}
+
+/// `to − from` in ms, never negative (clocks of clients and the exporter disagree).
+fn span(from: i64, to: i64) -> u64 {
+    to.saturating_sub(from).max(0) as u64
+}
+
+#[cfg(test)]
+mod tests;

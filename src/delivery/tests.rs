@@ -1,0 +1,277 @@
+//! Event logic on hand-built snapshots: baseline, deployment, rollbacks to a lower and to a
+//! previously served version, an alias deleted and re-created, the `Production` stage, and the
+//! figures (lead time and its parts, recovery) with exact values.
+
+use super::*;
+use crate::metrics::family::bounds_ms;
+use crate::sync::snapshot::*;
+
+const H: i64 = 3_600_000;
+const T0: i64 = 1_800_000_000_000;
+
+fn bounds() -> Bounds {
+    let b = bounds_ms(&[60.0, 3600.0, 86400.0]);
+    Bounds {
+        lead_time: b.clone(),
+        time_to_register: b.clone(),
+        time_to_deploy: b.clone(),
+        recovery: b,
+    }
+}
+
+/// A registry with model `m`: versions 1..=n, version i made by a run that started at T0 + i h and
+/// ran 10 min, created 20 min after the run's start; `aliases` and the versions in `Production`.
+fn registry(n: u32, aliases: &[(&str, u32)], production: &[u32]) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let s = &mut snap.strings;
+    let (m, exp, ready) = (s.intern("m"), s.intern("1"), s.intern("READY"));
+    let (none, prod) = (s.intern("None"), s.intern(PRODUCTION));
+    let aliases = aliases.iter().map(|(a, v)| (s.intern(a), *v)).collect();
+    snap.models.insert(
+        m,
+        ModelRecord {
+            aliases,
+            team: None,
+        },
+    );
+    for i in 1..=n {
+        let start = T0 + i64::from(i) * H;
+        let key = u128::from(i);
+        snap.runs.insert(
+            key,
+            RunRecord::new(exp, RunStatus::Finished, start, start + H / 6),
+        );
+        snap.versions.insert(
+            (m, i),
+            VersionRecord {
+                stage: if production.contains(&i) { prod } else { none },
+                status: ready,
+                created_ms: start + H / 3,
+                last_updated_ms: start + H / 3,
+                run: Some(key),
+            },
+        );
+    }
+    snap
+}
+
+fn serving() -> Vec<String> {
+    vec!["champion".into(), "prod".into()]
+}
+
+/// Detects and folds in one poll; returns the events.
+fn poll(d: &mut Delivery, snap: &Snapshot, first: bool, at: i64) -> Vec<Event> {
+    let events = d.detect(snap, &serving(), first, at);
+    for e in &events {
+        d.apply(e);
+    }
+    events
+}
+
+fn kinds(events: &[Event]) -> Vec<(Kind, &str, Option<u32>)> {
+    events
+        .iter()
+        .map(|e| (e.kind, e.target.as_str(), e.version))
+        .collect()
+}
+
+#[test]
+fn first_sight_at_start_up_is_a_baseline_and_later_moves_are_deployments() {
+    let mut d = Delivery::new(bounds());
+    let e = poll(
+        &mut d,
+        &registry(3, &[("champion", 1), ("challenger", 2)], &[]),
+        true,
+        T0 + 10 * H,
+    );
+    // Only serving aliases count: challenger is not one.
+    assert_eq!(kinds(&e), vec![(Kind::Baseline, "champion", Some(1))]);
+    assert!(d.figures.is_empty());
+    // Nothing changed: nothing to record.
+    assert!(poll(
+        &mut d,
+        &registry(3, &[("champion", 1)], &[]),
+        false,
+        T0 + 11 * H
+    )
+    .is_empty());
+
+    let e = poll(
+        &mut d,
+        &registry(3, &[("champion", 3)], &[]),
+        false,
+        T0 + 12 * H,
+    );
+    assert_eq!(kinds(&e), vec![(Kind::Deployment, "champion", Some(3))]);
+    assert_eq!(e[0].dedup_key, "m\u{1f}champion\u{1f}2");
+    assert_eq!(
+        (e[0].run_start_ms, e[0].run_end_ms, e[0].version_created_ms),
+        (
+            Some(T0 + 3 * H),
+            Some(T0 + 3 * H + H / 6),
+            Some(T0 + 3 * H + H / 3)
+        )
+    );
+    let f = &d.figures[&("m".to_string(), "champion".to_string())];
+    assert_eq!(
+        (f.deployments, f.rollbacks, f.last_deployed_ms),
+        (1, 0, T0 + 12 * H)
+    );
+    // Lead time: run start (T0+3h) → deployment (T0+12h) = 9 h; to deploy: 8 h 40 min.
+    assert_eq!(f.lead_time.sum_ms, 9 * H as u64);
+    assert_eq!(f.lead_time.counts, vec![0, 0, 1, 0]);
+    assert_eq!(f.time_to_deploy.sum_ms, (9 * H - H / 3) as u64);
+    // To register: run end → version created = 10 min.
+    assert_eq!(d.time_to_register["m"].sum_ms, (H / 6) as u64);
+    assert_eq!(d.time_to_register["m"].counts, vec![0, 1, 0, 0]);
+}
+
+#[test]
+fn a_target_new_after_start_up_is_a_deployment() {
+    let mut d = Delivery::new(bounds());
+    poll(&mut d, &registry(2, &[], &[]), true, T0 + 10 * H);
+    let e = poll(
+        &mut d,
+        &registry(2, &[("prod", 2)], &[]),
+        false,
+        T0 + 11 * H,
+    );
+    assert_eq!(kinds(&e), vec![(Kind::Deployment, "prod", Some(2))]);
+}
+
+#[test]
+fn rollbacks_to_a_lower_and_to_a_previously_served_version() {
+    let mut d = Delivery::new(bounds());
+    poll(
+        &mut d,
+        &registry(5, &[("champion", 2)], &[]),
+        true,
+        T0 + 10 * H,
+    );
+    poll(
+        &mut d,
+        &registry(5, &[("champion", 4)], &[]),
+        false,
+        T0 + 11 * H,
+    );
+    // 4 → 3: lower than the version replaced, although never served.
+    poll(
+        &mut d,
+        &registry(5, &[("champion", 3)], &[]),
+        false,
+        T0 + 11 * H + 30 * 60_000,
+    );
+    poll(
+        &mut d,
+        &registry(5, &[("champion", 5)], &[]),
+        false,
+        T0 + 13 * H,
+    );
+    // 5 → 4? lower. Then 4 → 5: higher, but 5 was served before: a rollback too.
+    poll(
+        &mut d,
+        &registry(5, &[("champion", 4)], &[]),
+        false,
+        T0 + 14 * H,
+    );
+    poll(
+        &mut d,
+        &registry(5, &[("champion", 5)], &[]),
+        false,
+        T0 + 14 * H + 60_000,
+    );
+    let f = &d.figures[&("m".to_string(), "champion".to_string())];
+    assert_eq!((f.deployments, f.rollbacks), (5, 3));
+    // Recovery: the replaced deployment's time → the rollback: 30 min, 1 h, 1 min.
+    assert_eq!(f.rollback_recovery.sum_ms, (H / 2 + H + 60_000) as u64);
+    assert_eq!(f.rollback_recovery.counts, vec![1, 2, 0, 0]);
+    // Lead time only for the two forward changes (to 4 and to 5).
+    assert_eq!(f.lead_time.counts.iter().sum::<u64>(), 2);
+    assert_eq!(d.serving("m", "champion"), Some(5));
+}
+
+#[test]
+fn an_alias_deleted_and_re_created() {
+    let mut d = Delivery::new(bounds());
+    poll(
+        &mut d,
+        &registry(3, &[("champion", 1)], &[]),
+        true,
+        T0 + 10 * H,
+    );
+    let e = poll(&mut d, &registry(3, &[], &[]), false, T0 + 11 * H);
+    assert_eq!(kinds(&e), vec![(Kind::AliasDeleted, "champion", None)]);
+    assert_eq!(d.serving("m", "champion"), None);
+    // Deleted again? Nothing more to say.
+    assert!(poll(&mut d, &registry(3, &[], &[]), false, T0 + 12 * H).is_empty());
+    // Re-created on a new version: a deployment, not a baseline, and no rollback.
+    let e = poll(
+        &mut d,
+        &registry(3, &[("champion", 2)], &[]),
+        false,
+        T0 + 13 * H,
+    );
+    assert_eq!(kinds(&e), vec![(Kind::Deployment, "champion", Some(2))]);
+    assert_eq!(e[0].dedup_key, "m\u{1f}champion\u{1f}3");
+    let f = &d.figures[&("m".to_string(), "champion".to_string())];
+    assert_eq!((f.deployments, f.rollbacks), (1, 0));
+    // Deleted and re-created on version 1, which it served before: a rollback, with no recovery
+    // time (nothing was serving in between).
+    poll(&mut d, &registry(3, &[], &[]), false, T0 + 14 * H);
+    poll(
+        &mut d,
+        &registry(3, &[("champion", 1)], &[]),
+        false,
+        T0 + 15 * H,
+    );
+    let f = &d.figures[&("m".to_string(), "champion".to_string())];
+    assert_eq!((f.deployments, f.rollbacks), (2, 1));
+    assert!(f.rollback_recovery.counts.iter().all(|c| *c == 0));
+}
+
+#[test]
+fn the_production_stage_is_a_target_serving_its_highest_version() {
+    let mut d = Delivery::new(bounds());
+    poll(&mut d, &registry(3, &[], &[1]), true, T0 + 10 * H);
+    // Version 2 enters Production while 1 stays: the stage now serves 2.
+    let e = poll(&mut d, &registry(3, &[], &[1, 2]), false, T0 + 11 * H);
+    assert_eq!(kinds(&e), vec![(Kind::Deployment, PRODUCTION, Some(2))]);
+    // Version 2 is archived: back to 1, a rollback.
+    let e = poll(&mut d, &registry(3, &[], &[1]), false, T0 + 12 * H);
+    assert_eq!(kinds(&e), vec![(Kind::Deployment, PRODUCTION, Some(1))]);
+    let f = &d.figures[&("m".to_string(), PRODUCTION.to_string())];
+    assert_eq!((f.deployments, f.rollbacks), (2, 1));
+}
+
+#[test]
+fn folding_stored_events_again_gives_the_same_figures() {
+    let mut live = Delivery::new(bounds());
+    let mut all = Vec::new();
+    for (first, aliases, at) in [
+        (true, vec![("champion", 1)], 10),
+        (false, vec![("champion", 3)], 11),
+        (false, vec![("champion", 2)], 12),
+        (false, vec![], 13),
+    ] {
+        all.extend(poll(
+            &mut live,
+            &registry(3, &aliases, &[]),
+            first,
+            T0 + at * H,
+        ));
+    }
+    let mut rebuilt = Delivery::new(bounds());
+    for e in &all {
+        rebuilt.apply(e);
+    }
+    let key = ("m".to_string(), "champion".to_string());
+    let (a, b) = (&live.figures[&key], &rebuilt.figures[&key]);
+    assert_eq!((a.deployments, a.rollbacks), (b.deployments, b.rollbacks));
+    assert_eq!(a.lead_time.counts, b.lead_time.counts);
+    assert_eq!(a.rollback_recovery.sum_ms, b.rollback_recovery.sum_ms);
+    // After the rebuild, the next poll sees what the live state saw: nothing new.
+    let snap = registry(3, &[], &[]);
+    assert!(rebuilt
+        .detect(&snap, &serving(), true, T0 + 14 * H)
+        .is_empty());
+}

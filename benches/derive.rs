@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use mlflow_exporter::config::{ExtraLabel, Rate, RateMatch, Settings};
+use mlflow_exporter::delivery::{Bounds, Delivery};
 use mlflow_exporter::metrics::publish::Publisher;
 use mlflow_exporter::metrics::{derive, Derivation};
 
@@ -61,29 +62,30 @@ fn main() {
         param: Some("estimator_class".into()),
     }];
     let d = Derivation::new(&settings);
+    let history = Delivery::new(Bounds::new(&settings.delivery));
 
     let before = LIVE.load(Ordering::Relaxed);
     let snap = synthetic::snapshot(runs, 1_000);
     let bytes = LIVE.load(Ordering::Relaxed) - before;
 
     // Warm up once, then the median of 5 (derive runs on one thread: this is one core's time).
-    let _ = derive(&snap, &d, synthetic::NOW_MS);
+    let _ = derive(&snap, &history, &d, synthetic::NOW_MS);
     let times: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            let f = derive(&snap, &d, synthetic::NOW_MS);
+            let f = derive(&snap, &history, &d, synthetic::NOW_MS);
             std::hint::black_box(f);
             t.elapsed().as_secs_f64()
         })
         .collect();
-    let families = derive(&snap, &d, synthetic::NOW_MS);
+    let families = derive(&snap, &history, &d, synthetic::NOW_MS);
     let series: usize = families.iter().map(|f| f.get_metric().len()).sum();
 
     let publisher = Publisher::new(d).unwrap();
     let publish: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            publisher.publish(&snap, synthetic::NOW_MS);
+            publisher.publish(&snap, &history, synthetic::NOW_MS);
             t.elapsed().as_secs_f64()
         })
         .collect();

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use mlflow_exporter::config::Settings;
+use mlflow_exporter::delivery::{Bounds, Delivery};
 use mlflow_exporter::metrics::publish::Publisher;
 use mlflow_exporter::metrics::Derivation;
 use mlflow_exporter::server::{self, AppState};
@@ -24,8 +25,10 @@ fn wrk_figure(out: &str, key: &str) -> String {
 }
 
 fn main() {
-    let publisher = Publisher::new(Derivation::new(&Settings::default())).unwrap();
-    publisher.publish(&common::snapshot(3_000, 55), common::NOW_MS);
+    let settings = Settings::default();
+    let publisher = Publisher::new(Derivation::new(&settings)).unwrap();
+    let history = Delivery::new(Bounds::new(&settings.delivery));
+    publisher.publish(&common::snapshot(3_000, 55), &history, common::NOW_MS);
     let encoded = publisher.handle();
     let text = encoded.load_full();
     let samples = std::str::from_utf8(&text.text)

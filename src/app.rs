@@ -1,5 +1,6 @@
-//! Wires the parts together: the sync loop (MLflow → snapshot → published metrics) and the HTTP
-//! server, both stopped by one shutdown signal. Takes an already bound listener, so tests bind port 0.
+//! Wires the parts together: the pipeline (MLflow → snapshot → delivery events → durable history →
+//! published metrics) run on a schedule, and the HTTP server, both stopped by one shutdown signal.
+//! Takes an already bound listener, so tests bind port 0.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,15 +9,148 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::delivery::{Bounds, Delivery};
 use crate::error::MlflowError;
 use crate::metrics::publish::Publisher;
 use crate::metrics::Derivation;
 use crate::server::{self, AppState};
 use crate::source::mlflow::MlflowClient;
-use crate::sync::Syncer;
+use crate::store::EventStore;
+use crate::sync::{CycleReport, Syncer};
 
-/// Sender side of the shutdown signal: send `true` to stop.
-pub type Shutdown = watch::Sender<bool>;
+const DAY_MS: i64 = 86_400_000;
+
+/// One sync cycle end to end: read MLflow, detect registry changes, commit them, publish.
+pub struct Pipeline {
+    pub syncer: Syncer,
+    pub delivery: Delivery,
+    pub store: EventStore,
+    pub publisher: Arc<Publisher>,
+    pub ready: Arc<AtomicBool>,
+    serving_aliases: Vec<String>,
+    retention_ms: i64,
+    last_purge_ms: i64,
+    /// Successful cycles since start-up: the first one records baselines, not deployments.
+    cycles: u64,
+}
+
+impl Pipeline {
+    /// Opens the event store, drops events past retention, and folds the rest into the delivery state,
+    /// so counters continue where the last run left them.
+    pub async fn open(settings: &Settings, now_ms: i64) -> Result<Pipeline, crate::Error> {
+        let publisher = Arc::new(Publisher::new(Derivation::new(settings))?);
+        let client = MlflowClient::new(
+            &settings.mlflow,
+            Some(publisher.exporter.api_latency.clone()),
+        )?;
+        let store = EventStore::open(&settings.storage.path).await?;
+        let retention_ms = settings.storage.retention.as_millis() as i64;
+        let purged = store.purge_before(now_ms - retention_ms).await?;
+        let mut delivery = Delivery::new(Bounds::new(&settings.delivery));
+        for e in store.load().await? {
+            delivery.apply(&e);
+        }
+        tracing::info!(
+            path = %settings.storage.path.display(),
+            events = delivery.events,
+            purged,
+            "delivery history loaded"
+        );
+        Ok(Pipeline {
+            syncer: Syncer::new(client, settings),
+            delivery,
+            store,
+            publisher,
+            ready: Arc::new(AtomicBool::new(false)),
+            serving_aliases: settings.delivery.serving_aliases.clone(),
+            retention_ms,
+            last_purge_ms: now_ms,
+            cycles: 0,
+        })
+    }
+
+    /// Runs one cycle at reference time `now_ms` and publishes the result; a failed sync keeps the
+    /// last good figures served and says so through `mlflow_up`.
+    pub async fn cycle(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
+        let report = match self.syncer.cycle(now_ms).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.publisher.exporter.sync_failed(&e);
+                self.publisher.refresh();
+                tracing::warn!(reason = e.reason(), error = %e, "sync with MLflow failed; serving the last good snapshot");
+                return Err(e);
+            }
+        };
+        self.record_changes(now_ms).await;
+        if now_ms - self.last_purge_ms >= DAY_MS {
+            match self.store.purge_before(now_ms - self.retention_ms).await {
+                Ok(n) => tracing::info!(purged = n, "old delivery events deleted"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete old delivery events; will retry")
+                }
+            }
+            self.last_purge_ms = now_ms;
+        }
+        self.cycles += 1;
+        let ended = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let snap = self.syncer.snapshot();
+        self.publisher
+            .exporter
+            .sync_succeeded(report.mode, report.seconds, ended, snap.runs.len());
+        // Deriving a large snapshot is CPU work: tell a multi-threaded runtime to move the scrapes
+        // this thread would serve elsewhere (a current-thread runtime has nowhere to go).
+        let publish = || self.publisher.publish(snap, &self.delivery, now_ms);
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(publish),
+            _ => publish(),
+        }
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(
+            mode = report.mode.as_str(),
+            requests = report.requests,
+            runs_read = report.runs_read,
+            runs = snap.runs.len(),
+            seconds = report.seconds,
+            "sync with MLflow done"
+        );
+        Ok(report)
+    }
+
+    /// Commits the registry changes this snapshot shows, then counts them. If the store fails,
+    /// nothing is counted and the next cycle sees the same changes again.
+    async fn record_changes(&mut self, now_ms: i64) {
+        let events = self.delivery.detect(
+            self.syncer.snapshot(),
+            &self.serving_aliases,
+            self.cycles == 0,
+            now_ms,
+        );
+        if events.is_empty() {
+            return;
+        }
+        let counter = &self.publisher.exporter.events;
+        match self.store.append(&events, now_ms).await {
+            Ok(added) => {
+                for e in &added {
+                    tracing::info!(kind = e.kind.as_str(), model = %e.model, target = %e.target, version = ?e.version, "registry change recorded");
+                    self.delivery.apply(e);
+                }
+                counter
+                    .with_label_values(&["poll", "recorded"])
+                    .inc_by(added.len() as u64);
+                counter
+                    .with_label_values(&["poll", "duplicate"])
+                    .inc_by((events.len() - added.len()) as u64);
+            }
+            Err(e) => {
+                counter
+                    .with_label_values(&["poll", "error"])
+                    .inc_by(events.len() as u64);
+                tracing::error!(error = %e, events = events.len(), "cannot store registry changes; retrying next cycle");
+            }
+        }
+    }
+}
 
 /// Runs the exporter until `shutdown` fires.
 pub async fn run(
@@ -24,16 +158,10 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::Error> {
-    let publisher = Arc::new(Publisher::new(Derivation::new(&settings))?);
-    let client = MlflowClient::new(
-        &settings.mlflow,
-        Some(publisher.exporter.api_latency.clone()),
-    )?;
-    let syncer = Syncer::new(client, &settings);
-    let ready = Arc::new(AtomicBool::new(false));
+    let pipeline = Pipeline::open(&settings, chrono::Utc::now().timestamp_millis()).await?;
     let state = AppState {
-        encoded: publisher.handle(),
-        ready: ready.clone(),
+        encoded: pipeline.publisher.handle(),
+        ready: pipeline.ready.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),
     };
     tracing::info!(
@@ -42,9 +170,7 @@ pub async fn run(
         "mlflow-exporter listening"
     );
     let sync = tokio::spawn(sync_loop(
-        syncer,
-        publisher,
-        ready,
+        pipeline,
         settings.mlflow.sync_interval,
         shutdown.clone(),
     ));
@@ -53,75 +179,31 @@ pub async fn run(
         let _ = stop.wait_for(|s| *s).await;
     })
     .await?;
-    let _ = sync.await;
+    if let Ok(pipeline) = sync.await {
+        pipeline.store.close().await;
+    }
     tracing::info!("mlflow-exporter stopped");
     Ok(())
 }
 
-/// One cycle every `interval`; a cycle still running at shutdown is dropped (nothing it read is kept).
+/// One cycle every `interval`. A cycle still reading MLflow at shutdown is dropped (nothing it read
+/// is kept); events are committed before anything counts them. Returns the pipeline when stopped.
 pub async fn sync_loop(
-    mut syncer: Syncer,
-    publisher: Arc<Publisher>,
-    ready: Arc<AtomicBool>,
+    mut pipeline: Pipeline,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Pipeline {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait_for(|s| *s) => return pipeline,
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let result = tokio::select! {
-            r = syncer.cycle(now_ms) => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        after_cycle(&syncer, &publisher, &ready, now_ms, result);
-    }
-}
-
-/// Publishes a successful cycle, or records a failed one while the last good snapshot stays served.
-pub fn after_cycle(
-    syncer: &Syncer,
-    publisher: &Publisher,
-    ready: &AtomicBool,
-    now_ms: i64,
-    result: Result<crate::sync::CycleReport, MlflowError>,
-) {
-    match result {
-        Ok(report) => {
-            let ended = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-            publisher.exporter.sync_succeeded(
-                report.mode,
-                report.seconds,
-                ended,
-                syncer.snapshot().runs.len(),
-            );
-            // Deriving a large snapshot is CPU work: tell a multi-threaded runtime to move the
-            // scrapes this thread would serve elsewhere (a current-thread runtime has nowhere to go).
-            let publish = || publisher.publish(syncer.snapshot(), now_ms);
-            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                    tokio::task::block_in_place(publish)
-                }
-                _ => publish(),
-            }
-            ready.store(true, Ordering::Release);
-            tracing::info!(
-                mode = report.mode.as_str(),
-                requests = report.requests,
-                runs_read = report.runs_read,
-                runs = syncer.snapshot().runs.len(),
-                seconds = report.seconds,
-                "sync with MLflow done"
-            );
-        }
-        Err(e) => {
-            publisher.exporter.sync_failed(&e);
-            publisher.refresh();
-            tracing::warn!(reason = e.reason(), error = %e, "sync with MLflow failed; serving the last good snapshot");
+        tokio::select! {
+            _ = pipeline.cycle(now_ms) => {}
+            _ = shutdown.wait_for(|s| *s) => return pipeline,
         }
     }
 }

@@ -50,6 +50,56 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub cost: CostSettings,
+    pub storage: StorageSettings,
+    pub delivery: DeliverySettings,
+}
+
+/// The durable history of delivery events.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// SQLite database file (`--storage.path`); its directory is created if missing.
+    pub path: PathBuf,
+    /// Events older than this are deleted (at start-up and daily).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            path: PathBuf::from("./data/mlflow-exporter.db"),
+            retention: Duration::from_secs(400 * 86400),
+        }
+    }
+}
+
+/// What counts as a deployment, and the buckets of the delivery histograms (seconds).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Aliases that serve traffic: moving one is a deployment. The legacy stage `Production` always is.
+    pub serving_aliases: Vec<String>,
+    pub lead_time_buckets: Vec<f64>,
+    pub time_to_register_buckets: Vec<f64>,
+    pub time_to_deploy_buckets: Vec<f64>,
+    pub recovery_buckets: Vec<f64>,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        let h = |hours: &[f64]| hours.iter().map(|x| x * 3600.0).collect::<Vec<_>>();
+        DeliverySettings {
+            serving_aliases: vec!["champion".into(), "production".into(), "prod".into()],
+            // Minutes to months: DORA's bands are 1 h, 1 week, 6 months.
+            lead_time_buckets: h(&[
+                0.25, 1.0, 6.0, 24.0, 72.0, 168.0, 336.0, 720.0, 2160.0, 4320.0,
+            ]),
+            time_to_register_buckets: h(&[1.0 / 60.0, 0.25, 1.0, 6.0, 24.0, 72.0, 168.0, 720.0]),
+            time_to_deploy_buckets: h(&[0.25, 1.0, 6.0, 24.0, 72.0, 168.0, 336.0, 720.0, 2160.0]),
+            recovery_buckets: h(&[1.0 / 60.0, 0.25, 1.0, 6.0, 24.0, 72.0, 168.0]),
+        }
+    }
 }
 
 /// How to reach MLflow and how often to read it.
@@ -380,6 +430,7 @@ pub struct FlagOverrides {
     pub tracking_uri: Option<String>,
     pub sync_interval: Option<String>,
     pub full_resync_interval: Option<String>,
+    pub storage_path: Option<String>,
 }
 
 /// MLflow client variables and the settings keys they set.
@@ -469,6 +520,7 @@ impl Settings {
             "mlflow.full_resync_interval",
             flags.full_resync_interval.clone(),
         )?;
+        builder = set(builder, "storage.path", flags.storage_path.clone())?;
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -541,6 +593,19 @@ impl Settings {
             );
         }
         for (key, b) in [
+            (
+                "delivery.lead_time_buckets",
+                &self.delivery.lead_time_buckets,
+            ),
+            (
+                "delivery.time_to_register_buckets",
+                &self.delivery.time_to_register_buckets,
+            ),
+            (
+                "delivery.time_to_deploy_buckets",
+                &self.delivery.time_to_deploy_buckets,
+            ),
+            ("delivery.recovery_buckets", &self.delivery.recovery_buckets),
             (
                 "metrics.run_duration_buckets",
                 &self.metrics.run_duration_buckets,
@@ -691,7 +756,10 @@ fn is_settings_variable(name: &str) -> bool {
     let Some((section, _)) = rest.split_once("__") else {
         return false;
     };
-    ["MLFLOW", "WEB", "LOG", "METRICS", "COST"].contains(&section.to_ascii_uppercase().as_str())
+    [
+        "MLFLOW", "WEB", "LOG", "METRICS", "COST", "STORAGE", "DELIVERY",
+    ]
+    .contains(&section.to_ascii_uppercase().as_str())
 }
 
 fn enum_name<T: clap::ValueEnum>(v: &T) -> String {

@@ -24,6 +24,8 @@ pub enum Error {
     Config(#[from] error::ConfigError),
     #[error(transparent)]
     Mlflow(#[from] error::MlflowError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("HTTP server failed: {0}")]

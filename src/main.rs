@@ -43,6 +43,9 @@ struct Cli {
         global = true
     )]
     full_resync_interval: Option<String>,
+    /// SQLite file of the delivery history [default: ./data/mlflow-exporter.db].
+    #[arg(long = "storage.path", value_name = "PATH", global = true)]
+    storage_path: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -51,6 +54,8 @@ struct Cli {
 enum Command {
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Print the stored delivery events as JSON lines, oldest first (for audits).
+    Events,
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +68,7 @@ fn main() -> std::process::ExitCode {
         tracking_uri: cli.tracking_uri.clone(),
         sync_interval: cli.sync_interval.clone(),
         full_resync_interval: cli.full_resync_interval.clone(),
+        storage_path: cli.storage_path.clone(),
     };
     let env: HashMap<String, String> = std::env::vars().collect();
     let settings = match Settings::load(cli.config_file.as_deref(), &env, &flags) {
@@ -72,10 +78,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if let Some(Command::CheckConfig) = cli.command {
-        print!("{}", settings.to_redacted_yaml());
-        eprintln!("mlflow-exporter: configuration is valid");
-        return std::process::ExitCode::SUCCESS;
+    match cli.command {
+        Some(Command::CheckConfig) => {
+            print!("{}", settings.to_redacted_yaml());
+            eprintln!("mlflow-exporter: configuration is valid");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Events) => {
+            return match print_events(&settings) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mlflow-exporter: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     mlflow_exporter::logging::init(&settings.log);
     match serve(settings) {
@@ -103,6 +121,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let _ = tx.send(true);
     });
     mlflow_exporter::app::run(settings, listener, rx).await?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn print_events(settings: &Settings) -> anyhow::Result<()> {
+    use std::io::Write;
+    let store = mlflow_exporter::store::EventStore::open(&settings.storage.path).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for e in store.load().await? {
+        serde_json::to_writer(&mut out, &e)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

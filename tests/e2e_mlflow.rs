@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
-
 use common::*;
-use mlflow_exporter::app::after_cycle;
+use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
 use mlflow_exporter::metrics::publish::Publisher;
-use mlflow_exporter::metrics::Derivation;
-use mlflow_exporter::source::mlflow::MlflowClient;
-use mlflow_exporter::sync::{Mode, Syncer};
+use mlflow_exporter::sync::Mode;
 
 const MIN: i64 = 60_000;
 
@@ -36,15 +32,13 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
 
     let config = example_config();
     let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
-    let settings = Settings::load(Some(&config), &env, &FlagOverrides::default()).unwrap();
-    let publisher = Publisher::new(Derivation::new(&settings)).unwrap();
-    let client = MlflowClient::new(
-        &settings.mlflow,
-        Some(publisher.exporter.api_latency.clone()),
-    )
-    .unwrap();
-    let mut syncer = Syncer::new(client, &settings);
-    let ready = AtomicBool::new(false);
+    let flags = FlagOverrides {
+        storage_path: Some(server.dir.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let settings = Settings::load(Some(&config), &env, &flags).unwrap();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    let publisher = pipeline.publisher.clone();
 
     // Before any sync: not up, nothing derived yet.
     let s = scrape(&publisher);
@@ -53,12 +47,11 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
 
     // First sync at T + 1 min.
     let s1 = t + MIN;
-    let report = syncer.cycle(s1).await.unwrap();
+    let report = pipeline.cycle(s1).await.unwrap();
     assert_eq!(report.mode, Mode::Full);
     // experiments, runs, registered models, model versions: one page each.
     assert_eq!(report.requests, 4);
     assert_eq!(report.runs_read, 15);
-    after_cycle(&syncer, &publisher, &ready, s1, Ok(report));
     let s = scrape(&publisher);
 
     assert_eq!(s.get("mlflow_up", &[]), 1.0);
@@ -345,15 +338,15 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
     );
 
     north_star(&s, &server, t, Phase::First);
+    delivery(&s, &server, t, s1, Phase::First);
 
     // MLflow changes; the next cycle, at T + 2 min, is incremental.
     tokio::task::block_in_place(|| server.seed(t, "incremental"));
     let s2 = t + 2 * MIN;
-    let report = syncer.cycle(s2).await.unwrap();
+    let report = pipeline.cycle(s2).await.unwrap();
     assert_eq!(report.mode, Mode::Incremental);
     // experiments, ended runs, running runs, r11 read by id, registered models, model versions.
     assert_eq!(report.requests, 6);
-    after_cycle(&syncer, &publisher, &ready, s2, Ok(report));
     let s = scrape(&publisher);
     assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 17.0);
     assert_eq!(
@@ -485,11 +478,12 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
     );
 
     north_star(&s, &server, t, Phase::Second);
+    delivery(&s, &server, t, s2, Phase::Second);
 
     // A full resync of the same MLflow gives the same figures as the incremental path.
     let incremental_text = s.text.clone();
-    let report = syncer.full(s2).await.unwrap();
-    after_cycle(&syncer, &publisher, &ready, s2, Ok(report));
+    pipeline.syncer.full(s2).await.unwrap();
+    publisher.publish(pipeline.syncer.snapshot(), &pipeline.delivery, s2);
     let full = scrape(&publisher);
     let derived = |s: &Scrape| {
         s.samples
@@ -696,4 +690,90 @@ fn north_star(s: &Scrape, server: &MlflowServer, t: i64, phase: Phase) {
             (&[("experiment", "forecast"), ("key", "rmse")], 12.5),
         ],
     );
+}
+
+/// The registry as the first cycle finds it is a baseline; the champion's move to version 3 (r7's)
+/// in the second is a deployment, with lead time from r7's start.
+fn delivery(s: &Scrape, server: &MlflowServer, t: i64, now: i64, phase: Phase) {
+    let second = phase == Phase::Second;
+    let champion: &[(&str, &str)] = &[("model", "churn-model"), ("alias", "champion")];
+    let production: &[(&str, &str)] = &[("model", "fraud-model"), ("alias", "Production")];
+    let deployed = if second { 1.0 } else { 0.0 };
+    assert_family(
+        s,
+        "mlflow_model_deployments_total",
+        &[(champion, deployed), (production, 0.0)],
+    );
+    assert_family(
+        s,
+        "mlflow_model_rollbacks_total",
+        &[(champion, 0.0), (production, 0.0)],
+    );
+    assert_eq!(
+        s.get(
+            "mlflow_exporter_events_total",
+            &[("source", "poll"), ("outcome", "recorded")]
+        ),
+        if second { 3.0 } else { 2.0 }
+    );
+    // What the served versions' runs logged: v2 of churn-model is r4's, v3 r7's; fraud v2 r14's.
+    let metric = |m: &'static str, a: &'static str, k: &'static str| {
+        [("model", m), ("alias", a), ("key", k)]
+    };
+    let rows = if second {
+        vec![
+            (metric("churn-model", "champion", "f1"), 0.8),
+            (metric("churn-model", "champion", "rmse"), 0.3),
+            (metric("fraud-model", "Production", "rmse"), 0.25),
+        ]
+    } else {
+        vec![
+            (metric("churn-model", "champion", "accuracy"), 0.87),
+            (metric("fraud-model", "Production", "rmse"), 0.25),
+        ]
+    };
+    let rows: Vec<(&[(&str, &str)], f64)> = rows.iter().map(|(l, v)| (&l[..], *v)).collect();
+    assert_family(s, "mlflow_model_metric", &rows);
+    if !second {
+        assert!(s
+            .family("mlflow_model_deployed_timestamp_seconds")
+            .is_empty());
+        return;
+    }
+    const H: i64 = 3_600_000;
+    let created = server.seed_state()["versions"]["churn-model/3"]
+        .as_i64()
+        .unwrap();
+    let (run_start, run_end) = (t - 20 * H, t - 20 * H + H / 2);
+    let secs = |ms: i64| ms as f64 / 1000.0;
+    assert_eq!(
+        s.get("mlflow_model_deployed_timestamp_seconds", champion),
+        secs(now)
+    );
+    let get = |name: &str, labels: &[(&str, &str)]| s.get(name, labels);
+    assert_eq!(get("mlflow_model_lead_time_seconds_count", champion), 1.0);
+    assert_eq!(
+        get("mlflow_model_lead_time_seconds_sum", champion),
+        secs(now - run_start)
+    );
+    assert_eq!(
+        get("mlflow_model_time_to_deploy_seconds_sum", champion),
+        secs(now - created)
+    );
+    assert_eq!(
+        get(
+            "mlflow_model_time_to_register_seconds_sum",
+            &[("model", "churn-model")]
+        ),
+        secs(created - run_end)
+    );
+    // 20 h 2 min: above the 6 h bucket, within 24 h.
+    let bucket = |le| {
+        get(
+            "mlflow_model_lead_time_seconds_bucket",
+            &[champion, &[("le", le)]].concat(),
+        )
+    };
+    assert_eq!([bucket("21600"), bucket("86400")], [0.0, 1.0]);
+    assert_eq!(get("mlflow_model_lead_time_seconds_count", production), 0.0);
 }

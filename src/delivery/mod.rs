@@ -7,13 +7,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::metrics::family::HistogramAcc;
+use crate::config::DeliverySettings;
+use crate::metrics::family::{bounds_ms, HistogramAcc};
 use crate::sync::snapshot::{Snapshot, NO_TIME};
 
 /// The legacy stage that counts as serving; it is tracked like an alias of this name.
 pub const PRODUCTION: &str = "Production";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// First sight of what an alias serves at start-up: known, not a deployment.
     Baseline,
@@ -38,7 +40,8 @@ impl Kind {
 }
 
 /// Where an event came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Seen by comparing two syncs: the time is the detection time, at most one interval late.
     Poll,
@@ -57,7 +60,7 @@ impl Source {
 }
 
 /// One change of what a model's alias (or `Production` stage) serves.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Event {
     /// `model␟target␟n`: the n-th change of that target. Two sources that see the same change
     /// compute the same key, so the store keeps it once.
@@ -104,6 +107,17 @@ pub struct Bounds {
     pub time_to_register: Vec<u64>,
     pub time_to_deploy: Vec<u64>,
     pub recovery: Vec<u64>,
+}
+
+impl Bounds {
+    pub fn new(s: &DeliverySettings) -> Bounds {
+        Bounds {
+            lead_time: bounds_ms(&s.lead_time_buckets),
+            time_to_register: bounds_ms(&s.time_to_register_buckets),
+            time_to_deploy: bounds_ms(&s.time_to_deploy_buckets),
+            recovery: bounds_ms(&s.recovery_buckets),
+        }
+    }
 }
 
 /// The folded history.
@@ -186,6 +200,11 @@ impl Delivery {
                 t.served.insert(v);
             }
         }
+    }
+
+    /// Every target (model, alias or `Production`) the history has seen.
+    pub fn targets(&self) -> impl Iterator<Item = &(String, String)> {
+        self.targets.keys()
     }
 
     /// What a target serves now, as far as the history knows.

@@ -21,6 +21,7 @@ pub struct ExporterMetrics {
     pub sync_errors: IntCounterVec,
     pub api_latency: HistogramVec,
     pub snapshot_runs: IntGauge,
+    pub events: IntCounterVec,
 }
 
 impl ExporterMetrics {
@@ -78,7 +79,18 @@ impl ExporterMetrics {
         r.register(Box::new(sync_duration.clone()))?;
         r.register(Box::new(sync_errors.clone()))?;
         r.register(Box::new(api_latency.clone()))?;
+        let events = IntCounterVec::new(
+            Opts::new(
+                "mlflow_exporter_events_total",
+                "Delivery events by source and outcome (recorded, duplicate of a stored change, error)",
+            ),
+            &["source", "outcome"],
+        )?;
+        for outcome in ["recorded", "duplicate", "error"] {
+            events.with_label_values(&["poll", outcome]).inc_by(0);
+        }
         r.register(Box::new(snapshot_runs.clone()))?;
+        r.register(Box::new(events.clone()))?;
         Ok(ExporterMetrics {
             up,
             last_sync,
@@ -86,6 +98,7 @@ impl ExporterMetrics {
             sync_errors,
             api_latency,
             snapshot_runs,
+            events,
         })
     }
 

@@ -7,6 +7,7 @@
 
 pub mod adoption;
 pub mod cost;
+pub mod delivery;
 pub mod exporter;
 pub mod family;
 pub mod inventory;
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 use prometheus::proto::MetricFamily;
 
-use crate::config::{MetricsSettings, Settings};
+use crate::config::{DeliverySettings, MetricsSettings, Settings};
+use crate::delivery::Delivery;
 use crate::sync::snapshot::{RunRecord, Snapshot, Sym};
 use crate::sync::RateCard;
 use family::Spec;
@@ -40,6 +42,7 @@ pub struct Derivation {
     pub ttfm_bounds_ms: Vec<u64>,
     /// Bits of the features decided by the registry (a version was created from the run).
     pub registered_features: u32,
+    pub delivery: DeliverySettings,
 }
 
 impl Derivation {
@@ -62,6 +65,7 @@ impl Derivation {
                 .enumerate()
                 .filter(|(_, f)| f.registered)
                 .fold(0, |bits, (i, _)| bits | 1 << i),
+            delivery: s.delivery.clone(),
         }
     }
 
@@ -86,8 +90,13 @@ pub fn window_label(d: Duration) -> String {
     }
 }
 
-/// Every family derived from one snapshot, at reference time `now_ms`.
-pub fn derive(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<MetricFamily> {
+/// Every family derived from one snapshot and the delivery history, at reference time `now_ms`.
+pub fn derive(
+    snap: &Snapshot,
+    delivery: &Delivery,
+    d: &Derivation,
+    now_ms: i64,
+) -> Vec<MetricFamily> {
     let folds = Folds::build(snap, d);
     let mut out = Vec::new();
     out.extend(inventory::families(snap, &folds));
@@ -95,6 +104,7 @@ pub fn derive(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<MetricFamily>
     out.extend(adoption::families(snap, d, now_ms));
     out.extend(cost::families(snap, d, &folds, now_ms));
     out.extend(quality::families(snap, d, &folds));
+    out.extend(delivery::families(snap, delivery, d));
     out.push(folds.family().finish());
     out
 }
@@ -107,6 +117,7 @@ pub fn specs() -> Vec<Spec> {
     v.extend_from_slice(adoption::SPECS);
     v.extend_from_slice(cost::SPECS);
     v.extend_from_slice(quality::SPECS);
+    v.extend_from_slice(delivery::SPECS);
     v.push(labels::FOLDED);
     v
 }

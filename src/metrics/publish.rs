@@ -12,6 +12,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use super::exporter::ExporterMetrics;
 use super::{derive, specs, Derivation};
+use crate::delivery::Delivery;
 use crate::sync::Snapshot;
 
 /// One encoded exposition, as served.
@@ -107,9 +108,9 @@ impl Publisher {
         &self.derivation
     }
 
-    /// Derives the families of a new snapshot and publishes them.
-    pub fn publish(&self, snap: &Snapshot, now_ms: i64) {
-        let families = derive(snap, &self.derivation, now_ms);
+    /// Derives the families of a new snapshot and the delivery history, and publishes them.
+    pub fn publish(&self, snap: &Snapshot, delivery: &Delivery, now_ms: i64) {
+        let families = derive(snap, delivery, &self.derivation, now_ms);
         *self
             .derived
             .families

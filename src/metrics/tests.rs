@@ -56,6 +56,11 @@ impl Build {
     }
 }
 
+/// A delivery history with nothing in it.
+fn no_history(d: &Derivation) -> crate::delivery::Delivery {
+    crate::delivery::Delivery::new(crate::delivery::Bounds::new(&d.delivery))
+}
+
 fn settings(f: impl FnOnce(&mut Settings)) -> Derivation {
     let mut s = Settings::default();
     f(&mut s);
@@ -284,7 +289,7 @@ fn the_cardinality_cap_folds_the_least_used_values() {
         }
     }
     let d = settings(|s| s.metrics.max_label_values = 2);
-    let f = derive(&b.snap, &d, NOW);
+    let f = derive(&b.snap, &no_history(&d), &d, NOW);
     assert_eq!(
         series(&f, "mlflow_runs_ended_total"),
         map(&[
@@ -439,7 +444,7 @@ fn every_family_is_declared_with_its_labels() {
     });
     let combo = b.snap.strings.intern_combo(&[None]);
     b.snap.runs.values_mut().for_each(|r| r.extra = combo);
-    let f = derive(&b.snap, &d, NOW);
+    let f = derive(&b.snap, &no_history(&d), &d, NOW);
     let specs = specs();
     assert_eq!(f.len(), specs.len());
     for (fam, spec) in f.iter().zip(&specs) {
@@ -713,7 +718,7 @@ fn runs_started_and_creation_counters() {
         .unwrap()
         .team = Some(team);
     let d = settings(|_| {});
-    let f = derive(&b.snap, &d, NOW);
+    let f = derive(&b.snap, &no_history(&d), &d, NOW);
     assert_eq!(
         series(&f, "mlflow_runs_started_total"),
         map(&[("e,ml", 2.0), ("gone,ml", 1.0)])

@@ -262,6 +262,8 @@ impl ExporterProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"));
         cmd.arg("--web.listen-address")
             .arg(&addr)
+            .arg("--storage.path")
+            .arg(dir.join(format!("events-{}.db", free_port())))
             .args(args)
             .env_remove("MLFLOW_TRACKING_URI")
             .envs(env.iter().copied())

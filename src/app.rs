@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Settings;
-use crate::delivery::{Bounds, Delivery};
+use crate::delivery::recorder::Recorder;
+use crate::delivery::{Bounds, Delivery, Source};
 use crate::error::MlflowError;
 use crate::metrics::publish::Publisher;
 use crate::metrics::Derivation;
@@ -23,8 +24,8 @@ const DAY_MS: i64 = 86_400_000;
 /// One sync cycle end to end: read MLflow, detect registry changes, commit them, publish.
 pub struct Pipeline {
     pub syncer: Syncer,
-    pub delivery: Delivery,
-    pub store: EventStore,
+    /// Shared with the webhook endpoints.
+    pub recorder: Arc<Recorder>,
     pub publisher: Arc<Publisher>,
     pub ready: Arc<AtomicBool>,
     serving_aliases: Vec<String>,
@@ -58,8 +59,7 @@ impl Pipeline {
         );
         Ok(Pipeline {
             syncer: Syncer::new(client, settings),
-            delivery,
-            store,
+            recorder: Arc::new(Recorder::new(store, delivery, publisher.clone())),
             publisher,
             ready: Arc::new(AtomicBool::new(false)),
             serving_aliases: settings.delivery.serving_aliases.clone(),
@@ -83,7 +83,12 @@ impl Pipeline {
         };
         self.record_changes(now_ms).await;
         if now_ms - self.last_purge_ms >= DAY_MS {
-            match self.store.purge_before(now_ms - self.retention_ms).await {
+            match self
+                .recorder
+                .store()
+                .purge_before(now_ms - self.retention_ms)
+                .await
+            {
                 Ok(n) => tracing::info!(purged = n, "old delivery events deleted"),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot delete old delivery events; will retry")
@@ -97,13 +102,7 @@ impl Pipeline {
         self.publisher
             .exporter
             .sync_succeeded(report.mode, report.seconds, ended, snap.runs.len());
-        // Deriving a large snapshot is CPU work: tell a multi-threaded runtime to move the scrapes
-        // this thread would serve elsewhere (a current-thread runtime has nowhere to go).
-        let publish = || self.publisher.publish(snap, &self.delivery, now_ms);
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(publish),
-            _ => publish(),
-        }
+        self.publish(now_ms).await;
         self.ready.store(true, Ordering::Release);
         tracing::info!(
             mode = report.mode.as_str(),
@@ -116,39 +115,36 @@ impl Pipeline {
         Ok(report)
     }
 
+    /// Derives and publishes the current snapshot and history.
+    pub async fn publish(&self, now_ms: i64) {
+        let delivery = self.recorder.lock().await;
+        // Deriving a large snapshot is CPU work: tell a multi-threaded runtime to move the scrapes
+        // this thread would serve elsewhere (a current-thread runtime has nowhere to go).
+        let publish = || {
+            self.publisher
+                .publish(self.syncer.snapshot(), &delivery, now_ms)
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(publish),
+            _ => publish(),
+        }
+    }
+
     /// Commits the registry changes this snapshot shows, then counts them. If the store fails,
     /// nothing is counted and the next cycle sees the same changes again.
     async fn record_changes(&mut self, now_ms: i64) {
-        let events = self.delivery.detect(
+        let (snap, aliases, first) = (
             self.syncer.snapshot(),
             &self.serving_aliases,
             self.cycles == 0,
-            now_ms,
         );
-        if events.is_empty() {
-            return;
-        }
-        let counter = &self.publisher.exporter.events;
-        match self.store.append(&events, now_ms).await {
-            Ok(added) => {
-                for e in &added {
-                    tracing::info!(kind = e.kind.as_str(), model = %e.model, target = %e.target, version = ?e.version, "registry change recorded");
-                    self.delivery.apply(e);
-                }
-                counter
-                    .with_label_values(&["poll", "recorded"])
-                    .inc_by(added.len() as u64);
-                counter
-                    .with_label_values(&["poll", "duplicate"])
-                    .inc_by((events.len() - added.len()) as u64);
-            }
-            Err(e) => {
-                counter
-                    .with_label_values(&["poll", "error"])
-                    .inc_by(events.len() as u64);
-                tracing::error!(error = %e, events = events.len(), "cannot store registry changes; retrying next cycle");
-            }
-        }
+        // Errors are logged and counted by the recorder; the next cycle detects the same changes.
+        let _ = self
+            .recorder
+            .record(Source::Poll, now_ms, |d| {
+                d.detect(snap, aliases, first, now_ms)
+            })
+            .await;
     }
 }
 
@@ -180,7 +176,7 @@ pub async fn run(
     })
     .await?;
     if let Ok(pipeline) = sync.await {
-        pipeline.store.close().await;
+        pipeline.recorder.store().close().await;
     }
     tracing::info!("mlflow-exporter stopped");
     Ok(())

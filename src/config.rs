@@ -84,6 +84,7 @@ pub struct DeliverySettings {
     pub time_to_register_buckets: Vec<f64>,
     pub time_to_deploy_buckets: Vec<f64>,
     pub recovery_buckets: Vec<f64>,
+    pub incident_recovery_buckets: Vec<f64>,
 }
 
 impl Default for DeliverySettings {
@@ -98,6 +99,7 @@ impl Default for DeliverySettings {
             time_to_register_buckets: h(&[1.0 / 60.0, 0.25, 1.0, 6.0, 24.0, 72.0, 168.0, 720.0]),
             time_to_deploy_buckets: h(&[0.25, 1.0, 6.0, 24.0, 72.0, 168.0, 336.0, 720.0, 2160.0]),
             recovery_buckets: h(&[1.0 / 60.0, 0.25, 1.0, 6.0, 24.0, 72.0, 168.0]),
+            incident_recovery_buckets: h(&[1.0 / 60.0, 0.25, 1.0, 6.0, 24.0, 72.0, 168.0]),
         }
     }
 }
@@ -606,6 +608,10 @@ impl Settings {
                 &self.delivery.time_to_deploy_buckets,
             ),
             ("delivery.recovery_buckets", &self.delivery.recovery_buckets),
+            (
+                "delivery.incident_recovery_buckets",
+                &self.delivery.incident_recovery_buckets,
+            ),
             (
                 "metrics.run_duration_buckets",
                 &self.metrics.run_duration_buckets,

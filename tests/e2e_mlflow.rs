@@ -483,7 +483,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
     // A full resync of the same MLflow gives the same figures as the incremental path.
     let incremental_text = s.text.clone();
     pipeline.syncer.full(s2).await.unwrap();
-    publisher.publish(pipeline.syncer.snapshot(), &pipeline.delivery, s2);
+    pipeline.publish(s2).await;
     let full = scrape(&publisher);
     let derived = |s: &Scrape| {
         s.samples

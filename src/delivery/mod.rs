@@ -1,9 +1,12 @@
 //! Delivery (DORA for models): registry changes as events, detected by comparing each snapshot's
-//! serving aliases and `Production` stage with what is known to be served, and folded into the
-//! figures: deployments, rollbacks, lead time and its parts, time to restore.
+//! serving aliases and `Production` stage with what is known to be served, and incidents opened and
+//! resolved by Alertmanager or CI/CD; all folded into the figures: deployments, rollbacks, lead time
+//! and its parts, incidents and time to restore.
 //!
 //! Everything here is pure: events come in, state and aggregates come out. The event store keeps the
 //! events; on start-up they are folded again in order, so counters continue across restarts.
+
+pub mod recorder;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -21,6 +24,8 @@ pub enum Kind {
     Baseline,
     Deployment,
     AliasDeleted,
+    IncidentOpened,
+    IncidentResolved,
 }
 
 impl Kind {
@@ -29,13 +34,21 @@ impl Kind {
             Kind::Baseline => "baseline",
             Kind::Deployment => "deployment",
             Kind::AliasDeleted => "alias_deleted",
+            Kind::IncidentOpened => "incident_opened",
+            Kind::IncidentResolved => "incident_resolved",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        [Kind::Baseline, Kind::Deployment, Kind::AliasDeleted]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Kind::Baseline,
+            Kind::Deployment,
+            Kind::AliasDeleted,
+            Kind::IncidentOpened,
+            Kind::IncidentResolved,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -45,17 +58,25 @@ impl Kind {
 pub enum Source {
     /// Seen by comparing two syncs: the time is the detection time, at most one interval late.
     Poll,
+    /// Alertmanager's webhook: incidents.
+    Alertmanager,
+    /// `POST /api/v1/events` from CI/CD.
+    Api,
 }
 
 impl Source {
+    pub const ALL: [Source; 3] = [Source::Poll, Source::Alertmanager, Source::Api];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Poll => "poll",
+            Source::Alertmanager => "alertmanager",
+            Source::Api => "api",
         }
     }
 
     pub fn parse(s: &str) -> Option<Source> {
-        (s == "poll").then_some(Source::Poll)
+        Source::ALL.into_iter().find(|x| x.as_str() == s)
     }
 }
 
@@ -75,6 +96,51 @@ pub struct Event {
     pub run_start_ms: Option<i64>,
     pub run_end_ms: Option<i64>,
     pub version_created_ms: Option<i64>,
+    /// The incident an incident event opens or resolves, and its severity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+}
+
+impl Event {
+    /// An incident opened or resolved at `at_ms`; `id` names the incident (unique per source).
+    pub fn incident(
+        kind: Kind,
+        source: Source,
+        id: &str,
+        model: &str,
+        severity: &str,
+        at_ms: i64,
+    ) -> Event {
+        let verb = if kind == Kind::IncidentOpened {
+            "opened"
+        } else {
+            "resolved"
+        };
+        Event {
+            dedup_key: format!("incident\u{1f}{}\u{1f}{id}\u{1f}{verb}", source.as_str()),
+            kind,
+            source,
+            model: model.to_string(),
+            target: String::new(),
+            version: None,
+            at_ms,
+            run_start_ms: None,
+            run_end_ms: None,
+            version_created_ms: None,
+            incident: Some(format!("{}\u{1f}{id}", source.as_str())),
+            severity: Some(severity.to_string()),
+        }
+    }
+}
+
+/// Figures of the incidents of one model and severity.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFigures {
+    pub opened: u64,
+    pub open: u64,
+    pub recovery: HistogramAcc,
 }
 
 /// What one target (a model's alias, or its `Production` stage) serves, and has served.
@@ -107,6 +173,7 @@ pub struct Bounds {
     pub time_to_register: Vec<u64>,
     pub time_to_deploy: Vec<u64>,
     pub recovery: Vec<u64>,
+    pub incident_recovery: Vec<u64>,
 }
 
 impl Bounds {
@@ -116,6 +183,7 @@ impl Bounds {
             time_to_register: bounds_ms(&s.time_to_register_buckets),
             time_to_deploy: bounds_ms(&s.time_to_deploy_buckets),
             recovery: bounds_ms(&s.recovery_buckets),
+            incident_recovery: bounds_ms(&s.incident_recovery_buckets),
         }
     }
 }
@@ -127,6 +195,10 @@ pub struct Delivery {
     targets: HashMap<(String, String), Target>,
     pub figures: HashMap<(String, String), TargetFigures>,
     pub time_to_register: HashMap<String, HistogramAcc>,
+    /// By model and severity.
+    pub incidents: HashMap<(String, String), IncidentFigures>,
+    /// Open incidents: id → (model, severity, opened at).
+    open_incidents: HashMap<String, (String, String, i64)>,
     /// Events folded in so far.
     pub events: u64,
 }
@@ -138,6 +210,8 @@ impl Delivery {
             targets: HashMap::new(),
             figures: HashMap::new(),
             time_to_register: HashMap::new(),
+            incidents: HashMap::new(),
+            open_incidents: HashMap::new(),
             events: 0,
         }
     }
@@ -149,10 +223,15 @@ impl Delivery {
     /// Folds one event in. Events must come in the order they were recorded.
     pub fn apply(&mut self, e: &Event) {
         self.events += 1;
+        if matches!(e.kind, Kind::IncidentOpened | Kind::IncidentResolved) {
+            self.apply_incident(e);
+            return;
+        }
         let key = (e.model.clone(), e.target.clone());
         let t = self.targets.entry(key.clone()).or_default();
         t.changes += 1;
         match e.kind {
+            Kind::IncidentOpened | Kind::IncidentResolved => {}
             Kind::AliasDeleted => t.current = None,
             Kind::Baseline => {
                 if let Some(v) = e.version {
@@ -200,6 +279,39 @@ impl Delivery {
                 t.served.insert(v);
             }
         }
+    }
+
+    /// An incident opens once and resolves once; a resolution of an incident never seen open, or a
+    /// second opening of an open one, is kept for audits but changes no figure.
+    fn apply_incident(&mut self, e: &Event) {
+        let Some(id) = &e.incident else { return };
+        let severity = e.severity.clone().unwrap_or_default();
+        match e.kind {
+            Kind::IncidentOpened if !self.open_incidents.contains_key(id) => {
+                let f = self
+                    .incidents
+                    .entry((e.model.clone(), severity.clone()))
+                    .or_default();
+                f.opened += 1;
+                f.open += 1;
+                self.open_incidents
+                    .insert(id.clone(), (e.model.clone(), severity, e.at_ms));
+            }
+            Kind::IncidentResolved => {
+                if let Some((model, severity, opened)) = self.open_incidents.remove(id) {
+                    let f = self.incidents.entry((model, severity)).or_default();
+                    f.open -= 1;
+                    f.recovery
+                        .observe_ms(&self.bounds.incident_recovery, span(opened, e.at_ms));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether an incident is open now.
+    pub fn is_open(&self, id: &str) -> bool {
+        self.open_incidents.contains_key(id)
     }
 
     /// Every target (model, alias or `Production`) the history has seen.
@@ -275,6 +387,8 @@ impl Delivery {
                 run_start_ms: run.and_then(|r| time(r.start_ms)),
                 run_end_ms: run.and_then(|r| time(r.end_ms)),
                 version_created_ms: rec.and_then(|v| time(v.created_ms)),
+                incident: None,
+                severity: None,
             });
         }
         let mut gone: Vec<(&(String, String), &Target)> = self
@@ -295,6 +409,8 @@ impl Delivery {
                 run_start_ms: None,
                 run_end_ms: None,
                 version_created_ms: None,
+                incident: None,
+                severity: None,
             });
         }
         events

@@ -3,6 +3,7 @@
 //! figures (lead time and its parts, recovery) with exact values.
 
 use super::*;
+use crate::metrics::family::bounds_ms;
 use crate::sync::snapshot::*;
 
 const H: i64 = 3_600_000;
@@ -14,7 +15,8 @@ fn bounds() -> Bounds {
         lead_time: b.clone(),
         time_to_register: b.clone(),
         time_to_deploy: b.clone(),
-        recovery: b,
+        recovery: b.clone(),
+        incident_recovery: b,
     }
 }
 
@@ -273,4 +275,43 @@ fn folding_stored_events_again_gives_the_same_figures() {
     assert!(rebuilt
         .detect(&snap, &serving(), true, T0 + 14 * H)
         .is_empty());
+}
+
+#[test]
+fn incidents_open_once_and_resolve_once() {
+    let mut d = Delivery::new(bounds());
+    let open =
+        |id, sev, at| Event::incident(Kind::IncidentOpened, Source::Alertmanager, id, "m", sev, at);
+    let resolve = |id, sev, at| {
+        Event::incident(
+            Kind::IncidentResolved,
+            Source::Alertmanager,
+            id,
+            "m",
+            sev,
+            at,
+        )
+    };
+    for e in [
+        open("a", "critical", T0),
+        open("a", "critical", T0 + 60_000), // a repeat while open: no second incident
+        open("b", "warning", T0),
+        resolve("a", "critical", T0 + H),
+        resolve("a", "critical", T0 + 2 * H), // already resolved
+        resolve("c", "critical", T0),         // never opened
+    ] {
+        d.apply(&e);
+    }
+    let crit = &d.incidents[&("m".to_string(), "critical".to_string())];
+    assert_eq!((crit.opened, crit.open), (1, 0));
+    assert_eq!(crit.recovery.sum_ms, H as u64);
+    assert_eq!(crit.recovery.counts, vec![0, 1, 0, 0]);
+    let warn = &d.incidents[&("m".to_string(), "warning".to_string())];
+    assert_eq!((warn.opened, warn.open), (1, 1));
+    assert!(d.is_open("alertmanager\u{1f}b") && !d.is_open("alertmanager\u{1f}a"));
+    // The same incident id from another source is another incident.
+    assert_ne!(
+        open("a", "x", 0).dedup_key,
+        Event::incident(Kind::IncidentOpened, Source::Api, "a", "m", "x", 0).dedup_key
+    );
 }

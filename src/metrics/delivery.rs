@@ -50,7 +50,23 @@ pub const MODEL_METRIC: Spec = Spec::gauge(
     "Latest value of a quality metric logged by the run behind the version an alias serves",
     &["model", "alias", "key"],
 );
-pub const SPECS: &[Spec] = &[
+const INCIDENT: &[&str] = &["model", "severity"];
+pub const INCIDENTS: Spec = Spec::counter(
+    "mlflow_incidents_total",
+    "Incidents opened (Alertmanager alerts or CI/CD events), by the model they are attributed to",
+    INCIDENT,
+);
+pub const INCIDENTS_OPEN: Spec =
+    Spec::gauge("mlflow_incidents_open", "Incidents open now", INCIDENT);
+pub const INCIDENT_RECOVERY: Spec = Spec::histogram(
+    "mlflow_incident_recovery_seconds",
+    "Incident opened to resolved: time to restore",
+    INCIDENT,
+);
+/// Families derived from the snapshot (what the served versions' runs logged).
+pub const SPECS: &[Spec] = &[MODEL_METRIC];
+/// Families derived from the event history alone.
+pub const HISTORY_SPECS: &[Spec] = &[
     DEPLOYMENTS,
     ROLLBACKS,
     LEAD_TIME,
@@ -58,7 +74,9 @@ pub const SPECS: &[Spec] = &[
     TIME_TO_DEPLOY,
     DEPLOYED_TIMESTAMP,
     ROLLBACK_RECOVERY,
-    MODEL_METRIC,
+    INCIDENTS,
+    INCIDENTS_OPEN,
+    INCIDENT_RECOVERY,
 ];
 
 fn histogram(f: &mut Family, values: &[&str], bounds: &[f64], acc: &HistogramAcc) {
@@ -71,7 +89,29 @@ fn histogram(f: &mut Family, values: &[&str], bounds: &[f64], acc: &HistogramAcc
     f.add_histogram(values, bounds, counts, acc.sum_ms as f64 / 1000.0);
 }
 
+/// `mlflow_model_metric`: the quality metrics of the run behind each served version.
 pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<MetricFamily> {
+    let mut quality = Family::new(&MODEL_METRIC);
+    for (model, target) in delivery.targets() {
+        let run = delivery
+            .serving(model, target)
+            .zip(snap.strings.lookup(model))
+            .and_then(|(v, m)| snap.versions.get(&(m, v)))
+            .and_then(|v| v.run)
+            .and_then(|k| snap.runs.get(&k));
+        if let Some(r) = run {
+            for (q, value) in d.settings.quality_metrics.iter().zip(r.quality.iter()) {
+                if value.is_finite() {
+                    quality.add(&[model, target, &q.key], *value);
+                }
+            }
+        }
+    }
+    vec![quality.finish()]
+}
+
+/// The families of the event history: deployments, rollbacks, lead time, incidents.
+pub fn history_families(delivery: &Delivery, d: &Derivation) -> Vec<MetricFamily> {
     let b = &d.delivery;
     let mut deployments = Family::new(&DEPLOYMENTS);
     let mut rollbacks = Family::new(&ROLLBACKS);
@@ -79,7 +119,6 @@ pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<Met
     let mut to_deploy = Family::new(&TIME_TO_DEPLOY);
     let mut deployed = Family::new(&DEPLOYED_TIMESTAMP);
     let mut recovery = Family::new(&ROLLBACK_RECOVERY);
-    let mut quality = Family::new(&MODEL_METRIC);
     let empty = Default::default();
     // Every target ever seen has its series, zeros included, so the first deployment is an increase.
     for (model, target) in delivery.targets() {
@@ -106,20 +145,6 @@ pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<Met
         if f.last_deployed_ms != NO_TIME && f.deployments > 0 {
             deployed.add(&labels, f.last_deployed_ms as f64 / 1000.0);
         }
-        // What the target serves now, and the run behind it.
-        let run = delivery
-            .serving(model, target)
-            .zip(snap.strings.lookup(model))
-            .and_then(|(v, m)| snap.versions.get(&(m, v)))
-            .and_then(|v| v.run)
-            .and_then(|k| snap.runs.get(&k));
-        if let Some(r) = run {
-            for (q, value) in d.settings.quality_metrics.iter().zip(r.quality.iter()) {
-                if value.is_finite() {
-                    quality.add(&[model, target, &q.key], *value);
-                }
-            }
-        }
     }
     let none = HistogramAcc::default();
     let mut register = Family::new(&TIME_TO_REGISTER);
@@ -130,6 +155,20 @@ pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<Met
         let acc = delivery.time_to_register.get(m).unwrap_or(&none);
         histogram(&mut register, &[m], &b.time_to_register_buckets, acc);
     }
+    let mut incidents = Family::new(&INCIDENTS);
+    let mut open = Family::new(&INCIDENTS_OPEN);
+    let mut incident_recovery = Family::new(&INCIDENT_RECOVERY);
+    for ((model, severity), f) in &delivery.incidents {
+        let labels = [model.as_str(), severity.as_str()];
+        incidents.add(&labels, f.opened as f64);
+        open.add(&labels, f.open as f64);
+        histogram(
+            &mut incident_recovery,
+            &labels,
+            &b.incident_recovery_buckets,
+            &f.recovery,
+        );
+    }
     vec![
         deployments.finish(),
         rollbacks.finish(),
@@ -138,6 +177,8 @@ pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<Met
         to_deploy.finish(),
         deployed.finish(),
         recovery.finish(),
-        quality.finish(),
+        incidents.finish(),
+        open.finish(),
+        incident_recovery.finish(),
     ]
 }

@@ -82,12 +82,16 @@ impl ExporterMetrics {
         let events = IntCounterVec::new(
             Opts::new(
                 "mlflow_exporter_events_total",
-                "Delivery events by source and outcome (recorded, duplicate of a stored change, error)",
+                "Delivery events by source and outcome (recorded, duplicate of a stored change, rejected request, store error)",
             ),
             &["source", "outcome"],
         )?;
-        for outcome in ["recorded", "duplicate", "error"] {
-            events.with_label_values(&["poll", outcome]).inc_by(0);
+        for source in crate::delivery::Source::ALL {
+            for outcome in ["recorded", "duplicate", "rejected", "error"] {
+                events
+                    .with_label_values(&[source.as_str(), outcome])
+                    .inc_by(0);
+            }
         }
         r.register(Box::new(snapshot_runs.clone()))?;
         r.register(Box::new(events.clone()))?;

@@ -11,6 +11,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use super::exporter::ExporterMetrics;
+use super::family::Spec;
 use super::{derive, specs, Derivation};
 use crate::delivery::Delivery;
 use crate::sync::Snapshot;
@@ -46,9 +47,13 @@ impl Collector for DerivedCollector {
 pub struct Publisher {
     registry: Registry,
     derived: Arc<DerivedCollector>,
+    /// Families of the delivery history alone: recomputed on every recorded event, cheaply.
+    history: Arc<DerivedCollector>,
     derivation: Derivation,
     pub exporter: ExporterMetrics,
     current: Arc<ArcSwap<Encoded>>,
+    /// Set when families changed without a re-encode (events between syncs).
+    stale: std::sync::atomic::AtomicBool,
 }
 
 /// Lets the registry own a handle while the publisher keeps another.
@@ -68,22 +73,27 @@ impl Publisher {
         let registry = Registry::new();
         let exporter = ExporterMetrics::register(&registry)?;
         let extra = derivation.extra_label_names();
-        let descs = specs()
-            .iter()
-            .map(|s| {
-                Desc::new(
-                    s.name.to_string(),
-                    s.help.to_string(),
-                    s.label_names(&extra),
-                    Default::default(),
-                )
-            })
-            .collect::<prometheus::Result<Vec<_>>>()?;
-        let derived = Arc::new(DerivedCollector {
-            descs,
-            families: Mutex::new(Arc::new(Vec::new())),
-        });
+        let collector = |specs: &[Spec]| -> prometheus::Result<Arc<DerivedCollector>> {
+            let descs = specs
+                .iter()
+                .map(|s| {
+                    Desc::new(
+                        s.name.to_string(),
+                        s.help.to_string(),
+                        s.label_names(&extra),
+                        Default::default(),
+                    )
+                })
+                .collect::<prometheus::Result<Vec<_>>>()?;
+            Ok(Arc::new(DerivedCollector {
+                descs,
+                families: Mutex::new(Arc::new(Vec::new())),
+            }))
+        };
+        let derived = collector(&specs())?;
+        let history = collector(super::delivery::HISTORY_SPECS)?;
         registry.register(Box::new(Shared(derived.clone())))?;
+        registry.register(Box::new(Shared(history.clone())))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -91,9 +101,11 @@ impl Publisher {
         let p = Publisher {
             registry,
             derived,
+            history,
             derivation,
             exporter,
             current: Arc::new(ArcSwap::from_pointee(Encoded::default())),
+            stale: std::sync::atomic::AtomicBool::new(false),
         };
         p.refresh();
         Ok(p)
@@ -116,11 +128,38 @@ impl Publisher {
             .families
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(families);
+        self.set_history(delivery);
         self.refresh();
+    }
+
+    /// Recomputes the families of the delivery history (a few per model) without re-encoding;
+    /// the caller refreshes, or leaves it to the next refresh.
+    pub fn set_history(&self, delivery: &Delivery) {
+        let families = super::delivery::history_families(delivery, &self.derivation);
+        *self
+            .history
+            .families
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(families);
+    }
+
+    /// Asks for a re-encode by the next `refresh_if_stale`: events can arrive far faster than an
+    /// exposition of a large install should be encoded.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Re-encodes if anything changed since the last encode.
+    pub fn refresh_if_stale(&self) {
+        if self.stale.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.refresh();
+        }
     }
 
     /// Re-encodes with the current families (after a failed sync changed only the exporter's own metrics).
     pub fn refresh(&self) {
+        self.stale
+            .store(false, std::sync::atomic::Ordering::Release);
         let families = self.registry.gather();
         let mut text = Vec::with_capacity(64 * 1024);
         if let Err(e) = TextEncoder::new().encode(&families, &mut text) {

@@ -20,6 +20,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+#[derive(Clone)]
 pub struct EventStore {
     pool: SqlitePool,
 }
@@ -67,8 +68,8 @@ impl EventStore {
         for e in events {
             let done = sqlx::query(
                 "INSERT OR IGNORE INTO events (dedup_key, kind, source, model, target, version, at_ms, \
-                 recorded_ms, run_start_ms, run_end_ms, version_created_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 recorded_ms, run_start_ms, run_end_ms, version_created_ms, incident, severity) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&e.dedup_key)
             .bind(e.kind.as_str())
@@ -81,6 +82,8 @@ impl EventStore {
             .bind(e.run_start_ms)
             .bind(e.run_end_ms)
             .bind(e.version_created_ms)
+            .bind(&e.incident)
+            .bind(&e.severity)
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
@@ -95,7 +98,7 @@ impl EventStore {
     pub async fn load(&self) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT dedup_key, kind, source, model, target, version, at_ms, run_start_ms, run_end_ms, \
-             version_created_ms FROM events ORDER BY id",
+             version_created_ms, incident, severity FROM events ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -117,6 +120,8 @@ impl EventStore {
                     run_start_ms: r.try_get("run_start_ms")?,
                     run_end_ms: r.try_get("run_end_ms")?,
                     version_created_ms: r.try_get("version_created_ms")?,
+                    incident: r.try_get("incident")?,
+                    severity: r.try_get("severity")?,
                 })
             })
             .collect()
@@ -156,6 +161,8 @@ mod tests {
             run_start_ms: Some(at_ms - 10),
             run_end_ms: None,
             version_created_ms: Some(at_ms - 5),
+            incident: None,
+            severity: None,
         }
     }
 

@@ -50,6 +50,7 @@ fn main() {
         encoded,
         ready: Arc::new(AtomicBool::new(true)),
         telemetry_path: "/metrics".into(),
+        ingest: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(server::serve(listener, state, async {

@@ -10,10 +10,12 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::delivery::recorder::Recorder;
+use crate::delivery::VersionTimes;
 use crate::delivery::{Bounds, Delivery, Source};
 use crate::error::MlflowError;
 use crate::metrics::publish::Publisher;
 use crate::metrics::Derivation;
+use crate::server::ingest::{Ingest, VersionIndex};
 use crate::server::{self, AppState};
 use crate::source::mlflow::MlflowClient;
 use crate::store::EventStore;
@@ -28,6 +30,8 @@ pub struct Pipeline {
     pub recorder: Arc<Recorder>,
     pub publisher: Arc<Publisher>,
     pub ready: Arc<AtomicBool>,
+    /// Version and run times of the last snapshot, for deployments pushed between syncs.
+    pub versions: VersionIndex,
     serving_aliases: Vec<String>,
     retention_ms: i64,
     last_purge_ms: i64,
@@ -62,6 +66,7 @@ impl Pipeline {
             recorder: Arc::new(Recorder::new(store, delivery, publisher.clone())),
             publisher,
             ready: Arc::new(AtomicBool::new(false)),
+            versions: VersionIndex::default(),
             serving_aliases: settings.delivery.serving_aliases.clone(),
             retention_ms,
             last_purge_ms: now_ms,
@@ -82,6 +87,8 @@ impl Pipeline {
             }
         };
         self.record_changes(now_ms).await;
+        self.versions
+            .store(Arc::new(VersionTimes::index(self.syncer.snapshot())));
         if now_ms - self.last_purge_ms >= DAY_MS {
             match self
                 .recorder
@@ -155,11 +162,41 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::Error> {
     let pipeline = Pipeline::open(&settings, chrono::Utc::now().timestamp_millis()).await?;
+    let ingest = Arc::new(Ingest {
+        recorder: pipeline.recorder.clone(),
+        settings: settings.webhooks.clone(),
+        versions: pipeline.versions.clone(),
+        counter: pipeline.publisher.exporter.events.clone(),
+    });
+    for (name, r) in [
+        ("alertmanager", &settings.webhooks.alertmanager),
+        ("events", &settings.webhooks.events),
+    ] {
+        if r.enabled && r.token.is_none() {
+            tracing::warn!(
+                receiver = name,
+                "webhook receiver enabled without a token: anyone who reaches it can record events"
+            );
+        }
+    }
     let state = AppState {
         encoded: pipeline.publisher.handle(),
         ready: pipeline.ready.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),
+        ingest: Some(ingest),
     };
+    // Events between syncs change the history's families: re-encode at most once a second.
+    let publisher = pipeline.publisher.clone();
+    let mut stop_refresh = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => publisher.refresh_if_stale(),
+                _ = stop_refresh.wait_for(|s| *s) => return,
+            }
+        }
+    });
     tracing::info!(
         address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tracking_uri = %settings.mlflow.tracking_uri,

@@ -52,6 +52,43 @@ pub struct Settings {
     pub cost: CostSettings,
     pub storage: StorageSettings,
     pub delivery: DeliverySettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Receivers of delivery events pushed to the exporter.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Alertmanager's webhook (`POST /api/v1/webhooks/alertmanager`): firing alerts open incidents.
+    pub alertmanager: Receiver,
+    /// CI/CD events (`POST /api/v1/events`): deployments and incidents.
+    pub events: Receiver,
+    /// Label (of an alert) naming the model an incident is attributed to.
+    pub model_label: String,
+    /// Label (of an alert) giving an incident's severity.
+    pub severity_label: String,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            alertmanager: Receiver::default(),
+            events: Receiver::default(),
+            model_label: "model".into(),
+            severity_label: "severity".into(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One webhook receiver: off unless enabled; with a token, requests must carry `Authorization: Bearer`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Receiver {
+    pub enabled: bool,
+    pub token: Option<Secret>,
 }
 
 /// The durable history of delivery events.
@@ -763,7 +800,7 @@ fn is_settings_variable(name: &str) -> bool {
         return false;
     };
     [
-        "MLFLOW", "WEB", "LOG", "METRICS", "COST", "STORAGE", "DELIVERY",
+        "MLFLOW", "WEB", "LOG", "METRICS", "COST", "STORAGE", "DELIVERY", "WEBHOOKS",
     ]
     .contains(&section.to_ascii_uppercase().as_str())
 }

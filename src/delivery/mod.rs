@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::config::DeliverySettings;
 use crate::metrics::family::{bounds_ms, HistogramAcc};
-use crate::sync::snapshot::{Snapshot, NO_TIME};
+use crate::sync::snapshot::{Snapshot, VersionRecord, NO_TIME};
 
 /// The legacy stage that counts as serving; it is tracked like an alias of this name.
 pub const PRODUCTION: &str = "Production";
@@ -132,6 +132,40 @@ impl Event {
             incident: Some(format!("{}\u{1f}{id}", source.as_str())),
             severity: Some(severity.to_string()),
         }
+    }
+}
+
+/// Times of a model version and of the run behind it, for lead time and its parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VersionTimes {
+    pub run_start_ms: Option<i64>,
+    pub run_end_ms: Option<i64>,
+    pub created_ms: Option<i64>,
+}
+
+impl VersionTimes {
+    /// The times of one version of a snapshot.
+    pub fn of(snap: &Snapshot, v: &VersionRecord) -> VersionTimes {
+        let time = |t: i64| (t != NO_TIME).then_some(t);
+        let run = v.run.and_then(|k| snap.runs.get(&k));
+        VersionTimes {
+            run_start_ms: run.and_then(|r| time(r.start_ms)),
+            run_end_ms: run.and_then(|r| time(r.end_ms)),
+            created_ms: time(v.created_ms),
+        }
+    }
+
+    /// Every version's times in a snapshot, by model name and number.
+    pub fn index(snap: &Snapshot) -> HashMap<(String, u32), VersionTimes> {
+        snap.versions
+            .iter()
+            .map(|((m, n), v)| {
+                (
+                    (snap.strings.get(*m).to_string(), *n),
+                    VersionTimes::of(snap, v),
+                )
+            })
+            .collect()
     }
 }
 
@@ -314,6 +348,39 @@ impl Delivery {
         self.open_incidents.contains_key(id)
     }
 
+    /// A deployment (or, with `Kind::Baseline`, a first sight) of `version` to a target, named after
+    /// the target's next change; nothing when the target already serves that version.
+    #[allow(clippy::too_many_arguments)]
+    pub fn change(
+        &self,
+        kind: Kind,
+        source: Source,
+        model: &str,
+        target: &str,
+        version: u32,
+        at_ms: i64,
+        times: VersionTimes,
+    ) -> Option<Event> {
+        let known = self.targets.get(&(model.to_string(), target.to_string()));
+        if known.and_then(|t| t.current) == Some(version) {
+            return None;
+        }
+        Some(Event {
+            dedup_key: dedup_key(model, target, known.map_or(0, |t| t.changes) + 1),
+            kind,
+            source,
+            model: model.to_string(),
+            target: target.to_string(),
+            version: Some(version),
+            at_ms,
+            run_start_ms: times.run_start_ms,
+            run_end_ms: times.run_end_ms,
+            version_created_ms: times.created_ms,
+            incident: None,
+            severity: None,
+        })
+    }
+
     /// Every target (model, alias or `Production`) the history has seen.
     pub fn targets(&self) -> impl Iterator<Item = &(String, String)> {
         self.targets.keys()
@@ -361,35 +428,18 @@ impl Delivery {
         let mut keys: Vec<&(String, String)> = now.keys().collect();
         keys.sort();
         for key in keys {
-            let version = now[key];
-            let known = self.targets.get(key);
-            if known.and_then(|t| t.current) == Some(version) {
-                continue;
-            }
-            let kind = if first_poll && known.is_none() {
+            let (model, target) = key;
+            let kind = if first_poll && !self.targets.contains_key(key) {
                 Kind::Baseline
             } else {
                 Kind::Deployment
             };
-            let (model, target) = key;
-            let m = s.lookup(model);
-            let rec = m.and_then(|m| snap.versions.get(&(m, version)));
-            let run = rec.and_then(|v| v.run).and_then(|k| snap.runs.get(&k));
-            let time = |t: i64| (t != NO_TIME).then_some(t);
-            events.push(Event {
-                dedup_key: dedup_key(model, target, known.map_or(0, |t| t.changes) + 1),
-                kind,
-                source: Source::Poll,
-                model: model.clone(),
-                target: target.clone(),
-                version: Some(version),
-                at_ms: now_ms,
-                run_start_ms: run.and_then(|r| time(r.start_ms)),
-                run_end_ms: run.and_then(|r| time(r.end_ms)),
-                version_created_ms: rec.and_then(|v| time(v.created_ms)),
-                incident: None,
-                severity: None,
-            });
+            let times = s
+                .lookup(model)
+                .and_then(|m| snap.versions.get(&(m, now[key])))
+                .map(|v| VersionTimes::of(snap, v))
+                .unwrap_or_default();
+            events.extend(self.change(kind, Source::Poll, model, target, now[key], now_ms, times));
         }
         let mut gone: Vec<(&(String, String), &Target)> = self
             .targets

@@ -1,5 +1,8 @@
 //! The HTTP side: `/metrics` (the already encoded exposition, gzip when asked), the landing page,
-//! `/-/healthy` and `/-/ready`. Handlers only read what the sync loop published; none waits on MLflow.
+//! `/-/healthy`, `/-/ready`, and the webhook receivers of [`ingest`]. Handlers only read what the
+//! sync loop published; none waits on MLflow.
+
+pub mod ingest;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,15 +26,22 @@ pub struct AppState {
     pub encoded: Arc<ArcSwap<Encoded>>,
     pub ready: Arc<AtomicBool>,
     pub telemetry_path: String,
+    /// The webhook receivers; none when the exporter runs without a recorder (benchmarks).
+    pub ingest: Option<Arc<ingest::Ingest>>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let ingest = state.ingest.clone();
+    let router = Router::new()
         .route(&state.telemetry_path.clone(), get(metrics))
         .route("/", get(landing))
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
-        .with_state(state)
+        .with_state(state);
+    match ingest {
+        Some(i) => router.merge(ingest::router(i)),
+        None => router,
+    }
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in flight.

@@ -1,4 +1,7 @@
-//! Where data comes from: the MLflow tracking server's REST API (and, later, probes and webhooks).
-//! Nothing here keeps state between cycles; the sync module decides what to read and when.
+//! Where data comes from: the MLflow tracking server's REST API, and the payloads pushed to the
+//! exporter (Alertmanager's webhook, CI/CD events). Nothing here keeps state; the sync module and
+//! the recorder decide what to read and what to keep.
 
+pub mod alertmanager;
+pub mod events_api;
 pub mod mlflow;

@@ -70,14 +70,39 @@ impl HttpResponse {
 }
 
 pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<HttpResponse> {
+    http_request(addr, "GET", path, headers, b"")
+}
+
+/// A minimal HTTP/1.0 POST of a body.
+pub fn http_post(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    http_request(addr, "POST", path, headers, body)
+}
+
+fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
+    // A server may answer (413, say) before reading all of a large body: keep what it said.
+    let _ = s.write_all(body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let split = raw
@@ -470,5 +495,50 @@ pub fn assert_family(scrape: &Scrape, name: &str, expected: &[(&[(&str, &str)], 
             ((g - w) / w).abs() < 1e-9
         };
         assert!(close, "{name}{labels:?} = {g}, want {w}");
+    }
+}
+
+/// A real Alertmanager (Debian `prometheus-alertmanager`) with `config` (YAML), clustering off.
+pub struct Alertmanager {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    pub fn start(config: &str) -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_file(dir.path(), "alertmanager.yml", config);
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+        let mut cmd = Command::new("prometheus-alertmanager");
+        cmd.arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .expect("prometheus-alertmanager not found: install the Debian package prometheus-alertmanager (scripts/test does)");
+        let am = Alertmanager {
+            addr,
+            child,
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(30), "Alertmanager ready", || {
+            http_get(&am.addr, "/-/ready", &[]).is_ok_and(|r| r.status == 200)
+        });
+        am
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        stop_group(&mut self.child);
     }
 }

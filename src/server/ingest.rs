@@ -1,0 +1,267 @@
+//! Webhook endpoints for delivery events pushed to the exporter: Alertmanager's webhook and CI/CD
+//! events. Each checks its bearer token (constant time), refuses bodies over the limit and bad JSON
+//! with a 4xx and a JSON error saying what was wrong (nothing recorded), and answers 2xx only after
+//! the events are committed; a store failure answers 503 so the sender retries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use prometheus::IntCounterVec;
+use serde_json::json;
+
+use crate::config::{Receiver, WebhookSettings};
+use crate::delivery::recorder::Recorder;
+use crate::delivery::{Event, Kind, Source, VersionTimes};
+use crate::source::alertmanager;
+use crate::source::events_api::{ApiEvent, ApiKind};
+
+/// Times of every version in the last snapshot, for the lead time of pushed deployments.
+pub type VersionIndex = Arc<ArcSwap<HashMap<(String, u32), VersionTimes>>>;
+
+pub struct Ingest {
+    pub recorder: Arc<Recorder>,
+    pub settings: WebhookSettings,
+    pub versions: VersionIndex,
+    pub counter: IntCounterVec,
+}
+
+pub fn router(ingest: Arc<Ingest>) -> Router {
+    let limit = ingest.settings.max_body_bytes;
+    Router::new()
+        .route("/api/v1/webhooks/alertmanager", post(alertmanager_webhook))
+        .route("/api/v1/events", post(api_event))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ingest)
+}
+
+/// A refused request: counted, and answered with a JSON error.
+fn refuse(ingest: &Ingest, source: Source, status: StatusCode, message: String) -> Response {
+    ingest
+        .counter
+        .with_label_values(&[source.as_str(), "rejected"])
+        .inc();
+    tracing::warn!(source = source.as_str(), status = status.as_u16(), error = %message, "webhook request refused");
+    let mut resp = (status, Json(json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("valid header"),
+        );
+    }
+    resp
+}
+
+/// Checks that the receiver is on and the request carries its token; then the body.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
+fn admit(
+    ingest: &Ingest,
+    receiver: &Receiver,
+    source: Source,
+    name: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Response> {
+    if !receiver.enabled {
+        return Err(refuse(
+            ingest,
+            source,
+            StatusCode::NOT_FOUND,
+            format!("the {name} receiver is off; set webhooks.{name}.enabled: true"),
+        ));
+    }
+    if let Some(token) = &receiver.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+            return Err(refuse(
+                ingest,
+                source,
+                StatusCode::UNAUTHORIZED,
+                format!("missing or wrong bearer token (webhooks.{name}.token)"),
+            ));
+        }
+    }
+    body.map_err(|e| refuse(ingest, source, e.status(), e.body_text()))
+}
+
+/// Compares secrets in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn commit(
+    ingest: &Ingest,
+    source: Source,
+    now_ms: i64,
+    make: impl FnOnce(&crate::delivery::Delivery) -> Vec<Event>,
+    extra: serde_json::Value,
+) -> Response {
+    match ingest.recorder.record(source, now_ms, make).await {
+        Ok(o) => {
+            let mut body = json!({ "recorded": o.recorded, "duplicates": o.duplicates });
+            if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+                b.extend(e.clone());
+            }
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("cannot store the events, nothing was recorded; retry later ({e})") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn alertmanager_webhook(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let source = Source::Alertmanager;
+    let body = match admit(
+        &ingest,
+        &ingest.settings.alertmanager,
+        source,
+        "alertmanager",
+        &headers,
+        body,
+    ) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let payload: alertmanager::Payload = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return refuse(
+                &ingest,
+                source,
+                StatusCode::BAD_REQUEST,
+                format!("not an Alertmanager webhook payload: {e}"),
+            )
+        }
+    };
+    let s = &ingest.settings;
+    let (events, ignored) = match alertmanager::events(&payload, &s.model_label, &s.severity_label)
+    {
+        Ok(x) => x,
+        Err(e) => return refuse(&ingest, source, StatusCode::BAD_REQUEST, e),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    commit(
+        &ingest,
+        source,
+        now,
+        |_| events,
+        json!({ "ignored": ignored }),
+    )
+    .await
+}
+
+async fn api_event(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let source = Source::Api;
+    let body = match admit(
+        &ingest,
+        &ingest.settings.events,
+        source,
+        "events",
+        &headers,
+        body,
+    ) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let event: ApiEvent = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return refuse(
+                &ingest,
+                source,
+                StatusCode::BAD_REQUEST,
+                format!("not an event: {e}"),
+            )
+        }
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let at = match event.check(now) {
+        Ok(at) => at,
+        Err(e) => return refuse(&ingest, source, StatusCode::BAD_REQUEST, e),
+    };
+    let severity = event.severity.clone().unwrap_or_default();
+    match event.kind {
+        ApiKind::Deployment => {
+            let (alias, version) = (
+                event.alias.clone().unwrap_or_default(),
+                event.version.unwrap_or(0),
+            );
+            let times = ingest
+                .versions
+                .load()
+                .get(&(event.model.clone(), version))
+                .copied()
+                .unwrap_or_default();
+            let mut unchanged = false;
+            let make = |d: &crate::delivery::Delivery| {
+                let e = d.change(
+                    Kind::Deployment,
+                    source,
+                    &event.model,
+                    &alias,
+                    version,
+                    at,
+                    times,
+                );
+                unchanged = e.is_none();
+                e.into_iter().collect()
+            };
+            let mut resp = commit(&ingest, source, now, make, json!({})).await;
+            if unchanged && resp.status() == StatusCode::OK {
+                // Already serving that version: the same change, seen before.
+                ingest
+                    .counter
+                    .with_label_values(&[source.as_str(), "duplicate"])
+                    .inc();
+                resp = (
+                    StatusCode::OK,
+                    Json(json!({ "recorded": 0, "duplicates": 1 })),
+                )
+                    .into_response();
+            }
+            resp
+        }
+        kind => {
+            let kind = if kind == ApiKind::IncidentOpened {
+                Kind::IncidentOpened
+            } else {
+                Kind::IncidentResolved
+            };
+            let e = Event::incident(kind, source, &event.id, &event.model, &severity, at);
+            commit(&ingest, source, now, |_| vec![e], json!({})).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_compares_exactly() {
+        assert!(super::constant_time_eq(b"token", b"token"));
+        assert!(!super::constant_time_eq(b"token", b"tokem"));
+        assert!(!super::constant_time_eq(b"token", b"token2"));
+        assert!(!super::constant_time_eq(b"", b"x"));
+    }
+}

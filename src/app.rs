@@ -166,7 +166,9 @@ pub async fn run(
         recorder: pipeline.recorder.clone(),
         settings: settings.webhooks.clone(),
         versions: pipeline.versions.clone(),
-        counter: pipeline.publisher.exporter.events.clone(),
+        publisher: pipeline.publisher.clone(),
+        serving_aliases: settings.delivery.serving_aliases.clone(),
+        deliveries: Default::default(),
     });
     for (name, r) in [
         ("alertmanager", &settings.webhooks.alertmanager),

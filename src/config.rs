@@ -59,6 +59,8 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
+    /// MLflow's webhook (`POST /api/v1/webhooks/mlflow`): alias moves at the time MLflow made them.
+    pub mlflow: MlflowReceiver,
     /// Alertmanager's webhook (`POST /api/v1/webhooks/alertmanager`): firing alerts open incidents.
     pub alertmanager: Receiver,
     /// CI/CD events (`POST /api/v1/events`): deployments and incidents.
@@ -74,6 +76,7 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         WebhookSettings {
+            mlflow: MlflowReceiver::default(),
             alertmanager: Receiver::default(),
             events: Receiver::default(),
             model_label: "model".into(),
@@ -81,6 +84,17 @@ impl Default for WebhookSettings {
             max_body_bytes: 1 << 20,
         }
     }
+}
+
+/// MLflow's webhook receiver: every delivery must carry a valid `X-MLflow-Signature` made with
+/// `secret` (set it, and the same secret on the webhook, e.g. with `register-webhook`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlflowReceiver {
+    pub enabled: bool,
+    pub secret: Option<Secret>,
+    /// A bearer token besides the signature, for proxies that check one.
+    pub token: Option<Secret>,
 }
 
 /// One webhook receiver: off unless enabled; with a token, requests must carry `Authorization: Bearer`.
@@ -719,6 +733,19 @@ impl Settings {
             return bad(
                 "metrics.user_windows",
                 "must be a non-empty list of non-zero durations such as 1d".into(),
+            );
+        }
+        if self.webhooks.mlflow.enabled
+            && self
+                .webhooks
+                .mlflow
+                .secret
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty())
+        {
+            return bad(
+                "webhooks.mlflow.secret",
+                "required when webhooks.mlflow.enabled: deliveries are verified with it".into(),
             );
         }
         if self.metrics.max_label_values == 0 {

@@ -56,6 +56,17 @@ enum Command {
     CheckConfig,
     /// Print the stored delivery events as JSON lines, oldest first (for audits).
     Events,
+    /// Register with MLflow a webhook that sends alias moves to this exporter, signed with
+    /// webhooks.mlflow.secret (MLflow ≥ 3.3).
+    RegisterWebhook {
+        /// The URL at which MLflow reaches the exporter's receiver, e.g.
+        /// https://exporter.example:9868/api/v1/webhooks/mlflow.
+        #[arg(long = "webhook.url", value_name = "URL")]
+        url: String,
+        /// The webhook's name in MLflow.
+        #[arg(long = "webhook.name", default_value = "mlflow-exporter")]
+        name: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,6 +97,15 @@ fn main() -> std::process::ExitCode {
         }
         Some(Command::Events) => {
             return match print_events(&settings) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mlflow-exporter: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::RegisterWebhook { url, name }) => {
+            return match register_webhook(&settings, &name, &url) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mlflow-exporter: {e:#}");
@@ -134,6 +154,27 @@ async fn print_events(settings: &Settings) -> anyhow::Result<()> {
         out.write_all(b"\n")?;
     }
     out.flush()?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn register_webhook(settings: &Settings, name: &str, url: &str) -> anyhow::Result<()> {
+    let secret = settings
+        .webhooks
+        .mlflow
+        .secret
+        .as_ref()
+        .filter(|s| !s.expose().is_empty())
+        .context(
+            "webhooks.mlflow.secret is not set: the webhook's deliveries must be signed with it",
+        )?;
+    let client = mlflow_exporter::source::mlflow::MlflowClient::new(&settings.mlflow, None)?;
+    let answer = client
+        .create_webhook(name, url, secret.expose())
+        .await
+        .context("MLflow refused the webhook (MLflow ≥ 3.3 with a SQL store is needed; a private or http:// URL also needs MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS / MLFLOW_WEBHOOK_ALLOWED_SCHEMES on the server)")?;
+    let id = answer["webhook"]["webhook_id"].as_str().unwrap_or("?");
+    println!("registered webhook {id} ({name}) sending alias moves to {url}");
     Ok(())
 }
 

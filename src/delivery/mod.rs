@@ -58,6 +58,8 @@ impl Kind {
 pub enum Source {
     /// Seen by comparing two syncs: the time is the detection time, at most one interval late.
     Poll,
+    /// MLflow's webhook: alias moves at the time MLflow made them.
+    MlflowWebhook,
     /// Alertmanager's webhook: incidents.
     Alertmanager,
     /// `POST /api/v1/events` from CI/CD.
@@ -65,11 +67,17 @@ pub enum Source {
 }
 
 impl Source {
-    pub const ALL: [Source; 3] = [Source::Poll, Source::Alertmanager, Source::Api];
+    pub const ALL: [Source; 4] = [
+        Source::Poll,
+        Source::MlflowWebhook,
+        Source::Alertmanager,
+        Source::Api,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Poll => "poll",
+            Source::MlflowWebhook => "mlflow_webhook",
             Source::Alertmanager => "alertmanager",
             Source::Api => "api",
         }
@@ -184,7 +192,7 @@ struct Target {
     /// When the current version was deployed (or first seen).
     since_ms: i64,
     served: BTreeSet<u32>,
-    /// Changes applied so far: the next event's sequence number.
+    /// Sequence number of the last change applied; the next event gets the one after.
     changes: u64,
 }
 
@@ -263,7 +271,15 @@ impl Delivery {
         }
         let key = (e.model.clone(), e.target.clone());
         let t = self.targets.entry(key.clone()).or_default();
-        t.changes += 1;
+        // Number changes past every key stored: after retention deleted a target's oldest events,
+        // counting what is left would hand out a key still in the store.
+        let stored = e
+            .dedup_key
+            .rsplit('\u{1f}')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        t.changes = (t.changes + 1).max(stored);
         match e.kind {
             Kind::IncidentOpened | Kind::IncidentResolved => {}
             Kind::AliasDeleted => t.current = None,
@@ -381,6 +397,26 @@ impl Delivery {
         })
     }
 
+    /// The deletion of a target's alias; nothing when it serves nothing now.
+    pub fn deletion(&self, source: Source, model: &str, target: &str, at_ms: i64) -> Option<Event> {
+        let t = self.targets.get(&(model.to_string(), target.to_string()))?;
+        t.current?;
+        Some(Event {
+            dedup_key: dedup_key(model, target, t.changes + 1),
+            kind: Kind::AliasDeleted,
+            source,
+            model: model.to_string(),
+            target: target.to_string(),
+            version: None,
+            at_ms,
+            run_start_ms: None,
+            run_end_ms: None,
+            version_created_ms: None,
+            incident: None,
+            severity: None,
+        })
+    }
+
     /// Every target (model, alias or `Production`) the history has seen.
     pub fn targets(&self) -> impl Iterator<Item = &(String, String)> {
         self.targets.keys()
@@ -441,27 +477,15 @@ impl Delivery {
                 .unwrap_or_default();
             events.extend(self.change(kind, Source::Poll, model, target, now[key], now_ms, times));
         }
-        let mut gone: Vec<(&(String, String), &Target)> = self
+        let mut gone: Vec<&(String, String)> = self
             .targets
             .iter()
             .filter(|(k, t)| t.current.is_some() && !now.contains_key(*k))
+            .map(|(k, _)| k)
             .collect();
-        gone.sort_by(|a, b| a.0.cmp(b.0));
-        for ((model, target), t) in gone {
-            events.push(Event {
-                dedup_key: dedup_key(model, target, t.changes + 1),
-                kind: Kind::AliasDeleted,
-                source: Source::Poll,
-                model: model.clone(),
-                target: target.clone(),
-                version: None,
-                at_ms: now_ms,
-                run_start_ms: None,
-                run_end_ms: None,
-                version_created_ms: None,
-                incident: None,
-                severity: None,
-            });
+        gone.sort();
+        for (model, target) in gone {
+            events.extend(self.deletion(Source::Poll, model, target, now_ms));
         }
         events
     }

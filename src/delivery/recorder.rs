@@ -51,6 +51,7 @@ impl Recorder {
                 counter
                     .with_label_values(&[source.as_str(), "error"])
                     .inc_by(events.len() as u64);
+                self.publisher.mark_stale();
                 tracing::error!(source = source.as_str(), error = %e, events = events.len(), "cannot store delivery events");
                 return Err(e);
             }
@@ -71,8 +72,8 @@ impl Recorder {
             .inc_by(outcome.duplicates as u64);
         if outcome.recorded > 0 {
             self.publisher.set_history(&delivery);
-            self.publisher.mark_stale();
         }
+        self.publisher.mark_stale();
         Ok(outcome)
     }
 

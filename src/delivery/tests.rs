@@ -315,3 +315,27 @@ fn incidents_open_once_and_resolve_once() {
         Event::incident(Kind::IncidentOpened, Source::Api, "a", "m", "x", 0).dedup_key
     );
 }
+
+#[test]
+fn numbering_continues_past_stored_keys_when_old_events_were_purged() {
+    let mut d = Delivery::new(bounds());
+    let mut all = Vec::new();
+    for (first, v, at) in [(true, 1, 10), (false, 2, 11), (false, 3, 12)] {
+        all.extend(poll(
+            &mut d,
+            &registry(3, &[("champion", v)], &[]),
+            first,
+            T0 + at * H,
+        ));
+    }
+    // Retention deleted the first two; a restart folds only the third (key n = 3).
+    let mut rebuilt = Delivery::new(bounds());
+    rebuilt.apply(&all[2]);
+    let e = rebuilt.detect(
+        &registry(3, &[("champion", 1)], &[]),
+        &serving(),
+        true,
+        T0 + 13 * H,
+    );
+    assert_eq!(e[0].dedup_key, "m\u{1f}champion\u{1f}4");
+}

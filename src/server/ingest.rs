@@ -1,7 +1,8 @@
-//! Webhook endpoints for delivery events pushed to the exporter: Alertmanager's webhook and CI/CD
-//! events. Each checks its bearer token (constant time), refuses bodies over the limit and bad JSON
-//! with a 4xx and a JSON error saying what was wrong (nothing recorded), and answers 2xx only after
-//! the events are committed; a store failure answers 503 so the sender retries.
+//! Webhook endpoints for delivery events pushed to the exporter: MLflow's webhook (signed),
+//! Alertmanager's webhook and CI/CD events. Each checks its bearer token (constant time), refuses
+//! bodies over the limit and bad JSON with a 4xx and a JSON error saying what was wrong (nothing
+//! recorded), and answers 2xx only after the events are committed; a store failure answers 503 so
+//! the sender retries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,14 +15,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use prometheus::IntCounterVec;
 use serde_json::json;
 
 use crate::config::{Receiver, WebhookSettings};
 use crate::delivery::recorder::Recorder;
 use crate::delivery::{Event, Kind, Source, VersionTimes};
-use crate::source::alertmanager;
+use crate::metrics::publish::Publisher;
 use crate::source::events_api::{ApiEvent, ApiKind};
+use crate::source::{alertmanager, mlflow_webhook};
 
 /// Times of every version in the last snapshot, for the lead time of pushed deployments.
 pub type VersionIndex = Arc<ArcSwap<HashMap<(String, u32), VersionTimes>>>;
@@ -30,12 +31,18 @@ pub struct Ingest {
     pub recorder: Arc<Recorder>,
     pub settings: WebhookSettings,
     pub versions: VersionIndex,
-    pub counter: IntCounterVec,
+    /// For the events counter, and to have refusals and duplicates shown by the next re-encode.
+    pub publisher: Arc<Publisher>,
+    /// Aliases whose moves are deployments.
+    pub serving_aliases: Vec<String>,
+    /// MLflow delivery ids taken recently (with when), to refuse replays within the freshness window.
+    pub deliveries: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
     let limit = ingest.settings.max_body_bytes;
     Router::new()
+        .route("/api/v1/webhooks/mlflow", post(mlflow_webhook))
         .route("/api/v1/webhooks/alertmanager", post(alertmanager_webhook))
         .route("/api/v1/events", post(api_event))
         .layer(DefaultBodyLimit::max(limit))
@@ -44,10 +51,7 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
 
 /// A refused request: counted, and answered with a JSON error.
 fn refuse(ingest: &Ingest, source: Source, status: StatusCode, message: String) -> Response {
-    ingest
-        .counter
-        .with_label_values(&[source.as_str(), "rejected"])
-        .inc();
+    count(ingest, source, "rejected");
     tracing::warn!(source = source.as_str(), status = status.as_u16(), error = %message, "webhook request refused");
     let mut resp = (status, Json(json!({ "error": message }))).into_response();
     if status == StatusCode::UNAUTHORIZED {
@@ -57,6 +61,16 @@ fn refuse(ingest: &Ingest, source: Source, status: StatusCode, message: String) 
         );
     }
     resp
+}
+
+fn count(ingest: &Ingest, source: Source, outcome: &str) {
+    ingest
+        .publisher
+        .exporter
+        .events
+        .with_label_values(&[source.as_str(), outcome])
+        .inc();
+    ingest.publisher.mark_stale();
 }
 
 /// Checks that the receiver is on and the request carries its token; then the body.
@@ -121,6 +135,169 @@ async fn commit(
         )
             .into_response(),
     }
+}
+
+/// `data` of an alias event: `{name, alias, version}`.
+#[derive(serde::Deserialize)]
+struct AliasData {
+    name: String,
+    alias: String,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+async fn mlflow_webhook(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let source = Source::MlflowWebhook;
+    let r = &ingest.settings.mlflow;
+    let receiver = Receiver {
+        enabled: r.enabled,
+        token: r.token.clone(),
+    };
+    let body = match admit(&ingest, &receiver, source, "mlflow", &headers, body) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let delivery = mlflow_webhook::Delivery {
+        id: header("x-mlflow-delivery-id"),
+        timestamp: header("x-mlflow-timestamp"),
+        signature: header("x-mlflow-signature"),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let secret = r
+        .secret
+        .as_ref()
+        .map(|s| s.expose().as_bytes())
+        .unwrap_or_default();
+    let sent_ms = match mlflow_webhook::verify(secret, &delivery, &body, now) {
+        Ok(t) => t,
+        Err(e) => return refuse(&ingest, source, StatusCode::UNAUTHORIZED, e),
+    };
+    let window_ms = 2 * mlflow_webhook::MAX_AGE_S * 1000;
+    {
+        let mut seen = ingest.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, t| now - *t <= window_ms);
+        if seen.contains_key(delivery.id) {
+            drop(seen);
+            return refuse(
+                &ingest,
+                source,
+                StatusCode::CONFLICT,
+                format!(
+                    "delivery {} was already received; refused as a replay",
+                    delivery.id
+                ),
+            );
+        }
+    }
+    let payload: mlflow_webhook::Payload = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return refuse(
+                &ingest,
+                source,
+                StatusCode::BAD_REQUEST,
+                format!("not an MLflow webhook payload: {e}"),
+            )
+        }
+    };
+    let at = alertmanager::parse_time(&payload.timestamp).unwrap_or(sent_ms);
+    let alias = match (payload.entity.as_str(), payload.action.as_str()) {
+        ("model_version_alias", "created" | "deleted") => {
+            match serde_json::from_value::<AliasData>(payload.data.clone()) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    return refuse(
+                        &ingest,
+                        source,
+                        StatusCode::BAD_REQUEST,
+                        format!("alias event data: {e}"),
+                    )
+                }
+            }
+        }
+        _ => None,
+    };
+    let Some(a) = alias.filter(|a| ingest.serving_aliases.contains(&a.alias)) else {
+        // Other events (version created, tags, non-serving aliases) say nothing about deployments.
+        remember(&ingest, delivery.id, now);
+        return (
+            StatusCode::OK,
+            Json(json!({ "recorded": 0, "duplicates": 0, "ignored": 1 })),
+        )
+            .into_response();
+    };
+    let resp = if payload.action == "created" {
+        let Some(version) = a.version.as_deref().and_then(|v| v.parse::<u32>().ok()) else {
+            return refuse(
+                &ingest,
+                source,
+                StatusCode::BAD_REQUEST,
+                "alias event without a numeric version".into(),
+            );
+        };
+        let times = ingest
+            .versions
+            .load()
+            .get(&(a.name.clone(), version))
+            .copied()
+            .unwrap_or_default();
+        commit(
+            &ingest,
+            source,
+            now,
+            |d| {
+                d.change(
+                    Kind::Deployment,
+                    source,
+                    &a.name,
+                    &a.alias,
+                    version,
+                    at,
+                    times,
+                )
+                .into_iter()
+                .collect()
+            },
+            json!({}),
+        )
+        .await
+    } else {
+        commit(
+            &ingest,
+            source,
+            now,
+            |d| {
+                d.deletion(source, &a.name, &a.alias, at)
+                    .into_iter()
+                    .collect()
+            },
+            json!({}),
+        )
+        .await
+    };
+    if resp.status() == StatusCode::OK {
+        remember(&ingest, delivery.id, now);
+    }
+    resp
+}
+
+/// Marks a delivery as taken; a failed one is not, so MLflow's retry of it is accepted.
+fn remember(ingest: &Ingest, id: &str, now_ms: i64) {
+    ingest
+        .deliveries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_string(), now_ms);
 }
 
 async fn alertmanager_webhook(
@@ -231,10 +408,7 @@ async fn api_event(
             let mut resp = commit(&ingest, source, now, make, json!({})).await;
             if unchanged && resp.status() == StatusCode::OK {
                 // Already serving that version: the same change, seen before.
-                ingest
-                    .counter
-                    .with_label_values(&[source.as_str(), "duplicate"])
-                    .inc();
+                count(&ingest, source, "duplicate");
                 resp = (
                     StatusCode::OK,
                     Json(json!({ "recorded": 0, "duplicates": 1 })),

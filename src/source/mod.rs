@@ -1,7 +1,8 @@
 //! Where data comes from: the MLflow tracking server's REST API, and the payloads pushed to the
-//! exporter (Alertmanager's webhook, CI/CD events). Nothing here keeps state; the sync module and
+//! exporter (MLflow's and Alertmanager's webhooks, CI/CD events). Nothing here keeps state; the sync module and
 //! the recorder decide what to read and what to keep.
 
 pub mod alertmanager;
 pub mod events_api;
 pub mod mlflow;
+pub mod mlflow_webhook;

@@ -162,6 +162,11 @@ pub struct MlflowServer {
 
 impl MlflowServer {
     pub fn start() -> MlflowServer {
+        MlflowServer::start_with_env(&[])
+    }
+
+    /// A server with extra environment (e.g. MLflow's webhook settings).
+    pub fn start_with_env(env: &[(&str, &str)]) -> MlflowServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -185,6 +190,7 @@ impl MlflowServer {
             // On 2 cores the job-runner processes only slow the tests down.
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
             .env("PATH", path_with_venv())
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

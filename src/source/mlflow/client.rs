@@ -236,6 +236,28 @@ impl MlflowClient {
         }
     }
 
+    /// Registers a webhook that sends alias moves to `url`, signed with `secret`; returns MLflow's
+    /// answer (the webhook with its id).
+    pub async fn create_webhook(
+        &self,
+        name: &str,
+        url: &str,
+        secret: &str,
+    ) -> Result<serde_json::Value, MlflowError> {
+        let body = json!({
+            "name": name,
+            "url": url,
+            "secret": secret,
+            "status": "ACTIVE",
+            "description": "Deployments for mlflow-exporter's delivery metrics",
+            "events": [
+                {"entity": "MODEL_VERSION_ALIAS", "action": "CREATED"},
+                {"entity": "MODEL_VERSION_ALIAS", "action": "DELETED"},
+            ],
+        });
+        self.call("webhooks", &Request::Post(body)).await
+    }
+
     /// Walks the pages of one search, refusing a page token MLflow has already handed out.
     async fn pages<P, F>(
         &self,

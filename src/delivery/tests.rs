@@ -339,3 +339,70 @@ fn numbering_continues_past_stored_keys_when_old_events_were_purged() {
     );
     assert_eq!(e[0].dedup_key, "m\u{1f}champion\u{1f}4");
 }
+
+#[test]
+fn a_change_seen_by_the_webhook_and_by_polling_counts_once() {
+    // Webhook first: MLflow's delivery names the change; the next poll finds nothing new.
+    let mut d = Delivery::new(bounds());
+    poll(
+        &mut d,
+        &registry(3, &[("champion", 1)], &[]),
+        true,
+        T0 + 10 * H,
+    );
+    let hook = d
+        .change(
+            Kind::Deployment,
+            Source::MlflowWebhook,
+            "m",
+            "champion",
+            2,
+            T0 + 10 * H + 5_000,
+            VersionTimes::default(),
+        )
+        .unwrap();
+    d.apply(&hook);
+    assert!(poll(
+        &mut d,
+        &registry(3, &[("champion", 2)], &[]),
+        false,
+        T0 + 11 * H
+    )
+    .is_empty());
+    // Poll first: the webhook's late delivery of the same move has nothing to add.
+    let e = poll(
+        &mut d,
+        &registry(3, &[("champion", 3)], &[]),
+        false,
+        T0 + 12 * H,
+    );
+    assert_eq!(e.len(), 1);
+    assert!(d
+        .change(
+            Kind::Deployment,
+            Source::MlflowWebhook,
+            "m",
+            "champion",
+            3,
+            T0 + 12 * H - 1,
+            VersionTimes::default()
+        )
+        .is_none());
+    let f = &d.figures[&("m".to_string(), "champion".to_string())];
+    assert_eq!(f.deployments, 2);
+    // Both orders name a change the same way, so the store would also keep one of two racing writers.
+    let mut other = Delivery::new(bounds());
+    poll(
+        &mut other,
+        &registry(3, &[("champion", 1)], &[]),
+        true,
+        T0 + 10 * H,
+    );
+    let polled = other.detect(
+        &registry(3, &[("champion", 2)], &[]),
+        &serving(),
+        false,
+        T0 + 11 * H,
+    );
+    assert_eq!(polled[0].dedup_key, hook.dedup_key);
+}

@@ -52,9 +52,7 @@ impl Pipeline {
         let retention_ms = settings.storage.retention.as_millis() as i64;
         let purged = store.purge_before(now_ms - retention_ms).await?;
         let mut delivery = Delivery::new(Bounds::new(&settings.delivery));
-        for e in store.load().await? {
-            delivery.apply(&e);
-        }
+        store.for_each(|e| delivery.apply(&e)).await?;
         tracing::info!(
             path = %settings.storage.path.display(),
             events = delivery.events,

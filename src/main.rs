@@ -149,9 +149,19 @@ async fn print_events(settings: &Settings) -> anyhow::Result<()> {
     use std::io::Write;
     let store = mlflow_exporter::store::EventStore::open(&settings.storage.path).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for e in store.load().await? {
-        serde_json::to_writer(&mut out, &e)?;
-        out.write_all(b"\n")?;
+    let mut failed = None;
+    store
+        .for_each(|e| {
+            if failed.is_none() {
+                failed = serde_json::to_writer(&mut out, &e)
+                    .map_err(std::io::Error::from)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .err();
+            }
+        })
+        .await?;
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     out.flush()?;
     Ok(())

@@ -96,35 +96,44 @@ impl EventStore {
 
     /// Every stored event, in the order they were recorded.
     pub async fn load(&self) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query(
+        let mut all = Vec::new();
+        self.for_each(|e| all.push(e)).await?;
+        Ok(all)
+    }
+
+    /// Hands every stored event, in order, to `f` as it is read: a start-up folds a million events
+    /// without holding them all (rows are read by position, the cheapest way sqlx offers).
+    pub async fn for_each(&self, mut f: impl FnMut(Event)) -> Result<u64, StoreError> {
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query(
             "SELECT dedup_key, kind, source, model, target, version, at_ms, run_start_ms, run_end_ms, \
              version_created_ms, incident, severity FROM events ORDER BY id",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                let source: String = r.try_get("source")?;
-                let version: Option<i64> = r.try_get("version")?;
-                Ok(Event {
-                    dedup_key: r.try_get("dedup_key")?,
-                    kind: Kind::parse(&kind)
-                        .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
-                    source: Source::parse(&source)
-                        .ok_or_else(|| StoreError::Corrupt(format!("source {source:?}")))?,
-                    model: r.try_get("model")?,
-                    target: r.try_get("target")?,
-                    version: version.and_then(|v| u32::try_from(v).ok()),
-                    at_ms: r.try_get("at_ms")?,
-                    run_start_ms: r.try_get("run_start_ms")?,
-                    run_end_ms: r.try_get("run_end_ms")?,
-                    version_created_ms: r.try_get("version_created_ms")?,
-                    incident: r.try_get("incident")?,
-                    severity: r.try_get("severity")?,
-                })
-            })
-            .collect()
+        .fetch(&self.pool);
+        let mut n = 0;
+        while let Some(r) = rows.try_next().await? {
+            let kind: &str = r.try_get(1)?;
+            let source: &str = r.try_get(2)?;
+            let version: Option<i64> = r.try_get(5)?;
+            f(Event {
+                dedup_key: r.try_get(0)?,
+                kind: Kind::parse(kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+                source: Source::parse(source)
+                    .ok_or_else(|| StoreError::Corrupt(format!("source {source:?}")))?,
+                model: r.try_get(3)?,
+                target: r.try_get(4)?,
+                version: version.and_then(|v| u32::try_from(v).ok()),
+                at_ms: r.try_get(6)?,
+                run_start_ms: r.try_get(7)?,
+                run_end_ms: r.try_get(8)?,
+                version_created_ms: r.try_get(9)?,
+                incident: r.try_get(10)?,
+                severity: r.try_get(11)?,
+            });
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Deletes events older than `before_ms`; returns how many.

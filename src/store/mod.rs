@@ -101,39 +101,52 @@ impl EventStore {
         Ok(all)
     }
 
-    /// Hands every stored event, in order, to `f` as it is read: a start-up folds a million events
-    /// without holding them all (rows are read by position, the cheapest way sqlx offers).
-    pub async fn for_each(&self, mut f: impl FnMut(Event)) -> Result<u64, StoreError> {
-        use futures_util::TryStreamExt;
-        let mut rows = sqlx::query(
-            "SELECT dedup_key, kind, source, model, target, version, at_ms, run_start_ms, run_end_ms, \
-             version_created_ms, incident, severity FROM events ORDER BY id",
-        )
-        .fetch(&self.pool);
+    /// Hands every stored event, in order, to `f`, a page at a time: a start-up folds a million
+    /// events without holding them all (rows are read by position, the cheapest way sqlx offers).
+    pub async fn for_each(&self, f: impl FnMut(Event)) -> Result<u64, StoreError> {
+        self.for_each_paged(20_000, f).await
+    }
+
+    async fn for_each_paged(&self, page: i64, mut f: impl FnMut(Event)) -> Result<u64, StoreError> {
+        let mut after = i64::MIN;
         let mut n = 0;
-        while let Some(r) = rows.try_next().await? {
-            let kind: &str = r.try_get(1)?;
-            let source: &str = r.try_get(2)?;
-            let version: Option<i64> = r.try_get(5)?;
-            f(Event {
-                dedup_key: r.try_get(0)?,
-                kind: Kind::parse(kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
-                source: Source::parse(source)
-                    .ok_or_else(|| StoreError::Corrupt(format!("source {source:?}")))?,
-                model: r.try_get(3)?,
-                target: r.try_get(4)?,
-                version: version.and_then(|v| u32::try_from(v).ok()),
-                at_ms: r.try_get(6)?,
-                run_start_ms: r.try_get(7)?,
-                run_end_ms: r.try_get(8)?,
-                version_created_ms: r.try_get(9)?,
-                incident: r.try_get(10)?,
-                severity: r.try_get(11)?,
-            });
-            n += 1;
+        loop {
+            let rows = sqlx::query(
+                "SELECT id, dedup_key, kind, source, model, target, version, at_ms, run_start_ms, \
+                 run_end_ms, version_created_ms, incident, severity FROM events WHERE id > ? \
+                 ORDER BY id LIMIT ?",
+            )
+            .bind(after)
+            .bind(page)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rows {
+                let kind: &str = r.try_get(2)?;
+                let source: &str = r.try_get(3)?;
+                let version: Option<i64> = r.try_get(6)?;
+                f(Event {
+                    dedup_key: r.try_get(1)?,
+                    kind: Kind::parse(kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+                    source: Source::parse(source)
+                        .ok_or_else(|| StoreError::Corrupt(format!("source {source:?}")))?,
+                    model: r.try_get(4)?,
+                    target: r.try_get(5)?,
+                    version: version.and_then(|v| u32::try_from(v).ok()),
+                    at_ms: r.try_get(7)?,
+                    run_start_ms: r.try_get(8)?,
+                    run_end_ms: r.try_get(9)?,
+                    version_created_ms: r.try_get(10)?,
+                    incident: r.try_get(11)?,
+                    severity: r.try_get(12)?,
+                });
+                n += 1;
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == page => after = last.try_get(0)?,
+                _ => return Ok(n),
+            }
         }
-        Ok(n)
     }
 
     /// Deletes events older than `before_ms`; returns how many.
@@ -198,6 +211,15 @@ mod tests {
             store.load().await.unwrap(),
             vec![event(1, 100), event(2, 200), event(3, 300)]
         );
+        // Read a page at a time, across page boundaries, in order.
+        for page in [1, 2, 3, 4] {
+            let mut keys = Vec::new();
+            store
+                .for_each_paged(page, |e| keys.push(e.at_ms))
+                .await
+                .unwrap();
+            assert_eq!(keys, vec![100, 200, 300], "page {page}");
+        }
         assert_eq!(store.purge_before(250).await.unwrap(), 2);
         assert_eq!(store.load().await.unwrap(), vec![event(3, 300)]);
     }

@@ -7,13 +7,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{Secret, Settings};
 use mlflow_exporter::delivery::{Bounds, Delivery, Event, Kind, Source, VersionTimes};
-use mlflow_exporter::server::ingest::Ingest;
 use mlflow_exporter::server::{self, AppState};
 use mlflow_exporter::store::EventStore;
 
@@ -111,14 +109,7 @@ fn ingestion(dir: &Path) -> Vec<String> {
     let rt = runtime(2);
     let pipeline = rt.block_on(Pipeline::open(&settings, now_ms())).unwrap();
     // As `app::run` builds the receivers and the server's state.
-    let ingest = Arc::new(Ingest {
-        recorder: pipeline.recorder.clone(),
-        settings: settings.webhooks.clone(),
-        versions: pipeline.versions.clone(),
-        publisher: pipeline.publisher.clone(),
-        serving_aliases: settings.delivery.serving_aliases.clone(),
-        deliveries: Default::default(),
-    });
+    let ingest = pipeline.ingest(&settings);
     let state = AppState {
         encoded: pipeline.publisher.handle(),
         ready: pipeline.ready.clone(),

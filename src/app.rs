@@ -120,6 +120,18 @@ impl Pipeline {
         Ok(report)
     }
 
+    /// The webhook receivers' state, sharing this pipeline's recorder, publisher and version index.
+    pub fn ingest(&self, settings: &Settings) -> Arc<Ingest> {
+        Arc::new(Ingest {
+            recorder: self.recorder.clone(),
+            settings: settings.webhooks.clone(),
+            versions: self.versions.clone(),
+            publisher: self.publisher.clone(),
+            serving_aliases: settings.delivery.serving_aliases.clone(),
+            deliveries: Default::default(),
+        })
+    }
+
     /// Derives and publishes the current snapshot and history.
     pub async fn publish(&self, now_ms: i64) {
         let delivery = self.recorder.lock().await;
@@ -160,14 +172,7 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::Error> {
     let pipeline = Pipeline::open(&settings, chrono::Utc::now().timestamp_millis()).await?;
-    let ingest = Arc::new(Ingest {
-        recorder: pipeline.recorder.clone(),
-        settings: settings.webhooks.clone(),
-        versions: pipeline.versions.clone(),
-        publisher: pipeline.publisher.clone(),
-        serving_aliases: settings.delivery.serving_aliases.clone(),
-        deliveries: Default::default(),
-    });
+    let ingest = pipeline.ingest(&settings);
     for (name, r) in [
         ("alertmanager", &settings.webhooks.alertmanager),
         ("events", &settings.webhooks.events),

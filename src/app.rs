@@ -51,8 +51,11 @@ impl Pipeline {
         let store = EventStore::open(&settings.storage.path).await?;
         let retention_ms = settings.storage.retention.as_millis() as i64;
         let purged = store.purge_before(now_ms - retention_ms).await?;
-        let mut delivery = Delivery::new(Bounds::new(&settings.delivery));
-        store.for_each(|e| delivery.apply(&e)).await?;
+        let delivery = store
+            .fold(Delivery::new(Bounds::new(&settings.delivery)), |d, e| {
+                d.apply(&e)
+            })
+            .await?;
         tracing::info!(
             path = %settings.storage.path.display(),
             events = delivery.events,

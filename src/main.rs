@@ -148,12 +148,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 async fn print_events(settings: &Settings) -> anyhow::Result<()> {
     use std::io::Write;
     let store = mlflow_exporter::store::EventStore::open(&settings.storage.path).await?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut failed = None;
-    store
-        .for_each(|e| {
+    // Written as read, so a history of millions of events never sits in memory.
+    let out = (
+        std::io::BufWriter::new(std::io::stdout()),
+        None::<std::io::Error>,
+    );
+    let (mut out, failed) = store
+        .fold(out, |(out, failed), e| {
             if failed.is_none() {
-                failed = serde_json::to_writer(&mut out, &e)
+                *failed = serde_json::to_writer(&mut *out, &e)
                     .map_err(std::io::Error::from)
                     .and_then(|_| out.write_all(b"\n"))
                     .err();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use crate::delivery::{Event, Kind, Source};
 
@@ -16,6 +16,8 @@ pub enum StoreError {
     Open { path: String, detail: String },
     #[error("event store: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("event store, reading the history: {0}")]
+    Read(#[from] rusqlite::Error),
     #[error("event store holds an event the exporter cannot read: {0}")]
     Corrupt(String),
 }
@@ -23,6 +25,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct EventStore {
     pool: SqlitePool,
+    path: std::path::PathBuf,
 }
 
 impl EventStore {
@@ -53,7 +56,10 @@ impl EventStore {
             .run(&pool)
             .await
             .map_err(|e| open_err(format!("migration failed: {e}")))?;
-        Ok(EventStore { pool })
+        Ok(EventStore {
+            pool,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Commits events in one transaction; an event whose change is already stored is skipped.
@@ -96,57 +102,21 @@ impl EventStore {
 
     /// Every stored event, in the order they were recorded.
     pub async fn load(&self) -> Result<Vec<Event>, StoreError> {
-        let mut all = Vec::new();
-        self.for_each(|e| all.push(e)).await?;
-        Ok(all)
+        self.fold(Vec::new(), |all, e| all.push(e)).await
     }
 
-    /// Hands every stored event, in order, to `f`, a page at a time: a start-up folds a million
-    /// events without holding them all (rows are read by position, the cheapest way sqlx offers).
-    pub async fn for_each(&self, f: impl FnMut(Event)) -> Result<u64, StoreError> {
-        self.for_each_paged(20_000, f).await
-    }
-
-    async fn for_each_paged(&self, page: i64, mut f: impl FnMut(Event)) -> Result<u64, StoreError> {
-        let mut after = i64::MIN;
-        let mut n = 0;
-        loop {
-            let rows = sqlx::query(
-                "SELECT id, dedup_key, kind, source, model, target, version, at_ms, run_start_ms, \
-                 run_end_ms, version_created_ms, incident, severity FROM events WHERE id > ? \
-                 ORDER BY id LIMIT ?",
-            )
-            .bind(after)
-            .bind(page)
-            .fetch_all(&self.pool)
-            .await?;
-            for r in &rows {
-                let kind: &str = r.try_get(2)?;
-                let source: &str = r.try_get(3)?;
-                let version: Option<i64> = r.try_get(6)?;
-                f(Event {
-                    dedup_key: r.try_get(1)?,
-                    kind: Kind::parse(kind)
-                        .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
-                    source: Source::parse(source)
-                        .ok_or_else(|| StoreError::Corrupt(format!("source {source:?}")))?,
-                    model: r.try_get(4)?,
-                    target: r.try_get(5)?,
-                    version: version.and_then(|v| u32::try_from(v).ok()),
-                    at_ms: r.try_get(7)?,
-                    run_start_ms: r.try_get(8)?,
-                    run_end_ms: r.try_get(9)?,
-                    version_created_ms: r.try_get(10)?,
-                    incident: r.try_get(11)?,
-                    severity: r.try_get(12)?,
-                });
-                n += 1;
-            }
-            match rows.last() {
-                Some(last) if rows.len() as i64 == page => after = last.try_get(0)?,
-                _ => return Ok(n),
-            }
-        }
+    /// Folds every stored event, in order, into `acc` on a blocking thread. It reads the file
+    /// directly with rusqlite: through sqlx, the per-row overhead made a start-up over a million
+    /// events take more than 5 s, most of it waking threads.
+    pub async fn fold<T: Send + 'static>(
+        &self,
+        acc: T,
+        f: impl FnMut(&mut T, Event) + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || fold_file(&path, acc, f))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the history reader stopped: {e}")))?
     }
 
     /// Deletes events older than `before_ms`; returns how many.
@@ -161,6 +131,45 @@ impl EventStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn fold_file<T>(
+    path: &Path,
+    mut acc: T,
+    mut f: impl FnMut(&mut T, Event),
+) -> Result<T, StoreError> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let mut stmt = conn.prepare(
+        "SELECT dedup_key, kind, source, model, target, version, at_ms, run_start_ms, run_end_ms, \
+         version_created_ms, incident, severity FROM events ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let kind = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        let source = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+        let version: Option<i64> = r.get(5)?;
+        let event = Event {
+            dedup_key: r.get(0)?,
+            kind: Kind::parse(kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+            source: Source::parse(source)
+                .ok_or_else(|| StoreError::Corrupt(format!("source {source:?}")))?,
+            model: r.get(3)?,
+            target: r.get(4)?,
+            version: version.and_then(|v| u32::try_from(v).ok()),
+            at_ms: r.get(6)?,
+            run_start_ms: r.get(7)?,
+            run_end_ms: r.get(8)?,
+            version_created_ms: r.get(9)?,
+            incident: r.get(10)?,
+            severity: r.get(11)?,
+        };
+        f(&mut acc, event);
+    }
+    Ok(acc)
 }
 
 #[cfg(test)]
@@ -211,15 +220,11 @@ mod tests {
             store.load().await.unwrap(),
             vec![event(1, 100), event(2, 200), event(3, 300)]
         );
-        // Read a page at a time, across page boundaries, in order.
-        for page in [1, 2, 3, 4] {
-            let mut keys = Vec::new();
-            store
-                .for_each_paged(page, |e| keys.push(e.at_ms))
-                .await
-                .unwrap();
-            assert_eq!(keys, vec![100, 200, 300], "page {page}");
-        }
+        let times = store
+            .fold(Vec::new(), |t, e| t.push(e.at_ms))
+            .await
+            .unwrap();
+        assert_eq!(times, vec![100, 200, 300]);
         assert_eq!(store.purge_before(250).await.unwrap(), 2);
         assert_eq!(store.load().await.unwrap(), vec![event(3, 300)]);
     }

@@ -10,7 +10,6 @@ use std::process::Command;
 use common::*;
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
-use mlflow_exporter::metrics::publish::Publisher;
 use serde_json::{json, Value};
 
 const MIN: i64 = 60_000;
@@ -79,18 +78,6 @@ fn settings(server: &MlflowServer, store: &Path, vars: &[(&str, &str)]) -> Setti
         ..FlagOverrides::default()
     };
     Settings::load(Some(&example_config()), &env, &flags).unwrap()
-}
-
-/// The current exposition, which promtool must accept.
-fn scrape(publisher: &Publisher) -> Scrape {
-    let text = String::from_utf8(publisher.handle().load().text.to_vec()).unwrap();
-    let (lint, code) = promtool_check_metrics(&text);
-    assert_eq!(
-        (lint.as_str(), code),
-        ("", Some(0)),
-        "promtool check metrics"
-    );
-    Scrape::parse(&text)
 }
 
 /// Applies registry actions with tests/fixtures/registry.py, which prints nothing on success.

@@ -7,21 +7,9 @@ mod common;
 use common::*;
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
-use mlflow_exporter::metrics::publish::Publisher;
 use mlflow_exporter::sync::Mode;
 
 const MIN: i64 = 60_000;
-
-fn scrape(publisher: &Publisher) -> Scrape {
-    let text = String::from_utf8(publisher.handle().load().text.to_vec()).unwrap();
-    let (lint, code) = promtool_check_metrics(&text);
-    assert_eq!(
-        (lint.as_str(), code),
-        ("", Some(0)),
-        "promtool check metrics"
-    );
-    Scrape::parse(&text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_metrics_after_a_full_and_an_incremental_sync() {

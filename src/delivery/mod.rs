@@ -258,10 +258,6 @@ impl Delivery {
         }
     }
 
-    pub fn bounds(&self) -> &Bounds {
-        &self.bounds
-    }
-
     /// Folds one event in. Events must come in the order they were recorded.
     pub fn apply(&mut self, e: &Event) {
         self.events += 1;

@@ -116,10 +116,6 @@ impl Publisher {
         self.current.clone()
     }
 
-    pub fn derivation(&self) -> &Derivation {
-        &self.derivation
-    }
-
     /// Derives the families of a new snapshot and the delivery history, and publishes them.
     pub fn publish(&self, snap: &Snapshot, delivery: &Delivery, now_ms: i64) {
         let families = derive(snap, delivery, &self.derivation, now_ms);

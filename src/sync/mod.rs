@@ -74,10 +74,6 @@ impl Syncer {
         &self.snapshot
     }
 
-    pub fn rates(&self) -> &RateCard {
-        &self.extractor.rates
-    }
-
     /// True once a cycle has succeeded.
     pub fn has_synced(&self) -> bool {
         self.cursor_ms.is_some()

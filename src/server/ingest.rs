@@ -114,6 +114,48 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Version and run times of a version from the last sync (unknown for one created since).
+fn times_of(ingest: &Ingest, model: &str, version: u32) -> VersionTimes {
+    ingest
+        .versions
+        .load()
+        .get(&(model.to_string(), version))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Records one registry change; when the history says it already happened (`make` gives none),
+/// answers and counts a duplicate, whichever source reported it.
+async fn commit_change(
+    ingest: &Ingest,
+    source: Source,
+    now_ms: i64,
+    make: impl FnOnce(&crate::delivery::Delivery) -> Option<Event>,
+) -> Response {
+    let mut unchanged = false;
+    let resp = commit(
+        ingest,
+        source,
+        now_ms,
+        |d| {
+            let e = make(d);
+            unchanged = e.is_none();
+            e.into_iter().collect()
+        },
+        json!({}),
+    )
+    .await;
+    if unchanged && resp.status() == StatusCode::OK {
+        count(ingest, source, "duplicate");
+        return (
+            StatusCode::OK,
+            Json(json!({ "recorded": 0, "duplicates": 1 })),
+        )
+            .into_response();
+    }
+    resp
+}
+
 async fn commit(
     ingest: &Ingest,
     source: Source,
@@ -245,44 +287,23 @@ async fn mlflow_webhook(
                 "alias event without a numeric version".into(),
             );
         };
-        let times = ingest
-            .versions
-            .load()
-            .get(&(a.name.clone(), version))
-            .copied()
-            .unwrap_or_default();
-        commit(
-            &ingest,
-            source,
-            now,
-            |d| {
-                d.change(
-                    Kind::Deployment,
-                    source,
-                    &a.name,
-                    &a.alias,
-                    version,
-                    at,
-                    times,
-                )
-                .into_iter()
-                .collect()
-            },
-            json!({}),
-        )
+        let times = times_of(&ingest, &a.name, version);
+        commit_change(&ingest, source, now, |d| {
+            d.change(
+                Kind::Deployment,
+                source,
+                &a.name,
+                &a.alias,
+                version,
+                at,
+                times,
+            )
+        })
         .await
     } else {
-        commit(
-            &ingest,
-            source,
-            now,
-            |d| {
-                d.deletion(source, &a.name, &a.alias, at)
-                    .into_iter()
-                    .collect()
-            },
-            json!({}),
-        )
+        commit_change(&ingest, source, now, |d| {
+            d.deletion(source, &a.name, &a.alias, at)
+        })
         .await
     };
     if resp.status() == StatusCode::OK {
@@ -385,15 +406,9 @@ async fn api_event(
                 event.alias.clone().unwrap_or_default(),
                 event.version.unwrap_or(0),
             );
-            let times = ingest
-                .versions
-                .load()
-                .get(&(event.model.clone(), version))
-                .copied()
-                .unwrap_or_default();
-            let mut unchanged = false;
-            let make = |d: &crate::delivery::Delivery| {
-                let e = d.change(
+            let times = times_of(&ingest, &event.model, version);
+            commit_change(&ingest, source, now, |d| {
+                d.change(
                     Kind::Deployment,
                     source,
                     &event.model,
@@ -401,21 +416,9 @@ async fn api_event(
                     version,
                     at,
                     times,
-                );
-                unchanged = e.is_none();
-                e.into_iter().collect()
-            };
-            let mut resp = commit(&ingest, source, now, make, json!({})).await;
-            if unchanged && resp.status() == StatusCode::OK {
-                // Already serving that version: the same change, seen before.
-                count(&ingest, source, "duplicate");
-                resp = (
-                    StatusCode::OK,
-                    Json(json!({ "recorded": 0, "duplicates": 1 })),
                 )
-                    .into_response();
-            }
-            resp
+            })
+            .await
         }
         kind => {
             let kind = if kind == ApiKind::IncidentOpened {

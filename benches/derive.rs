@@ -89,7 +89,7 @@ fn main() {
             t.elapsed().as_secs_f64()
         })
         .collect();
-    let encoded = publisher.handle().load_full();
+    let encoded = publisher.current();
 
     println!("| figure | value | target |");
     println!("|---|---|---|");
@@ -104,7 +104,7 @@ fn main() {
     );
     println!(
         "| exposition size | {} KiB text, {} KiB gzip | – |",
-        encoded.text.len() / 1024,
-        encoded.gzip.len() / 1024
+        encoded.text().len() / 1024,
+        encoded.gzip().len() / 1024
     );
 }

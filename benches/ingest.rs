@@ -111,24 +111,12 @@ fn ingestion(dir: &Path) -> Vec<String> {
     // As `app::run` builds the receivers and the server's state.
     let ingest = pipeline.ingest(&settings);
     let state = AppState {
-        encoded: pipeline.publisher.handle(),
+        publisher: pipeline.publisher.clone(),
         ready: pipeline.ready.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),
         ingest: Some(ingest),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // The once-a-second re-encode `run` keeps going while events arrive.
-    let publisher = pipeline.publisher.clone();
-    let mut stop_refresh = stop_rx.clone();
-    rt.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => publisher.refresh_if_stale(),
-                _ = stop_refresh.wait_for(|s| *s) => return,
-            }
-        }
-    });
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();

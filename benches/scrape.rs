@@ -29,9 +29,9 @@ fn main() {
     let publisher = Publisher::new(Derivation::new(&settings)).unwrap();
     let history = Delivery::new(Bounds::new(&settings.delivery));
     publisher.publish(&common::snapshot(3_000, 55), &history, common::NOW_MS);
-    let encoded = publisher.handle();
-    let text = encoded.load_full();
-    let samples = std::str::from_utf8(&text.text)
+    let publisher = Arc::new(publisher);
+    let text = publisher.current().text();
+    let samples = std::str::from_utf8(&text)
         .unwrap()
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -47,7 +47,7 @@ fn main() {
         .unwrap();
     let url = format!("http://{}/metrics", listener.local_addr().unwrap());
     let state = AppState {
-        encoded,
+        publisher: publisher.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         telemetry_path: "/metrics".into(),
         ingest: None,
@@ -60,8 +60,12 @@ fn main() {
     println!("| figure | value | target |");
     println!("|---|---|---|");
     for (label, size, headers) in [
-        ("gzip", text.gzip.len(), vec!["-H", "Accept-Encoding: gzip"]),
-        ("plain", text.text.len(), vec![]),
+        (
+            "gzip",
+            publisher.current().gzip().len(),
+            vec!["-H", "Accept-Encoding: gzip"],
+        ),
+        ("plain", text.len(), vec![]),
     ] {
         // Bounded: 10 s of load on loopback only.
         let out = Command::new("wrk")

@@ -15,6 +15,7 @@ use crate::delivery::{Bounds, Delivery, Source};
 use crate::error::MlflowError;
 use crate::metrics::publish::Publisher;
 use crate::metrics::Derivation;
+use crate::probes::Probes;
 use crate::server::ingest::{Ingest, VersionIndex};
 use crate::server::{self, AppState};
 use crate::source::mlflow::MlflowClient;
@@ -91,13 +92,17 @@ impl Pipeline {
         self.versions
             .store(Arc::new(VersionTimes::index(self.syncer.snapshot())));
         if now_ms - self.last_purge_ms >= DAY_MS {
-            match self
-                .recorder
-                .store()
-                .purge_before(now_ms - self.retention_ms)
-                .await
-            {
-                Ok(n) => tracing::info!(purged = n, "old delivery events deleted"),
+            let store = self.recorder.store();
+            let before = now_ms - self.retention_ms;
+            match tokio::try_join!(
+                store.purge_before(before),
+                store.purge_outages_before(before)
+            ) {
+                Ok((n, outages)) => tracing::info!(
+                    purged = n,
+                    outages,
+                    "old delivery events and probe outages deleted"
+                ),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot delete old delivery events; will retry")
                 }
@@ -188,28 +193,23 @@ pub async fn run(
         }
     }
     let state = AppState {
-        encoded: pipeline.publisher.handle(),
+        publisher: pipeline.publisher.clone(),
         ready: pipeline.ready.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),
         ingest: Some(ingest),
     };
-    // Events between syncs change the history's families: re-encode at most once a second.
-    let publisher = pipeline.publisher.clone();
-    let mut stop_refresh = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => publisher.refresh_if_stale(),
-                _ = stop_refresh.wait_for(|s| *s) => return,
-            }
-        }
-    });
     tracing::info!(
         address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tracking_uri = %settings.mlflow.tracking_uri,
         "mlflow-exporter listening"
     );
+    let probes = Probes::start(
+        &settings,
+        pipeline.recorder.store().clone(),
+        &pipeline.publisher,
+        shutdown.clone(),
+    )
+    .await?;
     let sync = tokio::spawn(sync_loop(
         pipeline,
         settings.mlflow.sync_interval,
@@ -220,6 +220,7 @@ pub async fn run(
         let _ = stop.wait_for(|s| *s).await;
     })
     .await?;
+    probes.stop().await;
     if let Ok(pipeline) = sync.await {
         pipeline.recorder.store().close().await;
     }

@@ -3,7 +3,7 @@
 //!
 //! Data flows through the modules in this order: [`source`] (MLflow's REST API) → [`sync`] (the
 //! in-memory snapshot) → [`delivery`] (registry changes as events) and [`store`] (their durable
-//! history) → [`metrics`] (pure functions to metric families) → [`server`] (HTTP).
+//! history) and [`probes`] (endpoints measured from outside) → [`metrics`] (pure functions to metric families) → [`server`] (HTTP).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod probes;
 pub mod server;
 pub mod source;
 pub mod store;

@@ -41,7 +41,7 @@ fn catalogue() -> BTreeMap<String, Family> {
     m.sync_succeeded(Mode::Incremental, 1.0, 2.0, 0);
     m.api_latency.with_label_values(&["probe"]).observe(0.1);
     publisher.refresh();
-    let text = String::from_utf8(publisher.handle().load().text.to_vec()).unwrap();
+    let text = String::from_utf8(publisher.current().text().to_vec()).unwrap();
 
     let mut out: BTreeMap<String, Family> = BTreeMap::new();
     for line in text.lines() {

@@ -2,8 +2,8 @@
 //! fail, and the latency of its calls to MLflow. Registered once, in one place.
 
 use prometheus::{
-    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::error::MlflowError;
@@ -22,6 +22,9 @@ pub struct ExporterMetrics {
     pub api_latency: HistogramVec,
     pub snapshot_runs: IntGauge,
     pub events: IntCounterVec,
+    pub probe_delay: Histogram,
+    pub probe_skipped: IntCounter,
+    pub probe_store_errors: IntCounter,
 }
 
 impl ExporterMetrics {
@@ -95,6 +98,24 @@ impl ExporterMetrics {
         }
         r.register(Box::new(snapshot_runs.clone()))?;
         r.register(Box::new(events.clone()))?;
+        let probe_delay = Histogram::with_opts(
+            HistogramOpts::new(
+                "mlflow_exporter_probe_delay_seconds",
+                "How late each probe started after its scheduled time (the scheduler's health)",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )?;
+        let probe_skipped = IntCounter::new(
+            "mlflow_exporter_probe_skipped_total",
+            "Scheduled probes skipped because the exporter could not start them in time",
+        )?;
+        let probe_store_errors = IntCounter::new(
+            "mlflow_exporter_probe_store_errors_total",
+            "Writes of probe outages or totals to the event store that failed (retried at the next checkpoint)",
+        )?;
+        r.register(Box::new(probe_delay.clone()))?;
+        r.register(Box::new(probe_skipped.clone()))?;
+        r.register(Box::new(probe_store_errors.clone()))?;
         Ok(ExporterMetrics {
             up,
             last_sync,
@@ -103,6 +124,9 @@ impl ExporterMetrics {
             api_latency,
             snapshot_runs,
             events,
+            probe_delay,
+            probe_skipped,
+            probe_store_errors,
         })
     }
 

@@ -92,6 +92,13 @@ impl Family {
         Family { mf, labels }
     }
 
+    /// A family measured live rather than read from MLflow (probes): its help has no sync note.
+    pub fn live(spec: &Spec) -> Family {
+        let mut f = Family::new(spec);
+        f.mf.set_help(spec.help.to_string());
+        f
+    }
+
     fn metric(&self, values: &[&str]) -> Metric {
         debug_assert_eq!(values.len(), self.labels.len());
         let mut m = Metric::default();

@@ -12,6 +12,7 @@ pub mod exporter;
 pub mod family;
 pub mod inventory;
 pub mod labels;
+pub mod probes;
 pub mod publish;
 pub mod quality;
 pub mod runs;

@@ -1,179 +1,360 @@
-//! Turns a snapshot into the bytes `/metrics` serves: a custom [`Collector`] holds the families derived
-//! from the latest snapshot, the registry adds the exporter's own metrics, and the result is encoded
-//! (plain and gzip) once per sync and swapped in atomically, so a scrape never waits on a sync.
+//! Turns a snapshot into the bytes `/metrics` serves. The families derived from a snapshot are
+//! encoded (text and gzip) once per sync; the small, fast-changing rest (the exporter's own metrics,
+//! the delivery history, probes) is re-encoded on a scrape when it changed, and joined to the first
+//! part without recompressing it: the gzip body is one deflate stream made of two flushed segments.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use flate2::{Compress, Compression, FlushCompress, Status};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use super::exporter::ExporterMetrics;
 use super::family::Spec;
-use super::{derive, specs, Derivation};
+use super::{derive, Derivation};
 use crate::delivery::Delivery;
 use crate::sync::Snapshot;
 
-/// One encoded exposition, as served.
-#[derive(Debug, Default)]
+/// A re-encode asked for by a change waits at least this long after the previous one, so a flood of
+/// events or probe results costs at most ten encodes a second.
+const MIN_REENCODE_INTERVAL: Duration = Duration::from_millis(100);
+/// The process metrics (CPU, memory) are at most this old when scraped.
+const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// One part of the exposition, encoded as text and as a raw deflate segment that ends on a byte
+/// boundary (sync flush, or the final block for the last part), so segments concatenate.
+#[derive(Debug, Clone)]
+struct Segment {
+    text: Bytes,
+    deflate: Bytes,
+    crc: crc32fast::Hasher,
+}
+
+impl Segment {
+    fn empty() -> Segment {
+        Segment::new(Vec::new(), Compression::fast(), false)
+    }
+
+    fn new(text: Vec<u8>, level: Compression, last: bool) -> Segment {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&text);
+        let deflate = deflate(&text, level, last);
+        Segment {
+            text: text.into(),
+            deflate: deflate.into(),
+            crc,
+        }
+    }
+}
+
+/// Raw deflate of `input`: a sync flush leaves the stream open on a byte boundary for the next
+/// segment; `last` writes the final block.
+fn deflate(input: &[u8], level: Compression, last: bool) -> Vec<u8> {
+    let mut c = Compress::new(level, false);
+    let mut out = Vec::with_capacity(input.len() / 4 + 64);
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    loop {
+        out.reserve(64 * 1024);
+        let done = c.total_in() as usize;
+        // Only a misuse of the stream can fail here; the state is local, so it cannot happen.
+        let status = c
+            .compress_vec(&input[done..], &mut out, flush)
+            .unwrap_or(Status::StreamEnd);
+        let consumed = c.total_in() as usize == input.len();
+        if status == Status::StreamEnd || (!last && consumed && out.len() < out.capacity()) {
+            return out;
+        }
+    }
+}
+
+/// One encoded exposition, as served: the parts are sent one after another without copying.
+#[derive(Debug, Clone)]
 pub struct Encoded {
-    pub text: axum::body::Bytes,
-    pub gzip: axum::body::Bytes,
+    text: [Bytes; 2],
+    gzip: [Bytes; 4],
+    at: Instant,
 }
 
-/// The families of the latest snapshot, handed to the registry on each gather.
-struct DerivedCollector {
+impl Encoded {
+    fn join(derived: &Segment, rest: &Segment) -> Encoded {
+        let mut crc = derived.crc.clone();
+        crc.combine(&rest.crc);
+        let len = derived.text.len() + rest.text.len();
+        // Member header: deflate, no name, no mtime, unknown OS (RFC 1952).
+        const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        let mut trailer = Vec::with_capacity(8);
+        trailer.extend_from_slice(&crc.finalize().to_le_bytes());
+        trailer.extend_from_slice(&(len as u32).to_le_bytes());
+        Encoded {
+            text: [derived.text.clone(), rest.text.clone()],
+            gzip: [
+                Bytes::from_static(&HEADER),
+                derived.deflate.clone(),
+                rest.deflate.clone(),
+                trailer.into(),
+            ],
+            at: Instant::now(),
+        }
+    }
+
+    /// The whole text exposition in one buffer (tests and tools; the server sends the parts).
+    pub fn text(&self) -> Bytes {
+        concat(&self.text)
+    }
+
+    /// The whole gzip body in one buffer.
+    pub fn gzip(&self) -> Bytes {
+        concat(&self.gzip)
+    }
+
+    /// The response body, gzip or plain, with its exact length.
+    pub fn body(&self, gzip: bool) -> axum::body::Body {
+        let parts: &[Bytes] = if gzip { &self.gzip } else { &self.text };
+        axum::body::Body::new(Parts(
+            parts.iter().filter(|b| !b.is_empty()).cloned().collect(),
+        ))
+    }
+}
+
+fn concat(parts: &[Bytes]) -> Bytes {
+    parts.concat().into()
+}
+
+/// A body made of buffers sent in order; its size is known, so it goes out with a Content-Length.
+struct Parts(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Parts {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+    }
+}
+
+/// Families computed elsewhere (the delivery history, probes), handed to the registry on each gather.
+pub struct FamiliesCollector {
     descs: Vec<Desc>,
-    families: Mutex<Arc<Vec<MetricFamily>>>,
+    source: Box<dyn Fn() -> Vec<MetricFamily> + Send + Sync>,
 }
 
-impl Collector for DerivedCollector {
+impl FamiliesCollector {
+    /// A collector of the families `specs` declare, whose series `source` returns.
+    pub fn new(
+        specs: &[Spec],
+        extra: &[String],
+        source: impl Fn() -> Vec<MetricFamily> + Send + Sync + 'static,
+    ) -> prometheus::Result<FamiliesCollector> {
+        let descs = specs
+            .iter()
+            .map(|s| {
+                Desc::new(
+                    s.name.to_string(),
+                    s.help.to_string(),
+                    s.label_names(extra),
+                    Default::default(),
+                )
+            })
+            .collect::<prometheus::Result<Vec<_>>>()?;
+        Ok(FamiliesCollector {
+            descs,
+            source: Box::new(source),
+        })
+    }
+}
+
+impl Collector for FamiliesCollector {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let families = self
-            .families
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        families.as_ref().clone()
+        (self.source)()
     }
 }
 
 pub struct Publisher {
     registry: Registry,
-    derived: Arc<DerivedCollector>,
     /// Families of the delivery history alone: recomputed on every recorded event, cheaply.
-    history: Arc<DerivedCollector>,
+    history: Arc<Mutex<Arc<Vec<MetricFamily>>>>,
     derivation: Derivation,
     pub exporter: ExporterMetrics,
-    current: Arc<ArcSwap<Encoded>>,
-    /// Set when families changed without a re-encode (events between syncs).
+    /// The encoded families of the last snapshot.
+    derived: Mutex<Arc<Segment>>,
+    current: ArcSwap<Encoded>,
+    /// One encode at a time; a scrape that finds one running serves the previous bytes.
+    encoding: Mutex<()>,
+    /// Set when the registry's families changed since the last encode.
     stale: std::sync::atomic::AtomicBool,
-}
-
-/// Lets the registry own a handle while the publisher keeps another.
-struct Shared(Arc<DerivedCollector>);
-
-impl Collector for Shared {
-    fn desc(&self) -> Vec<&Desc> {
-        self.0.desc()
-    }
-    fn collect(&self) -> Vec<MetricFamily> {
-        self.0.collect()
-    }
 }
 
 impl Publisher {
     pub fn new(derivation: Derivation) -> prometheus::Result<Publisher> {
         let registry = Registry::new();
         let exporter = ExporterMetrics::register(&registry)?;
-        let extra = derivation.extra_label_names();
-        let collector = |specs: &[Spec]| -> prometheus::Result<Arc<DerivedCollector>> {
-            let descs = specs
-                .iter()
-                .map(|s| {
-                    Desc::new(
-                        s.name.to_string(),
-                        s.help.to_string(),
-                        s.label_names(&extra),
-                        Default::default(),
-                    )
-                })
-                .collect::<prometheus::Result<Vec<_>>>()?;
-            Ok(Arc::new(DerivedCollector {
-                descs,
-                families: Mutex::new(Arc::new(Vec::new())),
-            }))
-        };
-        let derived = collector(&specs())?;
-        let history = collector(super::delivery::HISTORY_SPECS)?;
-        registry.register(Box::new(Shared(derived.clone())))?;
-        registry.register(Box::new(Shared(history.clone())))?;
+        let history: Arc<Mutex<Arc<Vec<MetricFamily>>>> = Default::default();
+        let shared = history.clone();
+        registry.register(Box::new(FamiliesCollector::new(
+            super::delivery::HISTORY_SPECS,
+            &derivation.extra_label_names(),
+            move || lock(&shared).as_ref().clone(),
+        )?))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let empty = Arc::new(Segment::empty());
         let p = Publisher {
             registry,
-            derived,
             history,
             derivation,
             exporter,
-            current: Arc::new(ArcSwap::from_pointee(Encoded::default())),
+            current: ArcSwap::from_pointee(Encoded::join(&empty, &empty)),
+            derived: Mutex::new(empty),
+            encoding: Mutex::new(()),
             stale: std::sync::atomic::AtomicBool::new(false),
         };
         p.refresh();
         Ok(p)
     }
 
-    /// The handle the HTTP server reads from.
-    pub fn handle(&self) -> Arc<ArcSwap<Encoded>> {
-        self.current.clone()
+    /// Adds a collector whose families are gathered at every re-encode (probe results).
+    pub fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
+    /// What a scrape serves now: re-encodes first if something changed (at most every 100 ms) or
+    /// the last encode is older than a second.
+    pub fn current(&self) -> Arc<Encoded> {
+        let cur = self.current.load_full();
+        let age = cur.at.elapsed();
+        let stale = self.stale.load(std::sync::atomic::Ordering::Acquire);
+        if (stale && age >= MIN_REENCODE_INTERVAL) || age >= MAX_AGE {
+            if let Ok(_one) = self.encoding.try_lock() {
+                self.encode_rest();
+                return self.current.load_full();
+            }
+        }
+        cur
     }
 
     /// Derives the families of a new snapshot and the delivery history, and publishes them.
     pub fn publish(&self, snap: &Snapshot, delivery: &Delivery, now_ms: i64) {
         let families = derive(snap, delivery, &self.derivation, now_ms);
-        *self
-            .derived
-            .families
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(families);
+        match encode_text(&families) {
+            // Compressed once per snapshot, so the best level is affordable.
+            Ok(text) => {
+                *lock(&self.derived) = Arc::new(Segment::new(text, Compression::best(), false))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the snapshot's metrics; keeping the previous ones")
+            }
+        }
         self.set_history(delivery);
         self.refresh();
     }
 
     /// Recomputes the families of the delivery history (a few per model) without re-encoding;
-    /// the caller refreshes, or leaves it to the next refresh.
+    /// the next scrape re-encodes them.
     pub fn set_history(&self, delivery: &Delivery) {
         let families = super::delivery::history_families(delivery, &self.derivation);
-        *self
-            .history
-            .families
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(families);
+        *lock(&self.history) = Arc::new(families);
+        self.mark_stale();
     }
 
-    /// Asks for a re-encode by the next `refresh_if_stale`: events can arrive far faster than an
-    /// exposition of a large install should be encoded.
+    /// Asks for a re-encode by the next scrape: events and probe results can arrive far faster
+    /// than anyone scrapes.
     pub fn mark_stale(&self) {
         self.stale.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Re-encodes if anything changed since the last encode.
-    pub fn refresh_if_stale(&self) {
-        if self.stale.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            self.refresh();
-        }
+    /// Re-encodes now (after a sync, or a failed one that changed only the exporter's own metrics).
+    pub fn refresh(&self) {
+        let _one = lock(&self.encoding);
+        self.encode_rest();
     }
 
-    /// Re-encodes with the current families (after a failed sync changed only the exporter's own metrics).
-    pub fn refresh(&self) {
+    /// Encodes the registry's families and joins them to the snapshot's. Caller holds `encoding`.
+    fn encode_rest(&self) {
         self.stale
             .store(false, std::sync::atomic::Ordering::Release);
-        let families = self.registry.gather();
-        let mut text = Vec::with_capacity(64 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&families, &mut text) {
-            // Only an invalid family can fail; keep serving the previous bytes rather than half of them.
-            tracing::error!(error = %e, "cannot encode metrics; keeping the previous exposition");
-            return;
+        let text = match encode_text(&self.registry.gather()) {
+            Ok(t) => t,
+            Err(e) => {
+                // Only an invalid family can fail; keep serving the previous bytes rather than half of them.
+                tracing::error!(error = %e, "cannot encode metrics; keeping the previous exposition");
+                return;
+            }
+        };
+        let rest = Segment::new(text, Compression::default(), true);
+        let derived = lock(&self.derived).clone();
+        self.current.store(Arc::new(Encoded::join(&derived, &rest)));
+    }
+}
+
+fn encode_text(families: &[MetricFamily]) -> prometheus::Result<Vec<u8>> {
+    let mut text = Vec::with_capacity(64 * 1024);
+    TextEncoder::new().encode(families, &mut text)?;
+    Ok(text)
+}
+
+/// Locks, ignoring poisoning: the data behind these locks is replaced whole, never left half-written.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn gunzip(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        // A single-member decoder: the joined body must be one gzip member, as every client expects.
+        flate2::read::GzDecoder::new(b)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn joined_segments_are_one_gzip_member_of_both_texts() {
+        let a: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("a{{i=\"{i}\"}} {i}\n").into_bytes())
+            .collect();
+        let b = b"b_total 1\n".to_vec();
+        for (x, y) in [
+            (a.clone(), b.clone()),
+            (Vec::new(), b.clone()),
+            (a.clone(), Vec::new()),
+            (Vec::new(), Vec::new()),
+        ] {
+            let e = Encoded::join(
+                &Segment::new(x.clone(), Compression::best(), false),
+                &Segment::new(y.clone(), Compression::default(), true),
+            );
+            let whole = [x, y].concat();
+            assert_eq!(e.text().as_ref(), whole.as_slice());
+            assert_eq!(gunzip(&e.gzip()), whole);
         }
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(text.len() / 4),
-            flate2::Compression::best(),
-        );
-        let gzip = gz
-            .write_all(&text)
-            .and_then(|_| gz.finish())
-            .unwrap_or_default();
-        self.current.store(Arc::new(Encoded {
-            text: text.into(),
-            gzip: gzip.into(),
-        }));
     }
 }

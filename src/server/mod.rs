@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -16,14 +15,14 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::metrics::exporter::{REVISION, VERSION};
-use crate::metrics::publish::Encoded;
+use crate::metrics::publish::Publisher;
 
 /// Content type of the text exposition format 0.0.4.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone)]
 pub struct AppState {
-    pub encoded: Arc<ArcSwap<Encoded>>,
+    pub publisher: Arc<Publisher>,
     pub ready: Arc<AtomicBool>,
     pub telemetry_path: String,
     /// The webhook receivers; none when the exporter runs without a recorder (benchmarks).
@@ -61,14 +60,9 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let encoded = state.encoded.load_full();
-    let gzip = accepts_gzip(&headers) && !encoded.gzip.is_empty();
-    let body = if gzip {
-        encoded.gzip.clone()
-    } else {
-        encoded.text.clone()
-    };
-    let mut resp = body.into_response();
+    let encoded = state.publisher.current();
+    let gzip = accepts_gzip(&headers);
+    let mut resp = encoded.body(gzip).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));

@@ -4,5 +4,7 @@
 
 pub mod alertmanager;
 pub mod events_api;
+pub mod http;
 pub mod mlflow;
 pub mod mlflow_webhook;
+pub mod probe;

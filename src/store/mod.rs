@@ -10,6 +10,8 @@ use sqlx::SqlitePool;
 
 use crate::delivery::{Event, Kind, Source};
 
+pub mod probes;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the event store at {path}: {detail}; check that the directory is writable (--storage.path)")]

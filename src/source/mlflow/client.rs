@@ -14,6 +14,7 @@ use serde_json::json;
 use super::model::*;
 use crate::config::{MlflowSettings, Secret};
 use crate::error::MlflowError;
+use crate::source::http::{self, error_chain, is_tls_error};
 
 /// Longest `Retry-After` honoured; beyond it the normal backoff applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -44,62 +45,16 @@ pub enum RunsQuery<'a> {
 impl MlflowClient {
     /// Builds the client; `latency` receives one observation per HTTP request, labelled by endpoint.
     pub fn new(s: &MlflowSettings, latency: Option<HistogramVec>) -> Result<Self, MlflowError> {
-        let mut b = reqwest::Client::builder()
+        let b = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(s.timeout)
             .connect_timeout(s.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("mlflow-exporter/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(s.insecure_tls);
-        if let Some(path) = &s.server_cert_path {
-            let pem = std::fs::read(path).map_err(|e| {
-                MlflowError::Setup(format!("cannot read CA bundle {}: {e}", path.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                MlflowError::Setup(format!(
-                    "CA bundle {} is not PEM: {}",
-                    path.display(),
-                    error_chain(&e)
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(MlflowError::Setup(format!(
-                    "CA bundle {} holds no certificate",
-                    path.display()
-                )));
-            }
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        if let Some(path) = &s.client_cert_path {
-            let pem = std::fs::read(path).map_err(|e| {
-                MlflowError::Setup(format!(
-                    "cannot read client certificate {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                MlflowError::Setup(format!(
-                    "client certificate {} must hold the certificate and its private key in PEM: {}",
-                    path.display(),
-                    error_chain(&e)
-                ))
-            })?;
-            b = b.identity(id);
-        }
-        let http = b.build().map_err(|e| {
-            // reqwest says only "builder error": name the cause and the files it came from.
-            let files: Vec<String> = [&s.server_cert_path, &s.client_cert_path]
-                .into_iter()
-                .flatten()
-                .map(|p| p.display().to_string())
-                .collect();
-            MlflowError::Setup(format!(
-                "{} (TLS files: {})",
-                error_chain(&e),
-                files.join(", ")
-            ))
-        })?;
+        let files = [s.server_cert_path.as_deref(), s.client_cert_path.as_deref()];
+        let http = http::with_tls_files(b, files[0], files[1])
+            .and_then(|b| http::build(b, &files))
+            .map_err(MlflowError::Setup)?;
         // As in MLflow's client: Basic wins when both a user and a token are set.
         let auth = match (&s.username, &s.password, &s.token) {
             (Some(user), pw, _) => Some(Auth::Basic(user.clone(), pw.clone().unwrap_or_default())),
@@ -444,39 +399,6 @@ fn status_hint(status: StatusCode) -> &'static str {
         403 => "; grant the exporter's MLflow user read permission",
         _ => "",
     }
-}
-
-/// Whether rustls is somewhere in the cause chain: a certificate or handshake problem, which no retry
-/// mends. rustls errors travel inside `std::io::Error`, whose `source()` skips its payload.
-fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<rustls::Error>() {
-            return true;
-        }
-        if let Some(inner) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            if is_tls_error(inner) {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// The whole cause chain of a transport error (reqwest's top-level message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::ConfigError;
 
+pub mod probes;
+pub use probes::ProbeSettings;
+
 /// Default port: from the 9100–9999 range Prometheus exporters use.
 pub const DEFAULT_PORT: u16 = 9868;
 
@@ -53,6 +56,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub delivery: DeliverySettings,
     pub webhooks: WebhookSettings,
+    pub probes: ProbeSettings,
 }
 
 /// Receivers of delivery events pushed to the exporter.
@@ -675,6 +679,7 @@ impl Settings {
                 "metrics.gpu_utilization_buckets",
                 &self.metrics.gpu_utilization_buckets,
             ),
+            ("probes.duration_buckets", &self.probes.duration_buckets),
         ] {
             if b.is_empty()
                 || b.windows(2).any(|w| w[0] >= w[1])
@@ -784,6 +789,7 @@ impl Settings {
                 return bad(&key, "set exactly one of tag or param".into());
             }
         }
+        self.probes.validate()?;
         if !self.cost.default_hourly_rate.is_finite() || self.cost.default_hourly_rate < 0.0 {
             return bad("cost.default_hourly_rate", "must be a number ≥ 0".into());
         }
@@ -827,7 +833,7 @@ fn is_settings_variable(name: &str) -> bool {
         return false;
     };
     [
-        "MLFLOW", "WEB", "LOG", "METRICS", "COST", "STORAGE", "DELIVERY", "WEBHOOKS",
+        "MLFLOW", "WEB", "LOG", "METRICS", "COST", "STORAGE", "DELIVERY", "WEBHOOKS", "PROBES",
     ]
     .contains(&section.to_ascii_uppercase().as_str())
 }

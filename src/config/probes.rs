@@ -1,0 +1,283 @@
+//! The `probes:` section: HTTP endpoints (model servers, MLflow's `/health`) the exporter measures
+//! from outside, as blackbox_exporter does, with `model` and `alias` labels that tie them to the
+//! registry. Header values can come from the environment or a file and never print.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Secret;
+use crate::error::ConfigError;
+
+/// Name of the built-in probe of the tracking server.
+pub const MLFLOW_PROBE: &str = "mlflow";
+
+/// Probes and their defaults.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// Probe the tracking server's `/health` as probe `mlflow`, with MLflow's credentials and TLS settings.
+    pub mlflow_health: bool,
+    /// Default time between two probes of one target.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Default time a probe may take, connection included; at most the interval.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Default number of consecutive failures that make an outage.
+    pub failures_before_down: u32,
+    /// Buckets of `mlflow_probe_duration_seconds`, in seconds.
+    pub duration_buckets: Vec<f64>,
+    /// How often uptime totals are saved to the store; outages are saved when they open and close.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// The endpoints to probe.
+    pub targets: Vec<Probe>,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            mlflow_health: true,
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(5),
+            failures_before_down: 1,
+            duration_buckets: vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+            checkpoint_interval: Duration::from_secs(60),
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// One endpoint, e.g. a model server's `/invocations` with a small payload.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// The `probe` label; unique.
+    pub name: String,
+    pub url: String,
+    /// HTTP method; `POST` when a body is set, else `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Request headers; a value is a string, `{env: VARIABLE}` or `{file: /path}` (read at start).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, HeaderSource>,
+    /// A JSON body (sent with `Content-Type: application/json`), e.g. `{inputs: [[1.0, 2.0]]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+    #[serde(default)]
+    pub expect: Expect,
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures_before_down: Option<u32>,
+    /// Registered model the endpoint serves (the `model` label).
+    #[serde(default)]
+    pub model: String,
+    /// Alias the endpoint serves (the `alias` label).
+    #[serde(default)]
+    pub alias: String,
+    #[serde(default)]
+    pub tls: ProbeTls,
+}
+
+/// What a successful answer looks like.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Expect {
+    /// Accepted status codes; any 2xx when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<u16>,
+    /// A string the body must contain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// A JSONPath (RFC 9535) that must select at least one value of the JSON body, e.g. `$.predictions[0]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_path: Option<String>,
+}
+
+/// TLS of one probe; the system's roots verify the server unless `ca_file` is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeTls {
+    /// CA bundle (PEM) to verify the server with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key in one PEM file, for mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Accept any certificate (self-signed, expired); its expiry is still reported.
+    pub insecure_skip_verify: bool,
+}
+
+/// Where a header's value comes from.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum HeaderSource {
+    Value(Secret),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+impl HeaderSource {
+    /// The value, read now from the process environment or the file (its last newline dropped).
+    pub fn resolve(&self, header: &str) -> Result<Secret, ConfigError> {
+        match self {
+            HeaderSource::Value(s) => Ok(s.clone()),
+            HeaderSource::Env { env } => std::env::var(env).map(Secret::new).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "probe header {header}: environment variable {env} is not set"
+                ))
+            }),
+            HeaderSource::File { file } => std::fs::read_to_string(file)
+                .map(|s| Secret::new(s.trim_end_matches(['\n', '\r'])))
+                .map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "probe header {header}: cannot read {}: {e}",
+                        file.display()
+                    ))
+                }),
+        }
+    }
+}
+
+/// A probe with every default applied.
+#[derive(Clone, Debug)]
+pub struct ProbeSpec {
+    pub probe: Probe,
+    pub method: reqwest::Method,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failures_before_down: u32,
+}
+
+impl ProbeSettings {
+    /// The configured targets with defaults applied, checked.
+    pub fn specs(&self) -> Result<Vec<ProbeSpec>, ConfigError> {
+        let mut out: Vec<ProbeSpec> = Vec::with_capacity(self.targets.len());
+        for (i, p) in self.targets.iter().enumerate() {
+            let key = format!("probes.targets[{i}]");
+            let bad = |why: String| ConfigError::Invalid(format!("{key} ({}): {why}", p.name));
+            if p.name.is_empty() {
+                return Err(bad("name is empty".into()));
+            }
+            if out.iter().any(|o| o.probe.name == p.name)
+                || (self.mlflow_health && p.name == MLFLOW_PROBE)
+            {
+                return Err(bad(format!(
+                    "name {:?} is used twice (the built-in MLflow probe is {MLFLOW_PROBE:?} unless probes.mlflow_health is false)",
+                    p.name
+                )));
+            }
+            match url::Url::parse(&p.url) {
+                // Credentials in a URL would end up in logs: they belong in a header.
+                Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                    return Err(bad(
+                        "url holds credentials; send them in a header (headers: {Authorization: {env: VAR}})".into(),
+                    ))
+                }
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => return Err(bad(format!("url {:?} is not an http(s) URL", p.url))),
+            }
+            let method = match &p.method {
+                Some(m) => reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| bad(format!("method {m:?} is not an HTTP method")))?,
+                None if p.body.is_some() => reqwest::Method::POST,
+                None => reqwest::Method::GET,
+            };
+            for name in p.headers.keys() {
+                reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| bad(format!("header name {name:?} is not valid")))?;
+            }
+            if let Some(path) = &p.expect.json_path {
+                serde_json_path::JsonPath::parse(path)
+                    .map_err(|e| bad(format!("expect.json_path {path:?}: {e}")))?;
+            }
+            if let Some(s) = p.expect.status.iter().find(|s| !(100..=599).contains(*s)) {
+                return Err(bad(format!("expect.status {s} is not an HTTP status")));
+            }
+            let spec = ProbeSpec {
+                method,
+                interval: p.interval.unwrap_or(self.interval),
+                timeout: p.timeout.unwrap_or(self.timeout),
+                failures_before_down: p.failures_before_down.unwrap_or(self.failures_before_down),
+                probe: p.clone(),
+            };
+            spec.check().map_err(bad)?;
+            out.push(spec);
+        }
+        Ok(out)
+    }
+
+    /// Checks the section (the targets, the defaults and the buckets).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let defaults = ProbeSpec {
+            probe: Probe::get(MLFLOW_PROBE, "http://localhost/health"),
+            method: reqwest::Method::GET,
+            interval: self.interval,
+            timeout: self.timeout,
+            failures_before_down: self.failures_before_down,
+        };
+        defaults
+            .check()
+            .map_err(|why| ConfigError::Invalid(format!("probes: {why}")))?;
+        if self.checkpoint_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "probes.checkpoint_interval: must be greater than zero".into(),
+            ));
+        }
+        self.specs().map(|_| ())
+    }
+}
+
+impl ProbeSpec {
+    fn check(&self) -> Result<(), String> {
+        if self.interval.is_zero() || self.timeout.is_zero() {
+            return Err("interval and timeout must be greater than zero".into());
+        }
+        if self.timeout > self.interval {
+            return Err(format!(
+                "timeout {:?} is longer than the interval {:?}; a probe must end before the next one starts",
+                self.timeout, self.interval
+            ));
+        }
+        if self.failures_before_down == 0 {
+            return Err("failures_before_down must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Probe {
+    /// A plain GET probe with no expectations beyond a 2xx.
+    pub fn get(name: &str, url: &str) -> Probe {
+        Probe {
+            name: name.into(),
+            url: url.into(),
+            method: None,
+            headers: BTreeMap::new(),
+            body: None,
+            expect: Expect::default(),
+            timeout: None,
+            interval: None,
+            failures_before_down: None,
+            model: String::new(),
+            alias: String::new(),
+            tls: ProbeTls::default(),
+        }
+    }
+}

@@ -56,6 +56,8 @@ enum Command {
     CheckConfig,
     /// Print the stored delivery events as JSON lines, oldest first (for audits).
     Events,
+    /// Print the stored outages of probed endpoints as JSON lines, oldest first.
+    Outages,
     /// Register with MLflow a webhook that sends alias moves to this exporter, signed with
     /// webhooks.mlflow.secret (MLflow ≥ 3.3).
     RegisterWebhook {
@@ -91,12 +93,37 @@ fn main() -> std::process::ExitCode {
     };
     match cli.command {
         Some(Command::CheckConfig) => {
+            // Reads the probes' header files and variables and TLS files now, as start-up would.
+            let probes = settings
+                .probes
+                .specs()
+                .map_err(|e| e.to_string())
+                .and_then(|specs| {
+                    specs.iter().try_for_each(|s| {
+                        mlflow_exporter::source::probe::Prober::new(s)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                });
+            if let Err(e) = probes {
+                eprintln!("mlflow-exporter: {e}");
+                return std::process::ExitCode::from(2);
+            }
             print!("{}", settings.to_redacted_yaml());
             eprintln!("mlflow-exporter: configuration is valid");
             return std::process::ExitCode::SUCCESS;
         }
         Some(Command::Events) => {
             return match print_events(&settings) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mlflow-exporter: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Outages) => {
+            return match print_outages(&settings) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mlflow-exporter: {e:#}");
@@ -165,6 +192,19 @@ async fn print_events(settings: &Settings) -> anyhow::Result<()> {
         .await?;
     if let Some(e) = failed {
         return Err(e.into());
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn print_outages(settings: &Settings) -> anyhow::Result<()> {
+    use std::io::Write;
+    let store = mlflow_exporter::store::EventStore::open(&settings.storage.path).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    for o in store.outages().await? {
+        serde_json::to_writer(&mut out, &o)?;
+        out.write_all(b"\n")?;
     }
     out.flush()?;
     Ok(())

@@ -104,3 +104,135 @@ pub fn families(book: &ProbeBook) -> Vec<MetricFamily> {
     .map(Family::finish)
     .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::probes::availability::Totals;
+    use crate::probes::ProbeRecord;
+    use crate::source::probe::Outcome;
+
+    fn outcome(at_ms: i64, seconds: f64, status: Option<u16>, failure: Option<Reason>) -> Outcome {
+        Outcome {
+            at_ms,
+            seconds,
+            status,
+            failure,
+            detail: String::new(),
+            cert_not_after: status.map(|_| 1_900_000_000),
+        }
+    }
+
+    /// Series of a family as (labels, value), gauges and counters only.
+    fn series(mf: &MetricFamily) -> Vec<(Vec<String>, f64)> {
+        mf.get_metric()
+            .iter()
+            .map(|m| {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| l.value().to_string())
+                    .collect();
+                let v = match mf.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+                    _ => m.get_gauge().get_value(),
+                };
+                (labels, v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn families_follow_the_results_of_each_probe() {
+        let buckets = vec![0.1, 1.0];
+        let churn = Arc::new(ProbeRecord::new(
+            "churn",
+            "churn",
+            "champion",
+            2,
+            Totals::default(),
+        ));
+        // Restored from the store: 100 s up and one 20-s outage before the restart.
+        let saved = Totals {
+            uptime_ms: 100_000,
+            outage_ms: 20_000,
+            outages: 1,
+            observed_ms: 1_000,
+            open_since_ms: None,
+        };
+        let mlflow = Arc::new(ProbeRecord::new("mlflow", "", "", 1, saved));
+        let results = [
+            (&churn, outcome(10_000, 0.05, Some(200), None)),
+            (
+                &churn,
+                outcome(11_000, 0.5, Some(500), Some(Reason::Status)),
+            ),
+            (&churn, outcome(12_000, 1.0, None, Some(Reason::Timeout))),
+            (&churn, outcome(13_000, 0.002, None, Some(Reason::Connect))),
+            (&churn, outcome(14_000, 0.08, Some(200), None)),
+        ];
+        for (r, o) in &results {
+            r.record(o, &buckets);
+        }
+        let book = ProbeBook {
+            records: vec![churn, mlflow],
+            buckets,
+        };
+        let fams = families(&book);
+        let by_name = |n: &str| fams.iter().find(|f| f.name() == n).unwrap();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+        // `mlflow` has not run since the restart: no success, status or duration series yet.
+        assert_eq!(
+            series(by_name("mlflow_probe_success")),
+            vec![(s(&["churn", "churn", "champion"]), 1.0)]
+        );
+        assert_eq!(
+            series(by_name("mlflow_probe_http_status_code")),
+            vec![(s(&["churn"]), 200.0)]
+        );
+        let h = by_name("mlflow_probe_duration_seconds").get_metric()[0].get_histogram();
+        // Answers and the timeout: 0.05, 0.5, 1.0, 0.08; the refused connection is not latency.
+        assert_eq!(h.get_sample_count(), 4);
+        assert_eq!(h.get_sample_sum(), 0.05 + 0.5 + 1.0 + 0.08);
+        let cum: Vec<u64> = h
+            .get_bucket()
+            .iter()
+            .map(|b| b.cumulative_count())
+            .collect();
+        assert_eq!(cum, vec![2, 4]);
+        let failures = series(by_name("mlflow_probe_failures_total"));
+        assert_eq!(failures.len(), 10);
+        assert_eq!(
+            failures[..5],
+            [
+                (s(&["churn", "timeout"]), 1.0),
+                (s(&["churn", "connect"]), 1.0),
+                (s(&["churn", "tls"]), 0.0),
+                (s(&["churn", "status"]), 1.0),
+                (s(&["churn", "body"]), 0.0),
+            ]
+        );
+        // Threshold 2: failures at 11 s and 12 s open an outage dated 11 s; the success at 14 s
+        // closes it after 3 s. Up 10–11 s.
+        assert_eq!(
+            series(by_name("mlflow_probe_outages_total")),
+            vec![(s(&["churn"]), 1.0), (s(&["mlflow"]), 1.0)]
+        );
+        assert_eq!(
+            series(by_name("mlflow_probe_outage_seconds_total")),
+            vec![(s(&["churn"]), 3.0), (s(&["mlflow"]), 20.0)]
+        );
+        assert_eq!(
+            series(by_name("mlflow_probe_uptime_seconds_total")),
+            vec![(s(&["churn"]), 1.0), (s(&["mlflow"]), 100.0)]
+        );
+        assert_eq!(
+            series(by_name("mlflow_probe_tls_cert_expiry_timestamp_seconds")),
+            vec![(s(&["churn"]), 1.9e9)]
+        );
+        assert_eq!(by_name("mlflow_probe_success").help(), SUCCESS.help);
+    }
+}

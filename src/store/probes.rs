@@ -7,7 +7,7 @@ use super::{EventStore, StoreError};
 use crate::probes::availability::{Totals, Transition};
 
 /// One stored outage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Outage {
     pub probe: String,
     pub started_ms: i64,

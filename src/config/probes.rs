@@ -135,22 +135,15 @@ pub enum HeaderSource {
 
 impl HeaderSource {
     /// The value, read now from the process environment or the file (its last newline dropped).
-    pub fn resolve(&self, header: &str) -> Result<Secret, ConfigError> {
+    pub fn resolve(&self, header: &str) -> Result<Secret, String> {
         match self {
             HeaderSource::Value(s) => Ok(s.clone()),
-            HeaderSource::Env { env } => std::env::var(env).map(Secret::new).map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "probe header {header}: environment variable {env} is not set"
-                ))
-            }),
+            HeaderSource::Env { env } => std::env::var(env)
+                .map(Secret::new)
+                .map_err(|_| format!("header {header}: environment variable {env} is not set")),
             HeaderSource::File { file } => std::fs::read_to_string(file)
                 .map(|s| Secret::new(s.trim_end_matches(['\n', '\r'])))
-                .map_err(|e| {
-                    ConfigError::Invalid(format!(
-                        "probe header {header}: cannot read {}: {e}",
-                        file.display()
-                    ))
-                }),
+                .map_err(|e| format!("header {header}: cannot read {}: {e}", file.display())),
         }
     }
 }
@@ -191,7 +184,9 @@ impl ProbeSettings {
                     ))
                 }
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                _ => return Err(bad(format!("url {:?} is not an http(s) URL", p.url))),
+                // Parsed, it holds no credentials (checked above) and can be shown; unparsed, it may.
+                Ok(_) => return Err(bad(format!("url {:?} is not an http(s) URL", p.url))),
+                Err(e) => return Err(bad(format!("url is not a valid URL: {e}"))),
             }
             let method = match &p.method {
                 Some(m) => reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes())

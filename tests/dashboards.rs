@@ -1,14 +1,21 @@
-//! Lints each board in grafana/dashboards/: JSON, unique uids and panel ids, `${datasource}` on all
-//! panels and queries, titles, descriptions, units; PromQL that parses and uses only exposed names.
+//! Lints the Grafana boards in grafana/dashboards/ and their provisioning in grafana/provisioning/:
+//! JSON, unique uids (across boards) and panel ids, `${datasource}` on all panels, queries and query
+//! variables, titles, descriptions, units, panel types and layout, template variables (known metrics
+//! and labels, defined before use, used, multi-value ones matched with `=~`); PromQL that parses
+//! (promtool) and uses only names the exporter exposes (its own families, the delivery and probe
+//! families, the process collector's) or the recording rules of deploy/prometheus/rules/, each with
+//! the labels it carries. The DORA performance bands of the North Star board are evaluated by
+//! promtool against the bands of the reference.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mlflow_exporter::config::Settings;
+use mlflow_exporter::config::{FlagOverrides, Settings};
+use mlflow_exporter::metrics::family::Spec;
 use mlflow_exporter::metrics::publish::Publisher;
-use mlflow_exporter::metrics::{specs, Derivation};
+use mlflow_exporter::metrics::{delivery, probes, specs, Derivation};
 use mlflow_exporter::sync::Mode;
 use prometheus::proto::MetricType;
 use regex::Regex;
@@ -17,24 +24,81 @@ use serde_json::Value;
 const DATASOURCE: &str = "${datasource}";
 /// Panel types Grafana has deprecated (replaced by timeseries, stat, table, piechart).
 const DEPRECATED_PANELS: &[&str] = &["graph", "singlestat", "table-old", "grafana-piechart-panel"];
+/// Core panel types of current Grafana a board may use: anything else renders as an error.
+const PANEL_TYPES: &[&str] = &[
+    "row",
+    "stat",
+    "timeseries",
+    "bargauge",
+    "gauge",
+    "table",
+    "state-timeline",
+    "status-history",
+    "barchart",
+    "piechart",
+    "heatmap",
+    "histogram",
+    "text",
+];
 /// Grafana's built-in variables a query may use, and what promtool sees in their place.
 const BUILTIN_VARS: &[(&str, &str)] = &[
     ("__rate_interval", "5m"),
     ("__interval", "1m"),
     ("__range", "1d"),
 ];
+/// Labels Prometheus gives every scraped series: selectors and groupings of them are fine.
+const TARGET_LABELS: &[&str] = &["instance", "job"];
+/// Histograms describing a current population rather than events: read as they are, not rate()d.
+const STATE_HISTOGRAMS: &[&str] = &["mlflow_user_time_to_first_model_seconds"];
+/// The configuration scripts/demo and the end-to-end tests run with: the extra labels it configures
+/// (`estimator`) are the ones a board's run-label variable is expected to offer.
+const CONFIG: &str = "deploy/config.example.yaml";
+/// Where the recording rules live (written alongside the boards; the boards use their names).
+const RULES: &str = "deploy/prometheus/rules";
+/// Every board carries this tag: the boards' "MLflow boards" link menu lists boards by it.
+const TAG: &str = "mlflow";
 
-/// A metric family the exporter exposes: its type and label names (`le` not included).
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A metric family the exporter exposes, or a recording rule: its type and label names (`le` not
+/// included).
 #[derive(Debug)]
 struct Family {
     kind: &'static str,
     labels: BTreeSet<String>,
+    /// Scraped as exposed (not aggregated by a rule): the target labels come with it.
+    scraped: bool,
+}
+
+fn kind_of(t: MetricType) -> &'static str {
+    match t {
+        MetricType::COUNTER => "counter",
+        MetricType::GAUGE => "gauge",
+        MetricType::HISTOGRAM => "histogram",
+        MetricType::SUMMARY => "summary",
+        _ => "untyped",
+    }
+}
+
+fn settings() -> Settings {
+    let env = HashMap::from([(
+        "MLFLOW_TRACKING_URI".to_string(),
+        "http://mlflow:5000".to_string(),
+    )]);
+    Settings::load(Some(&root().join(CONFIG)), &env, &FlagOverrides::default())
+        .unwrap_or_else(|e| panic!("{CONFIG}: {e}"))
 }
 
 /// Every family the exporter can expose: its own metrics and the process collector's, read from a
-/// real exposition, plus the snapshot-derived families from their specs (they appear after a sync).
-fn catalogue() -> BTreeMap<String, Family> {
-    let publisher = Publisher::new(Derivation::new(&Settings::default())).unwrap();
+/// real exposition, plus the families that appear only later, from their specs: snapshot-derived
+/// ones (after a sync), the delivery history's (after an event) and the probes' (registered when
+/// probes start). Extra labels are those of deploy/config.example.yaml.
+fn exporter_catalogue() -> BTreeMap<String, Family> {
+    let derivation = Derivation::new(&settings());
+    let extra = derivation.extra_label_names();
+    let publisher = Publisher::new(derivation).unwrap();
     // Vectors without a series are not exposed: give each one, so their labels show.
     let m = &publisher.exporter;
     m.sync_succeeded(Mode::Full, 1.0, 1.0, 0);
@@ -59,6 +123,7 @@ fn catalogue() -> BTreeMap<String, Family> {
                 Family {
                     kind,
                     labels: BTreeSet::new(),
+                    scraped: true,
                 },
             );
         }
@@ -89,21 +154,147 @@ fn catalogue() -> BTreeMap<String, Family> {
             }
         }
     }
-    for s in specs() {
-        let kind = match s.kind {
-            MetricType::COUNTER => "counter",
-            MetricType::GAUGE => "gauge",
-            MetricType::HISTOGRAM => "histogram",
-            MetricType::SUMMARY => "summary",
-            _ => "untyped",
-        };
+    let later: Vec<Spec> = specs()
+        .into_iter()
+        .chain(delivery::HISTORY_SPECS.iter().copied())
+        .chain(probes::SPECS.iter().copied())
+        .collect();
+    for s in later {
         let family = out.entry(s.name.to_string()).or_insert(Family {
-            kind,
+            kind: kind_of(s.kind),
             labels: BTreeSet::new(),
+            scraped: true,
         });
-        family.labels.extend(s.label_names(&[]));
+        family.labels.extend(s.label_names(&extra));
     }
     out
+}
+
+/// A recording rule of deploy/prometheus/rules/: its name, expression and static labels.
+struct Rule {
+    file: String,
+    name: String,
+    expr: String,
+    labels: BTreeSet<String>,
+}
+
+fn recording_rules() -> Vec<Rule> {
+    let dir = root().join(RULES);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the boards use its recording rules)",
+                dir.display()
+            )
+        })
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let file = path.strip_prefix(root()).unwrap().display().to_string();
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let groups = doc["groups"].as_sequence().map_or(&[][..], Vec::as_slice);
+        for rule in groups
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().map_or(&[][..], Vec::as_slice))
+        {
+            let Some(name) = rule["record"].as_str() else {
+                continue;
+            };
+            let expr = rule["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file}: rule {name} has no expr"));
+            let labels = rule["labels"]
+                .as_mapping()
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Rule {
+                file: file.clone(),
+                name: name.to_string(),
+                expr: expr.to_string(),
+                labels,
+            });
+        }
+    }
+    out
+}
+
+/// The labels a recording rule's series carry, read off its expression: those it groups `by`
+/// (`le` aside); none when it aggregates everything away; else the labels of what it reads, target
+/// labels included (minus those it aggregates `without`). Good for the shapes rules take here.
+fn rule_family(rule: &Rule, cat: &BTreeMap<String, Family>) -> Family {
+    let q = strip_strings(&rule.expr);
+    let list = |c: &regex::Captures| -> Vec<String> {
+        c[1].split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "le")
+            .map(String::from)
+            .collect()
+    };
+    let by = Regex::new(r"\bby\s*\(([^)]*)\)").unwrap();
+    let without = Regex::new(r"\bwithout\s*\(([^)]*)\)").unwrap();
+    let aggregation = Regex::new(
+        r"\b(?:sum|min|max|avg|group|count|stddev|stdvar|topk|bottomk|quantile|count_values)\s*\(",
+    )
+    .unwrap();
+    let mut labels = rule.labels.clone();
+    let grouped: Vec<String> = by.captures_iter(&q).flat_map(|c| list(&c)).collect();
+    let has_without = without.is_match(&q);
+    let scraped = if !grouped.is_empty() {
+        labels.extend(grouped);
+        false
+    } else if aggregation.is_match(&q) && !has_without {
+        false
+    } else {
+        let mut scraped = false;
+        let ident = Regex::new(r"[a-zA-Z_:][a-zA-Z0-9_:]*").unwrap();
+        for m in ident.find_iter(&q) {
+            if let Some(r) = resolve(cat, m.as_str()) {
+                labels.extend(r.allowed);
+                scraped |= r.family.scraped;
+            }
+        }
+        let dropped: Vec<String> = without.captures_iter(&q).flat_map(|c| list(&c)).collect();
+        labels.retain(|l| !dropped.contains(l) && l != "le");
+        scraped && !TARGET_LABELS.iter().any(|t| dropped.iter().any(|d| d == t))
+    };
+    labels.retain(|l| !TARGET_LABELS.contains(&l.as_str()));
+    Family {
+        kind: "recording rule",
+        labels,
+        scraped,
+    }
+}
+
+/// The exporter's families and the recording rules, which must not shadow them.
+fn catalogue() -> BTreeMap<String, Family> {
+    let mut cat = exporter_catalogue();
+    for rule in recording_rules() {
+        assert!(
+            rule.name.contains(':') && rule.name.starts_with("mlflow:"),
+            "{}: recording rule {} is not named mlflow:level:operations",
+            rule.file,
+            rule.name
+        );
+        let family = rule_family(&rule, &cat);
+        // A name may be recorded by several rules (one per group); their labels add up.
+        let entry = cat.entry(rule.name.clone()).or_insert(Family {
+            kind: "recording rule",
+            labels: BTreeSet::new(),
+            scraped: false,
+        });
+        entry.labels.extend(family.labels);
+        entry.scraped |= family.scraped;
+    }
+    cat
 }
 
 /// How an identifier in a query resolves: the family, and the labels a selector of it may use.
@@ -115,13 +306,21 @@ struct Ref<'a> {
     allowed: BTreeSet<String>,
 }
 
+fn allowed(family: &Family) -> BTreeSet<String> {
+    let mut out = family.labels.clone();
+    if family.scraped {
+        out.extend(TARGET_LABELS.iter().map(|l| l.to_string()));
+    }
+    out
+}
+
 fn resolve<'a>(cat: &'a BTreeMap<String, Family>, ident: &str) -> Option<Ref<'a>> {
     if let Some((name, family)) = cat.get_key_value(ident) {
         return Some(Ref {
             name,
             family,
             cumulative: family.kind == "counter",
-            allowed: family.labels.clone(),
+            allowed: allowed(family),
         });
     }
     for suffix in ["_bucket", "_count", "_sum"] {
@@ -130,14 +329,14 @@ fn resolve<'a>(cat: &'a BTreeMap<String, Family>, ident: &str) -> Option<Ref<'a>
         };
         if let Some((name, family)) = cat.get_key_value(base) {
             if family.kind == "histogram" {
-                let mut allowed = family.labels.clone();
+                let mut allowed = allowed(family);
                 if suffix == "_bucket" {
                     allowed.insert("le".to_string());
                 }
                 return Some(Ref {
                     name,
                     family,
-                    cumulative: true,
+                    cumulative: !STATE_HISTOGRAMS.contains(&name.as_str()),
                     allowed,
                 });
             }
@@ -202,11 +401,20 @@ fn group_backward(s: &str, close: usize) -> Option<(usize, usize)> {
     None
 }
 
+/// A board's template variable, as far as queries are concerned.
+struct Var {
+    /// Several values at once (multi-value or with "All"): matchers must use `=~` or `!~`.
+    multi: bool,
+    /// The value saved as current, when it is one concrete value (not "All").
+    current: Option<String>,
+}
+
 struct Lint {
     cat: BTreeMap<String, Family>,
     ident: Regex,
     selector: Regex,
     matcher: Regex,
+    equality: Regex,
     grouping: Regex,
     range_fn: Regex,
     range_after: Regex,
@@ -215,11 +423,17 @@ struct Lint {
 
 impl Lint {
     fn new() -> Lint {
+        Lint::with(catalogue())
+    }
+
+    fn with(cat: BTreeMap<String, Family>) -> Lint {
         Lint {
-            cat: catalogue(),
+            cat,
             ident: Regex::new(r"[a-zA-Z_:][a-zA-Z0-9_:]*").unwrap(),
             selector: Regex::new(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}").unwrap(),
             matcher: Regex::new(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)").unwrap(),
+            equality: Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:!=|=)\s*"((?:[^"\\]|\\.)*)""#)
+                .unwrap(),
             grouping: Regex::new(r"\b(by|without)\s*\(([^)]*)\)").unwrap(),
             range_fn: Regex::new(r"\b(?:rate|irate|increase)\s*\(\s*$").unwrap(),
             range_after: Regex::new(r"^\s*(?:\{[^}]*\})?\s*\[").unwrap(),
@@ -227,24 +441,49 @@ impl Lint {
         }
     }
 
-    /// Metric references (identifiers starting with mlflow_ or process_) in a string-free query,
-    /// with their byte offsets; an unknown name is reported in `errs`.
+    /// Metric references (identifiers starting with mlflow_, mlflow: or process_) in a string-free
+    /// query, with their byte offsets; an unknown name is reported in `errs`.
     fn refs(&self, q: &str, at: &str, errs: &mut Vec<String>) -> Vec<(usize, Ref<'_>)> {
         let mut out = Vec::new();
         for m in self.ident.find_iter(q) {
             let id = m.as_str();
-            if !(id.starts_with("mlflow_") || id.starts_with("process_")) {
+            if !(id.starts_with("mlflow_")
+                || id.starts_with("mlflow:")
+                || id.starts_with("process_"))
+            {
                 continue;
             }
             match resolve(&self.cat, id) {
                 Some(r) => out.push((m.start(), r)),
+                None if id.starts_with("mlflow:") => errs.push(format!(
+                    "{at}: unknown recording rule {id} (not recorded in {RULES}/)"
+                )),
                 None => errs.push(format!("{at}: unknown metric {id}")),
             }
         }
         out
     }
 
-    /// Checks one PromQL query: metric names, matcher and grouping labels, counters through rate().
+    /// Labels of each selector `name{...}` in a string-free query must be labels of `name`.
+    fn selectors(&self, q: &str, at: &str, errs: &mut Vec<String>) {
+        for c in self.selector.captures_iter(q) {
+            let id = &c[1];
+            let Some(r) = resolve(&self.cat, id) else {
+                continue;
+            };
+            for m in self.matcher.captures_iter(&c[2]) {
+                if !r.allowed.contains(&m[1]) {
+                    errs.push(format!(
+                        "{at}: {id} has no label {} (labels: {:?})",
+                        &m[1], r.allowed
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Checks one PromQL query (variables already replaced): metric names, matcher and grouping
+    /// labels, counters through rate().
     fn expr(&self, expr: &str, at: &str, errs: &mut Vec<String>) {
         let q = strip_strings(expr);
         for (pos, r) in self.refs(&q, at, errs) {
@@ -263,20 +502,7 @@ impl Lint {
                 ));
             }
         }
-        for c in self.selector.captures_iter(&q) {
-            let id = &c[1];
-            let Some(r) = resolve(&self.cat, id) else {
-                continue;
-            };
-            for m in self.matcher.captures_iter(&c[2]) {
-                if !r.allowed.contains(&m[1]) {
-                    errs.push(format!(
-                        "{at}: {id} has no label {} (labels: {:?})",
-                        &m[1], r.allowed
-                    ));
-                }
-            }
-        }
+        self.selectors(&q, at, errs);
         for c in self.grouping.captures_iter(&q) {
             let whole = c.get(0).unwrap();
             let after = q[whole.end()..].trim_start();
@@ -298,7 +524,7 @@ impl Lint {
             };
             let refs = self.refs(&q[from..to], at, &mut Vec::new());
             for label in c[2].split(',').map(str::trim).filter(|l| !l.is_empty()) {
-                for (_, r) in refs.iter().filter(|(_, r)| r.name.starts_with("mlflow_")) {
+                for (_, r) in &refs {
                     if !r.allowed.contains(label) {
                         errs.push(format!(
                             "{at}: `{} ({})` on {}, which has no label {label} (labels: {:?})",
@@ -310,26 +536,60 @@ impl Lint {
         }
     }
 
+    fn var_names<'e>(&self, expr: &'e str) -> Vec<&'e str> {
+        self.variable
+            .captures_iter(expr)
+            .map(|c| c.get(1).or(c.get(2)).or(c.get(3)).unwrap().as_str())
+            .collect()
+    }
+
     /// Template variables a query uses must exist on the board (or be Grafana's built-ins).
-    fn variables(&self, expr: &str, defined: &BTreeSet<String>, at: &str, errs: &mut Vec<String>) {
-        for c in self.variable.captures_iter(expr) {
-            let name = c.get(1).or(c.get(2)).or(c.get(3)).unwrap().as_str();
-            if !defined.contains(name) && !BUILTIN_VARS.iter().any(|(b, _)| *b == name) {
+    fn variables(
+        &self,
+        expr: &str,
+        defined: &BTreeMap<String, Var>,
+        at: &str,
+        errs: &mut Vec<String>,
+    ) {
+        for name in self.var_names(expr) {
+            if !defined.contains_key(name) && !BUILTIN_VARS.iter().any(|(b, _)| *b == name) {
                 errs.push(format!("{at}: undefined variable ${name}"));
             }
         }
     }
 
-    /// The query as promtool should see it: variables replaced by concrete values.
-    fn concrete(&self, expr: &str) -> String {
+    /// A variable that can hold several values becomes a regex alternation: `=` would not match.
+    fn multi_values_by_regex(
+        &self,
+        expr: &str,
+        vars: &BTreeMap<String, Var>,
+        at: &str,
+        errs: &mut Vec<String>,
+    ) {
+        for c in self.equality.captures_iter(expr) {
+            for name in self.var_names(&c[2]) {
+                if vars.get(name).is_some_and(|v| v.multi) {
+                    errs.push(format!(
+                        "{at}: `{}` compares {} with the multi-value ${name}: use =~ (or !~)",
+                        &c[0], &c[1]
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The query as Prometheus sees it: built-ins replaced by typical values, a variable by its
+    /// saved current value, or `.*` when that is "All" (inside a matcher).
+    fn concrete(&self, expr: &str, vars: &BTreeMap<String, Var>) -> String {
         self.variable
             .replace_all(expr, |c: &regex::Captures| {
                 let name = c.get(1).or(c.get(2)).or(c.get(3)).unwrap().as_str();
                 BUILTIN_VARS
                     .iter()
                     .find(|(b, _)| *b == name)
-                    .map_or(".*", |(_, v)| v)
-                    .to_string()
+                    .map(|(_, v)| v.to_string())
+                    .or_else(|| vars.get(name).and_then(|v| v.current.clone()))
+                    .unwrap_or_else(|| ".*".to_string())
             })
             .into_owned()
     }
@@ -343,7 +603,7 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-/// A panel's or target's data source must be the board's `datasource` variable.
+/// A panel's, target's or variable's data source must be the board's `datasource` variable.
 fn check_datasource(v: &Value, at: &str, errs: &mut Vec<String>) {
     let ds = v.get("datasource");
     let uid = ds.and_then(|d| d.get("uid")).and_then(Value::as_str);
@@ -366,11 +626,38 @@ fn all_panels(panels: &[Value], out: &mut Vec<Value>) {
     }
 }
 
+/// The variable's saved current value, when it is a single concrete one.
+fn current_value(v: &Value) -> Option<String> {
+    let value = v.pointer("/current/value")?;
+    let one = match value {
+        Value::String(s) => s.as_str(),
+        Value::Array(a) if a.len() == 1 => a[0].as_str()?,
+        _ => return None,
+    };
+    (!one.is_empty() && one != "$__all").then(|| one.to_string())
+}
+
+/// The query string of a query variable (a plain string or the query editor's object).
+fn variable_query(v: &Value) -> &str {
+    v.get("query")
+        .and_then(|q| {
+            q.as_str()
+                .or_else(|| q.get("query").and_then(Value::as_str))
+        })
+        .unwrap_or("")
+}
+
+fn grid(p: &Value) -> Option<[i64; 4]> {
+    let g = p.get("gridPos")?;
+    let n = |k: &str| g.get(k).and_then(Value::as_i64);
+    Some([n("x")?, n("y")?, n("w")?, n("h")?])
+}
+
 /// Lints one board; returns its problems and its queries (name, expression) for promtool.
 fn lint_board(lint: &Lint, file: &str, board: &Value) -> (Vec<String>, Vec<(String, String)>) {
     let mut errs = Vec::new();
     let mut exprs = Vec::new();
-    for key in ["uid", "title"] {
+    for key in ["uid", "title", "description"] {
         if str_of(board, key).trim().is_empty() {
             errs.push(format!("{file}: empty or missing {key}"));
         }
@@ -381,13 +668,24 @@ fn lint_board(lint: &Lint, file: &str, board: &Value) -> (Vec<String>, Vec<(Stri
             "{file}: schemaVersion {schema:?}, expected 39 or later"
         ));
     }
+    if board.get("id").is_some_and(|id| !id.is_null()) {
+        errs.push(format!(
+            "{file}: id must be null (Grafana assigns it; boards are known by uid)"
+        ));
+    }
+    let tags = board.get("tags").and_then(Value::as_array);
+    if !tags.is_some_and(|t| t.iter().any(|t| t == TAG)) {
+        errs.push(format!(
+            "{file}: no tag {TAG:?} (the boards' link menu lists boards by it)"
+        ));
+    }
 
+    // Template variables, in order: a variable's query may use only the variables before it.
     let vars: Vec<Value> = board
         .pointer("/templating/list")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let defined: BTreeSet<String> = vars.iter().map(|v| str_of(v, "name").to_string()).collect();
     if !vars.iter().any(|v| {
         str_of(v, "name") == "datasource"
             && str_of(v, "type") == "datasource"
@@ -397,40 +695,114 @@ fn lint_board(lint: &Lint, file: &str, board: &Value) -> (Vec<String>, Vec<(Stri
             "{file}: no templating variable `datasource` of type datasource (query prometheus)"
         ));
     }
-    for v in vars.iter().filter(|v| str_of(v, "type") == "query") {
-        let at = format!("{file}: variable {}", str_of(v, "name"));
-        check_datasource(v, &at, &mut errs);
-        let query = v
-            .get("query")
-            .and_then(|q| {
-                q.as_str()
-                    .or_else(|| q.get("query").and_then(Value::as_str))
-            })
-            .unwrap_or("");
-        let q = strip_strings(query);
-        let refs = lint.refs(&q, &at, &mut errs);
-        if let Some(rest) = q.trim().strip_prefix("label_values(") {
-            if let Some((_, label)) = rest.trim_end_matches(')').rsplit_once(',') {
-                for (_, r) in &refs {
-                    if !r.allowed.contains(label.trim()) {
-                        errs.push(format!("{at}: {} has no label {}", r.name, label.trim()));
+    let function =
+        Regex::new(r"^\s*(label_values|label_names|query_result)\s*\((.*)\)\s*$").unwrap();
+    let mut defined: BTreeMap<String, Var> = BTreeMap::new();
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    for v in &vars {
+        let name = str_of(v, "name");
+        let at = format!("{file}: variable {name}");
+        if name.is_empty() || defined.contains_key(name) {
+            errs.push(format!("{at}: empty or duplicate name"));
+        }
+        if str_of(v, "type") == "query" {
+            check_datasource(v, &at, &mut errs);
+            let query = variable_query(v);
+            if let Some(def) = v.get("definition").and_then(Value::as_str) {
+                if def != query {
+                    errs.push(format!(
+                        "{at}: definition {def:?} differs from the query {query:?}"
+                    ));
+                }
+            }
+            lint.variables(query, &defined, &at, &mut errs);
+            lint.multi_values_by_regex(query, &defined, &at, &mut errs);
+            used.extend(lint.var_names(query).into_iter().map(String::from));
+            let q = strip_strings(query);
+            let refs = lint.refs(&q, &at, &mut errs);
+            lint.selectors(&q, &at, &mut errs);
+            match function.captures(query) {
+                None => errs.push(format!(
+                    "{at}: query must be label_values(metric, label), label_names(metric) or \
+                     query_result(expr), is {query:?}"
+                )),
+                Some(c) => {
+                    if refs.is_empty() {
+                        errs.push(format!(
+                            "{at}: {} must name a metric of the exporter (else it reads all of \
+                             Prometheus)",
+                            &c[1]
+                        ));
                     }
+                    let arg = c.get(2).unwrap().as_str();
+                    let selector = match (&c[1], arg.rsplit_once(',')) {
+                        ("label_values", Some((selector, label))) => {
+                            for (_, r) in &refs {
+                                if !r.allowed.contains(label.trim()) {
+                                    errs.push(format!(
+                                        "{at}: {} has no label {}",
+                                        r.name,
+                                        label.trim()
+                                    ));
+                                }
+                            }
+                            selector
+                        }
+                        ("label_values", None) => {
+                            errs.push(format!("{at}: label_values without a metric"));
+                            arg
+                        }
+                        ("query_result", _) => {
+                            lint.expr(&lint.concrete(arg, &defined), &at, &mut errs);
+                            arg
+                        }
+                        _ => arg,
+                    };
+                    exprs.push((
+                        format!("var_{name}"),
+                        lint.concrete(selector.trim(), &defined),
+                    ));
                 }
             }
         }
-        lint.variables(query, &defined, &at, &mut errs);
+        let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+        defined.insert(
+            name.to_string(),
+            Var {
+                multi: flag("multi") || flag("includeAll"),
+                current: current_value(v),
+            },
+        );
     }
 
+    let top: &[Value] = board
+        .get("panels")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
     let mut panels = Vec::new();
-    all_panels(
-        board
-            .get("panels")
-            .and_then(Value::as_array)
-            .map_or(&[][..], Vec::as_slice),
-        &mut panels,
-    );
+    all_panels(top, &mut panels);
     if panels.is_empty() {
         errs.push(format!("{file}: no panels"));
+    }
+    // Layout: on the 24-column grid, no two panels on the same cells.
+    let mut placed: Vec<(String, [i64; 4])> = Vec::new();
+    for p in top {
+        let at = format!("{file}: panel {:?}", str_of(p, "title"));
+        let Some([x, y, w, h]) = grid(p) else {
+            errs.push(format!("{at}: missing or incomplete gridPos"));
+            continue;
+        };
+        if x < 0 || y < 0 || w < 1 || h < 1 || x + w > 24 {
+            errs.push(format!(
+                "{at}: gridPos {x},{y} {w}x{h} is off the 24-column grid"
+            ));
+        }
+        for (other, [ox, oy, ow, oh]) in &placed {
+            if x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h {
+                errs.push(format!("{at}: overlaps panel {other:?}"));
+            }
+        }
+        placed.push((str_of(p, "title").to_string(), [x, y, w, h]));
     }
     let mut ids = BTreeSet::new();
     for p in &panels {
@@ -443,6 +815,8 @@ fn lint_board(lint: &Lint, file: &str, board: &Value) -> (Vec<String>, Vec<(Stri
             Some(_) => {}
             None => errs.push(format!("{at}: missing or non-integer id")),
         }
+        used.extend(lint.var_names(title).into_iter().map(String::from));
+        lint.variables(title, &defined, &at, &mut errs);
         if kind == "row" {
             if p.get("datasource").is_some_and(|d| !d.is_null()) {
                 check_datasource(p, &at, &mut errs);
@@ -451,6 +825,8 @@ fn lint_board(lint: &Lint, file: &str, board: &Value) -> (Vec<String>, Vec<(Stri
         }
         if DEPRECATED_PANELS.contains(&kind) {
             errs.push(format!("{at}: deprecated panel type {kind}"));
+        } else if !PANEL_TYPES.contains(&kind) {
+            errs.push(format!("{at}: unknown panel type {kind:?}"));
         }
         for (what, value) in [
             ("title", title),
@@ -475,20 +851,32 @@ fn lint_board(lint: &Lint, file: &str, board: &Value) -> (Vec<String>, Vec<(Stri
         if targets.is_empty() {
             errs.push(format!("{at}: no targets"));
         }
+        let mut refs = BTreeSet::new();
         for t in &targets {
-            let at = format!("{at} target {}", str_of(t, "refId"));
+            let ref_id = str_of(t, "refId");
+            let at = format!("{at} target {ref_id}");
+            if ref_id.is_empty() || !refs.insert(ref_id) {
+                errs.push(format!("{at}: empty or duplicate refId"));
+            }
             check_datasource(t, &at, &mut errs);
             let expr = str_of(t, "expr");
             if expr.trim().is_empty() {
                 errs.push(format!("{at}: empty or missing expr"));
                 continue;
             }
-            lint.expr(expr, &at, &mut errs);
             lint.variables(expr, &defined, &at, &mut errs);
+            lint.multi_values_by_regex(expr, &defined, &at, &mut errs);
+            used.extend(lint.var_names(expr).into_iter().map(String::from));
+            let concrete = lint.concrete(expr, &defined);
+            lint.expr(&concrete, &at, &mut errs);
             let id = p.get("id").and_then(Value::as_u64).unwrap_or(0);
-            exprs.push((
-                format!("panel{id}_{}", str_of(t, "refId")),
-                lint.concrete(expr),
+            exprs.push((format!("panel{id}_{ref_id}"), concrete));
+        }
+    }
+    for name in defined.keys().filter(|n| *n != "datasource") {
+        if !used.contains(name) {
+            errs.push(format!(
+                "{file}: variable {name} is used by no panel or variable"
             ));
         }
     }
@@ -511,14 +899,7 @@ fn promtool_parses(exprs: &[(String, String)]) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dashboards.rules.yaml");
     fs::write(&path, &rules).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&path)
-        .output()
-        .unwrap_or_else(|e| {
-            let hint = "install the Debian package prometheus (scripts/test does)";
-            panic!("promtool not found ({e}): {hint}")
-        });
+    let out = promtool(&["check", "rules"], &path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success() && stdout.contains(&format!("SUCCESS: {} rules found", exprs.len())) {
         Ok(())
@@ -530,8 +911,19 @@ fn promtool_parses(exprs: &[(String, String)]) -> Result<(), String> {
     }
 }
 
+fn promtool(args: &[&str], file: &Path) -> std::process::Output {
+    Command::new("promtool")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| {
+            let hint = "install the Debian package prometheus (scripts/test does)";
+            panic!("promtool not found ({e}): {hint}")
+        })
+}
+
 fn dashboard_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/dashboards");
+    let dir = root().join("grafana/dashboards");
     let mut files = Vec::new();
     let mut stack = vec![dir.clone()];
     while let Some(d) = stack.pop() {
@@ -546,6 +938,26 @@ fn dashboard_files() -> Vec<PathBuf> {
     }
     files.sort();
     assert!(!files.is_empty(), "no *.json under {}", dir.display());
+    files
+}
+
+fn read_board(path: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", path.display()))
+}
+
+fn read_yaml(path: &Path) -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_str(&fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
     files
 }
 
@@ -564,14 +976,43 @@ fn the_catalogue_knows_every_kind_of_metric() {
         .labels
         .contains("mode"));
     assert_eq!(cat["mlflow_runs_ended_total"].kind, "counter");
+    assert!(
+        cat["mlflow_runs_ended_total"].labels.contains("estimator"),
+        "the extra label of {CONFIG}"
+    );
     assert_eq!(
         cat["mlflow_run_cost_total"].labels,
         ["experiment", "instance_type", "team"]
             .map(String::from)
             .into()
     );
+    // Families that appear only after a delivery event or once probes start.
+    assert_eq!(cat["mlflow_model_lead_time_seconds"].kind, "histogram");
+    assert_eq!(cat["mlflow_incidents_total"].kind, "counter");
+    assert_eq!(
+        cat["mlflow_probe_duration_seconds"].labels,
+        ["alias", "model", "probe"].map(String::from).into()
+    );
+    assert!(cat.contains_key("mlflow_probe_tls_cert_expiry_timestamp_seconds"));
     #[cfg(target_os = "linux")]
     assert!(cat.contains_key("process_resident_memory_bytes"));
+    // Recording rules, with the labels they keep.
+    let rule = |name: &str| {
+        let f = cat
+            .get(name)
+            .unwrap_or_else(|| panic!("recording rule {name} missing from {RULES}/"));
+        assert_eq!(f.kind, "recording rule");
+        assert!(!f.scraped, "{name} aggregates instance and job away");
+        f.labels.iter().map(String::as_str).collect::<Vec<_>>()
+    };
+    assert_eq!(rule("mlflow:active_users:count"), ["window"]);
+    assert_eq!(rule("mlflow:cost:increase1d"), Vec::<&str>::new());
+    assert_eq!(rule("mlflow:run_cost:increase1d"), ["team"]);
+    assert_eq!(rule("mlflow:probe_availability:ratio30d"), ["probe"]);
+    assert_eq!(
+        rule("mlflow:probe_duration_seconds:p99_5m"),
+        ["alias", "model", "probe"]
+    );
 }
 
 #[test]
@@ -582,14 +1023,15 @@ fn the_lint_catches_what_it_should() {
         lint.expr(expr, "t", &mut errs);
         errs
     };
+    let none = Vec::<String>::new();
     let ok = concat!(
         "histogram_quantile(0.99, sum by (le, endpoint) ",
         r#"(rate(mlflow_exporter_api_request_duration_seconds_bucket{endpoint="x"}[5m])))"#
     );
-    assert_eq!(bad(ok), Vec::<String>::new());
+    assert_eq!(bad(ok), none);
     assert_eq!(
         bad(r#"sum(increase(mlflow_runs_ended_total{status="mlflow_nope"}[1d])) by (status)"#),
-        Vec::<String>::new()
+        none
     );
     assert_eq!(bad("mlflow_runs_ended").len(), 1, "unknown metric");
     assert_eq!(bad("sum(mlflow_runs_ended_total)").len(), 1, "bare counter");
@@ -609,11 +1051,135 @@ fn the_lint_catches_what_it_should() {
         "le off a histogram"
     );
     assert_eq!(
-        bad("sum by (estimator) (increase(mlflow_runs_ended_total[1d]))").len(),
+        bad("sum by (framework) (increase(mlflow_runs_ended_total[1d]))").len(),
         1,
-        "extra labels are not configured"
+        "an extra label that is not configured"
     );
+    assert_eq!(
+        bad("sum by (estimator) (increase(mlflow_runs_ended_total[1d]))"),
+        none,
+        "the extra label configured in {CONFIG}"
+    );
+    assert_eq!(
+        bad(r#"sum by (instance) (mlflow_up{job="mlflow-exporter"})"#),
+        none,
+        "target labels"
+    );
+    assert_eq!(
+        bad("histogram_quantile(0.5, sum by (le) (mlflow_model_lead_time_seconds_bucket))").len(),
+        1,
+        "buckets of events through rate()"
+    );
+    assert_eq!(
+        bad(
+            "histogram_quantile(0.5, max by (le) (mlflow_user_time_to_first_model_seconds_bucket))"
+        ),
+        none,
+        "a histogram of the current users is read as it is"
+    );
+    // Recording rules: known names, only the labels they keep.
+    assert_eq!(bad(r#"mlflow:run_cost:increase1d{team="a"}"#), none);
+    assert_eq!(bad("mlflow:nope:ratio1d").len(), 1, "unknown rule");
+    assert_eq!(
+        bad(r#"mlflow:cost:increase1d{team="a"}"#).len(),
+        1,
+        "summed away by the rule"
+    );
+    assert_eq!(
+        bad("max by (instance) (mlflow:deployments:increase7d)").len(),
+        1,
+        "rules aggregate the target labels away"
+    );
+
+    let vars = BTreeMap::from([
+        (
+            "team".to_string(),
+            Var {
+                multi: true,
+                current: None,
+            },
+        ),
+        (
+            "extra_label".to_string(),
+            Var {
+                multi: false,
+                current: Some("estimator".into()),
+            },
+        ),
+    ]);
+    assert_eq!(
+        lint.concrete(
+            r#"sum by ($extra_label) (rate(mlflow_runs_ended_total{team=~"$team"}[$__rate_interval]))"#,
+            &vars
+        ),
+        r#"sum by (estimator) (rate(mlflow_runs_ended_total{team=~".*"}[5m]))"#
+    );
+    let mut errs = Vec::new();
+    lint.multi_values_by_regex(r#"mlflow_runs{experiment="$team"}"#, &vars, "t", &mut errs);
+    lint.multi_values_by_regex(r#"mlflow_runs{experiment=~"$team"}"#, &vars, "t", &mut errs);
+    assert_eq!(errs.len(), 1, "{errs:?}");
 }
+
+#[test]
+fn the_board_lint_catches_what_it_should() {
+    let lint = Lint::new();
+    let ds = serde_json::json!({"type": "prometheus", "uid": DATASOURCE});
+    let var = |name: &str, query: &str| {
+        serde_json::json!({"name": name, "type": "query", "datasource": ds, "multi": true,
+            "includeAll": true, "query": {"qryType": 1, "query": query}, "definition": query})
+    };
+    let panel = |id: u64, kind: &str, x: u64, unit: &str, expr: &str| {
+        serde_json::json!({"id": id, "type": kind, "title": format!("p{id}"), "description": "d",
+            "datasource": ds, "gridPos": {"x": x, "y": 0, "w": 12, "h": 8},
+            "fieldConfig": {"defaults": {"unit": unit}},
+            "targets": [{"refId": "A", "datasource": ds, "expr": expr}]})
+    };
+    let board = serde_json::json!({
+        "uid": "t", "title": "t", "description": "t", "schemaVersion": 41, "id": 3,
+        "tags": ["mlflow"],
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus"},
+            var("team", "label_values(mlflow_nope, team)"),
+            var("experiment", r#"label_values(mlflow_runs{experiment=~"$later"}, experiment)"#),
+            var("later", "label_values(mlflow_runs, status)"),
+            var("all", "label_values(team)"),
+        ]},
+        "panels": [
+            panel(1, "stat", 0, "short", r#"sum(mlflow_runs{experiment="$experiment"})"#),
+            panel(2, "graph", 6, "", "sum(mlflow_runs)"),
+            panel(2, "stats", 12, "short", "sum(mlflow_runs)"),
+        ],
+    });
+    let (errs, _) = lint_board(&lint, "t.json", &board);
+    for expected in [
+        "id must be null",
+        "variable team: unknown metric mlflow_nope",
+        "variable experiment: undefined variable $later",
+        "variable team is used by no panel or variable",
+        "variable all: label_values must name a metric",
+        "compares experiment with the multi-value $experiment",
+        "deprecated panel type graph",
+        "unknown panel type \"stats\"",
+        "panel 2 \"p2\": empty or missing fieldConfig.defaults.unit",
+        "duplicate panel id 2",
+        "panel \"p2\": overlaps panel \"p1\"",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "no error containing {expected:?} in:\n{}",
+            errs.join("\n")
+        );
+    }
+}
+
+/// The boards, by stable uid: links and bookmarks point at these.
+const BOARDS: &[&str] = &[
+    "mlflow-north-star",
+    "mlflow-adoption",
+    "mlflow-delivery",
+    "mlflow-cost",
+    "mlflow-reliability",
+];
 
 #[test]
 fn every_dashboard_passes_the_lint() {
@@ -622,11 +1188,7 @@ fn every_dashboard_passes_the_lint() {
     let mut exprs = Vec::new();
     let mut uids: BTreeMap<String, String> = BTreeMap::new();
     for path in dashboard_files() {
-        let file = path
-            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
-            .unwrap()
-            .display()
-            .to_string();
+        let file = path.strip_prefix(root()).unwrap().display().to_string();
         let board: Value = match serde_json::from_str(&fs::read_to_string(&path).unwrap()) {
             Ok(b) => b,
             Err(e) => {
@@ -638,10 +1200,20 @@ fn every_dashboard_passes_the_lint() {
         if let Some(other) = uids.insert(uid.clone(), file.clone()) {
             errs.push(format!("{file}: uid {uid:?} also used by {other}"));
         }
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        if stem != uid {
+            errs.push(format!(
+                "{file}: the file is not named after its uid {uid:?}"
+            ));
+        }
         let (e, x) = lint_board(&lint, &file, &board);
         errs.extend(e);
-        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         exprs.extend(x.into_iter().map(|(n, e)| (format!("{stem}_{n}"), e)));
+    }
+    for uid in BOARDS {
+        if !uids.contains_key(*uid) {
+            errs.push(format!("no board with uid {uid}"));
+        }
     }
     assert!(
         errs.is_empty(),
@@ -652,4 +1224,268 @@ fn every_dashboard_passes_the_lint() {
     if let Err(e) = promtool_parses(&exprs) {
         panic!("{e}");
     }
+}
+
+/// DORA performance bands (2023 State of DevOps, as ../shared/reference/prometheus-conventions.md
+/// and the README state them): the elite, high and medium limits of each figure.
+const LEAD_TIME_BANDS: [f64; 3] = [3600.0, 604_800.0, 15_552_000.0]; // < 1 h, < 1 week, < 6 months
+const RESTORE_BANDS: [f64; 3] = [3600.0, 86_400.0, 604_800.0]; // < 1 h, < 1 day, < 1 week
+const FAILURE_RATE_BANDS: [f64; 3] = [0.05, 0.10, 0.15]; // ≤ 5 %, ≤ 10 %, ≤ 15 %
+
+/// One `promtool test rules` group: input series at `interval`, and (expr, time, value) checks.
+fn promtool_group(
+    name: &str,
+    interval: &str,
+    series: &[(&str, String)],
+    checks: &[(&str, &str, f64)],
+) -> String {
+    let mut out = format!(
+        "  - name: {}\n    interval: {interval}\n    input_series:\n",
+        serde_json::to_string(name).unwrap()
+    );
+    for (s, values) in series {
+        out.push_str(&format!(
+            "      - series: '{s}'\n        values: '{values}'\n"
+        ));
+    }
+    out.push_str("    promql_expr_test:\n");
+    for (expr, at, value) in checks {
+        out.push_str(&format!(
+            "      - expr: {}\n        eval_time: {at}\n        exp_samples:\n          - labels: '{{}}'\n            value: {value}\n",
+            serde_json::to_string(expr).unwrap()
+        ));
+    }
+    out
+}
+
+#[test]
+fn dora_bands_follow_the_reference() {
+    let board = read_board(&root().join("grafana/dashboards/mlflow-north-star.json"));
+    let mut panels = Vec::new();
+    all_panels(board["panels"].as_array().unwrap(), &mut panels);
+    let mut groups = String::new();
+    let mut figures = BTreeSet::new();
+    for p in &panels {
+        let targets = p["targets"].as_array().map_or(&[][..], Vec::as_slice);
+        let Some(band) = targets.iter().find(|t| str_of(t, "legendFormat") == "band") else {
+            continue;
+        };
+        let title = str_of(p, "title");
+        // The band's values are shown as the band's names, in its colours.
+        let mappings = p["fieldConfig"]["overrides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["matcher"]["options"] == band["refId"])
+            .and_then(|o| {
+                o["properties"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["id"] == "mappings")
+            })
+            .unwrap_or_else(|| panic!("{title}: no value mappings on the band"));
+        for (value, text) in [("3", "Elite"), ("2", "High"), ("1", "Medium"), ("0", "Low")] {
+            assert_eq!(
+                mappings["value"][0]["options"][value]["text"], text,
+                "{title}: band {value}"
+            );
+        }
+        let band = str_of(band, "expr");
+        let figure = str_of(&targets[0], "expr").trim();
+        let lower_is_better = |bands: [f64; 3], inclusive: bool| {
+            let [e, h, m] = bands;
+            let cases: Vec<(f64, f64)> = if inclusive {
+                vec![
+                    (e, 3.0),
+                    ((e + h) / 2.0, 2.0),
+                    (h, 2.0),
+                    (m, 1.0),
+                    (m * 2.0, 0.0),
+                ]
+            } else {
+                vec![
+                    (e / 2.0, 3.0),
+                    (e, 2.0),
+                    ((e + h) / 2.0, 2.0),
+                    (h, 1.0),
+                    (m, 0.0),
+                ]
+            };
+            let mut values: Vec<String> = cases.iter().map(|(v, _)| v.to_string()).collect();
+            values.push("NaN".into());
+            let mut checks: Vec<(String, f64)> = cases
+                .iter()
+                .enumerate()
+                .map(|(i, (_, b))| (format!("{i}m"), *b))
+                .collect();
+            checks.push((format!("{}m", cases.len()), -1.0));
+            let checks: Vec<(&str, &str, f64)> =
+                checks.iter().map(|(t, b)| (band, t.as_str(), *b)).collect();
+            promtool_group(title, "1m", &[(figure, values.join(" "))], &checks)
+        };
+        let kind = if figure.starts_with("mlflow:lead_time_seconds:") {
+            groups.push_str(&lower_is_better(LEAD_TIME_BANDS, false));
+            "lead time"
+        } else if figure.starts_with("mlflow:time_to_restore_seconds:")
+            || figure.starts_with("mlflow:rollback_recovery_seconds:")
+        {
+            groups.push_str(&lower_is_better(RESTORE_BANDS, false));
+            "time to restore"
+        } else if figure.starts_with("mlflow:change_failure_rate:") {
+            groups.push_str(&lower_is_better(FAILURE_RATE_BANDS, true));
+            "change failure rate"
+        } else if figure == "mlflow:deployments:increase7d" {
+            // Hourly samples over 30 days; evaluated at the end. Elite: deployments on at least 3
+            // of the last 7 days; high: at least one in 7 days; medium: at least one in 30.
+            for (case, hours, expected) in [
+                ("3 days of 7", &[588, 636, 684][..], 3.0),
+                ("twice on one day", &[684, 685][..], 2.0),
+                ("2 days of 7", &[636, 684][..], 2.0),
+                ("8 days ago", &[528][..], 1.0),
+                ("once in 30 days", &[240][..], 1.0),
+                ("never", &[][..], 0.0),
+            ] {
+                let counter: Vec<String> = (0..=720)
+                    .map(|h| hours.iter().filter(|d| **d <= h).count().to_string())
+                    .collect();
+                let last_week = hours.iter().filter(|h| **h > 720 - 168).count();
+                groups.push_str(&promtool_group(
+                    &format!("{title}: {case}"),
+                    "1h",
+                    &[
+                        (
+                            "mlflow_model_deployments_total{model=\"m\", alias=\"champion\"}",
+                            counter.join(" "),
+                        ),
+                        (figure, format!("{last_week}+0x720")),
+                    ],
+                    &[(band, "720h", expected)],
+                ));
+            }
+            "deployment frequency"
+        } else {
+            panic!("{title}: a band of an unknown figure {figure}");
+        };
+        figures.insert(kind);
+    }
+    assert_eq!(
+        figures,
+        BTreeSet::from([
+            "deployment frequency",
+            "lead time",
+            "change failure rate",
+            "time to restore"
+        ]),
+        "every DORA figure has its band on the North Star board"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bands.test.yaml");
+    fs::write(
+        &path,
+        format!("rule_files: []\nevaluation_interval: 1m\ntests:\n{groups}"),
+    )
+    .unwrap();
+    let out = promtool(&["test", "rules"], &path);
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn provisioning_loads_every_board() {
+    let provisioning = root().join("grafana/provisioning");
+    let mut paths = Vec::new();
+    for f in yaml_files(&provisioning.join("dashboards")) {
+        let doc = read_yaml(&f);
+        assert_eq!(doc["apiVersion"].as_u64(), Some(1), "{}", f.display());
+        for p in doc["providers"].as_sequence().unwrap() {
+            assert_eq!(p["type"].as_str(), Some("file"), "{}", f.display());
+            let path = p["options"]["path"].as_str().unwrap_or("");
+            assert!(
+                path.starts_with('/'),
+                "{}: absolute options.path",
+                f.display()
+            );
+            paths.push(path.to_string());
+        }
+    }
+    assert_eq!(paths.len(), 1, "one provider, for grafana/dashboards/");
+    let path = paths[0].trim_end_matches('/');
+
+    // Where to mount grafana/dashboards/ and grafana/provisioning/: the README says it...
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Grafana\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a ## Grafana section");
+    for needle in ["grafana/dashboards/", path, "/etc/grafana/provisioning"] {
+        assert!(
+            section.contains(needle),
+            "README's Grafana section does not mention {needle}"
+        );
+    }
+    // ... and the compose file does it.
+    let compose = root().join("deploy/compose/docker-compose.yml");
+    if compose.exists() {
+        let doc = read_yaml(&compose);
+        let mounts: Vec<(PathBuf, String)> = doc["services"]["grafana"]["volumes"]
+            .as_sequence()
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter_map(|v| {
+                let mut parts = v.as_str()?.split(':');
+                let (src, dst) = (parts.next()?, parts.next()?);
+                src.starts_with('.').then(|| {
+                    let src = compose.parent().unwrap().join(src);
+                    (src.canonicalize().unwrap_or(src), dst.to_string())
+                })
+            })
+            .collect();
+        for (dir, at) in [
+            ("grafana/dashboards", path),
+            ("grafana/provisioning", "/etc/grafana/provisioning"),
+        ] {
+            let dir = root().join(dir).canonicalize().unwrap();
+            assert!(
+                mounts.iter().any(|(s, d)| *s == dir && d == at),
+                "{} does not mount {} at {at}: {mounts:?}",
+                compose.display(),
+                dir.display()
+            );
+        }
+    }
+
+    // Every board is in the provided directory; a stock Grafana needs a Prometheus data source.
+    for board in dashboard_files() {
+        assert_eq!(
+            board.parent().unwrap(),
+            root().join("grafana/dashboards"),
+            "the provider reads grafana/dashboards/ (folders are not used)"
+        );
+    }
+    let mut prometheus = 0;
+    let mut defaults = 0;
+    for f in yaml_files(&provisioning.join("datasources")) {
+        let doc = read_yaml(&f);
+        assert_eq!(doc["apiVersion"].as_u64(), Some(1), "{}", f.display());
+        for ds in doc["datasources"].as_sequence().unwrap() {
+            if ds["type"].as_str() == Some("prometheus") {
+                prometheus += 1;
+                let url = ds["url"].as_str().unwrap_or("");
+                assert!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "{}: url {url:?}",
+                    f.display()
+                );
+            }
+            defaults += usize::from(ds["isDefault"].as_bool() == Some(true));
+        }
+    }
+    assert!(prometheus >= 1, "no Prometheus data source provisioned");
+    assert!(defaults <= 1, "more than one default data source");
 }

@@ -288,13 +288,24 @@ pub struct ExporterProcess {
 
 impl ExporterProcess {
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ExporterProcess {
+        let store = dir.join(format!("events-{}.db", free_port()));
+        ExporterProcess::start_on_store(dir, &store, args, env)
+    }
+
+    /// As [`ExporterProcess::start`], on a given SQLite store (e.g. the one of an earlier run).
+    pub fn start_on_store(
+        dir: &Path,
+        store: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ExporterProcess {
         let addr = format!("127.0.0.1:{}", free_port());
         let stderr_path = dir.join(format!("exporter-{}.log", free_port()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"));
         cmd.arg("--web.listen-address")
             .arg(&addr)
             .arg("--storage.path")
-            .arg(dir.join(format!("events-{}.db", free_port())))
+            .arg(store)
             .args(args)
             .env_remove("MLFLOW_TRACKING_URI")
             .envs(env.iter().copied())
@@ -516,6 +527,127 @@ pub fn assert_family(scrape: &Scrape, name: &str, expected: &[(&[(&str, &str)], 
     }
 }
 
+/// Runs tests/fixtures/pyfunc_model.py against `tracking_uri`: logs a tiny pyfunc model (a row's
+/// prediction is the sum of the row), registers it as `model` and points `alias` at that version.
+/// Returns what the script printed: `run_id`, `model_uri` (`models:/MODEL@ALIAS`) and `version`.
+pub fn log_pyfunc_model(tracking_uri: &str, model: &str, alias: &str) -> serde_json::Value {
+    let out = Command::new(venv_bin("python"))
+        .arg(project_dir().join("tests/fixtures/pyfunc_model.py"))
+        .args([model, alias])
+        .env("MLFLOW_TRACKING_URI", tracking_uri)
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
+        .output()
+        .expect("run pyfunc_model.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pyfunc_model.py failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // MLflow prints links to the run on stdout too: the answer is the last line.
+    let last = stdout.lines().rev().find(|l| l.starts_with('{'));
+    serde_json::from_str(last.unwrap_or_default())
+        .unwrap_or_else(|e| panic!("pyfunc_model.py printed no JSON ({e}): {stdout}"))
+}
+
+/// A real model server (`mlflow models serve`, local environment) of a model of a tracking server,
+/// in its own process group. It can be stopped and started again on the same port.
+pub struct ModelServer {
+    pub addr: String,
+    pub url: String,
+    model_uri: String,
+    tracking_uri: String,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl ModelServer {
+    /// Serves `model_uri` on a free port and waits until it answers `GET /ping`.
+    pub fn start(dir: &Path, tracking_uri: &str, model_uri: &str) -> ModelServer {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut server = ModelServer {
+            url: format!("http://{addr}"),
+            log_path: dir.join(format!("model-server-{}.log", free_port())),
+            addr,
+            model_uri: model_uri.into(),
+            tracking_uri: tracking_uri.into(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again, on the same port) and waits until it answers `GET /ping` with 200.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the model server is running");
+        let port = self.addr.rsplit(':').next().unwrap().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(venv_bin("mlflow"));
+        cmd.args(["models", "serve", "-m", &self.model_uri])
+            .args(["--env-manager", "local", "-h", "127.0.0.1", "-p", &port])
+            .args(["-w", "1"])
+            .env("MLFLOW_TRACKING_URI", &self.tracking_uri)
+            .env("MLFLOW_DISABLE_TELEMETRY", "true")
+            // It runs the venv's uvicorn.
+            .env("PATH", path_with_venv())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = self
+            .child
+            .insert(cmd.spawn().expect("start mlflow models serve"));
+        let limit = Duration::from_secs(90);
+        let start = Instant::now();
+        loop {
+            if http_get(&self.addr, "/ping", &[]).is_ok_and(|r| r.status == 200) {
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("mlflow models serve exited with {status}: {}", self.log());
+            }
+            if start.elapsed() > limit {
+                self.stop();
+                panic!(
+                    "model server not answering within {limit:?}: {}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the whole process group (TERM, then KILL), and waits until the port refuses connections.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_group(&mut child);
+            // The leader may exit before its uvicorn child: leave nothing of the group behind.
+            kill_group(child.id(), "KILL");
+        }
+        wait_until(
+            Duration::from_secs(15),
+            "the model server's port closed",
+            || TcpStream::connect(&self.addr).is_err(),
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_group(&mut child);
+            kill_group(child.id(), "KILL");
+        }
+    }
+}
+
 /// A real Alertmanager (Debian `prometheus-alertmanager`) with `config` (YAML), clustering off.
 pub struct Alertmanager {
     pub addr: String,
@@ -560,3 +692,5 @@ impl Drop for Alertmanager {
         stop_group(&mut self.child);
     }
 }
+
+pub mod prometheus;

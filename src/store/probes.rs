@@ -117,6 +117,8 @@ impl EventStore {
     }
 }
 
+/// Saves totals unless newer ones are stored: a checkpoint's snapshot taken before an outage change
+/// may commit after it, and must not undo it.
 async fn upsert_totals(
     tx: &mut sqlx::SqliteConnection,
     probe: &str,
@@ -126,7 +128,7 @@ async fn upsert_totals(
         "INSERT INTO probe_totals (probe, uptime_ms, outage_ms, outages, observed_ms, open_since_ms) \
          VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (probe) DO UPDATE SET uptime_ms = excluded.uptime_ms, \
          outage_ms = excluded.outage_ms, outages = excluded.outages, observed_ms = excluded.observed_ms, \
-         open_since_ms = excluded.open_since_ms",
+         open_since_ms = excluded.open_since_ms WHERE excluded.observed_ms >= probe_totals.observed_ms",
     )
     .bind(probe)
     .bind(t.uptime_ms)
@@ -209,6 +211,17 @@ mod tests {
             reason: "connect".into(),
         };
         assert_eq!(store.outages().await.unwrap(), vec![outage]);
+        // A checkpoint snapshot older than what is stored does not overwrite it.
+        let stale = Totals {
+            observed_ms: 14_000,
+            open_since_ms: Some(5_000),
+            ..later
+        };
+        store
+            .save_probe_totals(&[("churn".into(), stale)])
+            .await
+            .unwrap();
+        assert_eq!(store.probe_totals().await.unwrap()["churn"], later);
         assert_eq!(store.purge_outages_before(12_000).await.unwrap(), 0);
         assert_eq!(store.purge_outages_before(12_001).await.unwrap(), 1);
         assert_eq!(store.probe_totals().await.unwrap()["churn"], later);

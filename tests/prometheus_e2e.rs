@@ -293,6 +293,12 @@ fn every_panel_and_rule_has_data_and_mlflow_down_fires() {
         "count_over_time(mlflow_up[1m]) >= 20",
         Duration::from_secs(90),
     );
+    // r17 (vision, g5.xlarge) runs from T + 30 s: the cost panels' increases need it to have
+    // accrued while Prometheus watched.
+    prom.wait_for(
+        r#"sum(increase(mlflow_run_cost_total{experiment="vision", instance_type="g5.xlarge"}[1m])) > 0"#,
+        Duration::from_secs(90),
+    );
     prom.wait_for(
         "count_over_time(mlflow:deployments:increase7d[1m]) >= 2",
         Duration::from_secs(30),

@@ -311,9 +311,14 @@ impl Publisher {
     }
 }
 
+/// The text exposition of the families that have series: the encoder refuses an empty family (as
+/// the registry's gather drops them), and one must not cost the whole snapshot.
 fn encode_text(families: &[MetricFamily]) -> prometheus::Result<Vec<u8>> {
     let mut text = Vec::with_capacity(64 * 1024);
-    TextEncoder::new().encode(families, &mut text)?;
+    let encoder = TextEncoder::new();
+    for f in families.iter().filter(|f| !f.get_metric().is_empty()) {
+        encoder.encode(std::slice::from_ref(f), &mut text)?;
+    }
     Ok(text)
 }
 
@@ -334,6 +339,22 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         out
+    }
+
+    #[test]
+    fn a_snapshot_with_empty_families_is_published_without_them() {
+        let settings = crate::config::Settings::default();
+        let p = Publisher::new(Derivation::new(&settings)).unwrap();
+        let history = Delivery::new(crate::delivery::Bounds::new(&settings.delivery));
+        p.publish(&Snapshot::default(), &history, 0);
+        let text = String::from_utf8(p.current().text().to_vec()).unwrap();
+        // An empty MLflow: gauges without labels are 0, families without series are left out.
+        assert!(text.contains("\nmlflow_registered_models 0\n"), "{text}");
+        assert!(
+            !text.contains("# TYPE mlflow_model_alias_version"),
+            "{text}"
+        );
+        assert_eq!(gunzip(&p.current().gzip()), text.as_bytes());
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl Pipeline {
                     "old delivery events and probe outages deleted"
                 ),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot delete old delivery events; will retry")
+                    tracing::warn!(error = %e, "cannot delete old delivery events and outages; will retry")
                 }
             }
             self.last_purge_ms = now_ms;

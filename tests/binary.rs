@@ -170,25 +170,11 @@ fn not_ready_until_the_first_sync() {
     );
 }
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"))
-        .args(args)
-        .env_remove("MLFLOW_TRACKING_URI")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_config_prints_the_effective_configuration_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_file(dir.path(), "c.yaml", "mlflow:\n  sync_interval: 30s\n");
-    let (code, out, err) = run(
+    let (code, out, err) = run_exporter(
         &[
             "check-config",
             "--config.file",
@@ -222,19 +208,19 @@ fn a_bad_configuration_exits_non_zero_naming_the_key() {
         "c.yaml",
         "mlflow:\n  tracking_uri: http://m\n  sync_interval: soon\n",
     );
-    let (code, _, err) = run(&["--config.file", config.to_str().unwrap()], &[]);
+    let (code, _, err) = run_exporter(&["--config.file", config.to_str().unwrap()], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("mlflow.sync_interval"), "{err}");
 
-    let (code, _, err) = run(&["check-config"], &[]);
+    let (code, _, err) = run_exporter(&["check-config"], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("MLFLOW_TRACKING_URI"), "{err}");
 
-    let (code, _, err) = run(&["--config.file", "/does/not/exist.yaml"], &[]);
+    let (code, _, err) = run_exporter(&["--config.file", "/does/not/exist.yaml"], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("/does/not/exist.yaml"), "{err}");
 
-    let (code, _, err) = run(&["--log.level=loud"], &[]);
+    let (code, _, err) = run_exporter(&["--log.level=loud"], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("loud"), "{err}");
 }

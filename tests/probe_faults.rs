@@ -8,12 +8,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, now_ms, write_file, ExporterProcess, Scrape};
+use common::{free_port, http_get, now_ms, run_exporter, write_file, ExporterProcess, Scrape};
 use mlflow_exporter::config::probes::{HeaderSource, Probe, ProbeSettings};
 use mlflow_exporter::config::Secret;
 use mlflow_exporter::source::probe::{Outcome, Prober, Reason};
@@ -652,21 +651,6 @@ const ENV_SECRET: &str = "env-5ecret-27be94";
 const FILE_SECRET: &str = "file-5ecret-c3f615";
 const SECRET_VAR: &str = "PROBE_TEST_ENV_SECRET";
 
-/// Runs the binary to its end: exit code, stdout, stderr.
-fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"))
-        .args(args)
-        .env_remove("MLFLOW_TRACKING_URI")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The three header secrets, literal, from the environment and from a file.
 fn secret_headers(file: &Path) -> String {
     format!(
@@ -714,7 +698,7 @@ async fn probe_header_secrets_never_show_in_the_log_the_metrics_or_check_config(
     let env = [(SECRET_VAR, ENV_SECRET)];
 
     // check-config prints the probes, header sources and all, with no secret value.
-    let (code, out, err) = run(&["--config.file", config_arg, "check-config"], &env);
+    let (code, out, err) = run_exporter(&["--config.file", config_arg, "check-config"], &env);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("name: served"), "{out}");
     assert!(out.contains(&format!("env: {SECRET_VAR}")), "{out}");
@@ -833,7 +817,7 @@ fn a_probe_url_with_credentials_is_refused_naming_the_probe() {
         vec!["--config.file", config, "check-config"],
         vec!["--config.file", config],
     ] {
-        let (code, out, err) = run(&args, &[]);
+        let (code, out, err) = run_exporter(&args, &[]);
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert_eq!(out, "");
         assert!(
@@ -858,7 +842,7 @@ fn unusable_header_sources_are_refused_by_check_config_without_echoing_the_value
                  probes:\n  targets:\n    - name: model-x\n      url: http://127.0.0.1:1/\n      headers: {headers}\n"
             ),
         );
-        run(
+        run_exporter(
             &["--config.file", config.to_str().unwrap(), "check-config"],
             &[],
         )
@@ -896,7 +880,7 @@ fn a_malformed_probe_url_with_credentials_is_refused_without_echoing_them() {
         "mlflow:\n  tracking_uri: http://127.0.0.1:1\n\
          probes:\n  targets:\n    - name: typo\n      url: 'http://user:pw-5ecret-4d2e@127.0.0.1:99999/'\n",
     );
-    let (code, out, err) = run(
+    let (code, out, err) = run_exporter(
         &["--config.file", config.to_str().unwrap(), "check-config"],
         &[],
     );
@@ -918,7 +902,7 @@ fn a_probe_timeout_longer_than_its_interval_is_refused() {
             "config.yaml",
             &format!("mlflow:\n  tracking_uri: http://127.0.0.1:1\nprobes:\n{probes}"),
         );
-        run(
+        run_exporter(
             &["--config.file", config.to_str().unwrap(), "check-config"],
             &[],
         )

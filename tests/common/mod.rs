@@ -279,6 +279,21 @@ pub fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     p
 }
 
+/// Runs the binary to its end: exit code, stdout, stderr.
+pub fn run_exporter(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"))
+        .args(args)
+        .env_remove("MLFLOW_TRACKING_URI")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The exporter binary, started in its own process group; stderr goes to a file.
 pub struct ExporterProcess {
     pub addr: String,

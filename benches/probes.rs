@@ -6,6 +6,8 @@
 //! utime + stime of its process from /proc. The tracking server is unreachable and synced once an
 //! hour, so the sync loop costs nothing after start-up. `cargo bench --bench probes`.
 
+mod procfs;
+
 use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -121,18 +123,6 @@ fn clock_ticks() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-/// A `/proc/<pid>/status` figure in MiB (VmRSS, VmHWM).
-fn status_mib(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn loadavg() -> String {
@@ -367,8 +357,8 @@ fn main() {
             switches,
         )
     });
-    let rss = status_mib(pid, "VmRSS:");
-    let hwm = status_mib(pid, "VmHWM:");
+    let rss = procfs::status_mib(&pid.to_string(), "VmRSS:");
+    let hwm = procfs::status_mib(&pid.to_string(), "VmHWM:");
     let load = loadavg();
     drop(exporter);
     drop(target);

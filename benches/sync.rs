@@ -7,6 +7,8 @@
 //! steady resident memory, and the requests made. Targets: full sync ≤ 10 s, steady memory ≤ 300 MB,
 //! incremental cycle ≤ 5 requests and ≤ 200 ms. `cargo bench --bench sync`.
 
+mod procfs;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -653,18 +655,6 @@ fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// A `/proc/self/status` figure in MiB.
-fn status_mib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -732,7 +722,7 @@ fn main() {
     settings.probes.mlflow_health = false;
     settings.validate().expect("valid settings");
     let rt = runtime(2);
-    let rss_start = status_mib("VmRSS:");
+    let rss_start = procfs::status_mib("self", "VmRSS:");
     let mut pipeline = rt.block_on(Pipeline::open(&settings, now)).unwrap();
 
     // Full sync: read everything, detect registry changes, derive and publish.
@@ -741,8 +731,8 @@ fn main() {
     let full = rt.block_on(pipeline.cycle(now_ms())).unwrap();
     let full_s = t.elapsed().as_secs_f64();
     let (cpu1, scpu1) = (cpu_seconds("self"), cpu_seconds(&server_pid));
-    let peak_full = status_mib("VmHWM:");
-    let rss_full = status_mib("VmRSS:");
+    let peak_full = procfs::status_mib("self", "VmHWM:");
+    let rss_full = procfs::status_mib("self", "VmRSS:");
     let (live_full, peak_live_full) = (
         live_mib(),
         PEAK.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
@@ -764,11 +754,11 @@ fn main() {
     let inc = rt.block_on(pipeline.cycle(now_ms())).unwrap();
     let inc_s = t.elapsed().as_secs_f64();
     let (cpu3, scpu3) = (cpu_seconds("self"), cpu_seconds(&server_pid));
-    let rss_inc = status_mib("VmRSS:");
+    let rss_inc = procfs::status_mib("self", "VmRSS:");
     let live_inc = live_mib();
-    let peak = status_mib("VmHWM:");
+    let peak = procfs::status_mib("self", "VmHWM:");
     std::thread::sleep(Duration::from_secs(2));
-    let rss_idle = status_mib("VmRSS:");
+    let rss_idle = procfs::status_mib("self", "VmRSS:");
 
     // The floor: the same runs pages downloaded without decoding.
     let ids: Vec<String> = (1..=EXPERIMENTS).map(|e| e.to_string()).collect();

@@ -1,6 +1,8 @@
 //! TLS tests of the MLflow client against a small HTTPS server on 127.0.0.1 with rcgen certificates:
 //! a custom CA bundle, untrusted and insecure modes, mutual TLS, and unusable certificate files.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +11,8 @@ use mlflow_exporter::config::Settings;
 use mlflow_exporter::error::MlflowError;
 use mlflow_exporter::source::mlflow::MlflowClient;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,16 +40,9 @@ struct Ca {
 
 impl Ca {
     fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Ca { issuer }
+        Ca {
+            issuer: common::tls::ca(name),
+        }
     }
 
     fn pem(&self) -> String {

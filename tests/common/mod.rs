@@ -709,3 +709,4 @@ impl Drop for Alertmanager {
 }
 
 pub mod prometheus;
+pub mod tls;

@@ -116,6 +116,7 @@ impl Pipeline {
             .exporter
             .sync_succeeded(report.mode, report.seconds, ended, snap.runs.len());
         self.publish(now_ms).await;
+        crate::memory::release_freed();
         self.ready.store(true, Ordering::Release);
         tracing::info!(
             mode = report.mode.as_str(),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use mlflow_exporter::config::{Secret, Settings};
 use mlflow_exporter::error::MlflowError;
 use mlflow_exporter::source::mlflow::client::RunsQuery;
+use mlflow_exporter::source::mlflow::model::Run;
 use mlflow_exporter::source::mlflow::MlflowClient;
 use mlflow_exporter::sync::snapshot::run_key;
 use mlflow_exporter::sync::{Mode, Syncer};
@@ -45,6 +46,13 @@ fn settings(uri: &str) -> Settings {
 
 fn client(s: &Settings) -> MlflowClient {
     MlflowClient::new(&s.mlflow, None).expect("client builds")
+}
+
+/// What a test keeps of a page of runs: (run id, status) of each.
+fn ids_and_statuses(page: Vec<Run>) -> Vec<(String, String)> {
+    page.iter()
+        .map(|r| (r.info.run_id.to_string(), r.info.status.to_string()))
+        .collect()
 }
 
 /// A 32-hex-digit run id.
@@ -153,6 +161,56 @@ async fn experiments_are_read_over_three_pages_in_order() {
     assert_eq!(tokens, [Value::Null, json!("p2"), json!("p3")]);
 }
 
+/// A full read of many experiments searches groups of them two at a time: every group is paged to
+/// its end, every run arrives once, and the requests are counted over all groups.
+#[tokio::test]
+async fn a_full_read_searches_groups_of_experiments_side_by_side() {
+    let server = MockServer::start().await;
+    let ids: Vec<String> = (1..=60).map(|i| i.to_string()).collect();
+    // Groups of 25, 25 and 10 (see `experiment_groups`), two pages each.
+    for (g, group) in ids.chunks(25).enumerate() {
+        let g = g as u32;
+        let (first, second) = (format!("g{g}-p2"), Value::Null);
+        for (token, answer) in [
+            (
+                Value::Null,
+                json!({"runs": [run(10 * g + 1, &group[0], "FINISHED")], "next_page_token": first}),
+            ),
+            (
+                json!(first),
+                json!({"runs": [run(10 * g + 2, &group[1], "FAILED")], "next_page_token": second}),
+            ),
+        ] {
+            Mock::given(method("POST"))
+                .and(path(api(RUNS)))
+                .and(body_partial_json(
+                    json!({"experiment_ids": group, "page_token": token, "filter": ""}),
+                ))
+                // The first group's first page is slow: the others are read meanwhile.
+                .respond_with(ok(answer).set_delay(if g == 0 && token.is_null() {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::ZERO
+                }))
+                .expect(1)
+                .mount(&server)
+                .await;
+        }
+    }
+    let mut s = settings(&server.uri());
+    s.mlflow.concurrency = 2;
+    let mut seen = Vec::new();
+    let requests = client(&s)
+        .runs(&ids, RunsQuery::All, ids_and_statuses, |page| {
+            seen.extend(page.into_iter().map(|(id, _)| id))
+        })
+        .await
+        .unwrap();
+    assert_eq!(requests, 6);
+    // While the first group waits, the second is read to its end and the third takes its place.
+    assert_eq!(seen, [11, 12, 21, 22, 1, 2].map(run_id));
+}
+
 #[tokio::test]
 async fn runs_are_read_over_three_pages_in_order_and_requests_counted() {
     let server = MockServer::start().await;
@@ -184,12 +242,8 @@ async fn runs_are_read_over_three_pages_in_order_and_requests_counted() {
     let ids = vec!["1".to_string(), "2".to_string()];
     let mut pages_seen = Vec::new();
     let requests = client(&s)
-        .runs(&ids, RunsQuery::All, |page| {
-            pages_seen.push(
-                page.iter()
-                    .map(|r| (r.info.run_id.clone(), r.info.status.clone()))
-                    .collect::<Vec<_>>(),
-            )
+        .runs(&ids, RunsQuery::All, ids_and_statuses, |page| {
+            pages_seen.push(page)
         })
         .await
         .unwrap();
@@ -386,7 +440,12 @@ async fn a_400_is_not_retried_and_carries_mlflows_error() {
         .mount(&server)
         .await;
     let err = client(&settings(&server.uri()))
-        .runs(&["1".to_string()], RunsQuery::Filter("nonsense"), |_| {})
+        .runs(
+            &["1".to_string()],
+            RunsQuery::Filter("nonsense"),
+            ids_and_statuses,
+            |_| {},
+        )
         .await
         .unwrap_err();
     match &err {
@@ -595,7 +654,7 @@ async fn truncated_json_is_a_decode_error_naming_the_endpoint() {
         .mount(&server)
         .await;
     let err = client(&settings(&server.uri()))
-        .runs(&["1".to_string()], RunsQuery::All, |_| {})
+        .runs(&["1".to_string()], RunsQuery::All, ids_and_statuses, |_| {})
         .await
         .unwrap_err();
     assert!(

@@ -187,6 +187,9 @@ pub struct MlflowSettings {
     pub retry_backoff: Duration,
     /// Page size of runs and model-version searches.
     pub page_size: u32,
+    /// Runs searches of a full read in flight at once, over groups of experiments (1 = one at a time).
+    /// MLflow answers each on its own worker, and the exporter decodes one page while the next downloads.
+    pub concurrency: usize,
     /// Time between sync cycles (`--mlflow.sync-interval`).
     #[serde(with = "humantime_serde")]
     pub sync_interval: Duration,
@@ -212,6 +215,7 @@ impl Default for MlflowSettings {
             max_retries: 3,
             retry_backoff: Duration::from_millis(500),
             page_size: 1000,
+            concurrency: 2,
             sync_interval: Duration::from_secs(60),
             full_resync_interval: Duration::from_secs(3600),
             sync_overlap: Duration::from_secs(300),
@@ -638,6 +642,15 @@ impl Settings {
                 ),
             );
         }
+        if !(1..=16).contains(&self.mlflow.concurrency) {
+            return bad(
+                "mlflow.concurrency",
+                format!(
+                    "{} is outside 1..=16 (searches in flight against MLflow)",
+                    self.mlflow.concurrency
+                ),
+            );
+        }
         parse_listen_address(&self.web.listen_address)
             .map_err(|e| ConfigError::Invalid(format!("web.listen_address: {e}")))?;
         if !self.web.telemetry_path.starts_with('/') || self.web.telemetry_path.len() < 2 {
@@ -998,6 +1011,11 @@ cost:
         assert!(e.contains("mlflow.sync_interval"), "{e}");
         let e = load_err("mlflow: {tracking_uri: 'http://m', sync_intervall: 5s}\n");
         assert!(e.contains("sync_intervall"), "{e}");
+        let e = load_err("mlflow: {tracking_uri: 'http://m', concurrency: 0}\n");
+        assert!(
+            e.contains("mlflow.concurrency") && e.contains("outside 1..=16"),
+            "{e}"
+        );
         let e = load_err("mlflow: {tracking_uri: 'sqlite:///x.db'}\n");
         assert!(
             e.contains("mlflow.tracking_uri") && e.contains("sqlite"),

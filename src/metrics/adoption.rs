@@ -2,7 +2,8 @@
 //! ones; teams; users who reached a registered model (activation) and how long that took (time to
 //! value); and which platform features each window's users used.
 
-use std::collections::{HashMap, HashSet};
+// foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
+use hashbrown::{HashMap, HashSet};
 
 use prometheus::proto::MetricFamily;
 

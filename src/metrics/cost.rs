@@ -2,7 +2,10 @@
 //! time), that time priced by the rate card, and GPU time, per experiment, team and instance type;
 //! and how well GPUs were used: utilization of ended runs, and the money spent on idle GPUs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
+use hashbrown::HashMap;
 
 use prometheus::proto::MetricFamily;
 

@@ -1,7 +1,8 @@
 //! The cardinality guard: each label fed by user data keeps its most used values (up to
 //! `max_label_values`) and folds the rest into `__other__`, reporting how many values were folded.
 
-use std::collections::HashMap;
+// foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
+use hashbrown::HashMap;
 
 use super::family::{Family, Spec};
 use crate::sync::snapshot::{Interner, Sym};

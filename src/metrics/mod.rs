@@ -17,7 +17,8 @@ pub mod publish;
 pub mod quality;
 pub mod runs;
 
-use std::collections::HashMap;
+// foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
+use hashbrown::HashMap;
 use std::time::Duration;
 
 use prometheus::proto::MetricFamily;

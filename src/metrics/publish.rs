@@ -3,12 +3,12 @@
 //! the delivery history, probes) is re-encoded on a scrape when it changed, and joined to the first
 //! part without recompressing it: the gzip body is one deflate stream made of two flushed segments.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -25,30 +25,61 @@ const MIN_REENCODE_INTERVAL: Duration = Duration::from_millis(100);
 /// The process metrics (CPU, memory) are at most this old when scraped.
 const MAX_AGE: Duration = Duration::from_secs(1);
 
-/// One part of the exposition, encoded as text and as a raw deflate segment that ends on a byte
-/// boundary (sync flush, or the final block for the last part), so segments concatenate.
-#[derive(Debug, Clone)]
+/// One part of the exposition, encoded as a raw deflate segment that ends on a byte boundary (sync
+/// flush, or the final block for the last part), so segments concatenate; and as text. A snapshot's
+/// text (tens of MB at a million runs) is not kept: Prometheus always asks for gzip, so it is
+/// inflated again on the first scrape that asks for plain text, and kept until the next snapshot.
+#[derive(Debug)]
 struct Segment {
-    text: Bytes,
+    text: OnceLock<Bytes>,
+    len: usize,
     deflate: Bytes,
     crc: crc32fast::Hasher,
 }
 
 impl Segment {
     fn empty() -> Segment {
-        Segment::new(Vec::new(), Compression::fast(), false)
+        Segment::new(Vec::new(), Compression::fast(), false, true)
     }
 
-    fn new(text: Vec<u8>, level: Compression, last: bool) -> Segment {
+    fn new(text: Vec<u8>, level: Compression, last: bool, keep_text: bool) -> Segment {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&text);
         let deflate = deflate(&text, level, last);
+        let kept = OnceLock::new();
+        let len = text.len();
+        if keep_text {
+            let _ = kept.set(Bytes::from(text));
+        }
         Segment {
-            text: text.into(),
+            text: kept,
+            len,
             deflate: deflate.into(),
             crc,
         }
     }
+
+    fn text(&self) -> Bytes {
+        self.text
+            .get_or_init(|| inflate(&self.deflate, self.len).into())
+            .clone()
+    }
+}
+
+/// Inflates a raw deflate segment (ended by a sync flush or a final block) of `len` bytes of text.
+fn inflate(segment: &[u8], len: usize) -> Vec<u8> {
+    let mut d = Decompress::new(false);
+    let mut out = Vec::with_capacity(len);
+    while (d.total_in() as usize) < segment.len() && out.len() < len {
+        let done = d.total_in() as usize;
+        // The segment is our own output: an error would be a bug, and leaves the text short.
+        match d.decompress_vec(&segment[done..], &mut out, FlushDecompress::Sync) {
+            Ok(Status::StreamEnd) | Err(_) => break,
+            Ok(_) if d.total_in() as usize == done && out.len() < out.capacity() => break,
+            Ok(_) => out.reserve(64 * 1024),
+        }
+    }
+    out
 }
 
 /// Raw deflate of `input`: a sync flush leaves the stream open on a byte boundary for the next
@@ -78,23 +109,25 @@ fn deflate(input: &[u8], level: Compression, last: bool) -> Vec<u8> {
 /// One encoded exposition, as served: the parts are sent one after another without copying.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    text: [Bytes; 2],
+    derived: Arc<Segment>,
+    rest_text: Bytes,
     gzip: [Bytes; 4],
     at: Instant,
 }
 
 impl Encoded {
-    fn join(derived: &Segment, rest: &Segment) -> Encoded {
+    fn join(derived: &Arc<Segment>, rest: &Segment) -> Encoded {
         let mut crc = derived.crc.clone();
         crc.combine(&rest.crc);
-        let len = derived.text.len() + rest.text.len();
+        let len = derived.len + rest.len;
         // Member header: deflate, no name, no mtime, unknown OS (RFC 1952).
         const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
         let mut trailer = Vec::with_capacity(8);
         trailer.extend_from_slice(&crc.finalize().to_le_bytes());
         trailer.extend_from_slice(&(len as u32).to_le_bytes());
         Encoded {
-            text: [derived.text.clone(), rest.text.clone()],
+            derived: derived.clone(),
+            rest_text: rest.text(),
             gzip: [
                 Bytes::from_static(&HEADER),
                 derived.deflate.clone(),
@@ -107,7 +140,11 @@ impl Encoded {
 
     /// The whole text exposition in one buffer (tests and tools; the server sends the parts).
     pub fn text(&self) -> Bytes {
-        concat(&self.text)
+        concat(&self.text_parts())
+    }
+
+    fn text_parts(&self) -> [Bytes; 2] {
+        [self.derived.text(), self.rest_text.clone()]
     }
 
     /// The whole gzip body in one buffer.
@@ -117,7 +154,13 @@ impl Encoded {
 
     /// The response body, gzip or plain, with its exact length.
     pub fn body(&self, gzip: bool) -> axum::body::Body {
-        let parts: &[Bytes] = if gzip { &self.gzip } else { &self.text };
+        let text;
+        let parts: &[Bytes] = if gzip {
+            &self.gzip
+        } else {
+            text = self.text_parts();
+            &text
+        };
         axum::body::Body::new(Parts(
             parts.iter().filter(|b| !b.is_empty()).cloned().collect(),
         ))
@@ -263,7 +306,8 @@ impl Publisher {
         match encode_text(&families) {
             // Compressed once per snapshot, so the best level is affordable.
             Ok(text) => {
-                *lock(&self.derived) = Arc::new(Segment::new(text, Compression::best(), false))
+                *lock(&self.derived) =
+                    Arc::new(Segment::new(text, Compression::best(), false, false))
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode the snapshot's metrics; keeping the previous ones")
@@ -305,7 +349,7 @@ impl Publisher {
                 return;
             }
         };
-        let rest = Segment::new(text, Compression::default(), true);
+        let rest = Segment::new(text, Compression::default(), true, true);
         let derived = lock(&self.derived).clone();
         self.current.store(Arc::new(Encoded::join(&derived, &rest)));
     }
@@ -370,8 +414,8 @@ mod tests {
             (Vec::new(), Vec::new()),
         ] {
             let e = Encoded::join(
-                &Segment::new(x.clone(), Compression::best(), false),
-                &Segment::new(y.clone(), Compression::default(), true),
+                &Arc::new(Segment::new(x.clone(), Compression::best(), false, false)),
+                &Segment::new(y.clone(), Compression::default(), true, true),
             );
             let whole = [x, y].concat();
             assert_eq!(e.text().as_ref(), whole.as_slice());

@@ -1,7 +1,10 @@
 //! Throughput of the platform: runs by current status, every run that ended and how long it took, and
 //! every run started (usage frequency, per active user).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
+use hashbrown::{HashMap, HashSet};
 
 use prometheus::proto::MetricFamily;
 

@@ -6,7 +6,7 @@ use regex::Regex;
 
 use super::snapshot::*;
 use crate::config::{CostSettings, ExtraLabel, Feature, Rate, Settings};
-use crate::source::mlflow::model::{Experiment, KeyValue, ModelVersion, RegisteredModel, Run};
+use crate::source::mlflow::model::{Experiment, ModelVersion, Pair, RegisteredModel, Run};
 
 /// Where a rate or label reads its value.
 #[derive(Debug, Clone)]
@@ -25,14 +25,11 @@ impl Field {
         }
     }
 
-    fn read<'a>(&self, tags: &'a [KeyValue], params: &'a [KeyValue]) -> Option<&'a str> {
-        let (list, key) = match self {
-            Field::Tag(k) => (tags, k),
-            Field::Param(k) => (params, k),
-        };
-        list.iter()
-            .find(|kv| &kv.key == key)
-            .map(|kv| kv.value.as_str())
+    fn read<'a, P: Pair>(&self, tags: &'a [P], params: &'a [P]) -> Option<&'a str> {
+        match self {
+            Field::Tag(k) => tag(tags, k),
+            Field::Param(k) => tag(params, k),
+        }
     }
 }
 
@@ -83,7 +80,7 @@ impl RateCard {
     }
 
     /// Index of the first rate matching the run's tags and params, or [`NO_RATE`].
-    pub fn find(&self, tags: &[KeyValue], params: &[KeyValue]) -> u16 {
+    pub fn find<P: Pair>(&self, tags: &[P], params: &[P]) -> u16 {
         self.rates
             .iter()
             .position(|r| {
@@ -159,6 +156,30 @@ impl Predicate {
             Predicate::Inputs => !run.inputs.dataset_inputs.is_empty(),
             Predicate::Registered => false,
         }
+    }
+}
+
+/// A page of runs as records, named by a table of the page's own strings.
+#[derive(Debug)]
+pub struct PageRecords {
+    pub strings: Interner,
+    pub runs: Vec<(RunKey, RunRecord)>,
+}
+
+impl PageRecords {
+    /// Moves the records into `snapshot` tables, renamed to its strings; returns how many.
+    pub fn merge_into(
+        self,
+        strings: &mut Interner,
+        out: &mut impl Extend<(RunKey, RunRecord)>,
+    ) -> usize {
+        let remap = strings.absorb(&self.strings);
+        let n = self.runs.len();
+        out.extend(self.runs.into_iter().map(|(k, mut r)| {
+            remap.run(&mut r);
+            (k, r)
+        }));
+        n
     }
 }
 
@@ -241,7 +262,7 @@ impl Extractor {
         let mut opt = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(|s| strings.intern(s));
         let team = opt(tag(&data.tags, &self.team_tag));
         let instance_type = opt(tag(&data.tags, &self.instance_type_tag));
-        let user = opt(Some(info.user_id.as_str()));
+        let user = opt(Some(&info.user_id));
         let extra: Vec<Option<Sym>> = self
             .extra
             .iter()
@@ -257,15 +278,23 @@ impl Extractor {
             instance_type,
             extra,
             quality: self.quality(run),
-            gpu_util_pct: gpu_utilization(data.metrics.iter().map(|m| (m.key.as_str(), m.value))),
+            gpu_util_pct: gpu_utilization(data.metrics.iter().map(|m| (&*m.key, m.value))),
             features: self.features(run),
             rate: self.rates.find(&data.tags, &data.params),
-            gpus_logged: gpu_count(data.metrics.iter().map(|m| m.key.as_str())),
+            gpus_logged: gpu_count(data.metrics.iter().map(|m| &*m.key)),
             status: RunStatus::parse(&info.status),
             deleted: info.lifecycle_stage == "deleted",
             hashed_id: !is_hex_run_id(&info.run_id),
         };
         (run_key(&info.run_id), record)
+    }
+
+    /// The records of a page of runs, with their own string table (made off the sync task, then
+    /// absorbed into the snapshot's).
+    pub fn page(&self, runs: &[Run]) -> PageRecords {
+        let mut strings = Interner::default();
+        let runs = runs.iter().map(|r| self.run(&mut strings, r)).collect();
+        PageRecords { strings, runs }
     }
 
     pub fn model(&self, strings: &mut Interner, m: &RegisteredModel) -> (Sym, ModelRecord) {
@@ -307,10 +336,8 @@ impl Extractor {
     }
 }
 
-fn tag<'a>(tags: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    tags.iter()
-        .find(|kv| kv.key == key)
-        .map(|kv| kv.value.as_str())
+fn tag<'a, P: Pair>(tags: &'a [P], key: &str) -> Option<&'a str> {
+    tags.iter().find(|kv| kv.key() == key).map(|kv| kv.value())
 }
 
 /// Splits a system metric key `system/gpu_{i}_{what}` (or `system/<node>/gpu_{i}_{what}`) into
@@ -352,6 +379,7 @@ pub fn gpu_utilization<'a>(metrics: impl Iterator<Item = (&'a str, f64)>) -> f64
 mod tests {
     use super::*;
     use crate::config::RateMatch;
+    use crate::source::mlflow::model::KeyValue;
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<KeyValue> {
         pairs
@@ -395,7 +423,8 @@ mod tests {
         assert!(gpu_utilization([("accuracy", 0.9)].into_iter()).is_nan());
     }
 
-    fn run_with(tags: &[(&str, &str)], metrics: &[&str], inputs: usize) -> Run {
+    /// A run as MLflow would list it (runs borrow from the text they are decoded from: leaked here).
+    fn run_with(tags: &[(&str, &str)], metrics: &[&str], inputs: usize) -> Run<'static> {
         let json = serde_json::json!({
             "info": {"run_id": "0123456789abcdef0123456789abcdef", "experiment_id": "1"},
             "data": {
@@ -404,7 +433,7 @@ mod tests {
             },
             "inputs": {"dataset_inputs": (0..inputs).map(|_| serde_json::json!({"dataset": {"name": "d"}})).collect::<Vec<_>>()},
         });
-        serde_json::from_value(json).unwrap()
+        serde_json::from_str(Box::leak(json.to_string().into_boxed_str())).unwrap()
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Settings;
@@ -48,7 +49,8 @@ pub struct CycleReport {
 
 pub struct Syncer {
     client: MlflowClient,
-    extractor: Extractor,
+    /// Shared with the threads that decode pages.
+    extractor: Arc<Extractor>,
     full_every_ms: i64,
     overlap_ms: i64,
     snapshot: Snapshot,
@@ -61,7 +63,7 @@ impl Syncer {
     pub fn new(client: MlflowClient, settings: &Settings) -> Syncer {
         Syncer {
             client,
-            extractor: Extractor::new(settings),
+            extractor: Arc::new(Extractor::new(settings)),
             full_every_ms: settings.mlflow.full_resync_interval.as_millis() as i64,
             overlap_ms: settings.mlflow.sync_overlap.as_millis() as i64,
             snapshot: Snapshot::default(),
@@ -97,16 +99,16 @@ impl Syncer {
         next.experiments = experiments;
         let mut runs_read = 0;
         {
-            let (strings, runs, ex) = (&mut next.strings, &mut next.runs, &self.extractor);
+            let (strings, runs) = (&mut next.strings, &mut next.runs);
+            let ex = self.extractor.clone();
             requests += self
                 .client
-                .runs(&ids, RunsQuery::All, |page| {
-                    runs_read += page.len();
-                    for r in &page {
-                        let (k, rec) = ex.run(strings, r);
-                        runs.insert(k, rec);
-                    }
-                })
+                .runs(
+                    &ids,
+                    RunsQuery::All,
+                    move |page| ex.page(&page),
+                    |page| runs_read += page.merge_into(strings, runs),
+                )
                 .await?;
         }
         let (registry, n) =
@@ -145,12 +147,17 @@ impl Syncer {
         let mut changed: Vec<(RunKey, RunRecord)> = Vec::new();
         let ended = format!("attributes.end_time >= {since}");
         for filter in [ended.as_str(), "attributes.status = 'RUNNING'"] {
-            let strings = &mut snap.strings;
+            let (strings, ex) = (&mut snap.strings, self.extractor.clone());
             requests += self
                 .client
-                .runs(&ids, RunsQuery::Filter(filter), |page| {
-                    changed.extend(page.iter().map(|r| ex.run(strings, r)));
-                })
+                .runs(
+                    &ids,
+                    RunsQuery::Filter(filter),
+                    move |page| ex.page(&page),
+                    |page| {
+                        page.merge_into(strings, &mut changed);
+                    },
+                )
                 .await?;
         }
         // Runs we hold as running that neither search returned ended with an end time before the
@@ -164,12 +171,17 @@ impl Syncer {
             .collect();
         for batch in stale.chunks(100) {
             let filter = format!("attributes.run_id IN ({})", batch.join(","));
-            let strings = &mut snap.strings;
+            let (strings, ex) = (&mut snap.strings, self.extractor.clone());
             requests += self
                 .client
-                .runs(&ids, RunsQuery::Filter(&filter), |page| {
-                    changed.extend(page.iter().map(|r| ex.run(strings, r)));
-                })
+                .runs(
+                    &ids,
+                    RunsQuery::Filter(&filter),
+                    move |page| ex.page(&page),
+                    |page| {
+                        page.merge_into(strings, &mut changed);
+                    },
+                )
                 .await?;
         }
 

@@ -3,6 +3,8 @@
 //! well under 300 bytes however many tags it carried.
 
 use std::collections::{BTreeMap, HashMap};
+
+use hashbrown::hash_table::{Entry, HashTable};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -21,19 +23,20 @@ impl Sym {
 /// ones, so a run holds a 4-byte id instead of its own list). Both live as long as the snapshot.
 #[derive(Debug, Clone)]
 pub struct Interner {
-    map: HashMap<Arc<str>, Sym>,
+    /// foldhash: a lookup per string field of every run read.
+    map: hashbrown::HashMap<Arc<str>, Sym>,
     strings: Vec<Arc<str>>,
-    combo_map: HashMap<Arc<[Option<Sym>]>, u32>,
+    combo_map: hashbrown::HashMap<Arc<[Option<Sym>]>, u32>,
     combos: Vec<Arc<[Option<Sym>]>>,
 }
 
 impl Default for Interner {
     fn default() -> Self {
         Interner {
-            map: HashMap::new(),
+            map: hashbrown::HashMap::new(),
             // Index 0 is never handed out, so that `Option<Sym>` costs no more than `Sym`.
             strings: vec![Arc::from("")],
-            combo_map: HashMap::new(),
+            combo_map: hashbrown::HashMap::new(),
             combos: Vec::new(),
         }
     }
@@ -89,6 +92,46 @@ impl Interner {
     /// One past the largest combination id.
     pub fn combos(&self) -> usize {
         self.combos.len()
+    }
+
+    /// Takes in the strings and combinations of another table (a page's, built off the sync task)
+    /// and says what its symbols and combination ids are called here.
+    pub fn absorb(&mut self, other: &Interner) -> Remap {
+        // Index 0 is never a symbol.
+        let syms: Vec<Sym> = other.strings[1..].iter().map(|s| self.intern(s)).collect();
+        let combos = other
+            .combos
+            .iter()
+            .map(|c| {
+                let values: Vec<Option<Sym>> =
+                    c.iter().map(|v| v.map(|v| syms[v.index() - 1])).collect();
+                self.intern_combo(&values)
+            })
+            .collect();
+        Remap { syms, combos }
+    }
+}
+
+/// Symbols and combination ids of an absorbed [`Interner`], by their old index (symbols from 1).
+#[derive(Debug)]
+pub struct Remap {
+    syms: Vec<Sym>,
+    combos: Vec<u32>,
+}
+
+impl Remap {
+    pub fn sym(&self, s: Sym) -> Sym {
+        self.syms[s.index() - 1]
+    }
+
+    /// Renames the symbols of a record made with the absorbed table.
+    pub fn run(&self, r: &mut RunRecord) {
+        let opt = |s: Option<Sym>| s.map(|s| self.sym(s));
+        r.experiment = self.sym(r.experiment);
+        r.user = opt(r.user);
+        r.team = opt(r.team);
+        r.instance_type = opt(r.instance_type);
+        r.extra = self.combos[r.extra as usize];
     }
 }
 
@@ -283,42 +326,54 @@ pub struct VersionRecord {
     pub run: Option<RunKey>,
 }
 
-/// Runs by id: the records sit in one vector and a map holds only their positions, so a run costs
-/// its record plus a 24-byte index slot rather than a record-sized slot in a half-empty table.
+/// Runs by id: the records sit in one vector and a hash table holds only their 4-byte positions
+/// (hashed through the key they point at), so a run costs its record, its key and about 10 bytes of
+/// index rather than a record-sized slot in a half-empty table.
 #[derive(Debug, Clone, Default)]
 pub struct Runs {
-    /// Key halves → position (a `u128` key would align map slots to 32 bytes).
-    index: HashMap<(u64, u64), usize>,
+    index: HashTable<u32>,
     keys: Vec<RunKey>,
     records: Vec<RunRecord>,
 }
 
-fn halves(key: RunKey) -> (u64, u64) {
-    ((key >> 64) as u64, key as u64)
+/// Run ids are random hex (or already hashes), so mixing the halves once spreads them well enough;
+/// the multiply keeps sequential ids from sharing the table's control bits.
+fn hash(key: RunKey) -> u64 {
+    ((key >> 64) as u64 ^ key as u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(29)
 }
 
 impl Runs {
     /// Inserts or replaces a run; returns the stored record.
     pub fn insert(&mut self, key: RunKey, rec: RunRecord) -> &mut RunRecord {
-        use std::collections::hash_map::Entry;
-        let i = match self.index.entry(halves(key)) {
+        let keys = &self.keys;
+        let i = match self.index.entry(
+            hash(key),
+            |&i| keys[i as usize] == key,
+            |&i| hash(keys[i as usize]),
+        ) {
             Entry::Occupied(e) => {
-                let i = *e.get();
+                let i = *e.get() as usize;
                 self.records[i] = rec;
                 i
             }
             Entry::Vacant(e) => {
-                e.insert(self.records.len());
+                let i = self.records.len();
+                // A snapshot of 2^32 runs would need ~300 GB: not a limit a real install reaches.
+                e.insert(u32::try_from(i).expect("fewer than 2^32 runs"));
                 self.keys.push(key);
                 self.records.push(rec);
-                self.records.len() - 1
+                i
             }
         };
         &mut self.records[i]
     }
 
     pub fn get(&self, key: &RunKey) -> Option<&RunRecord> {
-        self.index.get(&halves(*key)).map(|i| &self.records[*i])
+        self.index
+            .find(hash(*key), |&i| self.keys[i as usize] == *key)
+            .map(|&i| &self.records[i as usize])
     }
 
     pub fn values(&self) -> std::slice::Iter<'_, RunRecord> {
@@ -346,7 +401,8 @@ impl Runs {
     }
 
     pub fn reserve(&mut self, additional: usize) {
-        self.index.reserve(additional);
+        let keys = &self.keys;
+        self.index.reserve(additional, |&i| hash(keys[i as usize]));
         self.keys.reserve(additional);
         self.records.reserve(additional);
     }
@@ -392,6 +448,30 @@ mod tests {
             std::mem::size_of::<RunRecord>()
         );
         assert_eq!(std::mem::size_of::<Option<Sym>>(), 4);
+    }
+
+    #[test]
+    fn an_absorbed_table_renames_records_to_the_same_strings() {
+        let mut global = Interner::default();
+        let (a, b) = (global.intern("exp-1"), global.intern("alice"));
+        let mut page = Interner::default();
+        let (pb, pc, pa) = (
+            page.intern("alice"),
+            page.intern("team-x"),
+            page.intern("exp-1"),
+        );
+        let combo = page.intern_combo(&[Some(pc), None]);
+        let mut rec = RunRecord::new(pa, RunStatus::Finished, 1, 2);
+        (rec.user, rec.team, rec.instance_type, rec.extra) = (Some(pb), Some(pc), None, combo);
+        global.intern_combo(&[None, None]);
+        let remap = global.absorb(&page);
+        remap.run(&mut rec);
+        assert_eq!((rec.experiment, rec.user), (a, Some(b)));
+        assert_eq!(global.get(rec.team.unwrap()), "team-x");
+        assert_eq!(rec.instance_type, None);
+        let c = global.lookup("team-x");
+        assert_eq!(global.combo(rec.extra), &[c, None]);
+        assert_eq!(rec.extra, 1);
     }
 
     #[test]

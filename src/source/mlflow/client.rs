@@ -3,12 +3,16 @@
 //! auth, TLS with a custom CA and client certificate, and the latency of every call recorded.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
+use futures_util::{stream, StreamExt};
 use prometheus::HistogramVec;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::json;
 
 use super::model::*;
@@ -23,6 +27,8 @@ const EXPERIMENTS_PAGE: u32 = 50_000;
 const MODELS_PAGE: u32 = 1_000;
 /// Runs searches take this many experiment ids at once (MLflow sets no limit; this keeps bodies small).
 const EXPERIMENT_BATCH: usize = 5_000;
+/// Fewer experiments than this are searched together: splitting a small install only adds requests.
+const MIN_GROUP: usize = 25;
 
 pub struct MlflowClient {
     http: reqwest::Client,
@@ -32,6 +38,7 @@ pub struct MlflowClient {
     max_retries: u32,
     backoff: Duration,
     page_size: u32,
+    concurrency: usize,
     latency: Option<HistogramVec>,
 }
 
@@ -69,6 +76,7 @@ impl MlflowClient {
             max_retries: s.max_retries,
             backoff: s.retry_backoff,
             page_size: s.page_size,
+            concurrency: s.concurrency.max(1),
             latency,
         })
     }
@@ -93,38 +101,98 @@ impl MlflowClient {
         Ok((all, requests))
     }
 
-    /// Runs of the given experiments, active and deleted, handed to `sink` page by page so that a large
-    /// install is never held in memory as JSON. Returns the number of requests made.
-    pub async fn runs(
+    /// Runs of the given experiments, active and deleted, page by page so that a large install is
+    /// never held in memory as JSON. Each page is decoded (its runs borrow from its bytes) and handed
+    /// to `prepare` on a blocking thread, so that pages are decoded on every core while this task
+    /// waits for MLflow; `sink` gets what `prepare` made, on this task, one page at a time.
+    /// A full read (`RunsQuery::All`) searches groups of experiments side by side
+    /// ([`experiment_groups`]); a filtered one makes as few requests as it can. Returns the number
+    /// of requests made.
+    pub async fn runs<T, P, S>(
         &self,
         experiment_ids: &[String],
         query: RunsQuery<'_>,
-        mut sink: impl FnMut(Vec<Run>),
-    ) -> Result<usize, MlflowError> {
-        let filter = match query {
-            RunsQuery::All => "",
-            RunsQuery::Filter(f) => f,
+        prepare: P,
+        sink: S,
+    ) -> Result<usize, MlflowError>
+    where
+        T: Send + 'static,
+        P: for<'p> Fn(Vec<Run<'p>>) -> T + Clone + Send + 'static,
+        S: FnMut(T),
+    {
+        let (filter, concurrency) = match query {
+            RunsQuery::All => ("", self.concurrency),
+            RunsQuery::Filter(f) => (f, 1),
         };
+        // The searches share this task, so the lock is never contended; it makes the future `Send`.
+        let sink = Mutex::new(sink);
+        // Futures made up front: a `map` closure in the stream would hit rustc's higher-ranked `Send`
+        // limitation (rust-lang/rust#102211) once the sync task is spawned.
+        let groups: Vec<_> = experiment_groups(experiment_ids, concurrency)
+            .into_iter()
+            .map(|group| self.run_pages(group, filter, prepare.clone(), &sink))
+            .collect();
+        let mut searches = stream::iter(groups).buffer_unordered(concurrency);
         let mut requests = 0;
-        for batch in experiment_ids.chunks(EXPERIMENT_BATCH) {
-            requests += self
-                .pages::<SearchRunsResponse, _>(
-                    "runs/search",
-                    |token| {
-                        Request::Post(json!({
-                            "experiment_ids": batch,
-                            "filter": filter,
-                            "run_view_type": "ALL",
-                            "max_results": self.page_size,
-                            "order_by": ["attributes.start_time ASC", "attributes.run_id ASC"],
-                            "page_token": token,
-                        }))
-                    },
-                    &mut sink,
-                )
-                .await?;
+        while let Some(done) = searches.next().await {
+            requests += done?;
         }
         Ok(requests)
+    }
+
+    /// The pages of one runs search, refusing a page token MLflow has already handed out.
+    async fn run_pages<T, P, S>(
+        &self,
+        experiment_ids: &[String],
+        filter: &str,
+        prepare: P,
+        sink: &Mutex<S>,
+    ) -> Result<usize, MlflowError>
+    where
+        T: Send + 'static,
+        P: for<'p> Fn(Vec<Run<'p>>) -> T + Clone + Send + 'static,
+        S: FnMut(T),
+    {
+        const ENDPOINT: &str = "runs/search";
+        let mut seen = HashSet::new();
+        let mut token: Option<String> = None;
+        let mut requests = 0;
+        loop {
+            let request = Request::Post(json!({
+                "experiment_ids": experiment_ids,
+                "filter": filter,
+                "run_view_type": "ALL",
+                "max_results": self.page_size,
+                "order_by": ["attributes.start_time ASC", "attributes.run_id ASC"],
+                "page_token": token,
+            }));
+            let body = self.fetch(ENDPOINT, &request).await?;
+            requests += 1;
+            let prepare = prepare.clone();
+            let (next, prepared) = tokio::task::spawn_blocking(move || {
+                let page: SearchRunsResponse<'_> = decode(ENDPOINT, &body)?;
+                let next = page.next_page_token.filter(|t| !t.is_empty());
+                Ok::<_, MlflowError>((next, prepare(page.runs)))
+            })
+            .await
+            .map_err(|e| MlflowError::Decode {
+                endpoint: ENDPOINT,
+                detail: format!("the thread decoding a page failed: {e}"),
+            })??;
+            (sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))(prepared);
+            match next {
+                None => return Ok(requests),
+                Some(t) => {
+                    if !seen.insert(t.clone()) {
+                        return Err(MlflowError::PageLoop {
+                            endpoint: ENDPOINT,
+                            token: t,
+                        });
+                    }
+                    token = Some(t);
+                }
+            }
+        }
     }
 
     /// Every registered model with its aliases.
@@ -244,12 +312,17 @@ impl MlflowClient {
         }
     }
 
-    /// One API call with retries.
+    /// One API call with retries, decoded.
     async fn call<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         req: &Request,
     ) -> Result<T, MlflowError> {
+        decode(endpoint, &self.fetch(endpoint, req).await?)
+    }
+
+    /// One API call with retries: the body of its successful answer.
+    async fn fetch(&self, endpoint: &'static str, req: &Request) -> Result<Bytes, MlflowError> {
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();
@@ -292,11 +365,11 @@ impl MlflowClient {
     }
 
     /// One HTTP request; on failure also returns a `Retry-After` the server asked for.
-    async fn once<T: DeserializeOwned>(
+    async fn once(
         &self,
         endpoint: &'static str,
         req: &Request,
-    ) -> Result<T, (MlflowError, Option<Duration>)> {
+    ) -> Result<Bytes, (MlflowError, Option<Duration>)> {
         let url = format!("{}{}", self.api, endpoint);
         let mut builder = match req {
             Request::Get(q) => self.http.request(Method::GET, &url).query(q),
@@ -339,15 +412,7 @@ impl MlflowClient {
                 retry_after,
             ));
         }
-        serde_json::from_slice(&body).map_err(|e| {
-            (
-                MlflowError::Decode {
-                    endpoint,
-                    detail: e.to_string(),
-                },
-                None,
-            )
-        })
+        Ok(body)
     }
 
     fn transport_error(&self, endpoint: &'static str, e: reqwest::Error) -> MlflowError {
@@ -373,6 +438,33 @@ impl MlflowClient {
             }
         }
     }
+}
+
+/// Decodes an answer, naming the endpoint when it is not what MLflow sends.
+fn decode<'b, T: Deserialize<'b>>(
+    endpoint: &'static str,
+    body: &'b [u8],
+) -> Result<T, MlflowError> {
+    serde_json::from_slice(body).map_err(|e| MlflowError::Decode {
+        endpoint,
+        detail: e.to_string(),
+    })
+}
+
+/// How the experiments of a full read are split into searches run side by side: with `concurrency`
+/// above one, about four groups per concurrent search (so that a few large experiments rarely make
+/// one search the long pole), of at least [`MIN_GROUP`] ids; otherwise one search per
+/// [`EXPERIMENT_BATCH`] ids. Public so that the
+/// benchmark's download-only floor requests exactly the same pages.
+pub fn experiment_groups(ids: &[String], concurrency: usize) -> Vec<&[String]> {
+    let size = if concurrency <= 1 {
+        EXPERIMENT_BATCH
+    } else {
+        ids.len()
+            .div_ceil(concurrency * 4)
+            .clamp(MIN_GROUP, EXPERIMENT_BATCH)
+    };
+    ids.chunks(size).collect()
 }
 
 /// Credentials, sent on every request; reqwest marks the header sensitive so it is never logged.
@@ -404,6 +496,30 @@ fn status_hint(status: StatusCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn experiments_are_grouped_only_when_there_are_enough() {
+        let ids = |n: usize| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>();
+        let sizes = |n: usize, c: usize| {
+            experiment_groups(&ids(n), c)
+                .iter()
+                .map(|g| g.len())
+                .collect::<Vec<_>>()
+        };
+        // Small installs: one search, as before concurrency existed.
+        assert_eq!(sizes(3, 2), vec![3]);
+        assert_eq!(sizes(25, 2), vec![25]);
+        // 60 ids, 2 at once: groups of at least 25.
+        assert_eq!(sizes(60, 2), vec![25, 25, 10]);
+        // 1 000 ids, 2 at once: eight groups of 125.
+        assert_eq!(sizes(1_000, 2), vec![125; 8]);
+        // One at a time: batches of 5 000.
+        assert_eq!(sizes(12_000, 1), vec![5_000, 5_000, 2_000]);
+        assert!(experiment_groups(&[], 2).is_empty());
+        // Contiguous and complete, in order.
+        let all = ids(1_000);
+        assert_eq!(experiment_groups(&all, 4).concat(), all);
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_in_the_upper_half() {

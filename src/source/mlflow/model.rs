@@ -1,6 +1,10 @@
 //! Wire types of the MLflow REST responses the exporter reads, lenient where MLflow is loose
 //! (int64 as number or string, NaN metrics as strings, absent lists).
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// `{key, value}` of tags and params.
@@ -34,62 +38,102 @@ pub struct SearchExperimentsResponse {
     pub next_page_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Run {
-    pub info: RunInfo,
-    #[serde(default)]
-    pub data: RunData,
+/// A run as `runs/search` lists it, borrowing its strings from the page's bytes (a string with JSON
+/// escapes is the only one copied): a large install's runs are decoded without an allocation per field.
+#[derive(Debug, Deserialize)]
+pub struct Run<'a> {
+    #[serde(borrow)]
+    pub info: RunInfo<'a>,
+    #[serde(default, borrow)]
+    pub data: RunData<'a>,
     #[serde(default)]
     pub inputs: RunInputs,
 }
 
-/// Only whether a run logged dataset inputs matters, not what they were.
+/// Only whether a run logged dataset inputs matters, not what they were (`IgnoredAny` takes no memory).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RunInputs {
     #[serde(default)]
     pub dataset_inputs: Vec<serde::de::IgnoredAny>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct RunInfo {
-    pub run_id: String,
-    pub experiment_id: String,
-    #[serde(default)]
-    pub user_id: String,
-    #[serde(default)]
-    pub status: String,
+#[derive(Debug, Deserialize)]
+pub struct RunInfo<'a> {
+    #[serde(borrow)]
+    pub run_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub experiment_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub user_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub status: Cow<'a, str>,
     #[serde(default, deserialize_with = "opt_i64")]
     pub start_time: Option<i64>,
     #[serde(default, deserialize_with = "opt_i64")]
     pub end_time: Option<i64>,
-    #[serde(default)]
-    pub lifecycle_stage: String,
+    #[serde(default, borrow)]
+    pub lifecycle_stage: Cow<'a, str>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RunData {
-    #[serde(default)]
-    pub metrics: Vec<Metric>,
-    #[serde(default)]
-    pub params: Vec<KeyValue>,
-    #[serde(default)]
-    pub tags: Vec<KeyValue>,
+#[derive(Debug, Default, Deserialize)]
+pub struct RunData<'a> {
+    #[serde(default, borrow)]
+    pub metrics: Vec<Metric<'a>>,
+    #[serde(default, borrow)]
+    pub params: Vec<Tag<'a>>,
+    #[serde(default, borrow)]
+    pub tags: Vec<Tag<'a>>,
+}
+
+/// `{key, value}` of a run's tags and params, borrowed from the page.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Tag<'a> {
+    #[serde(borrow)]
+    pub key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub value: Cow<'a, str>,
 }
 
 /// The latest value of one metric key of a run.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Metric {
-    pub key: String,
+pub struct Metric<'a> {
+    #[serde(borrow)]
+    pub key: Cow<'a, str>,
     #[serde(default, deserialize_with = "lenient_f64")]
     pub value: f64,
 }
 
+/// One page of `runs/search`, borrowing from its bytes.
 #[derive(Debug, Default, Deserialize)]
-pub struct SearchRunsResponse {
-    #[serde(default)]
-    pub runs: Vec<Run>,
+pub struct SearchRunsResponse<'a> {
+    #[serde(default, borrow)]
+    pub runs: Vec<Run<'a>>,
     #[serde(default)]
     pub next_page_token: Option<String>,
+}
+
+/// A key and its value, of an owned [`KeyValue`] or a borrowed [`Tag`], for code that reads either.
+pub trait Pair {
+    fn key(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl Pair for KeyValue {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl Pair for Tag<'_> {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -167,7 +211,6 @@ macro_rules! page {
     };
 }
 page!(SearchExperimentsResponse, experiments, Experiment);
-page!(SearchRunsResponse, runs, Run);
 page!(
     SearchRegisteredModelsResponse,
     registered_models,
@@ -175,37 +218,72 @@ page!(
 );
 page!(SearchModelVersionsResponse, model_versions, ModelVersion);
 
-/// int64 fields arrive as JSON numbers, or as strings from proto-JSON encoders.
+/// int64 fields arrive as JSON numbers, or as strings from proto-JSON encoders. A visitor rather
+/// than an untagged enum: that would buffer every timestamp of a million runs before trying each form.
 fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        I(i64),
-        F(f64),
-        S(String),
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an integer, or a string holding one")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            // `as` saturates; a NaN or infinite time means no time.
+            Ok(v.is_finite().then_some(v as i64))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.parse().map(Some).map_err(E::custom)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
     }
-    Ok(match Option::<N>::deserialize(d)? {
-        None => None,
-        Some(N::I(i)) => Some(i),
-        Some(N::F(f)) if f.is_finite() => Some(f as i64),
-        Some(N::F(_)) => None,
-        Some(N::S(s)) => Some(s.parse().map_err(serde::de::Error::custom)?),
-    })
+    d.deserialize_option(V)
 }
 
-/// Metric values may be `"NaN"` or `"Infinity"` strings.
+/// Metric values may be `"NaN"` or `"Infinity"` strings; anything unreadable is NaN.
 fn lenient_f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        F(f64),
-        S(String),
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number, or a string holding one")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            Ok(v.parse().unwrap_or(f64::NAN))
+        }
+        fn visit_none<E: de::Error>(self) -> Result<f64, E> {
+            Ok(f64::NAN)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<f64, E> {
+            Ok(f64::NAN)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<f64, D::Error> {
+            d.deserialize_any(self)
+        }
     }
-    Ok(match Option::<N>::deserialize(d)? {
-        None => f64::NAN,
-        Some(N::F(f)) => f,
-        Some(N::S(s)) => s.parse().unwrap_or(f64::NAN),
-    })
+    d.deserialize_option(V)
 }
 
 #[cfg(test)]
@@ -221,13 +299,56 @@ mod tests {
             "next_page_token":""}"#,
         )
         .unwrap();
-        let (runs, next) = r.into_parts();
-        assert_eq!(next, None);
+        assert_eq!(r.next_page_token.as_deref(), Some(""));
+        let runs = r.runs;
         assert_eq!(runs[0].info.start_time, Some(1_700_000_000_000));
         assert_eq!(runs[0].info.end_time, None);
         assert!(runs[0].data.metrics[0].value.is_nan());
         assert_eq!(runs[0].data.metrics[1].value, 0.5);
         assert!(runs[0].data.tags.is_empty());
+    }
+
+    #[test]
+    fn run_strings_borrow_from_the_page_unless_escaped() {
+        let text = r#"{"runs":[{"info":{"run_id":"ab","experiment_id":"1","user_id":"a\"b@x","status":"FINISHED",
+            "start_time":1.5e12,"end_time":null,"lifecycle_stage":"active"},
+            "data":{"tags":[{"key":"team","value":"vision\u00e9"},{"key":"k"}],"params":[{"key":"p","value":"1"}],
+            "metrics":[{"key":"a","value":3},{"key":"b","value":"Infinity"},{"key":"c","value":null},{"key":"d"}]},
+            "inputs":{"dataset_inputs":[{"dataset":{"name":"d"}},{}]}}]}"#;
+        let r: SearchRunsResponse = serde_json::from_str(text).unwrap();
+        let run = &r.runs[0];
+        assert!(matches!(run.info.run_id, Cow::Borrowed("ab")));
+        assert!(matches!(run.data.params[0].value, Cow::Borrowed("1")));
+        // Escapes cannot be borrowed: decoded into their own string.
+        assert!(matches!(&run.info.user_id, Cow::Owned(s) if s == "a\"b@x"));
+        assert_eq!(run.data.tags[0].value, "vision\u{e9}");
+        assert_eq!(run.data.tags[1].value, "");
+        assert_eq!(run.info.start_time, Some(1_500_000_000_000));
+        assert_eq!(run.info.end_time, None);
+        let values: Vec<f64> = run.data.metrics.iter().map(|m| m.value).collect();
+        assert_eq!(values[..2], [3.0, f64::INFINITY]);
+        assert!(values[2].is_nan());
+        // proto3 JSON leaves a 0.0 out.
+        assert_eq!(values[3], 0.0);
+        assert_eq!(run.inputs.dataset_inputs.len(), 2);
+        assert_eq!(r.next_page_token, None);
+    }
+
+    #[test]
+    fn times_in_any_json_form() {
+        let time = |v: &str| {
+            let text = format!(r#"{{"run_id":"a","experiment_id":"1","start_time":{v}}}"#);
+            serde_json::from_str::<RunInfo>(&text).map(|i| i.start_time)
+        };
+        assert_eq!(time("1700000000000").unwrap(), Some(1_700_000_000_000));
+        assert_eq!(time("-5").unwrap(), Some(-5));
+        assert_eq!(time(r#""1700000000000""#).unwrap(), Some(1_700_000_000_000));
+        assert_eq!(time("18446744073709551615").unwrap(), Some(i64::MAX));
+        assert_eq!(time("1.5").unwrap(), Some(1));
+        assert_eq!(time("null").unwrap(), None);
+        assert!(time(r#""soon""#).is_err());
+        assert!(time("true").is_err());
+        assert!(time("[1]").is_err());
     }
 
     #[test]

@@ -148,11 +148,9 @@ impl Predicate {
         match self {
             Predicate::Tag { key, value } => tag(&run.data.tags, key)
                 .is_some_and(|v| value.as_ref().is_none_or(|want| want == v)),
-            Predicate::MetricPrefix(p) => run
-                .data
-                .metrics
-                .iter()
-                .any(|m| m.key.starts_with(p.as_str())),
+            Predicate::MetricPrefix(p) => run.data.metrics.iter().any(|m| {
+                m.key.as_bytes().first() == p.as_bytes().first() && m.key.starts_with(p.as_str())
+            }),
             Predicate::Inputs => !run.inputs.dataset_inputs.is_empty(),
             Predicate::Registered => false,
         }
@@ -234,7 +232,7 @@ impl Extractor {
                 run.data
                     .metrics
                     .iter()
-                    .find(|m| &m.key == k)
+                    .find(|m| key_eq(&m.key, k))
                     .map_or(f64::NAN, |m| m.value)
             })
             .collect();
@@ -337,12 +335,26 @@ impl Extractor {
 }
 
 fn tag<'a, P: Pair>(tags: &'a [P], key: &str) -> Option<&'a str> {
-    tags.iter().find(|kv| kv.key() == key).map(|kv| kv.value())
+    tags.iter()
+        .find(|kv| key_eq(kv.key(), key))
+        .map(|kv| kv.value())
+}
+
+/// String equality that rejects most different keys of equal length ("accuracy" and "val_loss",
+/// "estimator" and "optimizer") on their first byte, before calling `memcmp`: the extractor
+/// compares some 50 keys per run, and the call was a fifth of its time.
+#[inline]
+fn key_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
 }
 
 /// Splits a system metric key `system/gpu_{i}_{what}` (or `system/<node>/gpu_{i}_{what}`) into
 /// `((node, i), what)`.
 fn gpu_key(key: &str) -> Option<((&str, &str), &str)> {
+    // The first byte first: most keys are a model's own metrics, and this runs twice per key.
+    if key.as_bytes().first() != Some(&b's') {
+        return None;
+    }
     let rest = key.strip_prefix("system/")?;
     let (node, leaf) = rest.rsplit_once('/').unwrap_or(("", rest));
     let (index, what) = leaf.strip_prefix("gpu_")?.split_once('_')?;

@@ -7,9 +7,10 @@
 //! steady resident memory, and the requests made. Targets: full sync ≤ 10 s, steady memory ≤ 300 MB,
 //! incremental cycle ≤ 5 requests and ≤ 200 ms. `cargo bench --bench sync`.
 
+mod floor;
 mod procfs;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -26,6 +27,8 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::Settings;
+// The binary's allocator (src/main.rs), under the counting wrapper.
+use mimalloc::MiMalloc;
 
 const EXPERIMENTS: usize = 1_000;
 const RUNS: usize = 1_000_000;
@@ -78,16 +81,16 @@ fn grew(n: usize) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         grew(l.size());
-        unsafe { System.alloc(l) }
+        unsafe { MiMalloc.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
+        unsafe { MiMalloc.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         grew(new);
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
+        unsafe { MiMalloc.realloc(p, l, new) }
     }
 }
 
@@ -125,6 +128,8 @@ struct Data {
     versions: Vec<(usize, usize, i64, i64, u32, &'static str)>,
     /// Aliases of each model: (alias, version).
     aliases: Vec<Vec<(&'static str, usize)>>,
+    /// Runs of each group of experiments a full read asked for (by the experiments' bitmap).
+    groups: std::sync::Mutex<HashMap<Vec<bool>, Arc<Vec<u32>>>>,
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -218,6 +223,7 @@ impl Data {
             by_id,
             versions,
             aliases,
+            groups: Default::default(),
         }
     }
 
@@ -479,9 +485,29 @@ async fn runs(State(d): State<Arc<Data>>, Json(b): Json<serde_json::Value>) -> R
             let to = (from + max).min(RUNS);
             ((from..to).collect(), to < RUNS)
         }
+        // A group of experiments (a full read with `mlflow.concurrency` > 1): its runs listed once
+        // and kept, as a database answers from an index rather than scanning every run per page.
+        Filter::All => {
+            let group = {
+                let mut groups = d.groups.lock().unwrap();
+                groups
+                    .entry(wanted.clone())
+                    .or_insert_with(|| {
+                        Arc::new(
+                            (0..RUNS as u32)
+                                .filter(|i| wanted[d.runs[*i as usize].exp as usize])
+                                .collect(),
+                        )
+                    })
+                    .clone()
+            };
+            let to = (from + max).min(group.len());
+            let page = group.get(from..to).unwrap_or(&[]);
+            (page.iter().map(|i| *i as usize).collect(), to < group.len())
+        }
         f => {
             let mut m: Vec<usize> = match f {
-                Filter::All => (0..RUNS).collect(),
+                Filter::All => unreachable!("answered above"),
                 Filter::EndedSince(t) => {
                     let p = d.by_end.partition_point(|(e, _)| *e < t);
                     d.by_end[p..].iter().map(|(_, i)| *i as usize).collect()
@@ -659,40 +685,6 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Fetches the full runs search as the exporter pages it, keeping only the bytes: the floor the
-/// server and the loopback set. Returns (seconds, pages, bytes).
-async fn download_only(base: &str, ids: &[String]) -> (f64, usize, usize) {
-    let http = reqwest::Client::new();
-    let url = format!("{base}/api/2.0/mlflow/runs/search");
-    let (mut token, mut pages, mut bytes) = (None::<String>, 0, 0);
-    let t = Instant::now();
-    loop {
-        let body = serde_json::json!({
-            "experiment_ids": ids, "filter": "", "run_view_type": "ALL", "max_results": 1000,
-            "order_by": ["attributes.start_time ASC", "attributes.run_id ASC"], "page_token": token,
-        });
-        let b = http
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        pages += 1;
-        bytes += b.len();
-        let tail = &b[b.len().saturating_sub(200)..];
-        let tail = String::from_utf8_lossy(tail);
-        token = tail
-            .rsplit_once(r#""next_page_token":""#)
-            .map(|(_, t)| t.trim_end_matches("\"}").to_string());
-        if token.is_none() {
-            return (t.elapsed().as_secs_f64(), pages, bytes);
-        }
-    }
-}
-
 fn main() {
     if let Ok(now) = std::env::var(SERVER) {
         serve(now.parse().unwrap());
@@ -763,7 +755,16 @@ fn main() {
     // The floor: the same runs pages downloaded without decoding.
     let ids: Vec<String> = (1..=EXPERIMENTS).map(|e| e.to_string()).collect();
     let sd0 = cpu_seconds(&server_pid);
-    let (dl_s, dl_pages, dl_bytes) = rt.block_on(download_only(&base, &ids));
+    let floor::Download {
+        seconds: dl_s,
+        pages: dl_pages,
+        bytes: dl_bytes,
+    } = rt.block_on(floor::runs(
+        &base,
+        &ids,
+        settings.mlflow.concurrency,
+        settings.mlflow.page_size,
+    ));
     let sd1 = cpu_seconds(&server_pid);
     rt.block_on(pipeline.recorder.store().close());
     let before_drop = live_mib();

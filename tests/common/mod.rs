@@ -167,7 +167,12 @@ impl MlflowServer {
 
     /// A server with extra environment (e.g. MLflow's webhook settings).
     pub fn start_with_env(env: &[(&str, &str)]) -> MlflowServer {
-        let dir = tempfile::tempdir().unwrap();
+        MlflowServer::start_on(tempfile::tempdir().unwrap(), 1, env)
+    }
+
+    /// A server on `dir/mlflow.db` (created empty by MLflow if missing, or a store loaded beforehand,
+    /// as benches/mlflow_real.rs does) with `workers` worker processes; its log is `dir/mlflow.log`.
+    pub fn start_on(dir: tempfile::TempDir, workers: u32, env: &[(&str, &str)]) -> MlflowServer {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("mlflow.log")).unwrap();
@@ -185,7 +190,7 @@ impl MlflowServer {
                 "--port",
                 &port.to_string(),
                 "--workers",
-                "1",
+                &workers.to_string(),
             ])
             // On 2 cores the job-runner processes only slow the tests down.
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -222,6 +227,11 @@ impl MlflowServer {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mlflow.log")).unwrap_or_default()
+    }
+
+    /// The `mlflow server` process, leader of the process group its workers run in.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Runs tests/fixtures/seed.py against this server (`initial` or `incremental`), times relative to `t_ms`.

@@ -8,55 +8,23 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod floor;
+mod heap;
 mod procfs;
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{free_port, http_get, now_ms, project_dir, venv_bin, MlflowServer};
+use heap::{mib_of, LIVE, PEAK};
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::Settings;
-// The binary's allocator (src/main.rs), under the counting wrapper: its resident figures apply.
-use mimalloc::MiMalloc;
-
-/// Counts live heap bytes and their peak, so that what the exporter holds is told apart from what
-/// the allocator keeps of freed memory in the resident figure.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(live, Ordering::Relaxed);
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        grew(l.size());
-        unsafe { MiMalloc.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { MiMalloc.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        grew(new);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { MiMalloc.realloc(p, l, new) }
-    }
-}
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn mib_of(bytes: usize) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
+static ALLOC: heap::Counting = heap::Counting;
 
 /// Samples the live heap every 2 ms on a thread of its own, to tell which phase of a cycle its peak
 /// falls in.

@@ -8,14 +8,14 @@
 //! incremental cycle ≤ 5 requests and ≤ 200 ms. `cargo bench --bench sync`.
 
 mod floor;
+mod heap;
 mod procfs;
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use heap::{live_mib, PEAK};
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::Settings;
-// The binary's allocator (src/main.rs), under the counting wrapper.
-use mimalloc::MiMalloc;
 
 const EXPERIMENTS: usize = 1_000;
 const RUNS: usize = 1_000_000;
@@ -67,39 +66,8 @@ const SPAN_MS: i64 = 90 * DAY_MS;
 /// Set in the server process: MLflow's "now" (ms) the data is generated around.
 const SERVER: &str = "SYNC_BENCH_SERVER_NOW";
 
-/// Counts live heap bytes (and their peak), so what the exporter holds is told apart from what the
-/// allocator keeps of freed memory in the resident figure.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(live, Ordering::Relaxed);
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        grew(l.size());
-        unsafe { MiMalloc.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { MiMalloc.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        grew(new);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { MiMalloc.realloc(p, l, new) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn live_mib() -> f64 {
-    LIVE.load(Ordering::Relaxed) as f64 / (1 << 20) as f64
-}
+static ALLOC: heap::Counting = heap::Counting;
 
 // ---------------------------------------------------------------------------------------------
 // The synthetic MLflow (child process).

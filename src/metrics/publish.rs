@@ -315,9 +315,10 @@ impl Publisher {
         let families = derive(snap, delivery, &self.derivation, now_ms);
         match encode_text(&families) {
             Ok(text) => {
-                let mut derived = lock(&self.derived);
-                let chunks = Arc::new(compress_chunks(&text, &derived));
-                *derived = chunks;
+                // The lock is not held while compressing: a scrape re-encoding the rest reads it.
+                let previous = lock(&self.derived).clone();
+                let chunks = Arc::new(compress_chunks(&text, &previous));
+                *lock(&self.derived) = chunks;
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode the snapshot's metrics; keeping the previous ones")

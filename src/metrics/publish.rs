@@ -112,22 +112,50 @@ fn deflate(input: &[u8], level: Compression, last: bool) -> Vec<u8> {
     }
 }
 
+/// The snapshot's part: its chunks (for the next publish to reuse, and for plain text), and their
+/// deflate bytes joined once per publish, so that a scrape sends one buffer for them, not hundreds.
+#[derive(Debug, Default)]
+struct Derived {
+    chunks: Vec<Arc<Segment>>,
+    deflate: Bytes,
+    crc: crc32fast::Hasher,
+    len: usize,
+}
+
+impl Derived {
+    fn new(chunks: Vec<Arc<Segment>>) -> Derived {
+        let mut crc = crc32fast::Hasher::new();
+        for c in &chunks {
+            crc.combine(&c.crc);
+        }
+        let deflate: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| c.deflate.iter().copied())
+            .collect();
+        let len = chunks.iter().map(|c| c.len).sum();
+        Derived {
+            chunks,
+            deflate: deflate.into(),
+            crc,
+            len,
+        }
+    }
+}
+
 /// One encoded exposition, as served: the parts are sent one after another without copying.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    derived: Arc<Vec<Arc<Segment>>>,
+    derived: Arc<Derived>,
     rest_text: Bytes,
-    gzip: Vec<Bytes>,
+    gzip: [Bytes; 4],
     at: Instant,
 }
 
 impl Encoded {
-    fn join(derived: &Arc<Vec<Arc<Segment>>>, rest: &Segment) -> Encoded {
-        let mut crc = crc32fast::Hasher::new();
-        for part in derived.iter().map(|c| &**c).chain([rest]) {
-            crc.combine(&part.crc);
-        }
-        let len = derived.iter().map(|c| c.len).sum::<usize>() + rest.len;
+    fn join(derived: &Arc<Derived>, rest: &Segment) -> Encoded {
+        let mut crc = derived.crc.clone();
+        crc.combine(&rest.crc);
+        let len = derived.len + rest.len;
         // Member header: deflate, no name, no mtime, unknown OS (RFC 1952).
         const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
         let mut trailer = Vec::with_capacity(8);
@@ -136,10 +164,12 @@ impl Encoded {
         Encoded {
             derived: derived.clone(),
             rest_text: rest.text(),
-            gzip: std::iter::once(Bytes::from_static(&HEADER))
-                .chain(derived.iter().map(|c| c.deflate.clone()))
-                .chain([rest.deflate.clone(), trailer.into()])
-                .collect(),
+            gzip: [
+                Bytes::from_static(&HEADER),
+                derived.deflate.clone(),
+                rest.deflate.clone(),
+                trailer.into(),
+            ],
             at: Instant::now(),
         }
     }
@@ -151,6 +181,7 @@ impl Encoded {
 
     fn text_parts(&self) -> Vec<Bytes> {
         self.derived
+            .chunks
             .iter()
             .map(|c| c.text())
             .chain([self.rest_text.clone()])
@@ -251,8 +282,8 @@ pub struct Publisher {
     history: Arc<Mutex<Arc<Vec<MetricFamily>>>>,
     derivation: Derivation,
     pub exporter: ExporterMetrics,
-    /// The encoded families of the last snapshot, in chunks.
-    derived: Mutex<Arc<Vec<Arc<Segment>>>>,
+    /// The encoded families of the last snapshot.
+    derived: Mutex<Arc<Derived>>,
     current: ArcSwap<Encoded>,
     /// One encode at a time; a scrape that finds one running serves the previous bytes.
     encoding: Mutex<()>,
@@ -281,8 +312,8 @@ impl Publisher {
             history,
             derivation,
             exporter,
-            current: ArcSwap::from_pointee(Encoded::join(&Arc::new(Vec::new()), &empty)),
-            derived: Mutex::new(Arc::new(Vec::new())),
+            current: ArcSwap::from_pointee(Encoded::join(&Arc::default(), &empty)),
+            derived: Mutex::default(),
             encoding: Mutex::new(()),
             stale: std::sync::atomic::AtomicBool::new(false),
         };
@@ -317,8 +348,8 @@ impl Publisher {
             Ok(text) => {
                 // The lock is not held while compressing: a scrape re-encoding the rest reads it.
                 let previous = lock(&self.derived).clone();
-                let chunks = Arc::new(compress_chunks(&text, &previous));
-                *lock(&self.derived) = chunks;
+                let chunks = compress_chunks(&text, &previous.chunks);
+                *lock(&self.derived) = Arc::new(Derived::new(chunks));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode the snapshot's metrics; keeping the previous ones")
@@ -481,7 +512,7 @@ mod tests {
 
     fn gzip_of(chunks: Vec<Arc<Segment>>) -> Vec<u8> {
         let rest = Segment::new(b"rest 1\n".to_vec(), Compression::default(), true, true);
-        gunzip(&Encoded::join(&Arc::new(chunks), &rest).gzip())
+        gunzip(&Encoded::join(&Arc::new(Derived::new(chunks)), &rest).gzip())
     }
 
     #[test]
@@ -529,12 +560,12 @@ mod tests {
             (Vec::new(), Vec::new()),
         ] {
             let e = Encoded::join(
-                &Arc::new(vec![Arc::new(Segment::new(
+                &Arc::new(Derived::new(vec![Arc::new(Segment::new(
                     x.clone(),
                     Compression::best(),
                     false,
                     false,
-                ))]),
+                ))])),
                 &Segment::new(y.clone(), Compression::default(), true, true),
             );
             let whole = [x, y].concat();

@@ -182,15 +182,7 @@ impl MlflowClient {
             (sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))(prepared);
             match next {
                 None => return Ok(requests),
-                Some(t) => {
-                    if !seen.insert(t.clone()) {
-                        return Err(MlflowError::PageLoop {
-                            endpoint: ENDPOINT,
-                            token: t,
-                        });
-                    }
-                    token = Some(t);
-                }
+                Some(t) => token = Some(unseen(&mut seen, ENDPOINT, t)?),
             }
         }
     }
@@ -245,15 +237,7 @@ impl MlflowClient {
                 }
             }
             match next {
-                Some(t) if !done => {
-                    if !seen.insert(t.clone()) {
-                        return Err(MlflowError::PageLoop {
-                            endpoint: api,
-                            token: t,
-                        });
-                    }
-                    token = Some(t);
-                }
+                Some(t) if !done => token = Some(unseen(&mut seen, api, t)?),
                 _ => return Ok((all, requests)),
             }
         }
@@ -302,12 +286,7 @@ impl MlflowClient {
             sink(items);
             match next {
                 None => return Ok(requests),
-                Some(t) => {
-                    if !seen.insert(t.clone()) {
-                        return Err(MlflowError::PageLoop { endpoint, token: t });
-                    }
-                    token = Some(t);
-                }
+                Some(t) => token = Some(unseen(&mut seen, endpoint, t)?),
             }
         }
     }
@@ -437,6 +416,19 @@ impl MlflowClient {
                 detail: error_chain(&e),
             }
         }
+    }
+}
+
+/// The next page token, refused when MLflow has already handed it out (a server paging in a loop).
+fn unseen(
+    seen: &mut HashSet<String>,
+    endpoint: &'static str,
+    token: String,
+) -> Result<String, MlflowError> {
+    if seen.insert(token.clone()) {
+        Ok(token)
+    } else {
+        Err(MlflowError::PageLoop { endpoint, token })
     }
 }
 

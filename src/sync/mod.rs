@@ -97,20 +97,16 @@ impl Syncer {
         let (experiments, ids, mut requests) =
             read_experiments(&self.client, &self.extractor, &mut next.strings).await?;
         next.experiments = experiments;
-        let mut runs_read = 0;
-        {
-            let (strings, runs) = (&mut next.strings, &mut next.runs);
-            let ex = self.extractor.clone();
-            requests += self
-                .client
-                .runs(
-                    &ids,
-                    RunsQuery::All,
-                    move |page| ex.page(&page),
-                    |page| runs_read += page.merge_into(strings, runs),
-                )
-                .await?;
-        }
+        let (n, runs_read) = read_runs(
+            &self.client,
+            &self.extractor,
+            &ids,
+            RunsQuery::All,
+            &mut next.strings,
+            &mut next.runs,
+        )
+        .await?;
+        requests += n;
         let (registry, n) =
             read_registry(&self.client, &self.extractor, &mut next.strings, None).await?;
         requests += n;
@@ -147,18 +143,16 @@ impl Syncer {
         let mut changed: Vec<(RunKey, RunRecord)> = Vec::new();
         let ended = format!("attributes.end_time >= {since}");
         for filter in [ended.as_str(), "attributes.status = 'RUNNING'"] {
-            let (strings, ex) = (&mut snap.strings, self.extractor.clone());
-            requests += self
-                .client
-                .runs(
-                    &ids,
-                    RunsQuery::Filter(filter),
-                    move |page| ex.page(&page),
-                    |page| {
-                        page.merge_into(strings, &mut changed);
-                    },
-                )
-                .await?;
+            requests += read_runs(
+                &self.client,
+                &self.extractor,
+                &ids,
+                RunsQuery::Filter(filter),
+                &mut snap.strings,
+                &mut changed,
+            )
+            .await?
+            .0;
         }
         // Runs we hold as running that neither search returned ended with an end time before the
         // cursor (a client that backdated it): read them by id.
@@ -171,18 +165,16 @@ impl Syncer {
             .collect();
         for batch in stale.chunks(100) {
             let filter = format!("attributes.run_id IN ({})", batch.join(","));
-            let (strings, ex) = (&mut snap.strings, self.extractor.clone());
-            requests += self
-                .client
-                .runs(
-                    &ids,
-                    RunsQuery::Filter(&filter),
-                    move |page| ex.page(&page),
-                    |page| {
-                        page.merge_into(strings, &mut changed);
-                    },
-                )
-                .await?;
+            requests += read_runs(
+                &self.client,
+                &self.extractor,
+                &ids,
+                RunsQuery::Filter(&filter),
+                &mut snap.strings,
+                &mut changed,
+            )
+            .await?
+            .0;
         }
 
         let (registry, n) = read_registry(&self.client, ex, &mut snap.strings, Some(since)).await?;
@@ -204,6 +196,29 @@ impl Syncer {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Runs of a search as records named in `strings`, into `out`: pages are decoded and extracted off
+/// this task (see [`MlflowClient::runs`]) and merged here. Returns (requests, runs read).
+async fn read_runs(
+    client: &MlflowClient,
+    extractor: &Arc<Extractor>,
+    ids: &[String],
+    query: RunsQuery<'_>,
+    strings: &mut Interner,
+    out: &mut impl Extend<(RunKey, RunRecord)>,
+) -> Result<(usize, usize), MlflowError> {
+    let ex = extractor.clone();
+    let mut read = 0;
+    let requests = client
+        .runs(
+            ids,
+            query,
+            move |page| ex.page(&page),
+            |page| read += page.merge_into(strings, out),
+        )
+        .await?;
+    Ok((requests, read))
 }
 
 /// Every experiment, by id, with the ids as MLflow spells them (for runs searches) and the request count.

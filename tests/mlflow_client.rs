@@ -806,11 +806,18 @@ async fn latency_is_recorded_for_every_attempt() {
 }
 
 #[tokio::test]
-async fn an_incremental_cycle_makes_five_requests_and_looks_back_by_the_overlap() {
+async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_back_by_the_overlap() {
     let server = MockServer::start().await;
     mount_small_install(&server).await;
-    let s = settings(&server.uri());
+    let mut s = settings(&server.uri());
+    assert_eq!(
+        s.mlflow.registry_interval,
+        Duration::ZERO,
+        "every cycle by default"
+    );
+    s.mlflow.registry_interval = Duration::from_secs(300);
     let overlap_ms = s.mlflow.sync_overlap.as_millis() as i64;
+    let registry_ms = 300_000;
     let mut syncer = Syncer::new(client(&s), &s);
     syncer.full(NOW).await.unwrap();
 
@@ -826,22 +833,16 @@ async fn an_incremental_cycle_makes_five_requests_and_looks_back_by_the_overlap(
     mount(&server, MODELS, json!({})).await;
     mount(&server, VERSIONS, json!({})).await;
 
+    // A minute after the full read the registered models are not due: four requests.
     let report = syncer.incremental(NOW + 60_000).await.unwrap();
     assert_eq!(report.mode, Mode::Incremental);
-    assert_eq!(report.requests, 5);
+    assert_eq!(report.requests, 4);
     assert_eq!(report.runs_read, 0);
-
     let all = server.received_requests().await.unwrap();
     let paths: Vec<&str> = all.iter().map(|r| r.url.path()).collect();
     assert_eq!(
         paths,
-        [
-            api(EXPERIMENTS),
-            api(RUNS),
-            api(RUNS),
-            api(MODELS),
-            api(VERSIONS)
-        ]
+        [api(EXPERIMENTS), api(RUNS), api(RUNS), api(VERSIONS)]
     );
     let filters: Vec<Value> = received(&server, RUNS)
         .await
@@ -856,8 +857,49 @@ async fn an_incremental_cycle_makes_five_requests_and_looks_back_by_the_overlap(
         ]
     );
     assert_eq!(NOW - overlap_ms, 1_699_999_700_000);
-    // Nothing changed, so the snapshot still holds both runs.
+    // Since a cursor, versions come in pages of 100 (the full read asked for the page size).
+    let versions = &received(&server, VERSIONS).await[0];
+    assert!(
+        versions
+            .url
+            .query_pairs()
+            .any(|(k, v)| k == "max_results" && v == "100"),
+        "{}",
+        versions.url
+    );
+    // Nothing changed, and skipping the models kept them: the snapshot still holds both runs and
+    // the model.
     assert_eq!(syncer.snapshot().runs.len(), 2);
+    assert_eq!(syncer.snapshot().models.len(), 1);
+
+    // One registry interval after the full read, the models are read again: five requests.
+    server.reset().await;
+    mount(
+        &server,
+        EXPERIMENTS,
+        json!({"experiments": [experiment("1", "e")]}),
+    )
+    .await;
+    mount(&server, RUNS, json!({})).await;
+    mount(&server, MODELS, json!({})).await;
+    mount(&server, VERSIONS, json!({})).await;
+    let report = syncer.incremental(NOW + registry_ms).await.unwrap();
+    assert_eq!(report.requests, 5);
+    let all = server.received_requests().await.unwrap();
+    let paths: Vec<&str> = all.iter().map(|r| r.url.path()).collect();
+    assert_eq!(
+        paths,
+        [
+            api(EXPERIMENTS),
+            api(RUNS),
+            api(RUNS),
+            api(MODELS),
+            api(VERSIONS)
+        ]
+    );
+    // MLflow now lists no model, so the model and its versions are gone.
+    assert_eq!(syncer.snapshot().models.len(), 0);
+    assert_eq!(syncer.snapshot().versions.len(), 0);
 }
 
 #[tokio::test]

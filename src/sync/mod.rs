@@ -1,6 +1,7 @@
 //! Keeps the [`Snapshot`] in step with MLflow: a full read first and then every
 //! `full_resync_interval` (the only way to notice deleted runs), incremental cycles in between that
-//! fetch only runs that ended or are still running, the registry and the experiments.
+//! fetch only runs that ended or are still running, new model versions and the experiments, and the
+//! registered models every `registry_interval`.
 //! A cycle reads everything before it changes anything, so a failed cycle leaves the snapshot as it was.
 
 pub mod extract;
@@ -53,10 +54,13 @@ pub struct Syncer {
     extractor: Arc<Extractor>,
     full_every_ms: i64,
     overlap_ms: i64,
+    registry_every_ms: i64,
     snapshot: Snapshot,
     /// `now` of the last successful cycle and of the last successful full one.
     cursor_ms: Option<i64>,
     last_full_ms: Option<i64>,
+    /// `now` of the last cycle that read the registered models.
+    last_models_ms: Option<i64>,
 }
 
 impl Syncer {
@@ -66,10 +70,17 @@ impl Syncer {
             extractor: Arc::new(Extractor::new(settings)),
             full_every_ms: settings.mlflow.full_resync_interval.as_millis() as i64,
             overlap_ms: settings.mlflow.sync_overlap.as_millis() as i64,
+            registry_every_ms: settings.mlflow.registry_interval.as_millis() as i64,
             snapshot: Snapshot::default(),
             cursor_ms: None,
             last_full_ms: None,
+            last_models_ms: None,
         }
+    }
+
+    /// Changes `mlflow.registry_interval` from the next cycle on.
+    pub fn set_registry_interval(&mut self, every: std::time::Duration) {
+        self.registry_every_ms = every.as_millis() as i64;
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -107,15 +118,18 @@ impl Syncer {
         )
         .await?;
         requests += n;
-        let (registry, n) =
-            read_registry(&self.client, &self.extractor, &mut next.strings, None).await?;
+        let (models, n) = read_models(&self.client, &self.extractor, &mut next.strings).await?;
         requests += n;
-        next.models = registry.models;
-        next.versions = registry.versions;
+        let (versions, n) =
+            read_versions(&self.client, &self.extractor, &mut next.strings, None).await?;
+        requests += n;
+        next.models = models;
+        next.versions = versions;
         next.runs.shrink_to_fit();
         self.snapshot = next;
         self.cursor_ms = Some(now_ms);
         self.last_full_ms = Some(now_ms);
+        self.last_models_ms = Some(now_ms);
         Ok(CycleReport {
             mode: Mode::Full,
             requests,
@@ -177,17 +191,29 @@ impl Syncer {
             .0;
         }
 
-        let (registry, n) = read_registry(&self.client, ex, &mut snap.strings, Some(since)).await?;
+        let models_due = self
+            .last_models_ms
+            .is_none_or(|last| now_ms - last >= self.registry_every_ms);
+        let mut models = None;
+        if models_due {
+            let (read, n) = read_models(&self.client, ex, &mut snap.strings).await?;
+            requests += n;
+            models = Some(read);
+        }
+        let (versions, n) = read_versions(&self.client, ex, &mut snap.strings, Some(since)).await?;
         requests += n;
 
         // Everything is read: apply.
         let runs_read = changed.len();
         snap.experiments = new_experiments;
         snap.runs.extend(changed);
-        snap.models = registry.models;
-        snap.versions.extend(registry.versions);
-        let models = &snap.models;
-        snap.versions.retain(|(m, _), _| models.contains_key(m));
+        snap.versions.extend(versions);
+        if let Some(models) = models {
+            snap.models = models;
+            let models = &snap.models;
+            snap.versions.retain(|(m, _), _| models.contains_key(m));
+            self.last_models_ms = Some(now_ms);
+        }
         self.cursor_ms = Some(now_ms);
         Ok(CycleReport {
             mode: Mode::Incremental,
@@ -239,34 +265,30 @@ async fn read_experiments(
     Ok((records, ids, requests))
 }
 
-/// Models and versions as read in one cycle.
-struct Registry {
-    models: BTreeMap<Sym, ModelRecord>,
-    versions: HashMap<(Sym, u32), VersionRecord>,
+/// Every registered model with its aliases (always all: moving an alias changes no timestamp).
+async fn read_models(
+    client: &MlflowClient,
+    ex: &Extractor,
+    strings: &mut Interner,
+) -> Result<(BTreeMap<Sym, ModelRecord>, usize), MlflowError> {
+    let (list, requests) = client.registered_models().await?;
+    Ok((
+        list.iter().map(|m| ex.model(strings, m)).collect(),
+        requests,
+    ))
 }
 
-/// Registered models with their aliases (always all: moving an alias changes no timestamp), and the
-/// versions updated since `since` (all when `None`).
-async fn read_registry(
+/// The model versions updated since `since` (all when `None`).
+async fn read_versions(
     client: &MlflowClient,
     ex: &Extractor,
     strings: &mut Interner,
     since: Option<i64>,
-) -> Result<(Registry, usize), MlflowError> {
-    let mut reg = Registry {
-        models: BTreeMap::new(),
-        versions: HashMap::new(),
-    };
-    let (models, model_requests) = client.registered_models().await?;
-    for m in &models {
-        let (name, rec) = ex.model(strings, m);
-        reg.models.insert(name, rec);
-    }
-    let (versions, version_requests) = client.model_versions(since).await?;
-    for v in &versions {
-        if let Some((key, rec)) = ex.version(strings, v) {
-            reg.versions.insert(key, rec);
-        }
-    }
-    Ok((reg, model_requests + version_requests))
+) -> Result<(HashMap<(Sym, u32), VersionRecord>, usize), MlflowError> {
+    let (versions, requests) = client.model_versions(since).await?;
+    let records = versions
+        .iter()
+        .filter_map(|v| ex.version(strings, v))
+        .collect();
+    Ok((records, requests))
 }

@@ -122,9 +122,15 @@ fn ingestion(dir: &Path) -> Vec<String> {
         .unwrap();
     let url = format!("http://{}/api/v1/events", listener.local_addr().unwrap());
     let mut stop = stop_rx;
-    let served = rt.spawn(server::serve(listener, state, async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }));
+    let served = rt.spawn(server::serve(
+        listener,
+        state,
+        server::web::Web::load(None, Vec::new(), None).unwrap(),
+        server::web::Limits::default(),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
 
     // The load generator: its own runtime, same process, same two cores.
     let load_rt = runtime(2);

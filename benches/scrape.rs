@@ -53,9 +53,15 @@ fn main() {
         ingest: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(server::serve(listener, state, async {
-        let _ = stop_rx.await;
-    }));
+    rt.spawn(server::serve(
+        listener,
+        state,
+        server::web::Web::load(None, Vec::new(), None).unwrap(),
+        server::web::Limits::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     println!("| figure | value | target |");
     println!("|---|---|---|");

@@ -17,6 +17,7 @@ use crate::metrics::publish::Publisher;
 use crate::metrics::Derivation;
 use crate::probes::Probes;
 use crate::server::ingest::{Ingest, VersionIndex};
+use crate::server::web::{Limits, Web};
 use crate::server::{self, AppState};
 use crate::source::mlflow::MlflowClient;
 use crate::store::EventStore;
@@ -193,14 +194,22 @@ pub async fn run(
             );
         }
     }
+    let web = Web::load(
+        settings.web.config_file.clone(),
+        own_auth_paths(&settings),
+        Some(pipeline.publisher.clone()),
+    )?;
     let state = AppState {
         publisher: pipeline.publisher.clone(),
         ready: pipeline.ready.clone(),
         telemetry_path: settings.web.telemetry_path.clone(),
         ingest: Some(ingest),
     };
+    let (address, scheme) = server::web::describe(&listener, &web);
     tracing::info!(
-        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        address,
+        scheme,
+        basic_auth = web.current().users.is_some(),
         tracking_uri = %settings.mlflow.tracking_uri,
         "mlflow-exporter listening"
     );
@@ -217,7 +226,12 @@ pub async fn run(
         shutdown.clone(),
     ));
     let mut stop = shutdown;
-    server::serve(listener, state, async move {
+    let limits = Limits {
+        max_connections: settings.web.max_connections,
+        header_timeout: settings.web.read_header_timeout,
+        ..Limits::default()
+    };
+    server::serve(listener, state, web, limits, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
     .await?;
@@ -227,6 +241,23 @@ pub async fn run(
     }
     tracing::info!("mlflow-exporter stopped");
     Ok(())
+}
+
+/// Webhook paths whose receiver checks its own token or signature: basic auth is not asked of them,
+/// since MLflow's webhooks cannot send it. A receiver without a credential stays behind basic auth.
+fn own_auth_paths(settings: &Settings) -> Vec<String> {
+    let w = &settings.webhooks;
+    let mut paths = Vec::new();
+    if w.mlflow.enabled && w.mlflow.secret.is_some() {
+        paths.push("/api/v1/webhooks/mlflow".to_string());
+    }
+    if w.alertmanager.enabled && w.alertmanager.token.is_some() {
+        paths.push("/api/v1/webhooks/alertmanager".to_string());
+    }
+    if w.events.enabled && w.events.token.is_some() {
+        paths.push("/api/v1/events".to_string());
+    }
+    paths
 }
 
 /// One cycle every `interval`. A cycle still reading MLflow at shutdown is dropped (nothing it read

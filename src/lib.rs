@@ -31,6 +31,8 @@ pub enum Error {
     Store(#[from] store::StoreError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    WebConfig(#[from] server::web_config::WebConfigError),
     #[error("HTTP server failed: {0}")]
     Io(#[from] std::io::Error),
 }

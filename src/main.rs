@@ -24,6 +24,9 @@ struct Cli {
     /// Path under which to expose metrics [default: /metrics].
     #[arg(long = "web.telemetry-path", value_name = "PATH", global = true)]
     telemetry_path: Option<String>,
+    /// exporter-toolkit web config file: TLS, basic auth and response headers.
+    #[arg(long = "web.config.file", value_name = "PATH", global = true)]
+    web_config_file: Option<String>,
     /// Only log messages with the given severity or above [default: info].
     #[arg(long = "log.level", value_enum, global = true)]
     log_level: Option<LogLevel>,
@@ -79,6 +82,7 @@ fn main() -> std::process::ExitCode {
     let flags = FlagOverrides {
         listen_address: cli.listen_address.clone(),
         telemetry_path: cli.telemetry_path.clone(),
+        web_config_file: cli.web_config_file.clone(),
         log_level: cli.log_level,
         log_format: cli.log_format,
         tracking_uri: cli.tracking_uri.clone(),
@@ -111,6 +115,12 @@ fn main() -> std::process::ExitCode {
             if let Err(e) = probes {
                 eprintln!("mlflow-exporter: {e}");
                 return std::process::ExitCode::from(2);
+            }
+            if let Some(path) = &settings.web.config_file {
+                if let Err(e) = mlflow_exporter::server::web_config::WebConfig::load(path) {
+                    eprintln!("mlflow-exporter: {e}");
+                    return std::process::ExitCode::from(2);
+                }
             }
             print!("{}", settings.to_redacted_yaml());
             eprintln!("mlflow-exporter: configuration is valid");

@@ -238,6 +238,14 @@ pub struct WebSettings {
     pub listen_address: String,
     /// Path of the metrics endpoint (`--web.telemetry-path`).
     pub telemetry_path: String,
+    /// exporter-toolkit web config: TLS, basic auth, headers (`--web.config.file`). Re-read when it
+    /// or a file it names changes.
+    pub config_file: Option<PathBuf>,
+    /// Connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Time a client has for a TLS handshake and for each request's head.
+    #[serde(with = "humantime_serde")]
+    pub read_header_timeout: Duration,
 }
 
 impl Default for WebSettings {
@@ -245,6 +253,9 @@ impl Default for WebSettings {
         WebSettings {
             listen_address: format!(":{DEFAULT_PORT}"),
             telemetry_path: "/metrics".into(),
+            config_file: None,
+            max_connections: 512,
+            read_header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -493,6 +504,7 @@ mod humantime_vec {
 pub struct FlagOverrides {
     pub listen_address: Option<String>,
     pub telemetry_path: Option<String>,
+    pub web_config_file: Option<String>,
     pub log_level: Option<LogLevel>,
     pub log_format: Option<LogFormat>,
     pub tracking_uri: Option<String>,
@@ -575,6 +587,7 @@ impl Settings {
         }
         builder = set(builder, "web.listen_address", flags.listen_address.clone())?;
         builder = set(builder, "web.telemetry_path", flags.telemetry_path.clone())?;
+        builder = set(builder, "web.config_file", flags.web_config_file.clone())?;
         builder = set(builder, "log.level", flags.log_level.map(|l| enum_name(&l)))?;
         builder = set(
             builder,
@@ -660,6 +673,15 @@ impl Settings {
         }
         parse_listen_address(&self.web.listen_address)
             .map_err(|e| ConfigError::Invalid(format!("web.listen_address: {e}")))?;
+        if self.web.max_connections == 0 {
+            return bad("web.max_connections", "must be at least 1".into());
+        }
+        if self.web.read_header_timeout.is_zero() {
+            return bad(
+                "web.read_header_timeout",
+                "must be greater than zero".into(),
+            );
+        }
         if !self.web.telemetry_path.starts_with('/') || self.web.telemetry_path.len() < 2 {
             return bad(
                 "web.telemetry_path",

@@ -25,6 +25,8 @@ pub struct ExporterMetrics {
     pub probe_delay: Histogram,
     pub probe_skipped: IntCounter,
     pub probe_store_errors: IntCounter,
+    pub web_config_last_reload_successful: IntGauge,
+    pub web_config_last_reload_success: Gauge,
 }
 
 impl ExporterMetrics {
@@ -116,6 +118,16 @@ impl ExporterMetrics {
         r.register(Box::new(probe_delay.clone()))?;
         r.register(Box::new(probe_skipped.clone()))?;
         r.register(Box::new(probe_store_errors.clone()))?;
+        let web_config_last_reload_successful = IntGauge::new(
+            "mlflow_exporter_web_config_last_reload_successful",
+            "1 if the last read of --web.config.file succeeded (or none is set), 0 if the last good one is still in force",
+        )?;
+        let web_config_last_reload_success = Gauge::new(
+            "mlflow_exporter_web_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful read of --web.config.file",
+        )?;
+        r.register(Box::new(web_config_last_reload_successful.clone()))?;
+        r.register(Box::new(web_config_last_reload_success.clone()))?;
         Ok(ExporterMetrics {
             up,
             last_sync,
@@ -127,6 +139,8 @@ impl ExporterMetrics {
             probe_delay,
             probe_skipped,
             probe_store_errors,
+            web_config_last_reload_successful,
+            web_config_last_reload_success,
         })
     }
 

@@ -3,6 +3,8 @@
 //! sync loop published; none waits on MLflow.
 
 pub mod ingest;
+pub mod web;
+pub mod web_config;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,20 +45,17 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
-/// Serves until `shutdown` resolves, then finishes the requests in flight.
+/// Serves every route, secured as `web` says, until `shutdown` resolves; then finishes the requests
+/// in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    web: Arc<web::Web>,
+    limits: web::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Scrape bodies end in a partial segment: without TCP_NODELAY it can wait on a delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let router = web::secure(router(state), web.clone());
+    web::serve(listener, router, web, limits, shutdown).await
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -16,16 +16,25 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `targets` as job `job` and loading `rule_files`; waits until ready.
     pub fn start(job: &str, targets: &[&str], rule_files: &[PathBuf]) -> Prometheus {
+        let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+        let scrape = format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        Prometheus::start_with(&scrape, rule_files)
+    }
+
+    /// Starts Prometheus with these `scrape_configs` entries (YAML list items, indented by two) and
+    /// `rule_files`, scraping and evaluating every second; waits until ready.
+    pub fn start_with(scrape_configs: &str, rule_files: &[PathBuf]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let rules: Vec<String> = rule_files
             .iter()
             .map(|p| format!("  - {:?}", p.display().to_string()))
             .collect();
-        let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n{scrape_configs}",
             rules.join("\n"),
-            targets.join(", ")
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();

@@ -1,0 +1,306 @@
+//! The listener every endpoint is served on: plain HTTP or TLS as the web config says, basic auth and
+//! response headers in front of the routes, the web config re-read when it (or a file it names)
+//! changes, and bounds on connections, handshakes and request heads so slow or many clients cannot
+//! starve the exporter.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::web_config::{Fingerprint, WebConfig, WebConfigError};
+use crate::metrics::publish::Publisher;
+
+/// Limits of the listener.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Time for a TLS handshake and, on each request, for its head (request line and headers).
+    pub header_timeout: Duration,
+    /// How often the web config file is checked for changes.
+    pub reload_every: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            reload_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The web config in force, swapped whole when a changed file proves good.
+pub struct Web {
+    path: Option<PathBuf>,
+    current: ArcSwap<WebConfig>,
+    fingerprint: std::sync::Mutex<Option<Fingerprint>>,
+    /// Paths that authenticate on their own (webhook receivers with a token or signature) and so
+    /// are not asked for basic auth as well: their senders cannot all send it.
+    own_auth: Vec<String>,
+    /// Where the reload gauges are published (none in tests of the listener alone).
+    publisher: Option<Arc<Publisher>>,
+    /// bcrypt checks running at once: one per core, so a flood of wrong passwords queues instead
+    /// of taking every core from the scrapes and the sync.
+    checks: Arc<Semaphore>,
+}
+
+impl Web {
+    /// Loads `path` (none: plain HTTP, no auth). An unusable file is an error here, at start-up.
+    pub fn load(
+        path: Option<PathBuf>,
+        own_auth: Vec<String>,
+        publisher: Option<Arc<Publisher>>,
+    ) -> Result<Arc<Web>, WebConfigError> {
+        let (config, print) = match &path {
+            Some(p) => {
+                let (c, f) = WebConfig::load(p)?;
+                (c, Some(f))
+            }
+            None => (WebConfig::default(), None),
+        };
+        let web = Web {
+            path,
+            current: ArcSwap::from_pointee(config),
+            fingerprint: std::sync::Mutex::new(print),
+            own_auth,
+            publisher,
+            checks: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
+        };
+        web.count(true);
+        Ok(Arc::new(web))
+    }
+
+    pub fn current(&self) -> Arc<WebConfig> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the file if it or a file it names changed. A bad file keeps the last good config
+    /// and says why. Returns whether a new config is in force.
+    pub fn reload(&self) -> bool {
+        let Some(path) = &self.path else {
+            return false;
+        };
+        let print = WebConfig::fingerprint(path);
+        let mut last = crate::metrics::publish::lock(&self.fingerprint);
+        if print.is_some() && print == *last {
+            return false;
+        }
+        match WebConfig::load(path) {
+            Ok((config, print)) => {
+                self.current.store(Arc::new(config));
+                *last = Some(print);
+                self.count(true);
+                tracing::info!(path = %path.display(), "web config reloaded");
+                true
+            }
+            Err(e) => {
+                // Remember the bad file so that it is reported once, not every few seconds.
+                *last = print;
+                self.count(false);
+                tracing::error!(error = %e, "web config not reloaded; keeping the last good one");
+                false
+            }
+        }
+    }
+
+    fn count(&self, ok: bool) {
+        if let Some(p) = &self.publisher {
+            let m = &p.exporter;
+            m.web_config_last_reload_successful.set(ok as i64);
+            if ok {
+                let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+                m.web_config_last_reload_success.set(now);
+            }
+            p.refresh();
+        }
+    }
+}
+
+/// Basic auth (when the web config has users) and the configured response headers, around every
+/// route but those that authenticate on their own.
+pub fn secure(router: Router, web: Arc<Web>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(web, guard))
+}
+
+async fn guard(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
+    let config = web.current();
+    let exempt = web.own_auth.iter().any(|p| p == req.uri().path());
+    let mut resp = match &config.users {
+        Some(_) if !exempt => {
+            let creds = basic_credentials(&req);
+            let users = config.clone();
+            // bcrypt costs tens of milliseconds of CPU: not on the threads that serve scrapes.
+            let ok = match creds {
+                Some((user, password)) => match web.checks.clone().acquire_owned().await {
+                    Ok(slot) => tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
+                        users
+                            .users
+                            .as_ref()
+                            .is_some_and(|u| u.check(&user, &password))
+                    })
+                    .await
+                    .unwrap_or(false),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if ok {
+                next.run(req).await
+            } else {
+                unauthorized()
+            }
+        }
+        _ => next.run(req).await,
+    };
+    let h = resp.headers_mut();
+    for (name, value) in &config.headers {
+        h.insert(name.clone(), value.clone());
+    }
+    resp
+}
+
+fn unauthorized() -> Response {
+    let mut resp = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"mlflow-exporter\""),
+    );
+    resp
+}
+
+/// User and password of an `Authorization: Basic` header.
+fn basic_credentials(req: &Request) -> Option<(String, String)> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight finish
+/// (for at most `grace`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    web: Arc<Web>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let reloader = {
+        let web = web.clone();
+        let every = limits.reload_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let web = web.clone();
+                let _ = tokio::task::spawn_blocking(move || web.reload()).await;
+            }
+        })
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, usually: wait instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "connection refused: too many open");
+            continue;
+        };
+        // Scrape bodies end in a partial segment: without TCP_NODELAY it can wait on a delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        let tls = web.current().tls.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let timeout = limits.header_timeout;
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout);
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+            }
+        });
+    }
+    reloader.abort();
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open 10 s after shutdown; closing them");
+    }
+    Ok(())
+}
+
+/// The address a listener is bound to, for logs.
+pub fn describe(listener: &TcpListener, web: &Web) -> (String, &'static str) {
+    let addr = listener
+        .local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_default();
+    let scheme = if web.current().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    (addr, scheme)
+}

@@ -139,6 +139,7 @@ impl Pipeline {
             publisher: self.publisher.clone(),
             serving_aliases: settings.delivery.serving_aliases.clone(),
             deliveries: Default::default(),
+            limiter: crate::server::ingest::limiter(&settings.webhooks),
         })
     }
 
@@ -229,6 +230,7 @@ pub async fn run(
     let limits = Limits {
         max_connections: settings.web.max_connections,
         header_timeout: settings.web.read_header_timeout,
+        request_timeout: settings.web.request_timeout,
         ..Limits::default()
     };
     server::serve(listener, state, web, limits, async move {

@@ -75,6 +75,11 @@ pub struct WebhookSettings {
     pub severity_label: String,
     /// Larger request bodies are refused with 413.
     pub max_body_bytes: usize,
+    /// Requests a second each client address may make to each receiver; more get 429 with
+    /// `Retry-After` (before the token or the body is looked at).
+    pub rate_limit: u32,
+    /// Requests a client may make at once above the rate (bursts of a retrying sender).
+    pub rate_burst: u32,
 }
 
 impl Default for WebhookSettings {
@@ -86,6 +91,8 @@ impl Default for WebhookSettings {
             model_label: "model".into(),
             severity_label: "severity".into(),
             max_body_bytes: 1 << 20,
+            rate_limit: 20,
+            rate_burst: 100,
         }
     }
 }
@@ -246,6 +253,9 @@ pub struct WebSettings {
     /// Time a client has for a TLS handshake and for each request's head.
     #[serde(with = "humantime_serde")]
     pub read_header_timeout: Duration,
+    /// Time a request has from its head to its answer, body included; slower ones get 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for WebSettings {
@@ -256,6 +266,7 @@ impl Default for WebSettings {
             config_file: None,
             max_connections: 512,
             read_header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -676,10 +687,18 @@ impl Settings {
         if self.web.max_connections == 0 {
             return bad("web.max_connections", "must be at least 1".into());
         }
-        if self.web.read_header_timeout.is_zero() {
+        for (key, d) in [
+            ("web.read_header_timeout", self.web.read_header_timeout),
+            ("web.request_timeout", self.web.request_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(key, "must be greater than zero".into());
+            }
+        }
+        if self.webhooks.rate_limit == 0 || self.webhooks.rate_burst == 0 {
             return bad(
-                "web.read_header_timeout",
-                "must be greater than zero".into(),
+                "webhooks.rate_limit",
+                "rate_limit and rate_burst must be at least 1".into(),
             );
         }
         if !self.web.telemetry_path.starts_with('/') || self.web.telemetry_path.len() < 2 {
@@ -1045,6 +1064,27 @@ cost:
             e.contains("mlflow.concurrency") && e.contains("outside 1..=16"),
             "{e}"
         );
+        for (yaml, key) in [
+            (
+                "web: {max_connections: 0}",
+                "web.max_connections: must be at least 1",
+            ),
+            (
+                "web: {request_timeout: 0s}",
+                "web.request_timeout: must be greater than zero",
+            ),
+            (
+                "web: {read_header_timeout: 0s}",
+                "web.read_header_timeout: must be",
+            ),
+            (
+                "webhooks: {rate_burst: 0}",
+                "webhooks.rate_limit: rate_limit and rate_burst",
+            ),
+        ] {
+            let e = load_err(&format!("mlflow: {{tracking_uri: 'http://m'}}\n{yaml}\n"));
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
         let e = load_err("mlflow: {tracking_uri: 'sqlite:///x.db'}\n");
         assert!(
             e.contains("mlflow.tracking_uri") && e.contains("sqlite"),

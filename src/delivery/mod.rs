@@ -53,7 +53,7 @@ impl Kind {
 }
 
 /// Where an event came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Seen by comparing two syncs: the time is the detection time, at most one interval late.

@@ -5,13 +5,16 @@
 //! the sender retries.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -37,6 +40,56 @@ pub struct Ingest {
     pub serving_aliases: Vec<String>,
     /// MLflow delivery ids taken recently (with when), to refuse replays within the freshness window.
     pub deliveries: std::sync::Mutex<HashMap<String, i64>>,
+    /// Requests per second per (receiver, client address).
+    pub limiter: Limiter,
+}
+
+pub type Limiter = governor::DefaultKeyedRateLimiter<(Source, IpAddr)>;
+
+/// The rate limit of `webhooks.rate_limit` and `webhooks.rate_burst`.
+pub fn limiter(s: &WebhookSettings) -> Limiter {
+    let per_second = NonZeroU32::new(s.rate_limit).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(s.rate_burst).unwrap_or(NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_second(per_second).allow_burst(burst))
+}
+
+/// Clients remembered at most; past this, those whose bucket is full again are forgotten.
+const LIMITER_KEYS: usize = 10_000;
+
+/// Refuses a client over its rate with 429 and `Retry-After`, before its token or body is read.
+/// Counted as rejected, and logged at debug only: a flood must not flood the log too.
+async fn rate_limit(State(ingest): State<Arc<Ingest>>, req: Request, next: Next) -> Response {
+    let source = match req.uri().path() {
+        "/api/v1/webhooks/mlflow" => Source::MlflowWebhook,
+        "/api/v1/webhooks/alertmanager" => Source::Alertmanager,
+        _ => Source::Api,
+    };
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    if let Err(not_until) = ingest.limiter.check_key(&(source, ip)) {
+        use governor::clock::{Clock, DefaultClock};
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        count(&ingest, source, "rejected");
+        tracing::debug!(source = source.as_str(), %ip, "webhook request over the rate limit");
+        let mut resp = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({ "error": format!(
+                "more than {} requests a second from {ip}; retry after {secs} s (webhooks.rate_limit)",
+                ingest.settings.rate_limit
+            ) })),
+        )
+            .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        return resp;
+    }
+    if ingest.limiter.len() > LIMITER_KEYS {
+        ingest.limiter.retain_recent();
+    }
+    next.run(req).await
 }
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
@@ -46,6 +99,10 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         .route("/api/v1/webhooks/alertmanager", post(alertmanager_webhook))
         .route("/api/v1/events", post(api_event))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            ingest.clone(),
+            rate_limit,
+        ))
         .with_state(ingest)
 }
 

@@ -54,7 +54,7 @@ pub async fn serve(
     limits: web::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = web::secure(router(state), web.clone());
+    let router = web::secure(router(state), web.clone(), &limits);
     web::serve(listener, router, web, limits, shutdown).await
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use super::web_config::{Fingerprint, WebConfig, WebConfigError};
 use crate::metrics::publish::Publisher;
@@ -31,6 +32,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time for a TLS handshake and, on each request, for its head (request line and headers).
     pub header_timeout: Duration,
+    /// Time for a request from its head to its answer, body included.
+    pub request_timeout: Duration,
     /// How often the web config file is checked for changes.
     pub reload_every: Duration,
 }
@@ -40,6 +43,7 @@ impl Default for Limits {
         Limits {
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             reload_every: Duration::from_secs(5),
         }
     }
@@ -135,9 +139,26 @@ impl Web {
 }
 
 /// Basic auth (when the web config has users) and the configured response headers, around every
-/// route but those that authenticate on their own.
-pub fn secure(router: Router, web: Arc<Web>) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(web, guard))
+/// route but those that authenticate on their own; and a deadline on each request (a body sent a
+/// byte at a time must not hold a connection for ever).
+pub fn secure(router: Router, web: Arc<Web>, limits: &Limits) -> Router {
+    let deadline = limits.request_timeout;
+    router
+        .layer(axum::middleware::from_fn_with_state(web, guard))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| within(deadline, req, next),
+        ))
+}
+
+async fn within(deadline: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {deadline:?} (web.request_timeout)\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn guard(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
@@ -247,7 +268,13 @@ pub async fn serve(
         // Scrape bodies end in a partial segment: without TCP_NODELAY it can wait on a delayed ACK.
         let _ = tcp.set_nodelay(true);
         let tls = web.current().tls.clone();
-        let service = TowerToHyperService::new(router.clone());
+        // The client's address, for the webhook receivers' rate limit (as axum's ConnectInfo).
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            },
+        ));
         let timeout = limits.header_timeout;
         let watcher = graceful.watcher();
         tokio::spawn(async move {

@@ -50,6 +50,11 @@ pub enum MlflowError {
         endpoint: &'static str,
         token: String,
     },
+    #[error("MLflow's answer to {endpoint} is larger than {limit} bytes; lower mlflow.page_size or raise mlflow.max_response_bytes")]
+    TooLarge {
+        endpoint: &'static str,
+        limit: usize,
+    },
     #[error("cannot set up the HTTP client for MLflow: {0}")]
     Setup(String),
 }
@@ -67,6 +72,7 @@ impl MlflowError {
             }
             MlflowError::Status { .. } => "client_error",
             MlflowError::Decode { .. } | MlflowError::PageLoop { .. } => "decode",
+            MlflowError::TooLarge { .. } => "too_large",
             MlflowError::Setup(_) => "setup",
         }
     }
@@ -80,6 +86,7 @@ impl MlflowError {
         "server_error",
         "client_error",
         "decode",
+        "too_large",
         "setup",
     ];
 }

@@ -1,7 +1,6 @@
 //! Integration tests of the MLflow client and the syncer against a wiremock MLflow: paging, page-token
 //! loops, retries, auth headers, timeouts, connection and decode errors, latency recording and sync requests.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use mlflow_exporter::config::{Secret, Settings};
@@ -14,25 +13,10 @@ use mlflow_exporter::sync::{Mode, Syncer};
 use prometheus::{HistogramOpts, HistogramVec};
 use serde_json::{json, Value};
 use wiremock::matchers::{body_partial_json, method, path, query_param, query_param_is_missing};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const EXPERIMENTS: &str = "experiments/search";
-const RUNS: &str = "runs/search";
-const MODELS: &str = "registered-models/search";
-const VERSIONS: &str = "model-versions/search";
-
-/// The URL path of an MLflow endpoint.
-fn api(endpoint: &str) -> String {
-    format!("/api/2.0/mlflow/{endpoint}")
-}
-
-/// HTTP method MLflow uses for each search.
-fn verb(endpoint: &str) -> &'static str {
-    match endpoint {
-        EXPERIMENTS | RUNS => "POST",
-        _ => "GET",
-    }
-}
+mod common;
+use common::mock_mlflow::*;
 
 /// Settings pointing at `uri`, with fast retries and a generous timeout.
 fn settings(uri: &str) -> Settings {
@@ -53,63 +37,6 @@ fn ids_and_statuses(page: Vec<Run>) -> Vec<(String, String)> {
     page.iter()
         .map(|r| (r.info.run_id.to_string(), r.info.status.to_string()))
         .collect()
-}
-
-/// A 32-hex-digit run id.
-fn run_id(n: u32) -> String {
-    format!("{n:032x}")
-}
-
-fn experiment(id: &str, name: &str) -> Value {
-    json!({"experiment_id": id, "name": name, "lifecycle_stage": "active",
-           "tags": [{"key": "team", "value": "a"}]})
-}
-
-fn run(n: u32, experiment_id: &str, status: &str) -> Value {
-    json!({
-        "info": {"run_id": run_id(n), "experiment_id": experiment_id, "user_id": "alice",
-                 "status": status, "start_time": 1000, "end_time": 61000, "lifecycle_stage": "active"},
-        "data": {"tags": [{"key": "team", "value": "a"}], "params": [{"key": "lr", "value": "0.1"}],
-                 "metrics": [{"key": "loss", "value": 0.5}]}
-    })
-}
-
-fn ok(body: Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(body)
-}
-
-/// Answers every request to `endpoint` with `body`.
-async fn mount(server: &MockServer, endpoint: &str, body: Value) {
-    Mock::given(method(verb(endpoint)))
-        .and(path(api(endpoint)))
-        .respond_with(ok(body))
-        .mount(server)
-        .await;
-}
-
-/// Requests the server received on `endpoint`, in order.
-async fn received(server: &MockServer, endpoint: &str) -> Vec<Request> {
-    let want = api(endpoint);
-    server
-        .received_requests()
-        .await
-        .expect("request recording is on")
-        .into_iter()
-        .filter(|r| r.url.path() == want)
-        .collect()
-}
-
-/// The JSON body of a POST request.
-fn body(r: &Request) -> Value {
-    r.body_json().expect("JSON body")
-}
-
-/// A port on 127.0.0.1 nothing listens on.
-fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    port
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -680,34 +607,6 @@ async fn truncated_json_is_a_decode_error_naming_the_endpoint() {
 const NOW: i64 = 1_700_000_000_000;
 
 /// One experiment, two ended runs, one model with an alias and one version.
-async fn mount_small_install(server: &MockServer) {
-    mount(
-        server,
-        EXPERIMENTS,
-        json!({"experiments": [experiment("1", "e")]}),
-    )
-    .await;
-    mount(
-        server,
-        RUNS,
-        json!({"runs": [run(1, "1", "FINISHED"), run(2, "1", "FAILED")]}),
-    )
-    .await;
-    mount(
-        server,
-        MODELS,
-        json!({"registered_models": [{"name": "m", "aliases": [{"alias": "champion", "version": "2"}]}]}),
-    )
-    .await;
-    mount(
-        server,
-        VERSIONS,
-        json!({"model_versions": [{"name": "m", "version": "2", "current_stage": "None",
-                                   "status": "READY", "last_updated_timestamp": 5}]}),
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn a_failed_cycle_keeps_the_last_good_snapshot() {
     let server = MockServer::start().await;

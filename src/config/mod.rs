@@ -194,6 +194,9 @@ pub struct MlflowSettings {
     pub retry_backoff: Duration,
     /// Page size of runs and model-version searches.
     pub page_size: u32,
+    /// Larger answers from MLflow are refused (the cycle fails, nothing is kept): a runaway response
+    /// must not exhaust the exporter's memory.
+    pub max_response_bytes: usize,
     /// Runs searches of a full read in flight at once, over groups of experiments (1 = one at a time).
     /// MLflow answers each on its own worker, and the exporter decodes one page while the next downloads.
     pub concurrency: usize,
@@ -228,6 +231,7 @@ impl Default for MlflowSettings {
             max_retries: 3,
             retry_backoff: Duration::from_millis(500),
             page_size: 1000,
+            max_response_bytes: 64 << 20,
             concurrency: 2,
             sync_interval: Duration::from_secs(60),
             full_resync_interval: Duration::from_secs(3600),
@@ -670,6 +674,15 @@ impl Settings {
                 format!(
                     "{} is outside 1..=50000 (MLflow's limit)",
                     self.mlflow.page_size
+                ),
+            );
+        }
+        if self.mlflow.max_response_bytes < 1024 {
+            return bad(
+                "mlflow.max_response_bytes",
+                format!(
+                    "{} is below 1024; a page of runs needs far more",
+                    self.mlflow.max_response_bytes
                 ),
             );
         }

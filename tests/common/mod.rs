@@ -718,5 +718,6 @@ impl Drop for Alertmanager {
     }
 }
 
+pub mod mock_mlflow;
 pub mod prometheus;
 pub mod tls;

@@ -40,6 +40,8 @@ pub struct MlflowClient {
     max_retries: u32,
     backoff: Duration,
     page_size: u32,
+    /// `mlflow.max_response_bytes`.
+    max_response: usize,
     concurrency: usize,
     latency: Option<HistogramVec>,
 }
@@ -78,6 +80,7 @@ impl MlflowClient {
             max_retries: s.max_retries,
             backoff: s.retry_backoff,
             page_size: s.page_size,
+            max_response: s.max_response_bytes,
             concurrency: s.concurrency.max(1),
             latency,
         })
@@ -367,7 +370,7 @@ impl MlflowClient {
             Some(Auth::Bearer(token)) => builder.bearer_auth(token.expose()),
             None => builder,
         };
-        let resp = builder
+        let mut resp = builder
             .send()
             .await
             .map_err(|e| (self.transport_error(endpoint, e), None))?;
@@ -379,10 +382,30 @@ impl MlflowClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs)
             .filter(|d| *d <= MAX_RETRY_AFTER);
-        let body = resp
-            .bytes()
+        // Read up to the cap, whatever Content-Length claims (a chunked answer has none).
+        let too_large = || {
+            let limit = self.max_response;
+            (MlflowError::TooLarge { endpoint, limit }, None)
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_response as u64)
+        {
+            return Err(too_large());
+        }
+        let expected = resp.content_length().unwrap_or(0) as usize;
+        let mut body = Vec::with_capacity(expected.min(self.max_response));
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| (self.transport_error(endpoint, e), None))?;
+            .map_err(|e| (self.transport_error(endpoint, e), None))?
+        {
+            if body.len() + chunk.len() > self.max_response {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body = Bytes::from(body);
         if !status.is_success() {
             let err: ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
                 error_code: String::new(),

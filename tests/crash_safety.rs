@@ -17,12 +17,13 @@ const TOKEN: &str = "ci-token-crash-K3v";
 const THREADS: usize = 8;
 const MAX_POSTS: usize = 10_000;
 
-/// The configuration both runs share: the CI/CD events receiver on, with a token.
+/// The configuration both runs share: the CI/CD events receiver on, with a token, no rate limit.
 fn config(dir: &Path) -> PathBuf {
     write_file(
         dir,
         "exporter.yaml",
-        &format!("webhooks:\n  events: {{enabled: true, token: {TOKEN}}}\n"),
+        // The burst comes from one address as fast as it can: the per-client rate limit is lifted.
+        &format!("webhooks:\n  events: {{enabled: true, token: {TOKEN}}}\n  rate_limit: 1000000\n  rate_burst: 1000000\n"),
     )
 }
 

@@ -161,25 +161,6 @@ impl Drop for Restarted {
     }
 }
 
-/// Stored events, via `mlflow-exporter events`.
-fn stored_events(store: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"))
-        .args(["events", "--storage.path", store.to_str().unwrap()])
-        .env("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "events: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
 #[test]
 fn acknowledged_events_survive_a_sigkill_exactly_once() {
     let test_start = Instant::now();

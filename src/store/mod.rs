@@ -64,6 +64,27 @@ impl EventStore {
         })
     }
 
+    /// Runs `work` in one transaction on a connection of its own. When anything fails (a full or
+    /// read-only disk), the connection is closed instead of going back to the pool: SQLite may still
+    /// hold its write lock there, and every later write would wait on it and fail as "locked".
+    pub(crate) async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let result = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let out = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        .await;
+        if result.is_err() {
+            let _ = conn.close().await;
+        }
+        result
+    }
+
     /// Commits events in one transaction; an event whose change is already stored is skipped.
     /// Returns the events that were new, in order.
     pub async fn append(
@@ -71,7 +92,7 @@ impl EventStore {
         events: &[Event],
         recorded_ms: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        self.write(async |tx| {
         let mut added = Vec::with_capacity(events.len());
         for e in events {
             let done = sqlx::query(
@@ -98,8 +119,9 @@ impl EventStore {
                 added.push(e.clone());
             }
         }
-        tx.commit().await?;
         Ok(added)
+        })
+        .await
     }
 
     /// Every stored event, in the order they were recorded.

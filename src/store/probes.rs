@@ -25,7 +25,7 @@ impl EventStore {
         reason: &str,
         totals: &Totals,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        self.write(async |tx| {
         match change {
             Transition::Opened { start_ms } => {
                 sqlx::query(
@@ -48,19 +48,20 @@ impl EventStore {
                 .await?;
             }
         }
-        upsert_totals(&mut tx, probe, totals).await?;
-        tx.commit().await?;
-        Ok(())
+        upsert_totals(tx, probe, totals).await
+        })
+        .await
     }
 
     /// Saves the totals of many probes in one transaction.
     pub async fn save_probe_totals(&self, all: &[(String, Totals)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (probe, t) in all {
-            upsert_totals(&mut tx, probe, t).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.write(async |tx| {
+            for (probe, t) in all {
+                upsert_totals(tx, probe, t).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The saved totals of every probe.

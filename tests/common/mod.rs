@@ -721,3 +721,22 @@ impl Drop for Alertmanager {
 pub mod mock_mlflow;
 pub mod prometheus;
 pub mod tls;
+
+/// Stored events, via `mlflow-exporter events`.
+pub fn stored_events(store: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"))
+        .args(["events", "--storage.path", store.to_str().unwrap()])
+        .env("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "events: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}

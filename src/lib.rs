@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod fuzzing;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -217,6 +217,33 @@ pub struct MlflowSettings {
     pub registry_interval: Duration,
 }
 
+impl MlflowSettings {
+    /// Moves credentials written into the tracking URI (`http://user:pass@host`) into `username` and
+    /// `password` (unless those are set), so that the URI can be logged and printed as it is.
+    pub fn take_url_credentials(&mut self) {
+        let Ok(mut url) = url::Url::parse(self.tracking_uri.trim()) else {
+            return;
+        };
+        if url.username().is_empty() && url.password().is_none() {
+            return;
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        if self.username.is_none() && !url.username().is_empty() {
+            self.username = Some(decode(url.username()));
+        }
+        if self.password.is_none() {
+            self.password = url.password().map(|p| Secret::new(decode(p)));
+        }
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        self.tracking_uri = url.to_string().trim_end_matches('/').to_string();
+    }
+}
+
 impl Default for MlflowSettings {
     fn default() -> Self {
         MlflowSettings {
@@ -554,19 +581,46 @@ impl Settings {
         env: &HashMap<String, String>,
         flags: &FlagOverrides,
     ) -> Result<Settings, ConfigError> {
+        match file {
+            Some(path) if !path.exists() => Err(ConfigError::Invalid(format!(
+                "config file {} does not exist; pass an existing YAML file to --config.file",
+                path.display()
+            ))),
+            Some(path) => Settings::load_from(
+                Some(
+                    config::File::from(path)
+                        .format(config::FileFormat::Yaml)
+                        .required(true),
+                ),
+                env,
+                flags,
+            ),
+            None => Settings::load_from(
+                None::<config::File<config::FileSourceString, config::FileFormat>>,
+                env,
+                flags,
+            ),
+        }
+    }
+
+    /// As [`Settings::load`], with the YAML given as text (the fuzz target of the config file).
+    pub fn from_yaml(
+        yaml: &str,
+        env: &HashMap<String, String>,
+        flags: &FlagOverrides,
+    ) -> Result<Settings, ConfigError> {
+        let file = config::File::from_str(yaml, config::FileFormat::Yaml);
+        Settings::load_from(Some(file), env, flags)
+    }
+
+    fn load_from<S: config::Source + Send + Sync + 'static>(
+        file: Option<S>,
+        env: &HashMap<String, String>,
+        flags: &FlagOverrides,
+    ) -> Result<Settings, ConfigError> {
         let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::Invalid(format!(
-                    "config file {} does not exist; pass an existing YAML file to --config.file",
-                    path.display()
-                )));
-            }
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Yaml)
-                    .required(true),
-            );
+        if let Some(file) = file {
+            builder = builder.add_source(file);
         }
         builder = builder.add_source(
             config::Environment::with_prefix(EXPORTER_ENV_PREFIX)
@@ -620,9 +674,10 @@ impl Settings {
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let settings: Settings = merged
+        let mut settings: Settings = merged
             .try_deserialize()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.mlflow.take_url_credentials();
         settings.validate()?;
         Ok(settings)
     }
@@ -647,6 +702,10 @@ impl Settings {
                         u.scheme()
                     ),
                 )
+            }
+            // Not echoed when it may hold credentials.
+            Err(e) if uri.contains('@') => {
+                return bad("mlflow.tracking_uri", format!("not a URL: {e}"))
             }
             Err(e) => return bad("mlflow.tracking_uri", format!("{uri:?} is not a URL: {e}")),
         }
@@ -1064,6 +1123,40 @@ cost:
         Settings::load(Some(f.path()), &HashMap::new(), &FlagOverrides::default())
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn credentials_in_the_tracking_uri_move_out_of_it_and_variables_win() {
+        let load = |vars: &[(&str, &str)]| {
+            let env = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::load(None, &env, &FlagOverrides::default()).unwrap()
+        };
+        let uri = (
+            "MLFLOW_TRACKING_URI",
+            "https://bob:p%40ss@mlflow.example:5000/base",
+        );
+        let s = load(&[uri]);
+        assert_eq!(s.mlflow.tracking_uri, "https://mlflow.example:5000/base");
+        assert_eq!(s.mlflow.username.as_deref(), Some("bob"));
+        assert_eq!(s.mlflow.password.as_ref().map(Secret::expose), Some("p@ss"));
+        assert!(!s.to_redacted_yaml().contains("p@ss"));
+        let s = load(&[
+            uri,
+            ("MLFLOW_TRACKING_USERNAME", "alice"),
+            ("MLFLOW_TRACKING_PASSWORD", "from-var"),
+        ]);
+        assert_eq!(s.mlflow.tracking_uri, "https://mlflow.example:5000/base");
+        assert_eq!(s.mlflow.username.as_deref(), Some("alice"));
+        assert_eq!(
+            s.mlflow.password.as_ref().map(Secret::expose),
+            Some("from-var")
+        );
+        let s = load(&[("MLFLOW_TRACKING_URI", "http://mlflow:5000")]);
+        assert_eq!(s.mlflow.tracking_uri, "http://mlflow:5000");
+        assert_eq!(s.mlflow.username, None);
     }
 
     #[test]

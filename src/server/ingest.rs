@@ -236,15 +236,6 @@ async fn commit(
     }
 }
 
-/// `data` of an alias event: `{name, alias, version}`.
-#[derive(serde::Deserialize)]
-struct AliasData {
-    name: String,
-    alias: String,
-    #[serde(default)]
-    version: Option<String>,
-}
-
 async fn mlflow_webhook(
     State(ingest): State<Arc<Ingest>>,
     headers: HeaderMap,
@@ -312,7 +303,7 @@ async fn mlflow_webhook(
     let at = alertmanager::parse_time(&payload.timestamp).unwrap_or(sent_ms);
     let alias = match (payload.entity.as_str(), payload.action.as_str()) {
         ("model_version_alias", "created" | "deleted") => {
-            match serde_json::from_value::<AliasData>(payload.data.clone()) {
+            match serde_json::from_value::<mlflow_webhook::AliasData>(payload.data.clone()) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     return refuse(

@@ -114,11 +114,16 @@ impl WebConfig {
         };
         let text = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let spec: FileSpec = serde_yaml_ng::from_slice(&text)
-            .map_err(|e| err(format!("not a valid web config: {e}")))?;
+        WebConfig::parse(&text, dir).map_err(err)
+    }
+
+    /// A web config from its text; file names in it are taken from `dir`.
+    pub fn parse(text: &[u8], dir: &Path) -> Result<(WebConfig, Fingerprint), String> {
+        let spec: FileSpec =
+            serde_yaml_ng::from_slice(text).map_err(|e| format!("not a valid web config: {e}"))?;
         let mut print = Sha256::new();
-        print.update(&text);
-        let config = build(spec, dir, &mut print).map_err(err)?;
+        print.update(text);
+        let config = build(spec, dir, &mut print)?;
         Ok((config, print.finalize().into()))
     }
 

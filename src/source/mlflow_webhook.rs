@@ -27,6 +27,15 @@ pub struct Delivery<'a> {
     pub signature: &'a str,
 }
 
+/// `data` of an alias event: `{name, alias, version}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct AliasData {
+    pub name: String,
+    pub alias: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
 /// Verifies a delivery's signature and age; returns its timestamp in ms. The message says what is
 /// wrong without echoing anything secret.
 pub fn verify(secret: &[u8], d: &Delivery<'_>, body: &[u8], now_ms: i64) -> Result<i64, String> {

@@ -1,0 +1,3 @@
+#![no_main]
+//! `mlflow_exporter::fuzzing::config_file`: any input may be refused, none may panic.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mlflow_exporter::fuzzing::config_file(data));

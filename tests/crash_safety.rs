@@ -1,5 +1,6 @@
-//! Crash safety of the CI/CD events receiver: 8 clients post incidents while the exporter is SIGKILLed;
-//! after a restart on the same store every acknowledged event is there exactly once and is counted.
+//! Crash safety of the CI/CD events receiver: 8 clients post incidents while a sync waits on MLflow
+//! and the exporter is SIGKILLed, or sent SIGTERM (it must then exit cleanly); after a restart on the
+//! same store every acknowledged event is there exactly once and is counted.
 
 mod common;
 
@@ -25,11 +26,6 @@ fn config(dir: &Path) -> PathBuf {
         // The burst comes from one address as fast as it can: the per-client rate limit is lifted.
         &format!("webhooks:\n  events: {{enabled: true, token: {TOKEN}}}\n  rate_limit: 1000000\n  rate_burst: 1000000\n"),
     )
-}
-
-/// MLflow is not needed to take events: nothing listens at this address.
-fn closed_mlflow() -> String {
-    format!("http://127.0.0.1:{}", free_port())
 }
 
 fn wait_healthy(addr: &str, child: &mut Child, log: &Path) {
@@ -163,10 +159,31 @@ impl Drop for Restarted {
 
 #[test]
 fn acknowledged_events_survive_a_sigkill_exactly_once() {
+    burst_then(Signal::Kill);
+}
+
+#[test]
+fn a_sigterm_during_a_sync_and_a_burst_exits_cleanly_with_every_acknowledged_event() {
+    burst_then(Signal::Term);
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Signal {
+    Kill,
+    Term,
+}
+
+/// Eight clients post incidents while a sync waits on an MLflow that never answers; then the
+/// exporter gets `signal`. SIGKILL must kill it, SIGTERM must stop it cleanly within 10 s. Either
+/// way, a restart on the same store holds every acknowledged event exactly once.
+fn burst_then(signal: Signal) {
     let test_start = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let mlflow = closed_mlflow();
+    // Accepts connections (the kernel does) and never answers: the first sync is still waiting on
+    // it when the signal comes.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mlflow = format!("http://{}", blackhole.local_addr().unwrap());
     let mut exporter = ExporterProcess::start(
         dir.path(),
         &[
@@ -208,18 +225,38 @@ fn acknowledged_events_survive_a_sigkill_exactly_once() {
     let acked_at_kill = acked.load(Ordering::SeqCst);
     killing.store(true, Ordering::SeqCst);
     let pid = exporter.child.id();
+    let flag = match signal {
+        Signal::Kill => "-KILL",
+        Signal::Term => "-TERM",
+    };
     let killed = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
+        .args([flag, "--", &format!("-{pid}")])
         .status()
         .unwrap();
-    assert!(killed.success(), "kill -KILL -{pid} failed");
-    let status = exporter.child.wait().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the exporter was not killed by SIGKILL: {status}; log: {}",
-        exporter.stderr()
-    );
+    assert!(killed.success(), "kill {flag} -{pid} failed");
+    let mut status = None;
+    wait_until(Duration::from_secs(10), "the exporter to exit", || {
+        status = exporter.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap();
+    match signal {
+        Signal::Kill => assert_eq!(
+            status.signal(),
+            Some(9),
+            "the exporter was not killed by SIGKILL: {status}; log: {}",
+            exporter.stderr()
+        ),
+        Signal::Term => {
+            assert!(
+                status.success(),
+                "SIGTERM: {status}; log: {}",
+                exporter.stderr()
+            );
+            let log = exporter.stderr();
+            assert!(log.contains("mlflow-exporter stopped"), "{log}");
+        }
+    }
     let kill_ms = burst_start.elapsed().as_millis();
     let logs: Vec<ClientLog> = threads.into_iter().map(|t| t.join().unwrap()).collect();
 

@@ -462,6 +462,10 @@ pub struct Users {
     cache: Mutex<HashMap<[u8; 32], bool>>,
 }
 
+/// The highest bcrypt cost accepted: each step doubles the work, and 15 is already ~2 s a check
+/// on one core of the bench machine.
+const MAX_COST: u32 = 15;
+
 /// At most this many cached answers; the cache is emptied when full (a flood of wrong passwords
 /// must not grow memory).
 const CACHE_LIMIT: usize = 1024;
@@ -474,6 +478,12 @@ impl Users {
                 .expose()
                 .parse::<bcrypt::HashParts>()
                 .map_err(|_| format!("basic_auth_users.{user}: not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"))?;
+            if parts.get_cost() > MAX_COST {
+                return Err(format!(
+                    "basic_auth_users.{user}: bcrypt cost {} is above {MAX_COST}; each check would take seconds of CPU (10-12 is usual)",
+                    parts.get_cost()
+                ));
+            }
             if i == 0 {
                 cost = parts.get_cost();
             }
@@ -556,6 +566,10 @@ mod tests {
             (
                 "basic_auth_users:\n  alice: not-a-hash\n",
                 "basic_auth_users.alice: not a bcrypt hash",
+            ),
+            (
+                "basic_auth_users:\n  bob: $2b$31$ATcjzbDYFYPIO574hna3Vu39Rk4cGwCHQPDR7MzwztdiMAJoDQUpG\n",
+                "basic_auth_users.bob: bcrypt cost 31 is above 15",
             ),
             (
                 "tls_server_config:\n  cert_file: c.pem\n",

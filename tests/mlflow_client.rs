@@ -704,6 +704,20 @@ async fn latency_is_recorded_for_every_attempt() {
     );
 }
 
+/// Forgets every mock, then answers with one experiment and nothing else.
+async fn mount_empty_install(server: &MockServer) {
+    server.reset().await;
+    mount(
+        server,
+        EXPERIMENTS,
+        json!({"experiments": [experiment("1", "e")]}),
+    )
+    .await;
+    mount(server, RUNS, json!({})).await;
+    mount(server, MODELS, json!({})).await;
+    mount(server, VERSIONS, json!({})).await;
+}
+
 #[tokio::test]
 async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_back_by_the_overlap() {
     let server = MockServer::start().await;
@@ -721,16 +735,7 @@ async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_bac
     syncer.full(NOW).await.unwrap();
 
     // Empty answers everywhere but the experiments: without an experiment there is no runs search.
-    server.reset().await;
-    mount(
-        &server,
-        EXPERIMENTS,
-        json!({"experiments": [experiment("1", "e")]}),
-    )
-    .await;
-    mount(&server, RUNS, json!({})).await;
-    mount(&server, MODELS, json!({})).await;
-    mount(&server, VERSIONS, json!({})).await;
+    mount_empty_install(&server).await;
 
     // A minute after the full read the registered models are not due: four requests.
     let report = syncer.incremental(NOW + 60_000).await.unwrap();
@@ -772,16 +777,7 @@ async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_bac
     assert_eq!(syncer.snapshot().models.len(), 1);
 
     // One registry interval after the full read, the models are read again: five requests.
-    server.reset().await;
-    mount(
-        &server,
-        EXPERIMENTS,
-        json!({"experiments": [experiment("1", "e")]}),
-    )
-    .await;
-    mount(&server, RUNS, json!({})).await;
-    mount(&server, MODELS, json!({})).await;
-    mount(&server, VERSIONS, json!({})).await;
+    mount_empty_install(&server).await;
     let report = syncer.incremental(NOW + registry_ms).await.unwrap();
     assert_eq!(report.requests, 5);
     let all = server.received_requests().await.unwrap();

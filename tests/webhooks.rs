@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -267,25 +266,9 @@ fn ci_events_are_taken_once_and_bad_ones_refused() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "db"))
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mlflow-exporter"))
-        .args(["events", "--storage.path", store.to_str().unwrap()])
-        .env("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kinds: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    let kinds: Vec<String> = stored_events(&store)
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(
         kinds,

@@ -104,7 +104,8 @@ impl Web {
         };
         let print = WebConfig::fingerprint(path);
         let mut last = crate::metrics::publish::lock(&self.fingerprint);
-        if print.is_some() && print == *last {
+        // Unchanged, or still unreadable since the last attempt (reported once, not every 5 s).
+        if print == *last {
             return false;
         }
         match WebConfig::load(path) {

@@ -5,6 +5,9 @@
 //! rebuild, `Pipeline::open` over a store of 1 000 000 events in a new process as at start-up
 //! (target: under 5 s). `cargo bench --bench ingest`.
 
+mod rt;
+
+use rt::runtime;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -39,14 +42,6 @@ fn settings(dir: &Path) -> Settings {
     s.webhooks.rate_burst = u32::MAX;
     s.validate().expect("valid settings");
     s
-}
-
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn now_ms() -> i64 {

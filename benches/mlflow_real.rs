@@ -10,7 +10,9 @@ mod common;
 mod floor;
 mod heap;
 mod procfs;
+mod rt;
 
+use rt::runtime;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -240,14 +242,6 @@ fn python(script: &str) -> Command {
     let mut cmd = Command::new(venv_bin("python"));
     cmd.arg(project_dir().join("benches/baseline").join(script));
     cmd
-}
-
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// One full sync of a fresh pipeline, measured.

@@ -10,7 +10,9 @@
 mod floor;
 mod heap;
 mod procfs;
+mod rt;
 
+use rt::runtime;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -624,14 +626,6 @@ impl Drop for ServerGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// utime + stime of a process, all threads, in seconds (USER_HZ is 100 on Linux).

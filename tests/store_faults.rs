@@ -1,6 +1,7 @@
-//! The event store on a disk that fills up (a real 4 MiB tmpfs, mounted by the test): the events
+//! The event store on a disk that fills up (a real 4 MiB tmpfs) or goes read-only (a real ext4 on a
+//! loop device, failed through the kernel's own error path), both mounted by the tests: the events
 //! receiver answers 503 so the sender retries, counts each as an error, loses nothing it
-//! acknowledged, and records again as soon as there is space.
+//! acknowledged, and records again once the disk has space or has been repaired.
 
 mod common;
 
@@ -76,15 +77,90 @@ fn fill(dir: &Path) -> PathBuf {
     panic!("the tmpfs never filled");
 }
 
-#[test]
-fn a_full_then_read_only_disk_answers_503_loses_nothing_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = Tmpfs::mount(&dir.path().join("disk"), "4m");
-    let store = disk.path.join("events.db");
+/// An ext4 file system in a file, on a loop device, mounted with `errors=remount-ro`: what a cloud
+/// disk does when it fails. Unmounted (lazily) and detached on drop.
+struct Ext4 {
+    image: PathBuf,
+    path: PathBuf,
+}
+
+impl Ext4 {
+    fn mount(image: &Path, path: &Path) -> Ext4 {
+        run("truncate", &["-s", "32M", &image.display().to_string()]);
+        run("mkfs.ext4", &["-q", "-F", &image.display().to_string()]);
+        let disk = Ext4 {
+            image: image.to_path_buf(),
+            path: path.to_path_buf(),
+        };
+        disk.attach();
+        disk
+    }
+
+    fn attach(&self) {
+        std::fs::create_dir_all(&self.path).unwrap();
+        run(
+            "mount",
+            &[
+                "-o",
+                "loop,errors=remount-ro",
+                &self.image.display().to_string(),
+                &self.path.display().to_string(),
+            ],
+        );
+    }
+
+    /// An error inside the file system (as a failing disk raises): the kernel remounts it read-only
+    /// under the open files, which then fail every write with EROFS.
+    fn fail(&self) {
+        let source = run(
+            "findmnt",
+            &["-n", "-o", "SOURCE", &self.path.display().to_string()],
+        );
+        let device = source.trim().trim_start_matches("/dev/");
+        std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "1").unwrap();
+    }
+
+    /// What an operator does: unmount, check, mount again at the same place. The exporter keeps
+    /// running; its connections to the old mount fail and are replaced by ones opening the new.
+    fn repair(&self) {
+        run("umount", &["-l", &self.path.display().to_string()]);
+        // 0: clean, 1: errors corrected.
+        let code = Command::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(&self.image)
+            .output()
+            .unwrap()
+            .status
+            .code();
+        assert!(matches!(code, Some(0 | 1)), "e2fsck exited {code:?}");
+        self.attach();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Runs a command that must succeed (mount tools: the test needs root, as scripts/test runs);
+/// returns its stdout.
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed (these tests mount file systems: run them as root, as scripts/test does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The exporter with its event store at `store` and the events receiver on.
+fn exporter_on(dir: &Path, store: &Path) -> ExporterProcess {
     let mlflow = format!("http://127.0.0.1:{}", free_port());
     let exporter = ExporterProcess::start_on_store(
-        dir.path(),
-        &store,
+        dir,
+        store,
         &["--mlflow.sync-interval=1h"],
         &[
             ("MLFLOW_TRACKING_URI", mlflow.as_str()),
@@ -97,17 +173,16 @@ fn a_full_then_read_only_disk_answers_503_loses_nothing_and_recovers() {
     wait_until(Duration::from_secs(30), "the exporter", || {
         http_get(&exporter.addr, "/-/healthy", &[]).is_ok_and(|r| r.status == 200)
     });
-    let mut acked: Vec<String> = Vec::new();
-    let mut refused: Vec<String> = Vec::new();
-    let (status, text) = post(&exporter.addr, "before");
-    assert_eq!(status, 200, "{text}");
-    acked.push("before".into());
+    exporter
+}
 
-    // Disk full: events until one is refused (the WAL may have room for a few first).
-    let filler = fill(&disk.path);
+/// Posts `prefix-N` events until three are refused with 503 (a full disk may take a few more
+/// first, into the WAL's free pages); returns (acknowledged, refused).
+fn post_until_refused(addr: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
     for n in 0..500 {
-        let id = format!("full-{n}");
-        match post(&exporter.addr, &id) {
+        let id = format!("{prefix}-{n}");
+        match post(addr, &id) {
             (200, _) => acked.push(id),
             (503, text) => {
                 assert!(
@@ -116,21 +191,57 @@ fn a_full_then_read_only_disk_answers_503_loses_nothing_and_recovers() {
                 );
                 refused.push(id);
                 if refused.len() == 3 {
-                    break;
+                    return (acked, refused);
                 }
             }
             other => panic!("{id}: {other:?}"),
         }
     }
-    assert_eq!(refused.len(), 3, "a full disk never refused an event");
-    // /metrics still answers, and counts them (re-encoded at most 1 s after a change).
-    wait_until(Duration::from_secs(3), "3 store errors counted", || {
-        let s = Scrape::parse(&http_get(&exporter.addr, "/metrics", &[]).unwrap().text());
+    panic!("the broken disk never refused an event");
+}
+
+/// `/metrics` still answers, and counts the refused events as errors (re-encoded at most 1 s after
+/// a change).
+fn errors_counted(addr: &str, n: f64) {
+    wait_until(Duration::from_secs(3), "store errors counted", || {
+        let s = Scrape::parse(&http_get(addr, "/metrics", &[]).unwrap().text());
         s.get(
             "mlflow_exporter_events_total",
             &[("source", "api"), ("outcome", "error")],
-        ) == 3.0
+        ) == n
     });
+}
+
+/// Every acknowledged event is in the store, once, and nothing else.
+fn stored_once(store: &Path, acked: &[String]) {
+    let mut stored: BTreeMap<String, usize> = BTreeMap::new();
+    for e in stored_events(store) {
+        let id = e["incident"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("api\u{1f}");
+        *stored.entry(id.to_string()).or_default() += 1;
+    }
+    for id in acked {
+        assert_eq!(stored.get(id), Some(&1), "{id}: {stored:?}");
+    }
+    assert_eq!(stored.len(), acked.len(), "{stored:?}");
+}
+
+#[test]
+fn a_full_disk_answers_503_loses_nothing_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "4m");
+    let store = disk.path.join("events.db");
+    let exporter = exporter_on(dir.path(), &store);
+    let (status, text) = post(&exporter.addr, "before");
+    assert_eq!(status, 200, "{text}");
+    let mut acked = vec!["before".to_string()];
+
+    let filler = fill(&disk.path);
+    let (mut more, mut refused) = post_until_refused(&exporter.addr, "full");
+    acked.append(&mut more);
+    errors_counted(&exporter.addr, 3.0);
 
     // Space again: the refused events, sent again (as a sender retries), are recorded.
     std::fs::remove_file(&filler).unwrap();
@@ -140,20 +251,58 @@ fn a_full_then_read_only_disk_answers_503_loses_nothing_and_recovers() {
         assert!(text.contains(r#""recorded":1"#), "{text}");
     }
     acked.append(&mut refused);
-
     drop(exporter);
+    stored_once(&store, &acked);
+}
 
-    // Every acknowledged event is in the store, once.
-    let mut stored: BTreeMap<String, usize> = BTreeMap::new();
-    for e in stored_events(&store) {
-        let id = e["incident"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("api\u{1f}");
-        *stored.entry(id.to_string()).or_default() += 1;
-    }
+#[test]
+fn a_disk_gone_read_only_answers_503_loses_nothing_and_recovers_once_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Ext4::mount(&dir.path().join("disk.img"), &dir.path().join("disk"));
+    let store = disk.path.join("events.db");
+    let exporter = exporter_on(dir.path(), &store);
+    // Acknowledged before the failure: these must survive it (on the disk, not only in the page
+    // cache a read-only file system can no longer write back).
+    let mut acked: Vec<String> = (0..20).map(|n| format!("before-{n}")).collect();
     for id in &acked {
-        assert_eq!(stored.get(id), Some(&1), "{id}: {stored:?}");
+        let (status, text) = post(&exporter.addr, id);
+        assert_eq!(status, 200, "{text}");
     }
-    assert_eq!(stored.len(), acked.len(), "{stored:?}");
+
+    disk.fail();
+    let (more, mut refused) = post_until_refused(&exporter.addr, "read-only");
+    assert_eq!(
+        more,
+        Vec::<String>::new(),
+        "acknowledged on a read-only disk"
+    );
+    errors_counted(&exporter.addr, 3.0);
+    assert_eq!(
+        http_get(&exporter.addr, "/-/healthy", &[]).unwrap().status,
+        200
+    );
+
+    // Repaired and mounted again: the sender's retries are recorded. Each of the pool's connections
+    // to the old mount fails once before it is replaced, so a retry may still meet one.
+    disk.repair();
+    for id in &refused {
+        let mut answers = Vec::new();
+        for _ in 0..10 {
+            let (status, text) = post(&exporter.addr, id);
+            answers.push(status);
+            if status == 200 {
+                assert!(text.contains(r#""recorded":1"#), "{text}");
+                break;
+            }
+        }
+        assert_eq!(
+            answers.last(),
+            Some(&200),
+            "{id} after the repair: {answers:?}\n{}",
+            exporter.stderr()
+        );
+    }
+    acked.append(&mut refused);
+    drop(exporter);
+    stored_once(&store, &acked);
 }

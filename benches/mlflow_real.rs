@@ -10,6 +10,7 @@ mod common;
 mod floor;
 mod heap;
 mod procfs;
+use procfs::{cpu_seconds, stat_fields};
 mod rt;
 
 use rt::runtime;
@@ -85,27 +86,6 @@ const BASELINE_LIMIT: Duration = Duration::from_secs(40 * 60);
 /// The idle binary's first full sync must be done by then.
 const READY_LIMIT: Duration = Duration::from_secs(20 * 60);
 const IDLE_WINDOW: Duration = Duration::from_secs(60);
-/// USER_HZ: the unit of utime and stime in /proc/<pid>/stat on Linux.
-const TICKS: f64 = 100.0;
-
-/// Fields of /proc/<pid>/stat after the command name (which may hold spaces): state is 0, pgrp 2,
-/// utime 11, stime 12.
-fn stat_fields(pid: &str) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-fn cpu_of(f: &[String]) -> f64 {
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / TICKS
-}
-
-/// utime + stime of one process, all threads, in seconds; `pid` may be `self`.
-fn cpu_seconds(pid: &str) -> f64 {
-    stat_fields(pid).map_or(f64::NAN, |f| cpu_of(&f))
-}
-
 /// The live processes of a process group (MLflow's CLI, uvicorn and its workers).
 fn group_pids(pgrp: u32) -> Vec<String> {
     let pgrp = pgrp.to_string();

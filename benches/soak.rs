@@ -5,6 +5,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod procfs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,15 +21,7 @@ const RUN_EVERY: Duration = Duration::from_secs(2);
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(String::from))
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    procfs::status_mib(&pid.to_string(), "VmRSS:")
 }
 
 /// Runs `f` once a `tick` until `stop`, paced against the clock (no drift; a late call is not

@@ -1,4 +1,6 @@
 //! Figures of a process read from /proc, shared by the benches that measure the exporter's cost.
+// Each bench is its own crate and uses a part of these.
+#![allow(dead_code)]
 
 /// A `/proc/<pid>/status` figure in MiB (`VmRSS:`, `VmHWM:`); `pid` may be `self`.
 pub fn status_mib(pid: &str, key: &str) -> f64 {
@@ -10,4 +12,26 @@ pub fn status_mib(pid: &str, key: &str) -> f64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// USER_HZ: the unit of utime and stime in /proc/<pid>/stat on Linux.
+const TICKS: f64 = 100.0;
+
+/// Fields of /proc/<pid>/stat after the command name (which may hold spaces): state is 0, pgrp 2,
+/// utime 11, stime 12.
+pub fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// utime + stime, in seconds, of [`stat_fields`].
+pub fn cpu_of(f: &[String]) -> f64 {
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / TICKS
+}
+
+/// utime + stime of one process, all threads, in seconds; `pid` may be `self`.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    stat_fields(pid).map_or(f64::NAN, |f| cpu_of(&f))
 }

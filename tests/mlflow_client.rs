@@ -743,21 +743,24 @@ async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_bac
     assert_eq!(report.requests, 4);
     assert_eq!(report.runs_read, 0);
     let all = server.received_requests().await.unwrap();
-    let paths: Vec<&str> = all.iter().map(|r| r.url.path()).collect();
+    // Asked at once (two at a time): in any order.
+    let mut paths: Vec<&str> = all.iter().map(|r| r.url.path()).collect();
+    paths.sort_unstable();
     assert_eq!(
         paths,
-        [api(EXPERIMENTS), api(RUNS), api(RUNS), api(VERSIONS)]
+        [api(EXPERIMENTS), api(VERSIONS), api(RUNS), api(RUNS)]
     );
-    let filters: Vec<Value> = received(&server, RUNS)
+    let mut filters: Vec<String> = received(&server, RUNS)
         .await
         .iter()
-        .map(|r| body(r)["filter"].clone())
+        .map(|r| body(r)["filter"].as_str().unwrap().to_string())
         .collect();
+    filters.sort_unstable();
     assert_eq!(
         filters,
         [
-            json!(format!("attributes.end_time >= {}", NOW - overlap_ms)),
-            json!("attributes.status = 'RUNNING'"),
+            "attributes.end_time >= 1699999700000",
+            "attributes.status = 'RUNNING'",
         ]
     );
     assert_eq!(NOW - overlap_ms, 1_699_999_700_000);
@@ -781,20 +784,96 @@ async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_bac
     let report = syncer.incremental(NOW + registry_ms).await.unwrap();
     assert_eq!(report.requests, 5);
     let all = server.received_requests().await.unwrap();
-    let paths: Vec<&str> = all.iter().map(|r| r.url.path()).collect();
+    let mut paths: Vec<&str> = all.iter().map(|r| r.url.path()).collect();
+    paths.sort_unstable();
     assert_eq!(
         paths,
         [
             api(EXPERIMENTS),
-            api(RUNS),
-            api(RUNS),
+            api(VERSIONS),
             api(MODELS),
-            api(VERSIONS)
+            api(RUNS),
+            api(RUNS),
         ]
     );
     // MLflow now lists no model, so the model and its versions are gone.
     assert_eq!(syncer.snapshot().models.len(), 0);
     assert_eq!(syncer.snapshot().versions.len(), 0);
+}
+
+/// Experiments 1 and 2, over the empty install's experiment 1.
+async fn mount_two_experiments(server: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path(api(EXPERIMENTS)))
+        .respond_with(ok(
+            json!({"experiments": [experiment("1", "e"), experiment("2", "new")]}),
+        ))
+        .with_priority(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn an_incremental_cycle_searches_the_runs_of_an_experiment_created_since_the_last() {
+    let server = MockServer::start().await;
+    mount_small_install(&server).await;
+    let s = settings(&server.uri());
+    let mut syncer = Syncer::new(client(&s), &s);
+    syncer.full(NOW).await.unwrap();
+
+    // Experiment 2 appeared, with a run already running: the searches over the experiments known
+    // at the full read cannot see it.
+    mount_empty_install(&server).await;
+    mount_two_experiments(&server).await;
+    Mock::given(method("POST"))
+        .and(path(api(RUNS)))
+        .and(body_partial_json(json!({"experiment_ids": ["2"]})))
+        .respond_with(ok(json!({"runs": [run(3, "2", "RUNNING")]})))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+
+    let report = syncer.incremental(NOW + 60_000).await.unwrap();
+    // Five as usual, then the two runs searches over experiment 2 alone.
+    assert_eq!(report.requests, 7);
+    let mut searched: Vec<(Value, String)> = received(&server, RUNS)
+        .await
+        .iter()
+        .map(|r| {
+            let b = body(r);
+            (
+                b["experiment_ids"].clone(),
+                b["filter"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    searched.sort_by_key(|(ids, filter)| (ids.to_string(), filter.clone()));
+    let ended = "attributes.end_time >= 1699999700000".to_string();
+    let running = "attributes.status = 'RUNNING'".to_string();
+    assert_eq!(
+        searched,
+        [
+            (json!(["1"]), ended.clone()),
+            (json!(["1"]), running.clone()),
+            (json!(["2"]), ended),
+            (json!(["2"]), running),
+        ]
+    );
+    // The mock answers both searches over experiment 2 with the run: read twice, held once.
+    assert_eq!(report.runs_read, 2);
+    assert_eq!(syncer.snapshot().runs.len(), 3);
+    assert_eq!(syncer.snapshot().experiments.len(), 2);
+
+    // The next cycle searches both experiments together. Run 3, held as running, is in neither
+    // answer of the empty install now, so it is read by id: six requests, all over both.
+    server.reset().await;
+    mount_empty_install(&server).await;
+    mount_two_experiments(&server).await;
+    let report = syncer.incremental(NOW + 120_000).await.unwrap();
+    assert_eq!(report.requests, 6);
+    for r in received(&server, RUNS).await {
+        assert_eq!(body(&r)["experiment_ids"], json!(["1", "2"]));
+    }
 }
 
 #[tokio::test]

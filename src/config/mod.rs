@@ -197,8 +197,9 @@ pub struct MlflowSettings {
     /// Larger answers from MLflow are refused (the cycle fails, nothing is kept): a runaway response
     /// must not exhaust the exporter's memory.
     pub max_response_bytes: usize,
-    /// Runs searches of a full read in flight at once, over groups of experiments (1 = one at a time).
-    /// MLflow answers each on its own worker, and the exporter decodes one page while the next downloads.
+    /// Requests in flight at once (1 = one at a time): the runs searches of a full read, over groups
+    /// of experiments, and the searches of an incremental cycle. MLflow answers each on its own
+    /// worker, and the exporter decodes one page while the next downloads.
     pub concurrency: usize,
     /// Time between sync cycles (`--mlflow.sync-interval`).
     #[serde(with = "humantime_serde")]

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::error::MlflowError;
 use crate::source::mlflow::client::RunsQuery;
 use crate::source::mlflow::MlflowClient;
-pub use extract::{Extractor, RateCard};
+pub use extract::{Extractor, PageRecords, RateCard};
 pub use snapshot::Snapshot;
 use snapshot::{
     run_id, ExperimentRecord, Interner, ModelRecord, RunKey, RunRecord, RunStatus, Sym,
@@ -61,6 +61,8 @@ pub struct Syncer {
     last_full_ms: Option<i64>,
     /// `now` of the last cycle that read the registered models.
     last_models_ms: Option<i64>,
+    /// The experiments as MLflow spells their ids, at the last successful cycle.
+    experiment_ids: Vec<String>,
 }
 
 impl Syncer {
@@ -75,6 +77,7 @@ impl Syncer {
             cursor_ms: None,
             last_full_ms: None,
             last_models_ms: None,
+            experiment_ids: Vec::new(),
         }
     }
 
@@ -127,6 +130,7 @@ impl Syncer {
         next.versions = versions;
         next.runs.shrink_to_fit();
         self.snapshot = next;
+        self.experiment_ids = ids;
         self.cursor_ms = Some(now_ms);
         self.last_full_ms = Some(now_ms);
         self.last_models_ms = Some(now_ms);
@@ -146,27 +150,71 @@ impl Syncer {
         };
         let started = Instant::now();
         let since = cursor.saturating_sub(self.overlap_ms);
-        let snap = &mut self.snapshot;
-        let ex = &self.extractor;
-
-        let (new_experiments, ids, mut requests) =
-            read_experiments(&self.client, ex, &mut snap.strings).await?;
+        let models_due = self
+            .last_models_ms
+            .is_none_or(|last| now_ms - last >= self.registry_every_ms);
 
         // Runs that ended since the cursor, and every run still running: together with the periodic
         // full read this sees each run's start and end (MLflow has no last-update time for runs).
-        let mut changed: Vec<(RunKey, RunRecord)> = Vec::new();
+        // The requests go out together, `mlflow.concurrency` at a time (MLflow answers each runs
+        // search by scanning its runs table; one after another they were most of the cycle), the
+        // runs searches over the experiments known at the last cycle.
         let ended = format!("attributes.end_time >= {since}");
-        for filter in [ended.as_str(), "attributes.status = 'RUNNING'"] {
-            requests += read_runs(
-                &self.client,
-                &self.extractor,
-                &ids,
-                RunsQuery::Filter(filter),
-                &mut snap.strings,
-                &mut changed,
-            )
-            .await?
-            .0;
+        let filters = [ended.as_str(), RUNNING];
+        let gate = tokio::sync::Semaphore::new(self.client.concurrency());
+        let (running, ended_runs, experiments, versions, models) = tokio::try_join!(
+            gated(
+                &gate,
+                fetch_runs(
+                    &self.client,
+                    &self.extractor,
+                    &self.experiment_ids,
+                    filters[1]
+                )
+            ),
+            gated(
+                &gate,
+                fetch_runs(
+                    &self.client,
+                    &self.extractor,
+                    &self.experiment_ids,
+                    filters[0]
+                )
+            ),
+            gated(&gate, self.client.experiments()),
+            gated(&gate, self.client.model_versions(Some(since))),
+            gated(&gate, async {
+                match models_due {
+                    true => self.client.registered_models().await.map(Some),
+                    false => Ok(None),
+                }
+            }),
+        )?;
+        let (experiments, mut requests) = experiments;
+        let snap = &mut self.snapshot;
+        let ex = &self.extractor;
+        let mut changed: Vec<(RunKey, RunRecord)> = Vec::new();
+        let mut runs_read = 0;
+        for (n, pages) in [running, ended_runs] {
+            requests += n;
+            runs_read += merge(pages, &mut snap.strings, &mut changed);
+        }
+        // Experiments created since the last cycle: the same two searches over them alone.
+        let ids: Vec<String> = experiments
+            .iter()
+            .map(|e| e.experiment_id.clone())
+            .collect();
+        let new_ids: Vec<String> = ids
+            .iter()
+            .filter(|id| !self.experiment_ids.contains(id))
+            .cloned()
+            .collect();
+        if !new_ids.is_empty() {
+            for filter in filters {
+                let (n, pages) = fetch_runs(&self.client, ex, &new_ids, filter).await?;
+                requests += n;
+                runs_read += merge(pages, &mut snap.strings, &mut changed);
+            }
         }
         // Runs we hold as running that neither search returned ended with an end time before the
         // cursor (a client that backdated it): read them by id.
@@ -179,33 +227,29 @@ impl Syncer {
             .collect();
         for batch in stale.chunks(100) {
             let filter = format!("attributes.run_id IN ({})", batch.join(","));
-            requests += read_runs(
-                &self.client,
-                &self.extractor,
-                &ids,
-                RunsQuery::Filter(&filter),
-                &mut snap.strings,
-                &mut changed,
-            )
-            .await?
-            .0;
-        }
-
-        let models_due = self
-            .last_models_ms
-            .is_none_or(|last| now_ms - last >= self.registry_every_ms);
-        let mut models = None;
-        if models_due {
-            let (read, n) = read_models(&self.client, ex, &mut snap.strings).await?;
+            let (n, pages) = fetch_runs(&self.client, ex, &ids, &filter).await?;
             requests += n;
-            models = Some(read);
+            runs_read += merge(pages, &mut snap.strings, &mut changed);
         }
-        let (versions, n) = read_versions(&self.client, ex, &mut snap.strings, Some(since)).await?;
+        let (versions, n) = versions;
         requests += n;
+        let versions: Vec<_> = versions
+            .iter()
+            .filter_map(|v| ex.version(&mut snap.strings, v))
+            .collect();
+        let models = models.map(|(list, n)| {
+            requests += n;
+            list.iter()
+                .map(|m| ex.model(&mut snap.strings, m))
+                .collect::<BTreeMap<_, _>>()
+        });
 
         // Everything is read: apply.
-        let runs_read = changed.len();
-        snap.experiments = new_experiments;
+        snap.experiments = experiments
+            .iter()
+            .map(|e| ex.experiment(&mut snap.strings, e))
+            .collect();
+        self.experiment_ids = ids;
         snap.runs.extend(changed);
         snap.versions.extend(versions);
         if let Some(models) = models {
@@ -222,6 +266,46 @@ impl Syncer {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// `work` once `gate` lets it start.
+async fn gated<F: std::future::Future>(gate: &tokio::sync::Semaphore, work: F) -> F::Output {
+    // Never closed, so acquiring cannot fail; were it to, the work would just not wait.
+    let _turn = gate.acquire().await;
+    work.await
+}
+
+/// The runs search of the incremental cycle for runs still running.
+const RUNNING: &str = "attributes.status = 'RUNNING'";
+
+/// The pages of a filtered runs search, decoded and extracted off this task but not yet merged
+/// (searches made at once cannot share the snapshot's strings). Returns (requests, pages).
+async fn fetch_runs(
+    client: &MlflowClient,
+    extractor: &Arc<Extractor>,
+    ids: &[String],
+    filter: &str,
+) -> Result<(usize, Vec<PageRecords>), MlflowError> {
+    let ex = extractor.clone();
+    let mut pages = Vec::new();
+    let requests = client
+        .runs(
+            ids,
+            RunsQuery::Filter(filter),
+            move |page| ex.page(&page),
+            |page| pages.push(page),
+        )
+        .await?;
+    Ok((requests, pages))
+}
+
+/// Merges pages into `out`, renamed to `strings`; returns the runs merged.
+fn merge(
+    pages: Vec<PageRecords>,
+    strings: &mut Interner,
+    out: &mut Vec<(RunKey, RunRecord)>,
+) -> usize {
+    pages.into_iter().map(|p| p.merge_into(strings, out)).sum()
 }
 
 /// Runs of a search as records named in `strings`, into `out`: pages are decoded and extracted off

@@ -187,15 +187,25 @@ fn main() {
     // Memory over time.
     let start = Instant::now();
     let mut curve: Vec<(f64, f64)> = vec![(0.0, rss_mib(pid))];
+    let thread_count = |pid: u32| procfs::status_value(&pid.to_string(), "Threads:");
+    let threads_start = thread_count(pid);
+    let mut threads_max = threads_start;
     while start.elapsed() < duration {
         std::thread::sleep(SAMPLE_EVERY.min(duration.saturating_sub(start.elapsed())));
         curve.push((start.elapsed().as_secs_f64() / 60.0, rss_mib(pid)));
+        // Where memory goes when it steps: the heap (anonymous) or mapped files, and threads (each
+        // new one gets a stack and an allocator heap of its own).
+        let n = thread_count(pid);
+        threads_max = threads_max.max(n);
         eprintln!(
-            "soak: {:.1} min, RSS {:.1} MiB",
+            "soak: {:.1} min, RSS {:.1} MiB (anonymous {:.1}, files {:.1}), {n} threads",
             curve.last().unwrap().0,
-            curve.last().unwrap().1
+            curve.last().unwrap().1,
+            procfs::status_mib(&pid.to_string(), "RssAnon:"),
+            procfs::status_mib(&pid.to_string(), "RssFile:"),
         );
     }
+    let threads_end = thread_count(pid);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
@@ -255,6 +265,9 @@ fn main() {
         points.join(", ")
     );
     println!("| resident memory: median of the sixth after warm-up ({:.0} min) → median of the last sixth; highest sample | {warm:.1} → {last:.1} MiB ({growth:+.1} %); {peak:.1} MiB | growth < 5 % ({}) |", warmup.as_secs_f64() / 60.0, if growth < 5.0 { "met" } else { "MISSED" });
+    println!(
+        "| exporter threads: at the start / most / at the end | {threads_start} / {threads_max} / {threads_end} | – |"
+    );
     println!(
         "| scrapes answered / failed | {} / {} | 0 failed |",
         scrapes.load(Ordering::Relaxed),

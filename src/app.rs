@@ -89,9 +89,11 @@ impl Pipeline {
                 return Err(e);
             }
         };
+        let phase = std::time::Instant::now();
         self.record_changes(now_ms).await;
         self.versions
             .store(Arc::new(VersionTimes::index(self.syncer.snapshot())));
+        let recorded = phase.elapsed();
         if now_ms - self.last_purge_ms >= DAY_MS {
             let store = self.recorder.store();
             let before = now_ms - self.retention_ms;
@@ -116,9 +118,18 @@ impl Pipeline {
         self.publisher
             .exporter
             .sync_succeeded(report.mode, report.seconds, ended, snap.runs.len());
+        let phase = std::time::Instant::now();
         self.publish(now_ms).await;
+        let published = phase.elapsed();
         crate::memory::release_freed();
         self.ready.store(true, Ordering::Release);
+        tracing::debug!(
+            read_seconds = report.seconds,
+            record_seconds = recorded.as_secs_f64(),
+            publish_seconds = published.as_secs_f64(),
+            release_seconds = (phase.elapsed() - published).as_secs_f64(),
+            "sync cycle phases"
+        );
         tracing::info!(
             mode = report.mode.as_str(),
             requests = report.requests,

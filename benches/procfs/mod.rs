@@ -2,8 +2,13 @@
 // Each bench is its own crate and uses a part of these.
 #![allow(dead_code)]
 
-/// A `/proc/<pid>/status` figure in MiB (`VmRSS:`, `VmHWM:`); `pid` may be `self`.
+/// A `/proc/<pid>/status` figure in MiB (`VmRSS:`, `VmHWM:`, `RssAnon:`); `pid` may be `self`.
 pub fn status_mib(pid: &str, key: &str) -> f64 {
+    status_value(pid, key) / 1024.0
+}
+
+/// A `/proc/<pid>/status` figure as written (kB for sizes; `Threads:` is a count).
+pub fn status_value(pid: &str, key: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -11,7 +16,7 @@ pub fn status_mib(pid: &str, key: &str) -> f64 {
                 .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
 }
 
 /// USER_HZ: the unit of utime and stime in /proc/<pid>/stat on Linux.

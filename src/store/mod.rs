@@ -54,6 +54,10 @@ impl EventStore {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // sqlx recycles connections (idle 10 min, any after 30 min) for servers that drop them;
+            // a file has no such server, and each new connection is a new thread and page cache.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options)
             .await
             .map_err(|e| open_err(e.to_string()))?;

@@ -162,25 +162,16 @@ impl Syncer {
         let ended = format!("attributes.end_time >= {since}");
         let filters = [ended.as_str(), RUNNING];
         let gate = tokio::sync::Semaphore::new(self.client.concurrency());
+        let search = |filter| {
+            let known = &self.experiment_ids;
+            gated(
+                &gate,
+                fetch_runs(&self.client, &self.extractor, known, filter),
+            )
+        };
         let (running, ended_runs, experiments, versions, models) = tokio::try_join!(
-            gated(
-                &gate,
-                fetch_runs(
-                    &self.client,
-                    &self.extractor,
-                    &self.experiment_ids,
-                    filters[1]
-                )
-            ),
-            gated(
-                &gate,
-                fetch_runs(
-                    &self.client,
-                    &self.extractor,
-                    &self.experiment_ids,
-                    filters[0]
-                )
-            ),
+            search(filters[1]),
+            search(filters[0]),
             gated(&gate, self.client.experiments()),
             gated(&gate, self.client.model_versions(Some(since))),
             gated(&gate, async {

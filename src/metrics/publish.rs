@@ -479,6 +479,13 @@ fn compress_chunks(parts: &[&[u8]], previous: &[Arc<Segment>]) -> Vec<Arc<Segmen
             })
             .collect()
     };
+    // A small part (the history re-encoded on a scrape) is not worth a thread.
+    if bytes < 256 * 1024 {
+        for (i, segment) in compress(&fresh) {
+            chunks[i] = Some(Arc::new(segment));
+        }
+        return chunks.into_iter().flatten().collect();
+    }
     let (first, second) = fresh.split_at(half);
     let done = std::thread::scope(|s| {
         let other = s.spawn(|| compress(second));
@@ -676,6 +683,15 @@ mod tests {
             .collect();
         assert_eq!(lines, [CHUNK_LINES, 12, CHUNK_LINES, 12, CHUNK_LINES, 12]);
         assert!(chunks[2].text().starts_with(b"# HELP f1 "));
+        assert_eq!(gzip_of(chunks), [text, b"rest 1\n".to_vec()].concat());
+    }
+
+    #[test]
+    fn a_large_exposition_is_compressed_on_two_threads_in_order() {
+        // Over the 256 KiB below which the chunks are compressed on the calling thread.
+        let text = exposition(4, 10_000, None);
+        assert!(text.len() > 256 * 1024);
+        let chunks = compress_chunks(&[&text[..text.len() / 2], &text[text.len() / 2..]], &[]);
         assert_eq!(gzip_of(chunks), [text, b"rest 1\n".to_vec()].concat());
     }
 

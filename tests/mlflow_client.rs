@@ -706,13 +706,13 @@ async fn latency_is_recorded_for_every_attempt() {
 
 /// Forgets every mock, then answers with one experiment and nothing else.
 async fn mount_empty_install(server: &MockServer) {
+    mount_empty_install_of(server, json!([experiment("1", "e")])).await;
+}
+
+/// Forgets every mock, then answers with `experiments` and nothing else.
+async fn mount_empty_install_of(server: &MockServer, experiments: Value) {
     server.reset().await;
-    mount(
-        server,
-        EXPERIMENTS,
-        json!({"experiments": [experiment("1", "e")]}),
-    )
-    .await;
+    mount(server, EXPERIMENTS, json!({ "experiments": experiments })).await;
     mount(server, RUNS, json!({})).await;
     mount(server, MODELS, json!({})).await;
     mount(server, VERSIONS, json!({})).await;
@@ -801,18 +801,6 @@ async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_bac
     assert_eq!(syncer.snapshot().versions.len(), 0);
 }
 
-/// Experiments 1 and 2, over the empty install's experiment 1.
-async fn mount_two_experiments(server: &MockServer) {
-    Mock::given(method("POST"))
-        .and(path(api(EXPERIMENTS)))
-        .respond_with(ok(
-            json!({"experiments": [experiment("1", "e"), experiment("2", "new")]}),
-        ))
-        .with_priority(1)
-        .mount(server)
-        .await;
-}
-
 #[tokio::test]
 async fn an_incremental_cycle_searches_the_runs_of_an_experiment_created_since_the_last() {
     let server = MockServer::start().await;
@@ -823,8 +811,8 @@ async fn an_incremental_cycle_searches_the_runs_of_an_experiment_created_since_t
 
     // Experiment 2 appeared, with a run already running: the searches over the experiments known
     // at the full read cannot see it.
-    mount_empty_install(&server).await;
-    mount_two_experiments(&server).await;
+    let two = json!([experiment("1", "e"), experiment("2", "new")]);
+    mount_empty_install_of(&server, two.clone()).await;
     Mock::given(method("POST"))
         .and(path(api(RUNS)))
         .and(body_partial_json(json!({"experiment_ids": ["2"]})))
@@ -866,9 +854,7 @@ async fn an_incremental_cycle_searches_the_runs_of_an_experiment_created_since_t
 
     // The next cycle searches both experiments together. Run 3, held as running, is in neither
     // answer of the empty install now, so it is read by id: six requests, all over both.
-    server.reset().await;
-    mount_empty_install(&server).await;
-    mount_two_experiments(&server).await;
+    mount_empty_install_of(&server, two).await;
     let report = syncer.incremental(NOW + 120_000).await.unwrap();
     assert_eq!(report.requests, 6);
     for r in received(&server, RUNS).await {

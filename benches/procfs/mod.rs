@@ -31,7 +31,7 @@ pub fn stat_fields(pid: &str) -> Option<Vec<String>> {
 }
 
 /// utime + stime, in seconds, of [`stat_fields`].
-pub fn cpu_of(f: &[String]) -> f64 {
+fn cpu_of(f: &[String]) -> f64 {
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (t(11) + t(12)) / TICKS
 }

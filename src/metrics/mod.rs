@@ -102,27 +102,54 @@ pub fn derive(
     let folds = Folds::build(snap, d);
     // Two halves of about the same cost (a pass over the runs each), one on another core: at
     // 100 000 runs this is a third of an incremental cycle's own time.
-    let (first, second) = std::thread::scope(|s| {
-        let second = s.spawn(|| {
+    let ((mut out, quality), second) = in_parallel(
+        || {
+            let mut first = inventory::families(snap, &folds);
+            first.extend(runs::families(snap, d, &folds));
+            (first, quality::families(snap, d, &folds))
+        },
+        || {
             let mut v = adoption::families(snap, d, now_ms);
             v.extend(cost::families(snap, d, &folds, now_ms));
             v
-        });
-        let mut first = inventory::families(snap, &folds);
-        first.extend(runs::families(snap, d, &folds));
-        let quality = quality::families(snap, d, &folds);
-        let second = second
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (first, (second, quality))
-    });
-    let (second, quality) = second;
-    let mut out = first;
+        },
+    );
     out.extend(second);
     out.extend(quality);
     out.extend(delivery::families(snap, delivery, d));
     out.push(folds.family().finish());
     out
+}
+
+/// Runs `a` here and `b` on another thread at the same time; a panic in either is raised here.
+pub(crate) fn in_parallel<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    std::thread::scope(|s| {
+        let other = s.spawn(b);
+        let a = a();
+        let b = other
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (a, b)
+    })
+}
+
+/// Where to cut items of these weights into two halves of about the same weight: the first half
+/// is `..at`.
+pub(crate) fn halfway(weights: impl Iterator<Item = usize> + Clone) -> usize {
+    let total: usize = weights.clone().sum();
+    let mut acc = 0;
+    let mut count = 0;
+    for w in weights {
+        acc += w;
+        count += 1;
+        if acc * 2 >= total {
+            return count;
+        }
+    }
+    count
 }
 
 /// Every family's spec, for the collector's descriptors and the documentation.

@@ -19,7 +19,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use super::exporter::ExporterMetrics;
 use super::family::Spec;
-use super::{derive, Derivation};
+use super::{derive, halfway, in_parallel, Derivation};
 use crate::delivery::Delivery;
 use crate::sync::Snapshot;
 
@@ -462,15 +462,6 @@ fn compress_chunks(parts: &[&[u8]], previous: &[Arc<Segment>]) -> Vec<Arc<Segmen
         .map(|p| known.get(&(chunk_hash(p), p.len())).map(|c| Arc::clone(c)))
         .collect();
     let fresh: Vec<usize> = (0..pieces.len()).filter(|&i| chunks[i].is_none()).collect();
-    let bytes: usize = fresh.iter().map(|&i| pieces[i].len()).sum();
-    let mut acc = 0;
-    let half = fresh
-        .iter()
-        .position(|&i| {
-            acc += pieces[i].len();
-            acc * 2 >= bytes
-        })
-        .map_or(fresh.len(), |at| at + 1);
     let compress = |ids: &[usize]| -> Vec<(usize, Segment)> {
         ids.iter()
             .map(|&i| {
@@ -479,24 +470,16 @@ fn compress_chunks(parts: &[&[u8]], previous: &[Arc<Segment>]) -> Vec<Arc<Segmen
             })
             .collect()
     };
+    let bytes: usize = fresh.iter().map(|&i| pieces[i].len()).sum();
     // A small part (the history re-encoded on a scrape) is not worth a thread.
-    if bytes < 256 * 1024 {
-        for (i, segment) in compress(&fresh) {
-            chunks[i] = Some(Arc::new(segment));
-        }
-        return chunks.into_iter().flatten().collect();
-    }
-    let (first, second) = fresh.split_at(half);
-    let done = std::thread::scope(|s| {
-        let other = s.spawn(|| compress(second));
-        let mut done = compress(first);
-        done.extend(
-            other
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-        );
+    let done = if bytes < 256 * 1024 {
+        compress(&fresh)
+    } else {
+        let (first, second) = fresh.split_at(halfway(fresh.iter().map(|&i| pieces[i].len())));
+        let (mut done, rest) = in_parallel(|| compress(first), || compress(second));
+        done.extend(rest);
         done
-    });
+    };
     for (i, segment) in done {
         chunks[i] = Some(Arc::new(segment));
     }
@@ -550,25 +533,10 @@ fn encode_text(families: &[MetricFamily]) -> prometheus::Result<Vec<u8>> {
 /// two threads (a snapshot's exposition is tens of MB at a million runs). Each thread then frees its
 /// half: a family per series and label is a million allocations at that size.
 fn encode_text_parts(mut families: Vec<MetricFamily>) -> prometheus::Result<Vec<Vec<u8>>> {
-    let series: usize = families.iter().map(|f| f.get_metric().len()).sum();
-    let mut acc = 0;
-    let half = families
-        .iter()
-        .position(|f| {
-            acc += f.get_metric().len();
-            acc * 2 >= series
-        })
-        .map_or(families.len(), |at| at + 1);
-    let second = families.split_off(half);
+    let second = families.split_off(halfway(families.iter().map(|f| f.get_metric().len())));
     let encode = |families: Vec<MetricFamily>| encode_text(&families);
-    std::thread::scope(|s| {
-        let other = s.spawn(|| encode(second));
-        let first = encode(families)?;
-        let second = other
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        Ok(vec![first, second])
-    })
+    let (first, second) = in_parallel(|| encode(families), || encode(second));
+    Ok(vec![first?, second?])
 }
 
 /// Locks, ignoring poisoning: the data behind these locks is replaced whole, never left half-written.

@@ -736,3 +736,12 @@ fn runs_started_and_creation_counters() {
         map(&[("m", 2.0), ("n", 1.0)])
     );
 }
+
+#[test]
+fn halfway_cuts_where_the_first_half_reaches_half_the_weight() {
+    assert_eq!(super::halfway([1, 1, 1, 1].into_iter()), 2);
+    assert_eq!(super::halfway([3, 1, 1, 1].into_iter()), 1);
+    assert_eq!(super::halfway([1, 1, 1, 5].into_iter()), 4);
+    assert_eq!(super::halfway([0, 0].into_iter()), 1);
+    assert_eq!(super::halfway(std::iter::empty()), 0);
+}

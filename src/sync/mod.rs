@@ -14,6 +14,7 @@ use std::time::Instant;
 use crate::config::Settings;
 use crate::error::MlflowError;
 use crate::source::mlflow::client::RunsQuery;
+use crate::source::mlflow::model::{Experiment, ModelVersion, RegisteredModel};
 use crate::source::mlflow::MlflowClient;
 pub use extract::{Extractor, PageRecords, RateCard};
 pub use snapshot::Snapshot;
@@ -108,9 +109,10 @@ impl Syncer {
     pub async fn full(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
         let started = Instant::now();
         let mut next = Snapshot::default();
-        let (experiments, ids, mut requests) =
-            read_experiments(&self.client, &self.extractor, &mut next.strings).await?;
-        next.experiments = experiments;
+        let ex = &self.extractor;
+        let (experiments, mut requests) = self.client.experiments().await?;
+        let (records, ids) = experiment_records(ex, &mut next.strings, &experiments);
+        next.experiments = records;
         let (n, runs_read) = read_runs(
             &self.client,
             &self.extractor,
@@ -121,13 +123,12 @@ impl Syncer {
         )
         .await?;
         requests += n;
-        let (models, n) = read_models(&self.client, &self.extractor, &mut next.strings).await?;
+        let (models, n) = self.client.registered_models().await?;
         requests += n;
-        let (versions, n) =
-            read_versions(&self.client, &self.extractor, &mut next.strings, None).await?;
+        let (versions, n) = self.client.model_versions(None).await?;
         requests += n;
-        next.models = models;
-        next.versions = versions;
+        next.models = model_records(ex, &mut next.strings, &models);
+        next.versions = version_records(ex, &mut next.strings, &versions);
         next.runs.shrink_to_fit();
         self.snapshot = next;
         self.experiment_ids = ids;
@@ -190,14 +191,12 @@ impl Syncer {
             requests += n;
             runs_read += merge(pages, &mut snap.strings, &mut changed);
         }
+        let (experiment_records, ids) = experiment_records(ex, &mut snap.strings, &experiments);
         // Experiments created since the last cycle: the same two searches over them alone.
-        let ids: Vec<String> = experiments
-            .iter()
-            .map(|e| e.experiment_id.clone())
-            .collect();
+        let known: HashSet<&String> = self.experiment_ids.iter().collect();
         let new_ids: Vec<String> = ids
             .iter()
-            .filter(|id| !self.experiment_ids.contains(id))
+            .filter(|id| !known.contains(id))
             .cloned()
             .collect();
         if !new_ids.is_empty() {
@@ -224,22 +223,14 @@ impl Syncer {
         }
         let (versions, n) = versions;
         requests += n;
-        let versions: Vec<_> = versions
-            .iter()
-            .filter_map(|v| ex.version(&mut snap.strings, v))
-            .collect();
+        let versions = version_records(ex, &mut snap.strings, &versions);
         let models = models.map(|(list, n)| {
             requests += n;
-            list.iter()
-                .map(|m| ex.model(&mut snap.strings, m))
-                .collect::<BTreeMap<_, _>>()
+            model_records(ex, &mut snap.strings, &list)
         });
 
         // Everything is read: apply.
-        snap.experiments = experiments
-            .iter()
-            .map(|e| ex.experiment(&mut snap.strings, e))
-            .collect();
+        snap.experiments = experiment_records;
         self.experiment_ids = ids;
         snap.runs.extend(changed);
         snap.versions.extend(versions);
@@ -322,13 +313,12 @@ async fn read_runs(
     Ok((requests, read))
 }
 
-/// Every experiment, by id, with the ids as MLflow spells them (for runs searches) and the request count.
-async fn read_experiments(
-    client: &MlflowClient,
+/// Experiments as records by id, with the ids as MLflow spells them (for runs searches).
+fn experiment_records(
     ex: &Extractor,
     strings: &mut Interner,
-) -> Result<(HashMap<Sym, ExperimentRecord>, Vec<String>, usize), MlflowError> {
-    let (experiments, requests) = client.experiments().await?;
+    experiments: &[Experiment],
+) -> (HashMap<Sym, ExperimentRecord>, Vec<String>) {
     let ids = experiments
         .iter()
         .map(|e| e.experiment_id.clone())
@@ -337,33 +327,27 @@ async fn read_experiments(
         .iter()
         .map(|e| ex.experiment(strings, e))
         .collect();
-    Ok((records, ids, requests))
+    (records, ids)
 }
 
-/// Every registered model with its aliases (always all: moving an alias changes no timestamp).
-async fn read_models(
-    client: &MlflowClient,
+/// Registered models with their aliases, as records (always all of them: moving an alias changes
+/// no timestamp).
+fn model_records(
     ex: &Extractor,
     strings: &mut Interner,
-) -> Result<(BTreeMap<Sym, ModelRecord>, usize), MlflowError> {
-    let (list, requests) = client.registered_models().await?;
-    Ok((
-        list.iter().map(|m| ex.model(strings, m)).collect(),
-        requests,
-    ))
+    models: &[RegisteredModel],
+) -> BTreeMap<Sym, ModelRecord> {
+    models.iter().map(|m| ex.model(strings, m)).collect()
 }
 
-/// The model versions updated since `since` (all when `None`).
-async fn read_versions(
-    client: &MlflowClient,
+/// Model versions as records; versions the extractor cannot read are left out.
+fn version_records(
     ex: &Extractor,
     strings: &mut Interner,
-    since: Option<i64>,
-) -> Result<(HashMap<(Sym, u32), VersionRecord>, usize), MlflowError> {
-    let (versions, requests) = client.model_versions(since).await?;
-    let records = versions
+    versions: &[ModelVersion],
+) -> HashMap<(Sym, u32), VersionRecord> {
+    versions
         .iter()
         .filter_map(|v| ex.version(strings, v))
-        .collect();
-    Ok((records, requests))
+        .collect()
 }

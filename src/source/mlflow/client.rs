@@ -86,12 +86,12 @@ impl MlflowClient {
         })
     }
 
-    /// Every experiment, active and deleted.
     /// `mlflow.concurrency`: requests in flight at once.
     pub fn concurrency(&self) -> usize {
         self.concurrency
     }
 
+    /// Every experiment, active and deleted.
     pub async fn experiments(&self) -> Result<(Vec<Experiment>, usize), MlflowError> {
         let mut all = Vec::new();
         let requests = self

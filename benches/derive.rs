@@ -88,7 +88,7 @@ fn main() {
         .collect();
     let cpu = (procfs::cpu_seconds("self") - cpu0) / 5.0;
     let families = derive(&snap, &history, &d, synthetic::NOW_MS);
-    let series: usize = families.iter().map(|f| f.get_metric().len()).sum();
+    let series: usize = families.iter().map(|f| f.series()).sum();
 
     let d2 = d.clone();
     let publisher = Publisher::new(d).unwrap();

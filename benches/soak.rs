@@ -190,6 +190,7 @@ fn main() {
     let thread_count = |pid: u32| procfs::status_value(&pid.to_string(), "Threads:");
     let threads_start = thread_count(pid);
     let mut threads_max = threads_start;
+    let mut mappings = procfs::mappings_kib(&pid.to_string());
     while start.elapsed() < duration {
         std::thread::sleep(SAMPLE_EVERY.min(duration.saturating_sub(start.elapsed())));
         curve.push((start.elapsed().as_secs_f64() / 60.0, rss_mib(pid)));
@@ -204,6 +205,15 @@ fn main() {
             procfs::status_mib(&pid.to_string(), "RssAnon:"),
             procfs::status_mib(&pid.to_string(), "RssFile:"),
         );
+        // A step of the heap shows up as one mapping growing: name it.
+        let now = procfs::mappings_kib(&pid.to_string());
+        for (key, kib) in &now {
+            let before = mappings.get(key).copied().unwrap_or(0);
+            if kib.abs_diff(before) >= 1024 {
+                eprintln!("soak:   mapping {key}: {before} → {kib} KiB");
+            }
+        }
+        mappings = now;
     }
     let threads_end = thread_count(pid);
     stop.store(true, Ordering::Relaxed);

@@ -40,3 +40,32 @@ fn cpu_of(f: &[String]) -> f64 {
 pub fn cpu_seconds(pid: &str) -> f64 {
     stat_fields(pid).map_or(f64::NAN, |f| cpu_of(&f))
 }
+
+/// Resident KiB of each mapping in `/proc/<pid>/smaps`, keyed by its address range and path
+/// ("anonymous" when none). Tells whose memory grew: a glibc arena (64 MiB-aligned, holds
+/// SQLite's allocations), mimalloc's arena (the Rust heap), a thread stack or a mapped file.
+pub fn mappings_kib(pid: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return out;
+    };
+    let mut current = None;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                let path = words.nth(4).unwrap_or("anonymous");
+                current = Some(format!("{range} {path}"));
+            }
+            Some("Rss:") => {
+                if let (Some(key), Some(kib)) =
+                    (current.take(), words.next().and_then(|v| v.parse().ok()))
+                {
+                    out.insert(key, kib);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}

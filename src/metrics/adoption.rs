@@ -5,7 +5,7 @@
 // foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
 use hashbrown::{HashMap, HashSet};
 
-use prometheus::proto::MetricFamily;
+use super::family::TextFamily;
 
 use super::family::{Family, HistogramAcc, Spec};
 use super::{team_of, Derivation};
@@ -104,7 +104,7 @@ impl Activity {
     }
 }
 
-pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<MetricFamily> {
+pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
     // Windows beyond 32 would overflow the bit set; Settings keeps them few in practice.
     let windows = &d.windows[..d.windows.len().min(32)];
     let registered: HashSet<RunKey> = snap.versions.values().filter_map(|v| v.run).collect();

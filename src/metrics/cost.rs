@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 // foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
 use hashbrown::HashMap;
 
-use prometheus::proto::MetricFamily;
+use super::family::TextFamily;
 
 use super::family::{Family, FloatHistogramAcc, Spec};
 use super::{team_of, Derivation, Folds};
@@ -66,7 +66,7 @@ impl Acc {
     }
 }
 
-pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> Vec<MetricFamily> {
+pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> Vec<TextFamily> {
     let s = &snap.strings;
     let gpu_bounds = &d.settings.gpu_utilization_buckets;
     let mut acc: HashMap<(Sym, Option<Sym>, Option<Sym>), Acc> = HashMap::new();

@@ -2,7 +2,7 @@
 //! serving alias (and the legacy `Production` stage), lead time and its two parts, when each was last
 //! deployed, how long rollbacks took to restore, and the quality metrics of what is deployed.
 
-use prometheus::proto::MetricFamily;
+use super::family::TextFamily;
 
 use super::family::{Family, HistogramAcc, Spec};
 use super::Derivation;
@@ -90,7 +90,7 @@ fn histogram(f: &mut Family, values: &[&str], bounds: &[f64], acc: &HistogramAcc
 }
 
 /// `mlflow_model_metric`: the quality metrics of the run behind each served version.
-pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<MetricFamily> {
+pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<TextFamily> {
     let mut quality = Family::new(&MODEL_METRIC);
     for (model, target) in delivery.targets() {
         let run = delivery
@@ -111,7 +111,7 @@ pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<Met
 }
 
 /// The families of the event history: deployments, rollbacks, lead time, incidents.
-pub fn history_families(delivery: &Delivery, d: &Derivation) -> Vec<MetricFamily> {
+pub fn history_families(delivery: &Delivery, d: &Derivation) -> Vec<TextFamily> {
     let b = &d.delivery;
     let mut deployments = Family::new(&DEPLOYMENTS);
     let mut rollbacks = Family::new(&ROLLBACKS);

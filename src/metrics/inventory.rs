@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use prometheus::proto::MetricFamily;
+use super::family::TextFamily;
 
 use super::family::{Family, Spec};
 use super::Folds;
@@ -52,7 +52,7 @@ pub const SPECS: &[Spec] = &[
     VERSIONS_CREATED,
 ];
 
-pub fn families(snap: &Snapshot, folds: &Folds) -> Vec<MetricFamily> {
+pub fn families(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
     let s = &snap.strings;
     let deleted = snap.experiments.values().filter(|e| e.deleted).count();
     let mut exp = Family::new(&EXPERIMENTS);

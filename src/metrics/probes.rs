@@ -1,7 +1,7 @@
 //! Families of the probes: success, latency and status of the latest probes, failures by reason, and
 //! the outage history (count, time down, time up) from which availability and MTBF follow.
 
-use prometheus::proto::MetricFamily;
+use super::family::TextFamily;
 
 use super::family::{Family, Spec};
 use crate::probes::ProbeBook;
@@ -61,7 +61,7 @@ pub const SPECS: &[Spec] = &[
 
 /// The probe families as of now. A probe appears in the success, status and duration families once
 /// it has run; its counters appear from the start (restored from the store).
-pub fn families(book: &ProbeBook) -> Vec<MetricFamily> {
+pub fn families(book: &ProbeBook) -> Vec<TextFamily> {
     let mut success = Family::live(&SUCCESS);
     let mut duration = Family::live(&DURATION);
     let mut status = Family::live(&STATUS);
@@ -126,21 +126,10 @@ mod tests {
     }
 
     /// Series of a family as (labels, value), gauges and counters only.
-    fn series(mf: &MetricFamily) -> Vec<(Vec<String>, f64)> {
-        mf.get_metric()
-            .iter()
-            .map(|m| {
-                let labels = m
-                    .get_label()
-                    .iter()
-                    .map(|l| l.value().to_string())
-                    .collect();
-                let v = match mf.get_field_type() {
-                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
-                    _ => m.get_gauge().get_value(),
-                };
-                (labels, v)
-            })
+    fn series(mf: &TextFamily) -> Vec<(Vec<String>, f64)> {
+        mf.samples()
+            .into_iter()
+            .map(|(_, labels, v)| (labels.into_iter().map(|(_, v)| v).collect(), v))
             .collect()
     }
 
@@ -193,16 +182,26 @@ mod tests {
             series(by_name("mlflow_probe_http_status_code")),
             vec![(s(&["churn"]), 200.0)]
         );
-        let h = by_name("mlflow_probe_duration_seconds").get_metric()[0].get_histogram();
         // Answers and the timeout: 0.05, 0.5, 1.0, 0.08; the refused connection is not latency.
-        assert_eq!(h.get_sample_count(), 4);
-        assert_eq!(h.get_sample_sum(), 0.05 + 0.5 + 1.0 + 0.08);
-        let cum: Vec<u64> = h
-            .get_bucket()
-            .iter()
-            .map(|b| b.cumulative_count())
+        let h: Vec<(String, f64)> = by_name("mlflow_probe_duration_seconds")
+            .samples()
+            .into_iter()
+            .map(|(n, labels, v)| (format!("{n} {}", labels.last().unwrap().1), v))
             .collect();
-        assert_eq!(cum, vec![2, 4]);
+        let h: Vec<(&str, f64)> = h.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            h,
+            [
+                ("mlflow_probe_duration_seconds_bucket 0.1", 2.0),
+                ("mlflow_probe_duration_seconds_bucket 1", 4.0),
+                ("mlflow_probe_duration_seconds_bucket +Inf", 4.0),
+                (
+                    "mlflow_probe_duration_seconds_sum champion",
+                    0.05 + 0.5 + 1.0 + 0.08
+                ),
+                ("mlflow_probe_duration_seconds_count champion", 4.0),
+            ]
+        );
         let failures = series(by_name("mlflow_probe_failures_total"));
         assert_eq!(failures.len(), 10);
         assert_eq!(
@@ -233,6 +232,9 @@ mod tests {
             series(by_name("mlflow_probe_tls_cert_expiry_timestamp_seconds")),
             vec![(s(&["churn"]), 1.9e9)]
         );
-        assert_eq!(by_name("mlflow_probe_success").help(), SUCCESS.help);
+        let help = format!("# HELP mlflow_probe_success {}\n", SUCCESS.help);
+        assert!(by_name("mlflow_probe_success")
+            .text()
+            .starts_with(help.as_bytes()));
     }
 }

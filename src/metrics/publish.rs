@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use prometheus::core::Desc;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use super::exporter::ExporterMetrics;
-use super::family::Spec;
+use super::family::{Spec, TextFamily};
 use super::{derive, halfway, in_parallel, Derivation};
 use crate::delivery::Delivery;
 use crate::sync::Snapshot;
@@ -242,52 +241,37 @@ impl http_body::Body for Parts {
     }
 }
 
-/// Families computed elsewhere (the delivery history, probes), handed to the registry on each gather.
-pub struct FamiliesCollector {
-    descs: Vec<Desc>,
-    source: Box<dyn Fn() -> Vec<MetricFamily> + Send + Sync>,
+/// Families computed elsewhere and written at every re-encode (probe results).
+type Source = Box<dyn Fn() -> Vec<TextFamily> + Send + Sync>;
+
+/// Checks the names and labels of families encoded outside the registry, as registering them would.
+fn check_specs(specs: &[Spec], extra: &[String]) -> prometheus::Result<()> {
+    for spec in specs {
+        Desc::new(
+            spec.name.to_string(),
+            spec.help.to_string(),
+            spec.label_names(extra),
+            Default::default(),
+        )?;
+    }
+    Ok(())
 }
 
-impl FamiliesCollector {
-    /// A collector of the families `specs` declare, whose series `source` returns.
-    pub fn new(
-        specs: &[Spec],
-        extra: &[String],
-        source: impl Fn() -> Vec<MetricFamily> + Send + Sync + 'static,
-    ) -> prometheus::Result<FamiliesCollector> {
-        let descs = specs
-            .iter()
-            .map(|s| {
-                Desc::new(
-                    s.name.to_string(),
-                    s.help.to_string(),
-                    s.label_names(extra),
-                    Default::default(),
-                )
-            })
-            .collect::<prometheus::Result<Vec<_>>>()?;
-        Ok(FamiliesCollector {
-            descs,
-            source: Box::new(source),
-        })
-    }
-}
-
-impl Collector for FamiliesCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        (self.source)()
-    }
+/// The texts of the families that have series: a family without any is left out, as the registry's
+/// gather leaves out its own.
+fn texts(families: &[TextFamily]) -> Vec<&[u8]> {
+    families
+        .iter()
+        .filter(|f| f.series() > 0)
+        .map(TextFamily::text)
+        .collect()
 }
 
 pub struct Publisher {
     registry: Registry,
     /// Families of the delivery history, recomputed on every recorded event (cheaply) and waiting
     /// here for the next re-encode; `None` once encoded.
-    history: Mutex<Option<Vec<MetricFamily>>>,
+    history: Mutex<Option<Vec<TextFamily>>>,
     /// [`Delivery::events`] of the history last handed to [`Publisher::set_history`].
     history_events: std::sync::atomic::AtomicU64,
     /// The encoded families of the delivery history.
@@ -301,22 +285,17 @@ pub struct Publisher {
     encoding: Mutex<()>,
     /// Set when the registry's families changed since the last encode.
     stale: std::sync::atomic::AtomicBool,
+    sources: Mutex<Vec<Source>>,
 }
 
 impl Publisher {
     pub fn new(derivation: Derivation) -> prometheus::Result<Publisher> {
         let registry = Registry::new();
         let exporter = ExporterMetrics::register(&registry)?;
-        // The history's families are encoded outside the registry: their names and labels are
-        // checked here as registering them would.
-        for spec in super::delivery::HISTORY_SPECS {
-            Desc::new(
-                spec.name.to_string(),
-                spec.help.to_string(),
-                spec.label_names(&derivation.extra_label_names()),
-                Default::default(),
-            )?;
-        }
+        check_specs(
+            super::delivery::HISTORY_SPECS,
+            &derivation.extra_label_names(),
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -333,14 +312,22 @@ impl Publisher {
             derived: Mutex::default(),
             encoding: Mutex::new(()),
             stale: std::sync::atomic::AtomicBool::new(false),
+            sources: Mutex::default(),
         };
         p.refresh();
         Ok(p)
     }
 
-    /// Adds a collector whose families are gathered at every re-encode (probe results).
-    pub fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
-        self.registry.register(c)
+    /// Adds families written at every re-encode (probe results): `specs` declares them, `source`
+    /// returns their series as of now.
+    pub fn add_families(
+        &self,
+        specs: &[Spec],
+        source: impl Fn() -> Vec<TextFamily> + Send + Sync + 'static,
+    ) -> prometheus::Result<()> {
+        check_specs(specs, &[])?;
+        lock(&self.sources).push(Box::new(source));
+        Ok(())
     }
 
     /// What a scrape serves now: re-encodes first if something changed (at most every 100 ms) or
@@ -361,18 +348,10 @@ impl Publisher {
     /// Derives the families of a new snapshot and the delivery history, and publishes them.
     pub fn publish(&self, snap: &Snapshot, delivery: &Delivery, now_ms: i64) {
         let families = derive(snap, delivery, &self.derivation, now_ms);
-        match encode_text_parts(families) {
-            Ok(parts) => {
-                // The lock is not held while compressing: a scrape re-encoding the rest reads it.
-                let previous = lock(&self.derived).clone();
-                let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-                let chunks = compress_chunks(&parts, &previous.chunks);
-                *lock(&self.derived) = Arc::new(Derived::new(chunks));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode the snapshot's metrics; keeping the previous ones")
-            }
-        }
+        // The lock is not held while compressing: a scrape re-encoding the rest reads it.
+        let previous = lock(&self.derived).clone();
+        let chunks = compress_chunks(&texts(&families), &previous.chunks);
+        *lock(&self.derived) = Arc::new(Derived::new(chunks));
         // The history changes by recorded events, which set it themselves; a caller's own history
         // (tests, tools) is taken when it is not the one last set.
         let seen = self
@@ -413,25 +392,23 @@ impl Publisher {
             .store(false, std::sync::atomic::Ordering::Release);
         let changed = lock(&self.history).take();
         if let Some(families) = changed {
-            match encode_text(&families) {
-                Ok(text) => {
-                    let previous = lock(&self.history_encoded).clone();
-                    let chunks = compress_chunks(&[&text], &previous.chunks);
-                    *lock(&self.history_encoded) = Arc::new(Derived::new(chunks));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode the delivery history's metrics; keeping the previous ones")
+            let previous = lock(&self.history_encoded).clone();
+            let chunks = compress_chunks(&texts(&families), &previous.chunks);
+            *lock(&self.history_encoded) = Arc::new(Derived::new(chunks));
+        }
+        let mut text = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+            // Only an invalid family can fail; keep serving the previous bytes rather than half of them.
+            tracing::error!(error = %e, "cannot encode metrics; keeping the previous exposition");
+            return;
+        }
+        for source in lock(&self.sources).iter() {
+            for family in source() {
+                if family.series() > 0 {
+                    text.extend_from_slice(family.text());
                 }
             }
         }
-        let text = match encode_text(&self.registry.gather()) {
-            Ok(t) => t,
-            Err(e) => {
-                // Only an invalid family can fail; keep serving the previous bytes rather than half of them.
-                tracing::error!(error = %e, "cannot encode metrics; keeping the previous exposition");
-                return;
-            }
-        };
         let rest = Segment::new(text, Compression::default(), true, true);
         let derived = lock(&self.derived).clone();
         let history = lock(&self.history_encoded).clone();
@@ -516,27 +493,6 @@ fn memchr_newline(b: &[u8]) -> Option<usize> {
 fn chunk_hash(piece: &[u8]) -> u64 {
     use std::hash::BuildHasher;
     foldhash::quality::FixedState::with_seed(0x6d6c_666c_6f77).hash_one(piece)
-}
-
-/// The text exposition of the families that have series: the encoder refuses an empty family (as
-/// the registry's gather drops them), and one must not cost the whole snapshot.
-fn encode_text(families: &[MetricFamily]) -> prometheus::Result<Vec<u8>> {
-    let mut text = Vec::with_capacity(64 * 1024);
-    let encoder = TextEncoder::new();
-    for f in families.iter().filter(|f| !f.get_metric().is_empty()) {
-        encoder.encode(std::slice::from_ref(f), &mut text)?;
-    }
-    Ok(text)
-}
-
-/// [`encode_text`] of the families in two parts of about the same number of series, encoded on
-/// two threads (a snapshot's exposition is tens of MB at a million runs). Each thread then frees its
-/// half: a family per series and label is a million allocations at that size.
-fn encode_text_parts(mut families: Vec<MetricFamily>) -> prometheus::Result<Vec<Vec<u8>>> {
-    let second = families.split_off(halfway(families.iter().map(|f| f.get_metric().len())));
-    let encode = |families: Vec<MetricFamily>| encode_text(&families);
-    let (first, second) = in_parallel(|| encode(families), || encode(second));
-    Ok(vec![first?, second?])
 }
 
 /// Locks, ignoring poisoning: the data behind these locks is replaced whole, never left half-written.

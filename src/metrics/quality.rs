@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use prometheus::proto::MetricFamily;
+use super::family::TextFamily;
 
 use super::family::{Family, Spec};
 use super::{Derivation, Folds};
@@ -25,7 +25,7 @@ pub fn better(goal: Goal, a: f64, b: f64) -> f64 {
     }
 }
 
-pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFamily> {
+pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<TextFamily> {
     let keys = &d.settings.quality_metrics;
     let mut best: BTreeMap<(&str, usize), f64> = BTreeMap::new();
     for r in snap.runs.values() {

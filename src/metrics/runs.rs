@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 // foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
 use hashbrown::{HashMap, HashSet};
 
-use prometheus::proto::MetricFamily;
+use super::family::TextFamily;
 
 use super::family::{Family, HistogramAcc, Spec};
 use super::{team_of, Derivation, Folds};
@@ -42,7 +42,7 @@ struct Ended {
     durations: HistogramAcc,
 }
 
-pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<MetricFamily> {
+pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<TextFamily> {
     let s = &snap.strings;
     // Aggregate by symbols first (cheap per run), then fold into label values.
     let mut current: HashMap<(Sym, RunStatus), u64> = HashMap::new();

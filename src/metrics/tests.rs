@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricType;
+
+use family::TextFamily;
 
 use super::*;
 use crate::config::{CostSettings, Rate, RateMatch, Settings};
@@ -68,28 +70,57 @@ fn settings(f: impl FnOnce(&mut Settings)) -> Derivation {
 }
 
 /// Series of one family: label values joined by `,` → value (histograms: `_count`).
-fn series(fams: &[MetricFamily], name: &str) -> BTreeMap<String, f64> {
+fn series(fams: &[TextFamily], name: &str) -> BTreeMap<String, f64> {
     let f = fams
         .iter()
         .find(|f| f.name() == name)
         .unwrap_or_else(|| panic!("no family {name}"));
-    f.get_metric()
-        .iter()
-        .map(|m| {
-            let key = m
-                .get_label()
+    let sample = match f.kind() {
+        MetricType::HISTOGRAM => format!("{name}_count"),
+        _ => name.to_string(),
+    };
+    f.samples()
+        .into_iter()
+        .filter(|(n, _, _)| *n == sample)
+        .map(|(_, labels, v)| {
+            let key = labels
                 .iter()
-                .map(|l| l.value())
+                .map(|(_, v)| v.as_str())
                 .collect::<Vec<_>>()
                 .join(",");
-            let v = match f.get_field_type() {
-                MetricType::COUNTER => m.get_counter().get_value(),
-                MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
-                _ => m.get_gauge().get_value(),
-            };
             (key, v)
         })
         .collect()
+}
+
+/// The first series of a histogram family: its label values, cumulative bucket counts (without
+/// `+Inf`), count and sum.
+fn histogram(fams: &[TextFamily], name: &str) -> (Vec<String>, Vec<u64>, u64, f64) {
+    let f = fams
+        .iter()
+        .find(|f| f.name() == name)
+        .unwrap_or_else(|| panic!("no family {name}"));
+    let samples = f.samples();
+    let labels: Vec<String> = samples[0]
+        .1
+        .iter()
+        .filter(|(l, _)| l != "le")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let buckets = samples
+        .iter()
+        .take_while(|(n, _, _)| n.ends_with("_bucket"))
+        .filter(|(_, l, _)| l.last().is_some_and(|(_, le)| le != "+Inf"))
+        .map(|(_, _, v)| *v as u64)
+        .collect();
+    let value = |suffix: &str| {
+        samples
+            .iter()
+            .find(|(n, _, _)| *n == format!("{name}{suffix}"))
+            .map(|s| s.2)
+            .unwrap()
+    };
+    (labels, buckets, value("_count") as u64, value("_sum"))
 }
 
 fn map(rows: &[(&str, f64)]) -> BTreeMap<String, f64> {
@@ -233,20 +264,11 @@ fn duration_buckets_are_inclusive_and_sums_exact() {
     let d = settings(|_| {});
     let folds = Folds::build(&b.snap, &d);
     let f = runs::families(&b.snap, &d, &folds);
-    let h = f
-        .iter()
-        .find(|f| f.name() == "mlflow_run_duration_seconds")
-        .unwrap();
-    let h = h.get_metric()[0].get_histogram();
-    let cumulative: Vec<u64> = h
-        .get_bucket()
-        .iter()
-        .map(|b| b.cumulative_count())
-        .collect();
+    let (_, cumulative, count, sum) = histogram(&f, "mlflow_run_duration_seconds");
     assert_eq!(cumulative, vec![2, 3, 3, 3, 3, 3, 3, 3, 3, 4]);
-    assert_eq!(h.get_sample_count(), 5);
+    assert_eq!(count, 5);
     assert_eq!(
-        h.get_sample_sum(),
+        sum,
         (59_999 + 60_000 + 60_001 + 86_400_000 + 90_000_000) as f64 / 1000.0
     );
 }
@@ -449,10 +471,14 @@ fn every_family_is_declared_with_its_labels() {
     assert_eq!(f.len(), specs.len());
     for (fam, spec) in f.iter().zip(&specs) {
         assert_eq!(fam.name(), spec.name);
-        assert_eq!(fam.get_field_type(), spec.kind);
+        assert_eq!(fam.kind(), spec.kind);
         let names = spec.label_names(&d.extra_label_names());
-        for m in fam.get_metric() {
-            let got: Vec<&str> = m.get_label().iter().map(|l| l.name()).collect();
+        for (sample, labels, _) in fam.samples() {
+            let got: Vec<&str> = labels
+                .iter()
+                .map(|(l, _)| l.as_str())
+                .filter(|l| !(*l == "le" && sample.ends_with("_bucket")))
+                .collect();
             assert_eq!(got, names, "{}", spec.name);
         }
     }
@@ -521,19 +547,10 @@ fn activation_time_to_value_and_registry_feature_users() {
     let d = settings(|s| s.metrics.time_to_first_model_buckets = vec![3600.0, 86400.0, 864000.0]);
     let f = adoption::families(&b.snap, &d, NOW);
     assert_eq!(series(&f, "mlflow_activated_users"), map(&[("", 2.0)]));
-    let h = f
-        .iter()
-        .find(|f| f.name() == "mlflow_user_time_to_first_model_seconds")
-        .unwrap();
-    let h = h.get_metric()[0].get_histogram();
-    let cumulative: Vec<u64> = h
-        .get_bucket()
-        .iter()
-        .map(|b| b.cumulative_count())
-        .collect();
+    let (_, cumulative, _, sum) = histogram(&f, "mlflow_user_time_to_first_model_seconds");
     // ben: exactly 1 h (le is inclusive); ann: 8 d.
     assert_eq!(cumulative, vec![1, 1, 2]);
-    assert_eq!(h.get_sample_sum(), (H + 8 * D) as f64 / 1000.0);
+    assert_eq!(sum, (H + 8 * D) as f64 / 1000.0);
     // The registry feature follows the run a version came from: ann's run 3 d ago, ben's 12 h ago.
     let registry: BTreeMap<String, f64> = series(&f, "mlflow_feature_users")
         .into_iter()
@@ -636,21 +653,10 @@ fn gpu_utilization_and_idle_cost_of_ended_runs() {
     });
     let folds = Folds::build(&b.snap, &d);
     let f = cost::families(&b.snap, &d, &folds, NOW);
-    let h = f
-        .iter()
-        .find(|f| f.name() == "mlflow_run_gpu_utilization_ratio")
-        .unwrap();
-    let m = &h.get_metric()[0];
-    let labels: Vec<&str> = m.get_label().iter().map(|l| l.value()).collect();
+    let (labels, cumulative, _, sum) = histogram(&f, "mlflow_run_gpu_utilization_ratio");
     assert_eq!(labels, ["train", "ml"]);
-    let cumulative: Vec<u64> = m
-        .get_histogram()
-        .get_bucket()
-        .iter()
-        .map(|b| b.cumulative_count())
-        .collect();
     assert_eq!(cumulative, vec![1, 1, 2]);
-    assert_eq!(m.get_histogram().get_sample_sum(), 1.25);
+    assert_eq!(sum, 1.25);
     assert_eq!(
         series(&f, "mlflow_run_idle_gpu_cost_total"),
         map(&[("train,ml,g5", 3.0)])

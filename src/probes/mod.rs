@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::probes::MLFLOW_PROBE;
 use crate::config::Settings;
 use crate::metrics::family::FloatHistogramAcc;
-use crate::metrics::publish::{lock, FamiliesCollector, Publisher};
+use crate::metrics::publish::{lock, Publisher};
 use crate::source::probe::{Outcome, Prober, Reason};
 use crate::store::EventStore;
 use availability::{Availability, Totals, Transition};
@@ -153,11 +153,9 @@ impl Probes {
             buckets: p.duration_buckets.clone(),
         });
         let view = book.clone();
-        publisher.register(Box::new(FamiliesCollector::new(
-            crate::metrics::probes::SPECS,
-            &[],
-            move || crate::metrics::probes::families(&view),
-        )?))?;
+        publisher.add_families(crate::metrics::probes::SPECS, move || {
+            crate::metrics::probes::families(&view)
+        })?;
         let n = scheduled.len().max(1) as u32;
         let mut tasks = Vec::with_capacity(scheduled.len() + 1);
         for (i, s) in scheduled.into_iter().enumerate() {

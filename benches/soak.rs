@@ -199,10 +199,11 @@ fn main() {
         let n = thread_count(pid);
         threads_max = threads_max.max(n);
         eprintln!(
-            "soak: {:.1} min, RSS {:.1} MiB (anonymous {:.1}, files {:.1}), {n} threads",
+            "soak: {:.1} min, RSS {:.1} MiB (anonymous {:.1}, of it in huge pages {:.1}; files {:.1}), {n} threads",
             curve.last().unwrap().0,
             curve.last().unwrap().1,
             procfs::status_mib(&pid.to_string(), "RssAnon:"),
+            procfs::rollup_mib(&pid.to_string(), "AnonHugePages:"),
             procfs::status_mib(&pid.to_string(), "RssFile:"),
         );
         // A step of the heap shows up as one mapping growing: name it.

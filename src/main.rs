@@ -78,6 +78,8 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // First: huge pages merged over a sparse heap would count as memory the exporter does not use.
+    mlflow_exporter::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let flags = FlagOverrides {
         listen_address: cli.listen_address.clone(),

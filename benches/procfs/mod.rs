@@ -69,3 +69,15 @@ pub fn mappings_kib(pid: &str) -> std::collections::BTreeMap<String, u64> {
     }
     out
 }
+
+/// A `/proc/<pid>/smaps_rollup` figure in MiB (`AnonHugePages:`: memory in transparent huge pages).
+pub fn rollup_mib(pid: &str, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}

@@ -205,6 +205,20 @@ async fn runs_are_read_over_three_pages_in_order_and_requests_counted() {
     );
     let tokens: Vec<Value> = reqs.iter().map(|r| body(r)["page_token"].clone()).collect();
     assert_eq!(tokens, [Value::Null, json!("t2"), json!("t3")]);
+    // Each page of a full read on a connection of its own, so that a server with several workers
+    // hands the next page to a free one.
+    assert_eq!(connection_headers(&reqs), ["close", "close", "close"]);
+}
+
+/// The `Connection` header of each request ("" when none).
+fn connection_headers(reqs: &[wiremock::Request]) -> Vec<&str> {
+    reqs.iter()
+        .map(|r| {
+            r.headers
+                .get("connection")
+                .map_or("", |v| v.to_str().unwrap())
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -764,6 +778,8 @@ async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_bac
         ]
     );
     assert_eq!(NOW - overlap_ms, 1_699_999_700_000);
+    // Filtered searches are cheap: they keep their connections.
+    assert_eq!(connection_headers(&received(&server, RUNS).await), ["", ""]);
     // Since a cursor, versions come in pages of 100 (the full read asked for the page size).
     let versions = &received(&server, VERSIONS).await[0];
     assert!(

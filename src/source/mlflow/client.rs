@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use futures_util::{stream, StreamExt};
 use prometheus::HistogramVec;
-use reqwest::header::RETRY_AFTER;
+use reqwest::header::{CONNECTION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -176,7 +176,14 @@ impl MlflowClient {
                 "order_by": ["attributes.start_time ASC", "attributes.run_id ASC"],
                 "page_token": token,
             }));
-            let body = self.fetch(ENDPOINT, &request).await?;
+            // A full read's page costs MLflow about a second of CPU. A kept-alive connection stays
+            // with the server worker that accepted it, and both searches' connections often land
+            // on one worker of several (gunicorn, uvicorn), which then answers the whole read while
+            // the others idle. A connection per page is accepted by whichever worker is free:
+            // 8-9 s instead of 14-16 s for 12 pages on a two-worker MLflow (BENCHMARKS.md). A
+            // filtered search is cheap and keeps its connection.
+            let fresh = filter.is_empty();
+            let body = self.fetch(ENDPOINT, &request, fresh).await?;
             requests += 1;
             let prepare = prepare.clone();
             let (next, prepared) = tokio::task::spawn_blocking(move || {
@@ -313,15 +320,21 @@ impl MlflowClient {
         endpoint: &'static str,
         req: &Request,
     ) -> Result<T, MlflowError> {
-        decode(endpoint, &self.fetch(endpoint, req).await?)
+        decode(endpoint, &self.fetch(endpoint, req, false).await?)
     }
 
-    /// One API call with retries: the body of its successful answer.
-    async fn fetch(&self, endpoint: &'static str, req: &Request) -> Result<Bytes, MlflowError> {
+    /// One API call with retries: the body of its successful answer. `fresh`: the connection is
+    /// closed after the answer (`Connection: close`), so the next request opens another.
+    async fn fetch(
+        &self,
+        endpoint: &'static str,
+        req: &Request,
+        fresh: bool,
+    ) -> Result<Bytes, MlflowError> {
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();
-            let result = self.once(endpoint, req).await;
+            let result = self.once(endpoint, req, fresh).await;
             if let Some(h) = &self.latency {
                 h.with_label_values(&[endpoint])
                     .observe(started.elapsed().as_secs_f64());
@@ -364,6 +377,7 @@ impl MlflowClient {
         &self,
         endpoint: &'static str,
         req: &Request,
+        fresh: bool,
     ) -> Result<Bytes, (MlflowError, Option<Duration>)> {
         let url = format!("{}{}", self.api, endpoint);
         let mut builder = match req {
@@ -375,6 +389,9 @@ impl MlflowClient {
             Some(Auth::Bearer(token)) => builder.bearer_auth(token.expose()),
             None => builder,
         };
+        if fresh {
+            builder = builder.header(CONNECTION, "close");
+        }
         let mut resp = builder
             .send()
             .await

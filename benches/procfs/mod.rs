@@ -9,7 +9,12 @@ pub fn status_mib(pid: &str, key: &str) -> f64 {
 
 /// A `/proc/<pid>/status` figure as written (kB for sizes; `Threads:` is a count).
 pub fn status_value(pid: &str, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    field(&format!("/proc/{pid}/status"), key)
+}
+
+/// The number after `key` in a `key: value [kB]` file of /proc; NaN when missing.
+fn field(path: &str, key: &str) -> f64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -72,12 +77,5 @@ pub fn mappings_kib(pid: &str) -> std::collections::BTreeMap<String, u64> {
 
 /// A `/proc/<pid>/smaps_rollup` figure in MiB (`AnonHugePages:`: memory in transparent huge pages).
 pub fn rollup_mib(pid: &str, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+    field(&format!("/proc/{pid}/smaps_rollup"), key) / 1024.0
 }

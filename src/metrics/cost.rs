@@ -100,20 +100,19 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> 
     let mut compute = Family::new(&COMPUTE);
     let mut cost = Family::new(&COST);
     let mut gpu = Family::new(&GPU);
+    let mut idle = Family::new(&IDLE_GPU_COST);
     for ((exp, team, itype), a) in &merged {
-        let values = [*exp, *team, *itype];
-        compute.add(&values, a.ms as f64 / 1000.0);
-        gpu.add(&values, a.gpu_ms as f64 / 1000.0);
+        // The four families share their labels: written once.
+        let pairs = compute.pairs(&[*exp, *team, *itype]);
+        compute.add_pairs(&pairs, a.ms as f64 / 1000.0);
+        gpu.add_pairs(&pairs, a.gpu_ms as f64 / 1000.0);
         let money: f64 = a
             .ms_by_rate
             .iter()
             .map(|(rate, ms)| *ms as f64 * d.rates.hourly_rate(*rate) / 3_600_000.0)
             .sum();
-        cost.add(&values, money);
-    }
-    let mut idle = Family::new(&IDLE_GPU_COST);
-    for ((exp, team, itype), a) in &merged {
-        idle.add(&[*exp, *team, *itype], a.idle_cost);
+        cost.add_pairs(&pairs, money);
+        idle.add_pairs(&pairs, a.idle_cost);
     }
     let mut currency = Family::new(&CURRENCY);
     currency.add(&[&d.currency], 1.0);

@@ -169,6 +169,23 @@ impl Family {
         self.series += 1;
     }
 
+    /// The label pairs of `values` as this family writes them, for [`Family::add_pairs`] of
+    /// families with the same label names (the cost families share one key: writing its pairs once
+    /// instead of four times is a quarter of their text's cost).
+    pub fn pairs(&mut self, values: &[&str]) -> Vec<u8> {
+        self.set_pairs(values);
+        self.pairs.clone()
+    }
+
+    /// Adds a gauge or counter series whose label pairs came from [`Family::pairs`] of a family
+    /// with the same label names.
+    pub fn add_pairs(&mut self, pairs: &[u8], value: f64) {
+        self.pairs.clear();
+        self.pairs.extend_from_slice(pairs);
+        self.line("", None, value);
+        self.series += 1;
+    }
+
     /// Adds a histogram series from per-bucket (not cumulative) counts; `counts` has one more slot
     /// than `bounds`, for observations above the last bound.
     pub fn add_histogram(&mut self, values: &[&str], bounds: &[f64], counts: &[u64], sum: f64) {
@@ -293,13 +310,19 @@ fn escape_into(out: &mut Vec<u8>, v: &str, quote: bool) {
 }
 
 /// A sample value as Prometheus reads it: shortest round-trip decimal, `+Inf`, `-Inf`, `NaN`.
+/// Integers as integers (`3`, as `{}` writes them); other values through ryu, several times faster
+/// than `{}` for the same digits (exponent notation only below 1e-5 or from 1e16, which Prometheus
+/// reads alike).
 fn write_value(out: &mut Vec<u8>, v: f64) {
-    use std::io::Write;
+    const EXACT: f64 = (1u64 << 53) as f64;
     if v.is_infinite() {
         out.extend_from_slice(if v > 0.0 { b"+Inf" } else { b"-Inf" });
+    } else if v.is_nan() {
+        out.extend_from_slice(b"NaN");
+    } else if v.fract() == 0.0 && v.abs() < EXACT && !(v == 0.0 && v.is_sign_negative()) {
+        out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
     } else {
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "{v}");
+        out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
     }
 }
 
@@ -434,11 +457,34 @@ mod tests {
         );
 
         let mut g = Family::live(&Spec::gauge("z", "no labels", &[]));
-        g.add(&[], f64::INFINITY);
-        g.add(&[], 0.25);
+        for v in [
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            0.25,
+            -3.0,
+            0.0,
+            -0.0,
+            1e15,
+            0.1 + 0.2,
+        ] {
+            g.add(&[], v);
+        }
         assert_eq!(
             std::str::from_utf8(g.finish().text()).unwrap(),
-            "# HELP z no labels\n# TYPE z gauge\nz +Inf\nz 0.25\n"
+            "# HELP z no labels\n# TYPE z gauge\n\
+             z +Inf\nz -Inf\nz NaN\nz 0.25\nz -3\nz 0\nz -0.0\nz 1000000000000000\nz 0.30000000000000004\n"
         );
+        // Pairs written once serve every family with the same label names.
+        let mut a = Family::live(&Spec::counter("a_total", "a", &["x"]));
+        let mut b = Family::live(&Spec::counter("b_total", "b", &["x"]));
+        let pairs = a.pairs(&["q\"v"]);
+        a.add_pairs(&pairs, 1.0);
+        b.add_pairs(&pairs, 2.5);
+        assert!(a.finish().text().ends_with(b"\na_total{x=\"q\\\"v\"} 1\n"));
+        assert!(b
+            .finish()
+            .text()
+            .ends_with(b"\nb_total{x=\"q\\\"v\"} 2.5\n"));
     }
 }

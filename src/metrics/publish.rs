@@ -285,6 +285,7 @@ pub struct Publisher {
     encoding: Mutex<()>,
     /// Set when the registry's families changed since the last encode.
     stale: std::sync::atomic::AtomicBool,
+    /// Families written after the registry's at every re-encode ([`Publisher::add_families`]).
     sources: Mutex<Vec<Source>>,
 }
 

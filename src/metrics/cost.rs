@@ -101,9 +101,10 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> 
     let mut cost = Family::new(&COST);
     let mut gpu = Family::new(&GPU);
     let mut idle = Family::new(&IDLE_GPU_COST);
+    let mut pairs = Vec::new();
     for ((exp, team, itype), a) in &merged {
         // The four families share their labels: written once.
-        let pairs = compute.pairs(&[*exp, *team, *itype]);
+        compute.pairs_into(&[*exp, *team, *itype], &mut pairs);
         compute.add_pairs(&pairs, a.ms as f64 / 1000.0);
         gpu.add_pairs(&pairs, a.gpu_ms as f64 / 1000.0);
         let money: f64 = a

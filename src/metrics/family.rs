@@ -78,7 +78,7 @@ pub struct Family {
     labels: Vec<String>,
     text: Vec<u8>,
     series: usize,
-    /// The label pairs of the series being written (reused: histograms write them per bucket).
+    /// Buffer for the label pairs of the series being written, kept between series.
     pairs: Vec<u8>,
 }
 
@@ -124,31 +124,31 @@ impl Family {
         }
     }
 
-    /// Writes `l1="v1",l2="v2"` of a series into `pairs`.
-    fn set_pairs(&mut self, values: &[&str]) {
+    /// Writes `l1="v1",l2="v2"` of a series into `pairs` (cleared first).
+    pub fn pairs_into(&self, values: &[&str], pairs: &mut Vec<u8>) {
         debug_assert_eq!(values.len(), self.labels.len());
-        self.pairs.clear();
+        pairs.clear();
         for (i, (n, v)) in self.labels.iter().zip(values).enumerate() {
             if i > 0 {
-                self.pairs.push(b',');
+                pairs.push(b',');
             }
-            self.pairs.extend_from_slice(n.as_bytes());
-            self.pairs.extend_from_slice(b"=\"");
-            escape_into(&mut self.pairs, v, true);
-            self.pairs.push(b'"');
+            pairs.extend_from_slice(n.as_bytes());
+            pairs.extend_from_slice(b"=\"");
+            escape_into(pairs, v, true);
+            pairs.push(b'"');
         }
     }
 
     /// One sample line: `name[suffix]{pairs[,le="bound"]} value`.
-    fn line(&mut self, suffix: &str, le: Option<f64>, value: f64) {
+    fn line(&mut self, pairs: &[u8], suffix: &str, le: Option<f64>, value: f64) {
         let t = &mut self.text;
         t.extend_from_slice(self.name.as_bytes());
         t.extend_from_slice(suffix.as_bytes());
-        if !self.pairs.is_empty() || le.is_some() {
+        if !pairs.is_empty() || le.is_some() {
             t.push(b'{');
-            t.extend_from_slice(&self.pairs);
+            t.extend_from_slice(pairs);
             if let Some(bound) = le {
-                if !self.pairs.is_empty() {
+                if !pairs.is_empty() {
                     t.push(b',');
                 }
                 t.extend_from_slice(b"le=\"");
@@ -162,45 +162,44 @@ impl Family {
         t.push(b'\n');
     }
 
+    /// The pairs of `values` in this family's own buffer, taken out while lines are written.
+    fn own_pairs(&mut self, values: &[&str]) -> Vec<u8> {
+        let mut pairs = std::mem::take(&mut self.pairs);
+        self.pairs_into(values, &mut pairs);
+        pairs
+    }
+
     /// Adds a gauge or counter series.
     pub fn add(&mut self, values: &[&str], value: f64) {
-        self.set_pairs(values);
-        self.line("", None, value);
-        self.series += 1;
+        let pairs = self.own_pairs(values);
+        self.add_pairs(&pairs, value);
+        self.pairs = pairs;
     }
 
-    /// The label pairs of `values` as this family writes them, for [`Family::add_pairs`] of
-    /// families with the same label names (the cost families share one key: writing its pairs once
-    /// instead of four times is a quarter of their text's cost).
-    pub fn pairs(&mut self, values: &[&str]) -> Vec<u8> {
-        self.set_pairs(values);
-        self.pairs.clone()
-    }
-
-    /// Adds a gauge or counter series whose label pairs came from [`Family::pairs`] of a family
-    /// with the same label names.
+    /// Adds a gauge or counter series whose label pairs were written by [`Family::pairs_into`] of a
+    /// family with the same label names (the four cost families share one key: its pairs written
+    /// once instead of four times).
     pub fn add_pairs(&mut self, pairs: &[u8], value: f64) {
-        self.pairs.clear();
-        self.pairs.extend_from_slice(pairs);
-        self.line("", None, value);
+        self.line(pairs, "", None, value);
         self.series += 1;
     }
 
     /// Adds a histogram series from per-bucket (not cumulative) counts; `counts` has one more slot
     /// than `bounds`, for observations above the last bound.
     pub fn add_histogram(&mut self, values: &[&str], bounds: &[f64], counts: &[u64], sum: f64) {
-        self.set_pairs(values);
+        let pairs = self.own_pairs(values);
         let mut cumulative = 0;
         for (b, c) in bounds.iter().zip(counts) {
             cumulative += c;
-            self.line("_bucket", Some(*b), cumulative as f64);
+            self.line(&pairs, "_bucket", Some(*b), cumulative as f64);
         }
         let count: u64 = counts.iter().sum();
         if bounds.last().is_none_or(|b| *b != f64::INFINITY) {
-            self.line("_bucket", Some(f64::INFINITY), count as f64);
+            self.line(&pairs, "_bucket", Some(f64::INFINITY), count as f64);
         }
-        self.line("_sum", None, sum);
-        self.line("_count", None, count as f64);
+        self.line(&pairs, "_sum", None, sum);
+        self.line(&pairs, "_count", None, count as f64);
+        self.pairs = pairs;
         self.series += 1;
     }
 
@@ -478,7 +477,8 @@ mod tests {
         // Pairs written once serve every family with the same label names.
         let mut a = Family::live(&Spec::counter("a_total", "a", &["x"]));
         let mut b = Family::live(&Spec::counter("b_total", "b", &["x"]));
-        let pairs = a.pairs(&["q\"v"]);
+        let mut pairs = Vec::new();
+        a.pairs_into(&["q\"v"], &mut pairs);
         a.add_pairs(&pairs, 1.0);
         b.add_pairs(&pairs, 2.5);
         assert!(a.finish().text().ends_with(b"\na_total{x=\"q\\\"v\"} 1\n"));

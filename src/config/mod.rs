@@ -216,6 +216,12 @@ pub struct MlflowSettings {
     /// arrive by MLflow's webhook can read it less often. New versions are read every cycle.
     #[serde(with = "humantime_serde")]
     pub registry_interval: Duration,
+    /// Reuse a connection to MLflow for the next request. Off by default: MLflow 3's server with
+    /// several workers (its default is 4) leaves Nagle's algorithm on, so on a reused connection a
+    /// small answer waits about 40 ms for the client's delayed ACK; a new connection is answered at
+    /// once, by whichever worker is free. Turn on when MLflow is far away behind TLS, where a
+    /// handshake per request costs more than that.
+    pub keep_alive: bool,
 }
 
 impl MlflowSettings {
@@ -265,6 +271,7 @@ impl Default for MlflowSettings {
             full_resync_interval: Duration::from_secs(3600),
             sync_overlap: Duration::from_secs(300),
             registry_interval: Duration::ZERO,
+            keep_alive: false,
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct MlflowClient {
     /// `mlflow.max_response_bytes`.
     max_response: usize,
     concurrency: usize,
+    /// `mlflow.keep_alive`: reuse connections, but for a full read's runs pages.
+    keep_alive: bool,
     latency: Option<HistogramVec>,
 }
 
@@ -82,6 +84,7 @@ impl MlflowClient {
             page_size: s.page_size,
             max_response: s.max_response_bytes,
             concurrency: s.concurrency.max(1),
+            keep_alive: s.keep_alive,
             latency,
         })
     }
@@ -180,8 +183,8 @@ impl MlflowClient {
             // with the server worker that accepted it, and both searches' connections often land
             // on one worker of several (gunicorn, uvicorn), which then answers the whole read while
             // the others idle. A connection per page is accepted by whichever worker is free:
-            // 8-9 s instead of 14-16 s for 12 pages on a two-worker MLflow (BENCHMARKS.md). A
-            // filtered search is cheap and keeps its connection.
+            // 8-9 s instead of 14-16 s for 12 pages on a two-worker MLflow (BENCHMARKS.md), even
+            // with `keep_alive` on.
             let fresh = filter.is_empty();
             let body = self.fetch(ENDPOINT, &request, fresh).await?;
             requests += 1;
@@ -323,8 +326,9 @@ impl MlflowClient {
         decode(endpoint, &self.fetch(endpoint, req, false).await?)
     }
 
-    /// One API call with retries: the body of its successful answer. `fresh`: the connection is
-    /// closed after the answer (`Connection: close`), so the next request opens another.
+    /// One API call with retries: the body of its successful answer. The connection is closed after
+    /// the answer (`Connection: close`, so the next request opens another) when `fresh` is set or
+    /// `mlflow.keep_alive` is off.
     async fn fetch(
         &self,
         endpoint: &'static str,
@@ -389,7 +393,7 @@ impl MlflowClient {
             Some(Auth::Bearer(token)) => builder.bearer_auth(token.expose()),
             None => builder,
         };
-        if fresh {
+        if fresh || !self.keep_alive {
             builder = builder.header(CONNECTION, "close");
         }
         let mut resp = builder

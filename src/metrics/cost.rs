@@ -51,18 +51,47 @@ pub const SPECS: &[Spec] = &[COMPUTE, COST, GPU, CURRENCY, GPU_UTILIZATION, IDLE
 struct Acc {
     ms: u64,
     gpu_ms: u64,
-    ms_by_rate: BTreeMap<u16, u64>,
+    /// Milliseconds by rate: a series nearly always has one (its instance type sets it), kept
+    /// inline; others follow in `more`, which allocates only then.
+    by_rate: Option<(u16, u64)>,
+    more: Vec<(u16, u64)>,
     idle_cost: f64,
 }
 
 impl Acc {
+    fn add_rate(&mut self, rate: u16, ms: u64) {
+        match &mut self.by_rate {
+            None => self.by_rate = Some((rate, ms)),
+            Some((r, sum)) if *r == rate => *sum += ms,
+            Some(_) => match self.more.iter_mut().find(|(r, _)| *r == rate) {
+                Some((_, sum)) => *sum += ms,
+                None => self.more.push((rate, ms)),
+            },
+        }
+    }
+
     fn add(&mut self, other: &Acc) {
         self.ms += other.ms;
         self.gpu_ms += other.gpu_ms;
         self.idle_cost += other.idle_cost;
-        for (rate, ms) in &other.ms_by_rate {
-            *self.ms_by_rate.entry(*rate).or_default() += ms;
+        for (rate, ms) in other.rates() {
+            self.add_rate(rate, ms);
         }
+    }
+
+    fn rates(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.by_rate.into_iter().chain(self.more.iter().copied())
+    }
+
+    /// The milliseconds priced, summed in rate order so the value does not depend on the order
+    /// runs were folded in.
+    fn money(&self, d: &Derivation) -> f64 {
+        let mut rates: Vec<(u16, u64)> = self.rates().collect();
+        rates.sort_unstable_by_key(|(rate, _)| *rate);
+        rates
+            .iter()
+            .map(|(rate, ms)| *ms as f64 * d.rates.hourly_rate(*rate) / 3_600_000.0)
+            .sum()
     }
 }
 
@@ -79,7 +108,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> 
             .or_default();
         a.ms += ms;
         a.gpu_ms += ms * u64::from(d.rates.gpus(r.rate, r.gpus_logged));
-        *a.ms_by_rate.entry(r.rate).or_default() += ms;
+        a.add_rate(r.rate, ms);
         if r.status.is_ended() && !r.gpu_util_pct.is_nan() {
             let ratio = (r.gpu_util_pct / 100.0).clamp(0.0, 1.0);
             a.idle_cost += ms as f64 * d.rates.hourly_rate(r.rate) / 3_600_000.0 * (1.0 - ratio);
@@ -88,14 +117,28 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> 
                 .observe(gpu_bounds, ratio);
         }
     }
-    let mut merged: BTreeMap<(&str, &str, &str), Acc> = BTreeMap::new();
-    for ((exp, team, itype), a) in &acc {
-        let key = (
-            folds.experiment(snap, *exp),
-            folds.team.label(*team, s),
-            folds.instance_type.label(*itype, s),
-        );
-        merged.entry(key).or_default().add(a);
+    // Named, sorted, and series that share a name (`other`) merged: a sort of the ~24 000 series of
+    // a large install is cheaper than as many string-keyed inserts.
+    // Ties are broken by the symbols, so merged sums do not depend on the maps' order.
+    let mut named: Vec<(_, _, Acc)> = acc
+        .into_iter()
+        .map(|(syms, a)| {
+            let (exp, team, itype) = syms;
+            let key = (
+                folds.experiment(snap, exp),
+                folds.team.label(team, s),
+                folds.instance_type.label(itype, s),
+            );
+            (key, syms, a)
+        })
+        .collect();
+    named.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut merged: Vec<((&str, &str, &str), Acc)> = Vec::with_capacity(named.len());
+    for (key, _, a) in named {
+        match merged.last_mut() {
+            Some((last, sum)) if *last == key => sum.add(&a),
+            _ => merged.push((key, a)),
+        }
     }
     let mut compute = Family::new(&COMPUTE);
     let mut cost = Family::new(&COST);
@@ -107,12 +150,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> 
         compute.pairs_into(&[*exp, *team, *itype], &mut pairs);
         compute.add_pairs(&pairs, a.ms as f64 / 1000.0);
         gpu.add_pairs(&pairs, a.gpu_ms as f64 / 1000.0);
-        let money: f64 = a
-            .ms_by_rate
-            .iter()
-            .map(|(rate, ms)| *ms as f64 * d.rates.hourly_rate(*rate) / 3_600_000.0)
-            .sum();
-        cost.add_pairs(&pairs, money);
+        cost.add_pairs(&pairs, a.money(d));
         idle.add_pairs(&pairs, a.idle_cost);
     }
     let mut currency = Family::new(&CURRENCY);

@@ -407,7 +407,13 @@ fn main() {
         .syncer
         .set_registry_interval(Duration::from_secs(300));
     let reg_inc = idle(&mut pipeline);
+    // And with `mlflow.running_interval: 5m` too (the running runs were searched a second ago).
+    pipeline
+        .syncer
+        .set_running_interval(Duration::from_secs(300));
+    let run_inc = idle(&mut pipeline);
     pipeline.syncer.set_registry_interval(Duration::ZERO);
+    pipeline.syncer.set_running_interval(Duration::ZERO);
 
     // 100 runs created and ended through MLflow's REST API, then the next incremental cycle.
     let t = Instant::now();
@@ -549,6 +555,10 @@ fn main() {
         (
             "the same with `mlflow.registry_interval: 5m` (registered models not due)",
             &reg_inc,
+        ),
+        (
+            "the same with `mlflow.running_interval: 5m` too (runs started since the cursor searched instead of every running run)",
+            &run_inc,
         ),
     ] {
         println!(

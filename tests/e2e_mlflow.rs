@@ -7,9 +7,13 @@ mod common;
 use common::*;
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
+use mlflow_exporter::sync::snapshot::run_key;
 use mlflow_exporter::sync::Mode;
 
 const MIN: i64 = 60_000;
+
+/// A family's samples: labels to value.
+type Series = std::collections::BTreeMap<std::collections::BTreeMap<String, String>, f64>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_metrics_after_a_full_and_an_incremental_sync() {
@@ -473,18 +477,64 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
     pipeline.syncer.full(s2).await.unwrap();
     pipeline.publish(s2).await;
     let full = scrape(&publisher);
-    let derived = |s: &Scrape| {
-        s.samples
-            .iter()
-            .filter(|(k, _)| {
-                !k.starts_with("mlflow_exporter_")
-                    && !k.starts_with("process_")
-                    && *k != "mlflow_up"
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(derived(&full), derived(&Scrape::parse(&incremental_text)));
+}
+
+/// The samples derived from MLflow's data: the exporter's own and `mlflow_up` left out.
+fn derived(s: &Scrape) -> Vec<(String, Series)> {
+    s.samples
+        .iter()
+        .filter(|(k, _)| {
+            !k.starts_with("mlflow_exporter_") && !k.starts_with("process_") && *k != "mlflow_up"
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// With `mlflow.running_interval`, a cycle between searches of the running runs finds the new runs
+/// by their start time in a real MLflow, and the run ended with a backdated end time only once the
+/// running runs are due; then the figures are those of a full read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_running_searches_new_runs_are_found_by_start_time() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    let t = now_ms() / 1000 * 1000;
+    tokio::task::block_in_place(|| server.seed(t, "initial"));
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let flags = FlagOverrides {
+        storage_path: Some(server.dir.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let mut settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    settings.mlflow.running_interval = std::time::Duration::from_secs(300);
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    assert_eq!(pipeline.cycle(t + MIN).await.unwrap().mode, Mode::Full);
+
+    tokio::task::block_in_place(|| server.seed(t, "incremental"));
+    let state = server.seed_state();
+    let status = |p: &Pipeline, key: &str| {
+        let id = state["runs"][key].as_str().unwrap();
+        let snap = p.syncer.snapshot();
+        format!("{:?}", snap.runs.get(&run_key(id)).unwrap().status)
+    };
+    // Experiments, runs ended and runs started since the cursor, models, versions.
+    let report = pipeline.cycle(t + 2 * MIN).await.unwrap();
+    assert_eq!((report.mode, report.requests), (Mode::Incremental, 5));
+    assert_eq!(pipeline.syncer.snapshot().runs.len(), 17);
+    assert_eq!(status(&pipeline, "r16"), "Finished");
+    assert_eq!(status(&pipeline, "r17"), "Running");
+    assert_eq!(status(&pipeline, "r3"), "Finished");
+    // Ended with an end time before the cursor: not seen yet.
+    assert_eq!(status(&pipeline, "r11"), "Running");
+
+    // Five minutes after the full read: the running runs are searched, and r11 read by id.
+    let report = pipeline.cycle(t + 6 * MIN).await.unwrap();
+    assert_eq!((report.mode, report.requests), (Mode::Incremental, 6));
+    assert_eq!(status(&pipeline, "r11"), "Finished");
+    let incremental = scrape(&pipeline.publisher);
+
+    pipeline.syncer.full(t + 6 * MIN).await.unwrap();
+    pipeline.publish(t + 6 * MIN).await;
+    assert_eq!(derived(&scrape(&pipeline.publisher)), derived(&incremental));
 }
 
 #[derive(PartialEq)]

@@ -765,6 +765,81 @@ async fn mount_empty_install_of(server: &MockServer, experiments: Value) {
 }
 
 #[tokio::test]
+async fn between_running_searches_a_cycle_searches_the_runs_started_since_its_cursor() {
+    let server = MockServer::start().await;
+    mount_empty_install(&server).await;
+    server.reset().await;
+    mount(
+        &server,
+        EXPERIMENTS,
+        json!({"experiments": [experiment("1", "e")]}),
+    )
+    .await;
+    let runs = json!({"runs": [run(1, "1", "FINISHED"), run(3, "1", "RUNNING")]});
+    mount(&server, RUNS, runs).await;
+    mount(&server, MODELS, json!({})).await;
+    mount(&server, VERSIONS, json!({})).await;
+    let mut s = settings(&server.uri());
+    assert_eq!(
+        s.mlflow.running_interval,
+        Duration::ZERO,
+        "every cycle by default"
+    );
+    s.mlflow.running_interval = Duration::from_secs(300);
+    let overlap_ms = s.mlflow.sync_overlap.as_millis() as i64;
+    let mut syncer = Syncer::new(client(&s), &s);
+    syncer.full(NOW).await.unwrap();
+    let runs_filters = |reqs: Vec<wiremock::Request>| {
+        let mut f: Vec<String> = reqs
+            .iter()
+            .map(|r| body(r)["filter"].as_str().unwrap().to_string())
+            .collect();
+        f.sort_unstable();
+        f
+    };
+
+    // A minute later: runs that ended or started since the cursor; run 3, held as running and in
+    // neither answer, is not read by id. Experiments, two runs searches, models, versions.
+    mount_empty_install(&server).await;
+    let report = syncer.incremental(NOW + 60_000).await.unwrap();
+    assert_eq!(report.requests, 5);
+    let since = NOW - overlap_ms;
+    assert_eq!(
+        runs_filters(received(&server, RUNS).await),
+        [
+            format!("attributes.end_time >= {since}"),
+            format!("attributes.start_time >= {since}"),
+        ]
+    );
+
+    // Five minutes after the full read the running runs are due: searched, and run 3 read by id.
+    mount_empty_install(&server).await;
+    let report = syncer.incremental(NOW + 300_000).await.unwrap();
+    assert_eq!(report.requests, 6);
+    let since = NOW + 60_000 - overlap_ms;
+    assert_eq!(
+        runs_filters(received(&server, RUNS).await),
+        [
+            format!("attributes.end_time >= {since}"),
+            format!("attributes.run_id IN ('{}')", run_id(3)),
+            "attributes.status = 'RUNNING'".to_string(),
+        ]
+    );
+
+    // And a minute after that, not again.
+    mount_empty_install(&server).await;
+    syncer.incremental(NOW + 360_000).await.unwrap();
+    let since = NOW + 300_000 - overlap_ms;
+    assert_eq!(
+        runs_filters(received(&server, RUNS).await),
+        [
+            format!("attributes.end_time >= {since}"),
+            format!("attributes.start_time >= {since}"),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_back_by_the_overlap() {
     let server = MockServer::start().await;
     mount_small_install(&server).await;

@@ -216,6 +216,13 @@ pub struct MlflowSettings {
     /// arrive by MLflow's webhook can read it less often. New versions are read every cycle.
     #[serde(with = "humantime_serde")]
     pub registry_interval: Duration,
+    /// Time between searches of every running run in incremental cycles; `0s`, the default, searches
+    /// them every cycle. Between those, a cycle searches runs started since its cursor instead
+    /// (cheaper: at 100 000 runs MLflow answers it in half the time), so what a running run changes
+    /// before it ends (a tag set late), a run resumed, or one that left RUNNING without an end time
+    /// is seen up to this late. Runs that end are seen every cycle either way.
+    #[serde(with = "humantime_serde")]
+    pub running_interval: Duration,
     /// Reuse a connection to MLflow for the next request. Off by default: MLflow 3's server with
     /// several workers (its default is 4) leaves Nagle's algorithm on, so on a reused connection a
     /// small answer waits about 40 ms for the client's delayed ACK; a new connection is answered at
@@ -271,6 +278,7 @@ impl Default for MlflowSettings {
             full_resync_interval: Duration::from_secs(3600),
             sync_overlap: Duration::from_secs(300),
             registry_interval: Duration::ZERO,
+            running_interval: Duration::ZERO,
             keep_alive: false,
         }
     }

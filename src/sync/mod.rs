@@ -56,12 +56,15 @@ pub struct Syncer {
     full_every_ms: i64,
     overlap_ms: i64,
     registry_every_ms: i64,
+    running_every_ms: i64,
     snapshot: Snapshot,
     /// `now` of the last successful cycle and of the last successful full one.
     cursor_ms: Option<i64>,
     last_full_ms: Option<i64>,
     /// `now` of the last cycle that read the registered models.
     last_models_ms: Option<i64>,
+    /// `now` of the last cycle that searched every running run.
+    last_running_ms: Option<i64>,
     /// The experiments as MLflow spells their ids, at the last successful cycle.
     experiment_ids: Vec<String>,
 }
@@ -74,10 +77,12 @@ impl Syncer {
             full_every_ms: settings.mlflow.full_resync_interval.as_millis() as i64,
             overlap_ms: settings.mlflow.sync_overlap.as_millis() as i64,
             registry_every_ms: settings.mlflow.registry_interval.as_millis() as i64,
+            running_every_ms: settings.mlflow.running_interval.as_millis() as i64,
             snapshot: Snapshot::default(),
             cursor_ms: None,
             last_full_ms: None,
             last_models_ms: None,
+            last_running_ms: None,
             experiment_ids: Vec::new(),
         }
     }
@@ -85,6 +90,11 @@ impl Syncer {
     /// Changes `mlflow.registry_interval` from the next cycle on.
     pub fn set_registry_interval(&mut self, every: std::time::Duration) {
         self.registry_every_ms = every.as_millis() as i64;
+    }
+
+    /// Changes `mlflow.running_interval` from the next cycle on.
+    pub fn set_running_interval(&mut self, every: std::time::Duration) {
+        self.running_every_ms = every.as_millis() as i64;
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -135,6 +145,7 @@ impl Syncer {
         self.cursor_ms = Some(now_ms);
         self.last_full_ms = Some(now_ms);
         self.last_models_ms = Some(now_ms);
+        self.last_running_ms = Some(now_ms);
         Ok(CycleReport {
             mode: Mode::Full,
             requests,
@@ -154,14 +165,21 @@ impl Syncer {
         let models_due = self
             .last_models_ms
             .is_none_or(|last| now_ms - last >= self.registry_every_ms);
+        let running_due = self
+            .last_running_ms
+            .is_none_or(|last| now_ms - last >= self.running_every_ms);
 
         // Runs that ended since the cursor, and every run still running: together with the periodic
         // full read this sees each run's start and end (MLflow has no last-update time for runs).
+        // Between searches of the running runs (`mlflow.running_interval`), runs started since the
+        // cursor instead: new runs are seen as soon, for less of MLflow's time.
         // The requests go out together, `mlflow.concurrency` at a time (MLflow answers each runs
         // search by scanning its runs table; one after another they were most of the cycle), the
         // runs searches over the experiments known at the last cycle.
         let ended = format!("attributes.end_time >= {since}");
-        let filters = [ended.as_str(), RUNNING];
+        let new_since = format!("attributes.start_time >= {since}");
+        let current = if running_due { RUNNING } else { &new_since };
+        let filters = [ended.as_str(), current];
         let gate = tokio::sync::Semaphore::new(self.client.concurrency());
         let search = |filter| {
             let known = &self.experiment_ids;
@@ -207,14 +225,19 @@ impl Syncer {
             }
         }
         // Runs we hold as running that neither search returned ended with an end time before the
-        // cursor (a client that backdated it): read them by id.
+        // cursor (a client that backdated it): read them by id, when the running runs were searched.
         let seen: HashSet<RunKey> = changed.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<String> = snap
-            .runs
-            .iter()
-            .filter(|(k, r)| r.status == RunStatus::Running && !r.hashed_id && !seen.contains(k))
-            .map(|(k, _)| format!("'{}'", run_id(k)))
-            .collect();
+        let stale: Vec<String> = match running_due {
+            true => snap
+                .runs
+                .iter()
+                .filter(|(k, r)| {
+                    r.status == RunStatus::Running && !r.hashed_id && !seen.contains(k)
+                })
+                .map(|(k, _)| format!("'{}'", run_id(k)))
+                .collect(),
+            false => Vec::new(),
+        };
         for batch in stale.chunks(100) {
             let filter = format!("attributes.run_id IN ({})", batch.join(","));
             let (n, pages) = fetch_runs(&self.client, ex, &ids, &filter).await?;
@@ -239,6 +262,9 @@ impl Syncer {
             let models = &snap.models;
             snap.versions.retain(|(m, _), _| models.contains_key(m));
             self.last_models_ms = Some(now_ms);
+        }
+        if running_due {
+            self.last_running_ms = Some(now_ms);
         }
         self.cursor_ms = Some(now_ms);
         Ok(CycleReport {

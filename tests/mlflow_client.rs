@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mlflow_exporter::config::{Secret, Settings};
+use mlflow_exporter::config::{MlflowSettings, Secret, Settings};
 use mlflow_exporter::error::MlflowError;
 use mlflow_exporter::source::mlflow::client::RunsQuery;
 use mlflow_exporter::source::mlflow::model::Run;
@@ -764,39 +764,42 @@ async fn mount_empty_install_of(server: &MockServer, experiments: Value) {
     mount(server, VERSIONS, json!({})).await;
 }
 
+/// Settings for `server` with one of the intervals that default to every cycle set to 5 minutes.
+fn every_5m(server: &str, interval: fn(&mut MlflowSettings) -> &mut Duration) -> Settings {
+    let mut s = settings(server);
+    let every = interval(&mut s.mlflow);
+    assert_eq!(*every, Duration::ZERO, "every cycle by default");
+    *every = Duration::from_secs(300);
+    s
+}
+
+/// The filters of the runs searches `server` received, sorted (they are sent at once).
+async fn runs_filters(server: &MockServer) -> Vec<String> {
+    let mut f: Vec<String> = received(server, RUNS)
+        .await
+        .iter()
+        .map(|r| body(r)["filter"].as_str().unwrap().to_string())
+        .collect();
+    f.sort_unstable();
+    f
+}
+
 #[tokio::test]
 async fn between_running_searches_a_cycle_searches_the_runs_started_since_its_cursor() {
     let server = MockServer::start().await;
     mount_empty_install(&server).await;
-    server.reset().await;
-    mount(
-        &server,
-        EXPERIMENTS,
-        json!({"experiments": [experiment("1", "e")]}),
-    )
-    .await;
+    // The full read finds run 3 running; the cycles after it get empty answers.
     let runs = json!({"runs": [run(1, "1", "FINISHED"), run(3, "1", "RUNNING")]});
-    mount(&server, RUNS, runs).await;
-    mount(&server, MODELS, json!({})).await;
-    mount(&server, VERSIONS, json!({})).await;
-    let mut s = settings(&server.uri());
-    assert_eq!(
-        s.mlflow.running_interval,
-        Duration::ZERO,
-        "every cycle by default"
-    );
-    s.mlflow.running_interval = Duration::from_secs(300);
+    Mock::given(method("POST"))
+        .and(path(api(RUNS)))
+        .respond_with(ok(runs))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let s = every_5m(&server.uri(), |m| &mut m.running_interval);
     let overlap_ms = s.mlflow.sync_overlap.as_millis() as i64;
     let mut syncer = Syncer::new(client(&s), &s);
     syncer.full(NOW).await.unwrap();
-    let runs_filters = |reqs: Vec<wiremock::Request>| {
-        let mut f: Vec<String> = reqs
-            .iter()
-            .map(|r| body(r)["filter"].as_str().unwrap().to_string())
-            .collect();
-        f.sort_unstable();
-        f
-    };
 
     // A minute later: runs that ended or started since the cursor; run 3, held as running and in
     // neither answer, is not read by id. Experiments, two runs searches, models, versions.
@@ -805,7 +808,7 @@ async fn between_running_searches_a_cycle_searches_the_runs_started_since_its_cu
     assert_eq!(report.requests, 5);
     let since = NOW - overlap_ms;
     assert_eq!(
-        runs_filters(received(&server, RUNS).await),
+        runs_filters(&server).await,
         [
             format!("attributes.end_time >= {since}"),
             format!("attributes.start_time >= {since}"),
@@ -818,7 +821,7 @@ async fn between_running_searches_a_cycle_searches_the_runs_started_since_its_cu
     assert_eq!(report.requests, 6);
     let since = NOW + 60_000 - overlap_ms;
     assert_eq!(
-        runs_filters(received(&server, RUNS).await),
+        runs_filters(&server).await,
         [
             format!("attributes.end_time >= {since}"),
             format!("attributes.run_id IN ('{}')", run_id(3)),
@@ -831,7 +834,7 @@ async fn between_running_searches_a_cycle_searches_the_runs_started_since_its_cu
     syncer.incremental(NOW + 360_000).await.unwrap();
     let since = NOW + 300_000 - overlap_ms;
     assert_eq!(
-        runs_filters(received(&server, RUNS).await),
+        runs_filters(&server).await,
         [
             format!("attributes.end_time >= {since}"),
             format!("attributes.start_time >= {since}"),
@@ -843,13 +846,7 @@ async fn between_running_searches_a_cycle_searches_the_runs_started_since_its_cu
 async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_back_by_the_overlap() {
     let server = MockServer::start().await;
     mount_small_install(&server).await;
-    let mut s = settings(&server.uri());
-    assert_eq!(
-        s.mlflow.registry_interval,
-        Duration::ZERO,
-        "every cycle by default"
-    );
-    s.mlflow.registry_interval = Duration::from_secs(300);
+    let s = every_5m(&server.uri(), |m| &mut m.registry_interval);
     let overlap_ms = s.mlflow.sync_overlap.as_millis() as i64;
     let registry_ms = 300_000;
     let mut syncer = Syncer::new(client(&s), &s);
@@ -871,14 +868,8 @@ async fn an_incremental_cycle_reads_models_every_registry_interval_and_looks_bac
         paths,
         [api(EXPERIMENTS), api(VERSIONS), api(RUNS), api(RUNS)]
     );
-    let mut filters: Vec<String> = received(&server, RUNS)
-        .await
-        .iter()
-        .map(|r| body(r)["filter"].as_str().unwrap().to_string())
-        .collect();
-    filters.sort_unstable();
     assert_eq!(
-        filters,
+        runs_filters(&server).await,
         [
             "attributes.end_time >= 1699999700000",
             "attributes.status = 'RUNNING'",

@@ -226,8 +226,8 @@ pub struct MlflowSettings {
     /// Reuse a connection to MLflow for the next request. Off by default: MLflow 3's server with
     /// several workers (its default is 4) leaves Nagle's algorithm on, so on a reused connection a
     /// small answer waits about 40 ms for the client's delayed ACK; a new connection is answered at
-    /// once, by whichever worker is free. Turn on when MLflow is far away behind TLS, where a
-    /// handshake per request costs more than that.
+    /// once, and new connections spread over the workers. Turn on when MLflow is far away behind
+    /// TLS, where a handshake per request costs more than that.
     pub keep_alive: bool,
 }
 

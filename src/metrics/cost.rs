@@ -83,15 +83,16 @@ impl Acc {
         self.by_rate.into_iter().chain(self.more.iter().copied())
     }
 
-    /// The milliseconds priced, summed in rate order so the value does not depend on the order
-    /// runs were folded in.
+    /// The milliseconds priced. Several rates are summed in rate order, so the value does not
+    /// depend on the order runs were folded in; the usual single rate needs no list.
     fn money(&self, d: &Derivation) -> f64 {
+        let price = |(rate, ms): (u16, u64)| ms as f64 * d.rates.hourly_rate(rate) / 3_600_000.0;
+        if self.more.is_empty() {
+            return self.by_rate.map_or(0.0, price);
+        }
         let mut rates: Vec<(u16, u64)> = self.rates().collect();
         rates.sort_unstable_by_key(|(rate, _)| *rate);
-        rates
-            .iter()
-            .map(|(rate, ms)| *ms as f64 * d.rates.hourly_rate(*rate) / 3_600_000.0)
-            .sum()
+        rates.into_iter().map(price).sum()
     }
 }
 

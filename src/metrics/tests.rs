@@ -359,6 +359,60 @@ fn the_cardinality_cap_folds_the_least_used_values() {
     );
 }
 
+/// EUR, 0.25 an hour by default; rate 0: `p4d` at 32 an hour with 8 GPUs; rate 1: `m5*` at 0.5.
+fn rate_card() -> CostSettings {
+    CostSettings {
+        currency: "EUR".into(),
+        default_hourly_rate: 0.25,
+        rates: vec![
+            Rate {
+                matcher: RateMatch {
+                    tag: Some("instance_type".into()),
+                    param: None,
+                    value: Some("p4d".into()),
+                    regex: None,
+                },
+                hourly_rate: 32.0,
+                gpus: Some(8),
+            },
+            Rate {
+                matcher: RateMatch {
+                    tag: Some("instance_type".into()),
+                    param: None,
+                    value: None,
+                    regex: Some("^m5".into()),
+                },
+                hourly_rate: 0.5,
+                gpus: None,
+            },
+        ],
+        ..CostSettings::default()
+    }
+}
+
+#[test]
+fn runs_of_one_series_on_several_rates_are_each_priced_at_their_own() {
+    let mut b = Build::default();
+    b.experiment("1", "train", Some("ml"), false);
+    // One series (same experiment and team, no instance type), three rates in no order.
+    b.run("1", Some("a"), RunStatus::Finished, 0, 2 * H).rate = 1;
+    b.run("1", Some("a"), RunStatus::Finished, 0, H).rate = 0;
+    b.run("1", Some("a"), RunStatus::Killed, 0, 4 * H);
+    b.run("1", Some("a"), RunStatus::Failed, 0, H).rate = 1;
+    let d = settings(|s| s.cost = rate_card());
+    let folds = Folds::build(&b.snap, &d);
+    let f = cost::families(&b.snap, &d, &folds, NOW);
+    // 3 h at 0.5, 1 h at 32, 4 h at the default 0.25.
+    assert_eq!(
+        series(&f, "mlflow_run_cost_total"),
+        map(&[("train,ml,", 1.5 + 32.0 + 1.0)])
+    );
+    assert_eq!(
+        series(&f, "mlflow_run_compute_seconds_total"),
+        map(&[("train,ml,", 8.0 * 3600.0)])
+    );
+}
+
 #[test]
 fn the_rate_card_prices_each_run_and_counts_its_gpus() {
     let mut b = Build::default();
@@ -373,35 +427,7 @@ fn the_rate_card_prices_each_run_and_counts_its_gpus() {
     // No rate matched: the default rate; scheduled runs cost nothing.
     b.run("1", Some("a"), RunStatus::Killed, 0, 3 * H);
     b.run("1", Some("a"), RunStatus::Scheduled, NOW - H, NO_TIME);
-    let d = settings(|s| {
-        s.cost = CostSettings {
-            currency: "EUR".into(),
-            default_hourly_rate: 0.25,
-            rates: vec![
-                Rate {
-                    matcher: RateMatch {
-                        tag: Some("instance_type".into()),
-                        param: None,
-                        value: Some("p4d".into()),
-                        regex: None,
-                    },
-                    hourly_rate: 32.0,
-                    gpus: Some(8),
-                },
-                Rate {
-                    matcher: RateMatch {
-                        tag: Some("instance_type".into()),
-                        param: None,
-                        value: None,
-                        regex: Some("^m5".into()),
-                    },
-                    hourly_rate: 0.5,
-                    gpus: None,
-                },
-            ],
-            ..CostSettings::default()
-        }
-    });
+    let d = settings(|s| s.cost = rate_card());
     let folds = Folds::build(&b.snap, &d);
     let f = cost::families(&b.snap, &d, &folds, NOW);
     assert_eq!(

@@ -182,9 +182,9 @@ impl MlflowClient {
             // A full read's page costs MLflow about a second of CPU. A kept-alive connection stays
             // with the server worker that accepted it, and both searches' connections often land
             // on one worker of several (gunicorn, uvicorn), which then answers the whole read while
-            // the others idle. A connection per page is accepted by whichever worker is free:
-            // 8-9 s instead of 14-16 s for 12 pages on a two-worker MLflow (BENCHMARKS.md), even
-            // with `keep_alive` on.
+            // the others idle. Connections per page spread over the workers: 8-9 s instead of
+            // 14-16 s for 12 pages on a two-worker MLflow (BENCHMARKS.md), so even with
+            // `keep_alive` on a full read's pages close theirs.
             let fresh = filter.is_empty();
             let body = self.fetch(ENDPOINT, &request, fresh).await?;
             requests += 1;

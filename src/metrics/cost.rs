@@ -2,8 +2,6 @@
 //! time), that time priced by the rate card, and GPU time, per experiment, team and instance type;
 //! and how well GPUs were used: utilization of ended runs, and the money spent on idle GPUs.
 
-use std::collections::BTreeMap;
-
 // foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
 use hashbrown::HashMap;
 
@@ -118,29 +116,17 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> 
                 .observe(gpu_bounds, ratio);
         }
     }
-    // Named, sorted, and series that share a name (`other`) merged: a sort of the ~24 000 series of
-    // a large install is cheaper than as many string-keyed inserts.
-    // Ties are broken by the symbols, so merged sums do not depend on the maps' order.
-    let mut named: Vec<(_, _, Acc)> = acc
-        .into_iter()
-        .map(|(syms, a)| {
-            let (exp, team, itype) = syms;
-            let key = (
+    let merged = by_name(
+        acc,
+        |(exp, team, itype)| {
+            (
                 folds.experiment(snap, exp),
                 folds.team.label(team, s),
                 folds.instance_type.label(itype, s),
-            );
-            (key, syms, a)
-        })
-        .collect();
-    named.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let mut merged: Vec<((&str, &str, &str), Acc)> = Vec::with_capacity(named.len());
-    for (key, _, a) in named {
-        match merged.last_mut() {
-            Some((last, sum)) if *last == key => sum.add(&a),
-            _ => merged.push((key, a)),
-        }
-    }
+            )
+        },
+        |sum, a| sum.add(&a),
+    );
     let mut compute = Family::new(&COMPUTE);
     let mut cost = Family::new(&COST);
     let mut gpu = Family::new(&GPU);
@@ -157,13 +143,11 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> 
     let mut currency = Family::new(&CURRENCY);
     currency.add(&[&d.currency], 1.0);
 
-    let mut util_merged: BTreeMap<(&str, &str), FloatHistogramAcc> = BTreeMap::new();
-    for ((exp, team), h) in &util {
-        util_merged
-            .entry((folds.experiment(snap, *exp), folds.team.label(*team, s)))
-            .or_default()
-            .merge(h);
-    }
+    let util_merged = by_name(
+        util,
+        |(exp, team)| (folds.experiment(snap, exp), folds.team.label(team, s)),
+        |sum, h| sum.merge(&h),
+    );
     let mut util_f = Family::new(&GPU_UTILIZATION);
     for ((exp, team), h) in &util_merged {
         util_f.add_histogram(&[*exp, *team], gpu_bounds, &h.counts, h.sum);
@@ -176,4 +160,25 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds, now_ms: i64) -> 
         util_f.finish(),
         idle.finish(),
     ]
+}
+
+/// Accumulators keyed by symbols, named and sorted by name, those that share a name (`other`)
+/// merged. Ties are broken by the symbols, so a merged float sum does not depend on the hash map's
+/// order; and one sort of the ~24 000 keys of a large install is cheaper than as many string-keyed
+/// inserts.
+fn by_name<S: Ord + Copy, N: Ord + Copy, V>(
+    accs: HashMap<S, V>,
+    name: impl Fn(S) -> N,
+    merge: impl Fn(&mut V, V),
+) -> Vec<(N, V)> {
+    let mut named: Vec<(N, S, V)> = accs.into_iter().map(|(k, v)| (name(k), k, v)).collect();
+    named.sort_unstable_by_key(|&(name, syms, _)| (name, syms));
+    let mut merged: Vec<(N, V)> = Vec::with_capacity(named.len());
+    for (key, _, v) in named {
+        match merged.last_mut() {
+            Some((last, sum)) if *last == key => merge(sum, v),
+            _ => merged.push((key, v)),
+        }
+    }
+    merged
 }

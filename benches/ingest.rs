@@ -293,6 +293,7 @@ impl History {
                 run_start_ms: Some(end - self.rng.i64(600_000..12 * HOUR_MS)),
                 run_end_ms: Some(end),
                 created_ms: Some(created),
+                team: None,
             };
             if let Some(e) = self
                 .delivery

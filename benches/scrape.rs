@@ -28,7 +28,9 @@ fn main() {
     let settings = Settings::default();
     let publisher = Publisher::new(Derivation::new(&settings)).unwrap();
     let history = Delivery::new(Bounds::new(&settings.delivery));
-    publisher.publish(&common::snapshot(3_000, 55), &history, common::NOW_MS);
+    let mut snap = common::snapshot(3_000, 55);
+    let tally = mlflow_exporter::tally::Tally::of(&mut snap, &settings, common::NOW_MS);
+    publisher.publish(&snap, &tally, &history, common::NOW_MS);
     let publisher = Arc::new(publisher);
     let text = publisher.current().text();
     let samples = std::str::from_utf8(&text)

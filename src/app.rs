@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::config::Settings;
 use crate::delivery::recorder::Recorder;
 use crate::delivery::VersionTimes;
-use crate::delivery::{Bounds, Delivery, Source};
+use crate::delivery::{Bounds, Delivery, Labelling, Source};
 use crate::error::MlflowError;
 use crate::metrics::publish::Publisher;
 use crate::metrics::Derivation;
@@ -22,6 +22,7 @@ use crate::server::{self, AppState};
 use crate::source::mlflow::MlflowClient;
 use crate::store::EventStore;
 use crate::sync::{CycleReport, Syncer};
+use crate::tally::Tally;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -39,11 +40,14 @@ pub struct Pipeline {
     last_purge_ms: i64,
     /// Successful cycles since start-up: the first one records baselines, not deployments.
     cycles: u64,
+    /// What was counted from MLflow, each thing once; saved to the store after each count.
+    pub tally: Tally,
 }
 
 impl Pipeline {
-    /// Opens the event store, drops events past retention, and folds the rest into the delivery state,
-    /// so counters continue where the last run left them.
+    /// Opens the event store, folds events past retention into the checkpoint (and deletes them),
+    /// and folds the rest into the delivery state, so counters continue where the last run left
+    /// them; reads back the tally.
     pub async fn open(settings: &Settings, now_ms: i64) -> Result<Pipeline, crate::Error> {
         let publisher = Arc::new(Publisher::new(Derivation::new(settings))?);
         let client = MlflowClient::new(
@@ -52,17 +56,17 @@ impl Pipeline {
         )?;
         let store = EventStore::open(&settings.storage.path).await?;
         let retention_ms = settings.storage.retention.as_millis() as i64;
-        let purged = store.purge_before(now_ms - retention_ms).await?;
-        let delivery = store
-            .fold(Delivery::new(Bounds::new(&settings.delivery)), |d, e| {
-                d.apply(&e)
-            })
+        let purged = store
+            .compact_before(now_ms - retention_ms, empty_history(settings))
             .await?;
+        let delivery = store.load_delivery(empty_history(settings)).await?;
+        let tally = store.load_tally(Tally::new(settings)).await?;
         tracing::info!(
             path = %settings.storage.path.display(),
             events = delivery.events,
             purged,
-            "delivery history loaded"
+            counter_series = tally.lines(),
+            "delivery history and counters loaded"
         );
         Ok(Pipeline {
             syncer: Syncer::new(client, settings),
@@ -74,6 +78,7 @@ impl Pipeline {
             retention_ms,
             last_purge_ms: now_ms,
             cycles: 0,
+            tally,
         })
     }
 
@@ -98,7 +103,7 @@ impl Pipeline {
             let store = self.recorder.store();
             let before = now_ms - self.retention_ms;
             match tokio::try_join!(
-                store.purge_before(before),
+                store.compact_before(before, self.recorder.lock().await.empty()),
                 store.purge_outages_before(before)
             ) {
                 Ok((n, outages)) => tracing::info!(
@@ -114,10 +119,10 @@ impl Pipeline {
         }
         self.cycles += 1;
         let ended = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-        let snap = self.syncer.snapshot();
+        let runs = self.syncer.snapshot().runs.len();
         self.publisher
             .exporter
-            .sync_succeeded(report.mode, report.seconds, ended, snap.runs.len());
+            .sync_succeeded(report.mode, report.seconds, ended, runs);
         let phase = std::time::Instant::now();
         self.publish(now_ms).await;
         let published = phase.elapsed();
@@ -134,7 +139,7 @@ impl Pipeline {
             mode = report.mode.as_str(),
             requests = report.requests,
             runs_read = report.runs_read,
-            runs = snap.runs.len(),
+            runs,
             seconds = report.seconds,
             "sync with MLflow done"
         );
@@ -151,22 +156,58 @@ impl Pipeline {
             serving_aliases: settings.delivery.serving_aliases.clone(),
             deliveries: Default::default(),
             limiter: crate::server::ingest::limiter(&settings.webhooks),
+            mlflow: MlflowClient::new(
+                &settings.mlflow,
+                Some(self.publisher.exporter.api_latency.clone()),
+            )
+            .ok()
+            .map(Arc::new),
+            team_tag: settings.metrics.team_tag.clone(),
         })
     }
 
-    /// Derives and publishes the current snapshot and history.
-    pub async fn publish(&self, now_ms: i64) {
-        let delivery = self.recorder.lock().await;
+    /// Counts what the current snapshot adds to the tally, saves it, and publishes the snapshot's
+    /// gauges, the tally's counters and the history. New counter series get the room the budget
+    /// (`metrics.max_series`) leaves after everything else served.
+    pub async fn publish(&mut self, now_ms: i64) {
+        let (gone, full) = self.syncer.take_gone();
+        let publisher = self.publisher.clone();
+        let recorder = self.recorder.clone();
+        let delivery = recorder.lock().await;
+        let (tally, syncer) = (&mut self.tally, &mut self.syncer);
         // Deriving a large snapshot is CPU work: tell a multi-threaded runtime to move the scrapes
         // this thread would serve elsewhere (a current-thread runtime has nowhere to go).
-        let publish = || {
-            self.publisher
-                .publish(self.syncer.snapshot(), &delivery, now_ms)
+        let derive = || {
+            let snap = syncer.snapshot_mut();
+            count_and_derive(&publisher, tally, snap, &delivery, gone, full, now_ms)
         };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(publish),
-            _ => publish(),
+        let (families, report) = match tokio::runtime::Handle::try_current()
+            .map(|h| h.runtime_flavor())
+        {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(derive),
+            _ => derive(),
+        };
+        if report.budget_folded > 0 {
+            tracing::warn!(
+                folded = report.budget_folded,
+                max_series = publisher.derivation().settings.max_series,
+                "new counter series beyond the series budget were folded into __other__; raise metrics.max_series to keep them apart"
+            );
         }
+        if report.gone > 0 {
+            tracing::info!(
+                runs = report.gone,
+                "counted runs no longer in MLflow (removed for good): counters keep them, corrections counted"
+            );
+        }
+        match self.recorder.store().save_tally(&mut self.tally).await {
+            Ok(rows) => tracing::debug!(rows, runs = report.runs, "counters saved"),
+            Err(e) => {
+                publisher.exporter.counter_store_errors.inc();
+                tracing::error!(error = %e, "cannot save the counters to the event store; kept in memory, retried at the next cycle");
+            }
+        }
+        publisher.publish_families(&families, &delivery);
     }
 
     /// Commits the registry changes this snapshot shows, then counts them. If the store fails,
@@ -185,6 +226,55 @@ impl Pipeline {
             })
             .await;
     }
+}
+
+/// An empty delivery history with the configured buckets and labelling.
+fn empty_history(settings: &Settings) -> Delivery {
+    Delivery::with_labelling(
+        Bounds::new(&settings.delivery),
+        Labelling::new(&settings.delivery, &settings.webhooks),
+    )
+}
+
+/// Counts what `snap` adds to the tally and derives every family of the snapshot and the tally:
+/// labels are admitted first, the snapshot's gauges derived, and new counter series then get the
+/// room the series budget (`metrics.max_series`) leaves after them, the history's and the
+/// exporter's own families. `gone` and `full` are what the last sync says
+/// ([`Syncer::take_gone`]).
+pub fn count_and_derive(
+    publisher: &Publisher,
+    tally: &mut Tally,
+    snap: &mut crate::sync::Snapshot,
+    delivery: &Delivery,
+    gone: Vec<(
+        crate::sync::snapshot::RunKey,
+        crate::sync::snapshot::RunRecord,
+    )>,
+    full: bool,
+    now_ms: i64,
+) -> (
+    Vec<crate::metrics::family::TextFamily>,
+    crate::tally::CountReport,
+) {
+    let d = publisher.derivation();
+    let folds = tally.labels.admit_and_fold(snap);
+    if publisher.set_model_fold(tally.labels.model_fold()) {
+        publisher.set_history(delivery);
+    }
+    let mut families = crate::metrics::gauges(snap, &folds, delivery, d, now_ms);
+    // `mlflow_exporter_series` has a sample per family, and one for the limit.
+    let series_family =
+        families.len() + crate::metrics::COUNTER_FAMILIES + publisher.other_families() + 2;
+    let used: usize = families.iter().map(|f| f.lines()).sum::<usize>()
+        + publisher.other_lines()
+        + series_family
+        + tally.lines();
+    // New counter series stop short of the budget by a twentieth: the gauges of values kept
+    // later, and the history's families of models served later, take their series from it.
+    let room = (d.settings.max_series - d.settings.max_series / 20).saturating_sub(used);
+    let report = tally.count(snap, &folds, gone, full, now_ms, room);
+    families.extend(crate::metrics::counters(tally, d));
+    (families, report)
 }
 
 /// Runs the exporter until `shutdown` fires.

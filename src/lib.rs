@@ -2,8 +2,8 @@
 //! leads ask about (adoption, delivery, cost, reliability) as Prometheus metrics.
 //!
 //! Data flows through the modules in this order: [`source`] (MLflow's REST API) → [`sync`] (the
-//! in-memory snapshot) → [`delivery`] (registry changes as events) and [`store`] (their durable
-//! history) and [`probes`] (endpoints measured from outside) → [`metrics`] (pure functions to metric families) → [`server`] (HTTP).
+//! in-memory snapshot) → [`tally`] (what was counted from it, once each) and [`delivery`] (registry
+//! changes as events) and [`store`] (their durable history) and [`probes`] (endpoints measured from outside) → [`metrics`] (pure functions to metric families) → [`server`] (HTTP).
 // One exception, named and justified where it is: `memory::release_freed`.
 #![deny(unsafe_code)]
 
@@ -20,6 +20,7 @@ pub mod server;
 pub mod source;
 pub mod store;
 pub mod sync;
+pub mod tally;
 
 /// Anything that stops the exporter from starting or serving.
 #[derive(Debug, thiserror::Error)]

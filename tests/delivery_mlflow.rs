@@ -40,15 +40,23 @@ const DELIVERY_SAMPLES: &[&str] = &[
     "mlflow_model_time_to_deploy_seconds_sum",
     "mlflow_model_time_to_deploy_seconds_count",
     "mlflow_model_deployed_timestamp_seconds",
+    "mlflow_model_last_lead_time_seconds",
     "mlflow_model_rollback_recovery_seconds_bucket",
     "mlflow_model_rollback_recovery_seconds_sum",
     "mlflow_model_rollback_recovery_seconds_count",
     "mlflow_model_metric",
+    "mlflow_model_replaced_metric",
+    "mlflow_incidents_total",
+    "mlflow_incidents_open",
+    "mlflow_incident_recovery_seconds_count",
 ];
 
 const CHAMPION: &[(&str, &str)] = &[("model", "churn-model"), ("alias", "champion")];
 const FRAUD_PRODUCTION: &[(&str, &str)] = &[("model", "fraud-model"), ("alias", "Production")];
 const FRAUD_PROD: &[(&str, &str)] = &[("model", "fraud-model"), ("alias", "prod")];
+/// The delivery histograms are by team and model.
+const CHURN: &[(&str, &str)] = &[("team", "vision"), ("model", "churn-model")];
+const FRAUD: &[(&str, &str)] = &[("team", "risk"), ("model", "fraud-model")];
 
 /// Start and end (ms) of the seeded runs behind versions, from the RUNS table of seed.py.
 fn run_times(t: i64, key: &str) -> (i64, i64) {
@@ -105,25 +113,36 @@ fn registry(server: &MlflowServer, args: &[&str]) {
     );
 }
 
-/// What one target (model, alias or `Production`) should show: observations in ms.
+/// What one target (model, alias or `Production`) should show, in ms.
 #[derive(Debug, Clone, Default)]
 struct Fig {
     deployments: u64,
     rollbacks: u64,
+    deployed_ms: Option<i64>,
+    last_lead: Option<i64>,
+}
+
+/// What the histograms of one team and model should hold: observations in ms.
+#[derive(Debug, Clone, Default)]
+struct Hist {
     lead: Vec<i64>,
     to_deploy: Vec<i64>,
+    register: Vec<i64>,
     recovery: Vec<i64>,
-    deployed_ms: Option<i64>,
 }
+
+/// A quality series: model, alias, key, goal.
+type Quality = (&'static str, &'static str, &'static str, &'static str);
 
 /// The expected delivery figures, updated by hand after each registry change.
 #[derive(Debug, Clone, Default)]
 struct Expected {
     targets: BTreeMap<(&'static str, &'static str), Fig>,
-    /// Time to register by model.
-    register: BTreeMap<&'static str, Vec<i64>>,
-    /// `mlflow_model_metric`: (model, alias, key) → value.
-    quality: BTreeMap<(&'static str, &'static str, &'static str), f64>,
+    /// By team and model (both models of the seed are among the first seen serving: shown apart).
+    hists: BTreeMap<(&'static str, &'static str), Hist>,
+    /// `mlflow_model_metric` and `mlflow_model_replaced_metric`.
+    quality: BTreeMap<Quality, f64>,
+    replaced: BTreeMap<Quality, f64>,
     /// `mlflow_exporter_events_total{source="poll",outcome="recorded"}` of this process.
     recorded: f64,
 }
@@ -131,6 +150,15 @@ struct Expected {
 impl Expected {
     fn target(&mut self, model: &'static str, alias: &'static str) -> &mut Fig {
         self.targets.entry((model, alias)).or_default()
+    }
+
+    fn hist(&mut self, model: &'static str) -> &mut Hist {
+        let team = match model {
+            "churn-model" => "vision",
+            "fraud-model" => "risk",
+            _ => "",
+        };
+        self.hists.entry((team, model)).or_default()
     }
 }
 
@@ -202,46 +230,83 @@ fn check(s: &Scrape, e: &Expected) {
         &s.family("mlflow_model_deployed_timestamp_seconds"),
         &per_target(&|f| f.deployed_ms.map(secs)),
     );
-    let rows = |pick: fn(&Fig) -> &Vec<i64>| {
-        e.targets
+    assert_series(
+        "mlflow_model_last_lead_time_seconds",
+        &s.family("mlflow_model_last_lead_time_seconds"),
+        &per_target(&|f| f.last_lead.map(secs)),
+    );
+    let rows = |pick: fn(&Hist) -> &Vec<i64>| {
+        e.hists
             .iter()
-            .map(move |((m, a), f)| (target_labels(m, a), pick(f)))
+            .map(move |((team, m), h)| (to_labels(&[("team", team), ("model", m)]), pick(h)))
     };
     check_histogram(
         s,
         "mlflow_model_lead_time_seconds",
         LEAD_TIME_LE,
-        rows(|f| &f.lead),
+        rows(|h| &h.lead),
     );
     check_histogram(
         s,
         "mlflow_model_time_to_deploy_seconds",
         TIME_TO_DEPLOY_LE,
-        rows(|f| &f.to_deploy),
+        rows(|h| &h.to_deploy),
     );
     check_histogram(
         s,
         "mlflow_model_rollback_recovery_seconds",
         RECOVERY_LE,
-        rows(|f| &f.recovery),
+        rows(|h| &h.recovery),
     );
     check_histogram(
         s,
         "mlflow_model_time_to_register_seconds",
         TIME_TO_REGISTER_LE,
-        e.register
-            .iter()
-            .map(|(m, obs)| (to_labels(&[("model", m)]), obs)),
+        rows(|h| &h.register),
     );
-    let quality: BTreeMap<Labels, f64> = e
-        .quality
+    for (name, values) in [
+        ("mlflow_model_metric", &e.quality),
+        ("mlflow_model_replaced_metric", &e.replaced),
+    ] {
+        let want: BTreeMap<Labels, f64> = values
+            .iter()
+            .map(|((m, a, k, g), v)| {
+                (
+                    to_labels(&[("model", m), ("alias", a), ("key", k), ("goal", g)]),
+                    *v,
+                )
+            })
+            .collect();
+        assert_series(name, &s.family(name), &want);
+    }
+    // No incident was ever reported: every served model has its series of each configured
+    // severity at 0 from its first sight, so that the first one is an increase.
+    let models: BTreeSet<&str> = e.targets.keys().map(|(m, _)| *m).collect();
+    let zeros: BTreeMap<Labels, f64> = models
         .iter()
-        .map(|((m, a, k), v)| (to_labels(&[("model", m), ("alias", a), ("key", k)]), *v))
+        .flat_map(|m| {
+            ["critical", "warning"].map(|sev| (to_labels(&[("model", m), ("severity", sev)]), 0.0))
+        })
+        .collect();
+    for name in ["mlflow_incidents_total", "mlflow_incidents_open"] {
+        assert_series(name, &s.family(name), &zeros);
+    }
+    let by_team: BTreeMap<Labels, f64> = e
+        .hists
+        .keys()
+        .flat_map(|(team, m)| {
+            ["critical", "warning"].map(|sev| {
+                (
+                    to_labels(&[("team", team), ("model", m), ("severity", sev)]),
+                    0.0,
+                )
+            })
+        })
         .collect();
     assert_series(
-        "mlflow_model_metric",
-        &s.family("mlflow_model_metric"),
-        &quality,
+        "mlflow_incident_recovery_seconds_count",
+        &s.family("mlflow_incident_recovery_seconds_count"),
+        &by_team,
     );
     let events = |outcome| {
         s.get(
@@ -265,7 +330,7 @@ struct Served {
 
 /// One stored event as `mlflow-exporter events` prints it; `n` is its change number of the target.
 fn event(n: u64, kind: &str, (model, target): (&str, &str), at: i64, s: Option<&Served>) -> Value {
-    json!({
+    let mut v = json!({
         "dedup_key": format!("{model}\u{1f}{target}\u{1f}{n}"),
         "kind": kind,
         "source": "poll",
@@ -276,7 +341,17 @@ fn event(n: u64, kind: &str, (model, target): (&str, &str), at: i64, s: Option<&
         "run_start_ms": s.map(|s| s.run.0),
         "run_end_ms": s.map(|s| s.run.1),
         "version_created_ms": s.map(|s| s.created),
-    })
+    });
+    // Changes to a version carry the model's team tag (seed.py: churn-model is vision's).
+    if s.is_some() {
+        let team = if model == "churn-model" {
+            "vision"
+        } else {
+            "risk"
+        };
+        v["team"] = json!(team);
+    }
+    v
 }
 
 /// Runs `mlflow-exporter events` on a store file: one JSON value per line.
@@ -325,15 +400,18 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     let s1 = cycle_at(1);
     pipeline.cycle(s1).await.unwrap();
     let mut e = Expected::default();
-    e.target("churn-model", "champion");
-    e.target("fraud-model", "Production");
-    e.register.insert("churn-model", vec![]);
-    e.register.insert("fraud-model", vec![]);
+    // A baseline dates what an alias serves by the version's creation: it cannot be older.
+    e.target("churn-model", "champion").deployed_ms = Some(created("churn-model/2"));
+    e.target("fraud-model", "Production").deployed_ms = Some(created("fraud-model/2"));
+    e.hist("churn-model");
+    e.hist("fraud-model");
     // v2 of churn-model is r4's; fraud-model's v2 r14's.
     e.quality
-        .insert(("churn-model", "champion", "accuracy"), 0.87);
+        .insert(("churn-model", "champion", "accuracy", "maximize"), 0.87);
     e.quality
-        .insert(("fraud-model", "Production", "rmse"), 0.25);
+        .insert(("churn-model", "champion", "f1", "maximize"), 0.75);
+    e.quality
+        .insert(("fraud-model", "Production", "rmse", "minimize"), 0.25);
     e.recorded = 2.0;
     let s = scrape(&publisher);
     check(&s, &e);
@@ -342,9 +420,6 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
         s.get("mlflow_model_deployments_total", FRAUD_PRODUCTION),
         0.0
     );
-    assert!(s
-        .family("mlflow_model_deployed_timestamp_seconds")
-        .is_empty());
 
     // 2. champion 2 → 3 (r7's): a deployment, with lead time from r7's start.
     registry(&server, &["alias", "churn-model", "champion", "3"]);
@@ -354,42 +429,43 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     let churn_v3 = created("churn-model/3");
     let c = e.target("churn-model", "champion");
     c.deployments = 1;
-    c.lead.push(s2 - r7.0);
-    c.to_deploy.push(s2 - churn_v3);
     c.deployed_ms = Some(s2);
-    e.register
-        .get_mut("churn-model")
-        .unwrap()
-        .push(churn_v3 - r7.1);
-    e.quality.remove(&("churn-model", "champion", "accuracy"));
-    e.quality.insert(("churn-model", "champion", "f1"), 0.8);
-    e.quality.insert(("churn-model", "champion", "rmse"), 0.3);
+    c.last_lead = Some(s2 - r7.0);
+    let h = e.hist("churn-model");
+    h.lead.push(s2 - r7.0);
+    h.to_deploy.push(s2 - churn_v3);
+    h.register.push(churn_v3 - r7.1);
+    e.quality
+        .remove(&("churn-model", "champion", "accuracy", "maximize"));
+    e.quality
+        .insert(("churn-model", "champion", "f1", "maximize"), 0.8);
+    e.quality
+        .insert(("churn-model", "champion", "rmse", "minimize"), 0.3);
+    // What it replaced: v2, r4's.
+    e.replaced
+        .insert(("churn-model", "champion", "accuracy", "maximize"), 0.87);
+    e.replaced
+        .insert(("churn-model", "champion", "f1", "maximize"), 0.75);
     e.recorded = 3.0;
     let s = scrape(&publisher);
     check(&s, &e);
     assert_eq!(s.get("mlflow_model_deployments_total", CHAMPION), 1.0);
     assert_eq!(s.get("mlflow_model_rollbacks_total", CHAMPION), 0.0);
     // 20 h 2 min: above the 6 h bucket, within 24 h.
-    assert_eq!(
-        s.get("mlflow_model_lead_time_seconds_sum", CHAMPION),
-        72_120.0
-    );
+    assert_eq!(s.get("mlflow_model_lead_time_seconds_sum", CHURN), 72_120.0);
     let bucket = |s: &Scrape, name: &str, labels: &[(&str, &str)], le: &str| {
         s.get(&format!("{name}_bucket"), &[labels, &[("le", le)]].concat())
     };
     assert_eq!(
-        ["21600", "86400"].map(|le| bucket(&s, "mlflow_model_lead_time_seconds", CHAMPION, le)),
+        ["21600", "86400"].map(|le| bucket(&s, "mlflow_model_lead_time_seconds", CHURN, le)),
         [0.0, 1.0]
     );
     assert_eq!(
-        s.get("mlflow_model_time_to_deploy_seconds_sum", CHAMPION),
+        s.get("mlflow_model_time_to_deploy_seconds_sum", CHURN),
         secs(s2 - churn_v3)
     );
     assert_eq!(
-        s.get(
-            "mlflow_model_time_to_register_seconds_sum",
-            &[("model", "churn-model")]
-        ),
+        s.get("mlflow_model_time_to_register_seconds_sum", CHURN),
         secs(churn_v3 - (t - 20 * H + 30 * MIN))
     );
     assert_eq!(
@@ -404,27 +480,33 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     let c = e.target("churn-model", "champion");
     c.deployments = 2;
     c.rollbacks = 1;
-    c.recovery.push(s3 - s2);
     c.deployed_ms = Some(s3);
-    e.quality.remove(&("churn-model", "champion", "f1"));
-    e.quality.remove(&("churn-model", "champion", "rmse"));
-    e.quality
-        .insert(("churn-model", "champion", "accuracy"), 0.87);
+    e.hist("churn-model").recovery.push(s3 - s2);
+    let f1 = ("churn-model", "champion", "f1", "maximize");
+    let rmse = ("churn-model", "champion", "rmse", "minimize");
+    let accuracy = ("churn-model", "champion", "accuracy", "maximize");
+    e.quality.insert(f1, 0.75);
+    e.quality.remove(&rmse);
+    e.quality.insert(accuracy, 0.87);
+    // It replaced v3 (r7's).
+    e.replaced.remove(&accuracy);
+    e.replaced.insert(f1, 0.8);
+    e.replaced.insert(rmse, 0.3);
     e.recorded = 4.0;
     let s = scrape(&publisher);
     check(&s, &e);
     assert_eq!(s.get("mlflow_model_rollbacks_total", CHAMPION), 1.0);
     assert_eq!(
-        s.get("mlflow_model_rollback_recovery_seconds_sum", CHAMPION),
+        s.get("mlflow_model_rollback_recovery_seconds_sum", CHURN),
         60.0
     );
     // `le` is inclusive: exactly 60 s is in the first bucket.
     assert_eq!(
-        bucket(&s, "mlflow_model_rollback_recovery_seconds", CHAMPION, "60"),
+        bucket(&s, "mlflow_model_rollback_recovery_seconds", CHURN, "60"),
         1.0
     );
     // A rollback restores an old change: no lead time.
-    assert_eq!(s.get("mlflow_model_lead_time_seconds_count", CHAMPION), 1.0);
+    assert_eq!(s.get("mlflow_model_lead_time_seconds_count", CHURN), 1.0);
     assert_eq!(
         s.get("mlflow_model_deployed_timestamp_seconds", CHAMPION),
         secs(s3)
@@ -441,11 +523,12 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     let p = e.target("fraud-model", "Production");
     p.deployments = 1;
     p.rollbacks = 1;
-    p.recovery.push(s4 - s1);
     p.deployed_ms = Some(s4);
-    // Version 1 is r10's.
-    e.quality
-        .insert(("fraud-model", "Production", "rmse"), 12.5);
+    e.hist("fraud-model").recovery.push(s4 - s1);
+    // Version 1 is r10's; it replaced version 2, r14's.
+    let fraud_rmse = ("fraud-model", "Production", "rmse", "minimize");
+    e.quality.insert(fraud_rmse, 12.5);
+    e.replaced.insert(fraud_rmse, 0.25);
     e.recorded = 5.0;
     let s = scrape(&publisher);
     check(&s, &e);
@@ -485,16 +568,10 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     );
     assert_eq!(s.get("mlflow_model_rollbacks_total", FRAUD_PRODUCTION), 1.0);
     assert_eq!(
-        s.get(
-            "mlflow_model_rollback_recovery_seconds_sum",
-            FRAUD_PRODUCTION
-        ),
+        s.get("mlflow_model_rollback_recovery_seconds_sum", FRAUD),
         180.0
     );
-    assert_eq!(
-        s.get("mlflow_model_lead_time_seconds_count", FRAUD_PRODUCTION),
-        0.0
-    );
+    assert_eq!(s.get("mlflow_model_lead_time_seconds_count", FRAUD), 0.0);
     assert_eq!(
         s.get("mlflow_model_deployed_timestamp_seconds", FRAUD_PRODUCTION),
         secs(s4)
@@ -524,14 +601,15 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     let fraud_v2 = created("fraud-model/2");
     let p = e.target("fraud-model", "prod");
     p.deployments = 1;
-    p.lead.push(s5 - r14.0);
-    p.to_deploy.push(s5 - fraud_v2);
     p.deployed_ms = Some(s5);
-    e.register
-        .get_mut("fraud-model")
-        .unwrap()
-        .push(fraud_v2 - r14.1);
-    e.quality.insert(("fraud-model", "prod", "rmse"), 0.25);
+    p.last_lead = Some(s5 - r14.0);
+    let h = e.hist("fraud-model");
+    h.lead.push(s5 - r14.0);
+    h.to_deploy.push(s5 - fraud_v2);
+    h.register.push(fraud_v2 - r14.1);
+    // A new alias replaced nothing.
+    e.quality
+        .insert(("fraud-model", "prod", "rmse", "minimize"), 0.25);
     e.recorded = 6.0;
     let s = scrape(&publisher);
     check(&s, &e);
@@ -547,34 +625,23 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     assert_eq!(s.get("mlflow_model_rollbacks_total", FRAUD_PROD), 0.0);
     // 9 d 5 min: above one week, within two.
     assert_eq!(
-        s.get("mlflow_model_lead_time_seconds_sum", FRAUD_PROD),
+        s.get("mlflow_model_lead_time_seconds_sum", FRAUD),
         777_900.0
     );
     assert_eq!(
-        ["604800", "1209600"].map(|le| bucket(
-            &s,
-            "mlflow_model_lead_time_seconds",
-            FRAUD_PROD,
-            le
-        )),
+        ["604800", "1209600"].map(|le| bucket(&s, "mlflow_model_lead_time_seconds", FRAUD, le)),
         [0.0, 1.0]
     );
     assert_eq!(
-        s.get("mlflow_model_time_to_deploy_seconds_sum", FRAUD_PROD),
+        s.get("mlflow_model_time_to_deploy_seconds_sum", FRAUD),
         secs(s5 - fraud_v2)
     );
     assert_eq!(
-        s.get(
-            "mlflow_model_time_to_register_seconds_count",
-            &[("model", "fraud-model")]
-        ),
+        s.get("mlflow_model_time_to_register_seconds_count", FRAUD),
         1.0
     );
     assert_eq!(
-        s.get(
-            "mlflow_model_time_to_register_seconds_sum",
-            &[("model", "fraud-model")]
-        ),
+        s.get("mlflow_model_time_to_register_seconds_sum", FRAUD),
         secs(fraud_v2 - (t - 9 * D + 20 * MIN))
     );
     assert_eq!(
@@ -586,7 +653,10 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     registry(&server, &["delete-alias", "churn-model", "champion"]);
     let s6 = cycle_at(6);
     pipeline.cycle(s6).await.unwrap();
-    e.quality.remove(&("churn-model", "champion", "accuracy"));
+    e.quality.remove(&accuracy);
+    e.quality.remove(&f1);
+    e.replaced.remove(&f1);
+    e.replaced.remove(&rmse);
     e.recorded = 7.0;
     let s = scrape(&publisher);
     check(&s, &e);
@@ -601,18 +671,18 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     c.deployments = 3;
     c.rollbacks = 2;
     c.deployed_ms = Some(s7);
-    e.quality.insert(("churn-model", "champion", "f1"), 0.8);
-    e.quality.insert(("churn-model", "champion", "rmse"), 0.3);
+    e.quality.insert(f1, 0.8);
+    e.quality.insert(rmse, 0.3);
     e.recorded = 8.0;
     let s = scrape(&publisher);
     check(&s, &e);
     assert_eq!(s.get("mlflow_model_deployments_total", CHAMPION), 3.0);
     assert_eq!(s.get("mlflow_model_rollbacks_total", CHAMPION), 2.0);
     assert_eq!(
-        s.get("mlflow_model_rollback_recovery_seconds_count", CHAMPION),
+        s.get("mlflow_model_rollback_recovery_seconds_count", CHURN),
         1.0
     );
-    assert_eq!(s.get("mlflow_model_lead_time_seconds_count", CHAMPION), 1.0);
+    assert_eq!(s.get("mlflow_model_lead_time_seconds_count", CHURN), 1.0);
     assert_eq!(
         s.get("mlflow_model_deployed_timestamp_seconds", CHAMPION),
         secs(s7)
@@ -692,8 +762,8 @@ async fn deployments_rollbacks_and_lead_time_across_registry_changes_and_a_resta
     pipeline.recorder.store().close().await;
 }
 
-/// Stored event keys are `model␟target␟n` with n counted from the events folded at start-up; once
-/// retention has deleted a target's oldest events, that count is lower than the keys still stored.
+/// Retention folds the events it deletes into a checkpoint first: after a restart the counters
+/// are where they were, the targets known, and the next change is numbered past the keys stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_after_retention_and_a_restart_is_recorded() {
     let server = tokio::task::block_in_place(MlflowServer::start);
@@ -712,16 +782,18 @@ async fn a_change_after_retention_and_a_restart_is_recorded() {
     pipeline.recorder.store().close().await;
     drop(pipeline);
 
-    // Restarted at s3 keeping 90 s of history: the baselines (s1) go, champion's key 2 stays.
+    // Restarted at s3 keeping 90 s of history: the baselines (s1) go into the checkpoint,
+    // champion's key 2 stays; all three are folded.
     let short = settings(
         &server,
         &store,
         &[("MLFLOW_EXPORTER_STORAGE__RETENTION", "90s")],
     );
     let mut pipeline = Pipeline::open(&short, s3).await.unwrap();
-    assert_eq!(pipeline.recorder.lock().await.events, 1);
-    // champion 3 → 2 during the restart: a change (a rollback) the first cycle must record, along
-    // with a new baseline of fraud-model's Production.
+    assert_eq!(pipeline.recorder.lock().await.events, 3);
+    assert_eq!(stored_events(&server, &store).len(), 1);
+    // champion 3 → 2 during the restart: a change (a rollback) the first cycle must record;
+    // fraud-model's Production is known from the checkpoint.
     registry(&server, &["alias", "churn-model", "champion", "2"]);
     pipeline.cycle(s3).await.unwrap();
     // A later cycle sees nothing new.
@@ -742,7 +814,7 @@ async fn a_change_after_retention_and_a_restart_is_recorded() {
         .collect();
     assert_eq!(
         [events("recorded"), events("duplicate")],
-        [2.0, 0.0],
+        [1.0, 0.0],
         "stored: {kinds:?}"
     );
     assert_eq!(s.get("mlflow_model_deployments_total", CHAMPION), 2.0);

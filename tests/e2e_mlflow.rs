@@ -199,14 +199,20 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
         ("old-exp", "FINISHED", "", 1.0, 3600.0),
         ("old-exp", "FAILED", "", 1.0, 300.0),
     ];
+    // Every series of ended runs has its histogram; those not listed hold no observation.
     let check_durations = |s: &Scrape, rows: &[(&str, &str, &str, f64, f64)]| {
-        let counts: Vec<_> = rows
+        let of = |e: &str, st: &str, x: &str| {
+            rows.iter()
+                .find(|r| (r.0, r.1, r.2) == (e, st, x))
+                .map_or((0.0, 0.0), |r| (r.3, r.4))
+        };
+        let counts: Vec<_> = ended_1
             .iter()
-            .map(|(e, st, x, c, _)| (*e, *st, *x, *c))
+            .map(|(e, st, x, _)| (*e, *st, *x, of(e, st, x).0))
             .collect();
-        let sums: Vec<_> = rows
+        let sums: Vec<_> = ended_1
             .iter()
-            .map(|(e, st, x, _, sum)| (*e, *st, *x, *sum))
+            .map(|(e, st, x, _)| (*e, *st, *x, of(e, st, x).1))
             .collect();
         check_ended(s, "mlflow_run_duration_seconds_count", &counts);
         check_ended(s, "mlflow_run_duration_seconds_sum", &sums);
@@ -395,8 +401,9 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
             ("nlp", "nlp", "", 3060.0 + 1290.0),
             ("forecast", "", "", 900.0),
             ("forecast", "", "g5.xlarge", 14400.0),
-            // r11 ran 1 h by its backdated end: less than the 3 h 1 min credited while running.
-            ("forecast", "", "m5.large", 3600.0),
+            // r11 ran 1 h by its backdated end, less than the 3 h 1 min counted while it ran:
+            // the counter keeps what it counted, and the 2 h 1 min are a correction (below).
+            ("forecast", "", "m5.large", 10860.0),
             ("old-exp", "vision", "", 3900.0),
         ],
     );
@@ -411,7 +418,7 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
             ("nlp", "nlp", "", h(4350.0, 0.5)),
             ("forecast", "", "", h(900.0, 0.5)),
             ("forecast", "", "g5.xlarge", h(14400.0, 1.2)),
-            ("forecast", "", "m5.large", h(3600.0, 0.5)),
+            ("forecast", "", "m5.large", h(10860.0, 0.5)),
             ("old-exp", "vision", "", h(3900.0, 0.5)),
         ],
     );
@@ -426,9 +433,30 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
             ("nlp", "nlp", "", 0.0),
             ("forecast", "", "", 0.0),
             ("forecast", "", "g5.xlarge", 14400.0),
-            ("forecast", "", "m5.large", 7200.0),
+            ("forecast", "", "m5.large", 21720.0),
             ("old-exp", "vision", "", 0.0),
         ],
+    );
+    let corrections: Vec<(String, f64)> = [
+        ("mlflow_run_compute_seconds_total", 7260.0),
+        ("mlflow_run_cost_total", h(7260.0, 0.5)),
+        ("mlflow_run_gpu_seconds_total", 14520.0),
+    ]
+    .into_iter()
+    .map(|(f, v)| (f.to_string(), v))
+    .collect();
+    for (family, amount) in &corrections {
+        assert_eq!(
+            s.get("mlflow_exporter_corrections_total", &[("family", family)]),
+            *amount,
+            "{family}"
+        );
+    }
+    assert_eq!(
+        s.family("mlflow_exporter_corrections_total")
+            .values()
+            .sum::<f64>(),
+        corrections.iter().map(|(_, v)| v).sum::<f64>()
     );
     assert_family(
         &s,
@@ -720,6 +748,7 @@ fn north_star(s: &Scrape, server: &MlflowServer, t: i64, phase: Phase) {
         "mlflow_experiment_best_metric",
         &[
             (&[("experiment", "vision"), ("key", "accuracy")], 0.91),
+            (&[("experiment", "vision"), ("key", "f1")], 0.75),
             (
                 &[("experiment", "nlp"), ("key", "f1")],
                 if second { 0.85 } else { 0.8 },
@@ -755,27 +784,59 @@ fn delivery(s: &Scrape, server: &MlflowServer, t: i64, now: i64, phase: Phase) {
         if second { 3.0 } else { 2.0 }
     );
     // What the served versions' runs logged: v2 of churn-model is r4's, v3 r7's; fraud v2 r14's.
-    let metric = |m: &'static str, a: &'static str, k: &'static str| {
-        [("model", m), ("alias", a), ("key", k)]
+    let metric = |m: &'static str, a: &'static str, k: &'static str, g: &'static str| {
+        [("model", m), ("alias", a), ("key", k), ("goal", g)]
     };
     let rows = if second {
         vec![
-            (metric("churn-model", "champion", "f1"), 0.8),
-            (metric("churn-model", "champion", "rmse"), 0.3),
-            (metric("fraud-model", "Production", "rmse"), 0.25),
+            (metric("churn-model", "champion", "f1", "maximize"), 0.8),
+            (metric("churn-model", "champion", "rmse", "minimize"), 0.3),
+            (
+                metric("fraud-model", "Production", "rmse", "minimize"),
+                0.25,
+            ),
         ]
     } else {
         vec![
-            (metric("churn-model", "champion", "accuracy"), 0.87),
-            (metric("fraud-model", "Production", "rmse"), 0.25),
+            (
+                metric("churn-model", "champion", "accuracy", "maximize"),
+                0.87,
+            ),
+            (metric("churn-model", "champion", "f1", "maximize"), 0.75),
+            (
+                metric("fraud-model", "Production", "rmse", "minimize"),
+                0.25,
+            ),
         ]
     };
     let rows: Vec<(&[(&str, &str)], f64)> = rows.iter().map(|(l, v)| (&l[..], *v)).collect();
     assert_family(s, "mlflow_model_metric", &rows);
+    // What the champion's move replaced: version 2, r4's.
+    let replaced = [
+        (
+            metric("churn-model", "champion", "accuracy", "maximize"),
+            0.87,
+        ),
+        (metric("churn-model", "champion", "f1", "maximize"), 0.75),
+    ];
+    let replaced: Vec<(&[(&str, &str)], f64)> = replaced
+        .iter()
+        .take(if second { 2 } else { 0 })
+        .map(|(l, v)| (&l[..], *v))
+        .collect();
+    assert_family(s, "mlflow_model_replaced_metric", &replaced);
     if !second {
-        assert!(s
-            .family("mlflow_model_deployed_timestamp_seconds")
-            .is_empty());
+        // Baselines: dated by the creation of the versions they serve.
+        let state = server.seed_state();
+        let created = |v: &str| state["versions"][v].as_i64().unwrap() as f64 / 1000.0;
+        assert_family(
+            s,
+            "mlflow_model_deployed_timestamp_seconds",
+            &[
+                (champion, created("churn-model/2")),
+                (production, created("fraud-model/2")),
+            ],
+        );
         return;
     }
     const H: i64 = 3_600_000;
@@ -789,29 +850,34 @@ fn delivery(s: &Scrape, server: &MlflowServer, t: i64, now: i64, phase: Phase) {
         secs(now)
     );
     let get = |name: &str, labels: &[(&str, &str)]| s.get(name, labels);
-    assert_eq!(get("mlflow_model_lead_time_seconds_count", champion), 1.0);
+    // The histograms are by the model's team (both models are among the first seen serving, so
+    // shown apart).
+    let churn: &[(&str, &str)] = &[("team", "vision"), ("model", "churn-model")];
+    let fraud: &[(&str, &str)] = &[("team", "risk"), ("model", "fraud-model")];
+    assert_eq!(get("mlflow_model_lead_time_seconds_count", churn), 1.0);
     assert_eq!(
-        get("mlflow_model_lead_time_seconds_sum", champion),
+        get("mlflow_model_lead_time_seconds_sum", churn),
         secs(now - run_start)
     );
     assert_eq!(
-        get("mlflow_model_time_to_deploy_seconds_sum", champion),
+        get("mlflow_model_last_lead_time_seconds", champion),
+        secs(now - run_start)
+    );
+    assert_eq!(
+        get("mlflow_model_time_to_deploy_seconds_sum", churn),
         secs(now - created)
     );
     assert_eq!(
-        get(
-            "mlflow_model_time_to_register_seconds_sum",
-            &[("model", "churn-model")]
-        ),
+        get("mlflow_model_time_to_register_seconds_sum", churn),
         secs(created - run_end)
     );
     // 20 h 2 min: above the 6 h bucket, within 24 h.
     let bucket = |le| {
         get(
             "mlflow_model_lead_time_seconds_bucket",
-            &[champion, &[("le", le)]].concat(),
+            &[churn, &[("le", le)]].concat(),
         )
     };
     assert_eq!([bucket("21600"), bucket("86400")], [0.0, 1.0]);
-    assert_eq!(get("mlflow_model_lead_time_seconds_count", production), 0.0);
+    assert_eq!(get("mlflow_model_lead_time_seconds_count", fraud), 0.0);
 }

@@ -1,6 +1,7 @@
 //! A real MLflow webhook: registered by `register-webhook`, MLflow delivers an alias move to the
-//! exporter with a valid signature and it is recorded at MLflow's time; forged, stale and replayed
-//! deliveries are refused and recorded nowhere.
+//! exporter with a valid signature and it is recorded at MLflow's time, with the lead time of a
+//! version no sync has seen yet (read from MLflow); forged, stale and replayed deliveries are
+//! refused and recorded nowhere.
 
 mod common;
 
@@ -55,13 +56,20 @@ fn mlflow_delivers_alias_moves_and_forgeries_are_refused() {
     );
     assert!(stdout.contains("registered webhook"), "{stdout}");
 
-    // The champion moves from version 2 to 3.
+    // A run trained an hour ago, registered as version 4 after the exporter's last sync, becomes
+    // the champion (from version 2): only MLflow's webhook reports it, and the exporter reads the
+    // version it has not seen from MLflow, so the lead time is known.
     let before = now_ms();
     let moved = Command::new(venv_bin("python"))
         .args([
             "-c",
-            "import warnings; warnings.simplefilter('ignore'); from mlflow import MlflowClient; \
-             MlflowClient().set_registered_model_alias('churn-model', 'champion', '3')",
+            "import time, warnings; warnings.simplefilter('ignore'); from mlflow import MlflowClient; \
+             c = MlflowClient(); t = int(time.time() * 1000) - 3600000; \
+             r = c.create_run(c.get_experiment_by_name('nlp').experiment_id, start_time=t); \
+             c.set_terminated(r.info.run_id, end_time=t + 1800000); \
+             v = c.create_model_version('churn-model', source='runs:/' + r.info.run_id + '/m', run_id=r.info.run_id); \
+             c.set_registered_model_alias('churn-model', 'champion', v.version); \
+             print('SERVED', t, v.version, v.creation_timestamp)",
         ])
         .env("MLFLOW_TRACKING_URI", &mlflow.url)
         .output()
@@ -72,6 +80,16 @@ fn mlflow_delivers_alias_moves_and_forgeries_are_refused() {
         String::from_utf8_lossy(&moved.stderr)
     );
     let after = now_ms();
+    let printed = String::from_utf8_lossy(&moved.stdout);
+    let printed: Vec<i64> = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("SERVED "))
+        .unwrap_or_else(|| panic!("no SERVED line in {printed:?}"))
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let (run_start, version, created) = (printed[0], printed[1], printed[2]);
+    assert_eq!(version, 4);
     let champion = [("model", "churn-model"), ("alias", "champion")];
     wait_until(
         Duration::from_secs(30),
@@ -90,6 +108,21 @@ fn mlflow_delivers_alias_moves_and_forgeries_are_refused() {
     assert!(
         at >= (before / 1000 * 1000) as f64 && at <= after as f64,
         "{before} <= {at} <= {after}"
+    );
+    // Lead time from the run's start to MLflow's time of the move; its parts from the version's
+    // creation. churn-model is of team vision, and the first model deployed: shown apart.
+    let lead = s.get("mlflow_model_last_lead_time_seconds", &champion);
+    assert_eq!(lead, (at - run_start as f64) / 1000.0);
+    let by_team = [("team", "vision"), ("model", "churn-model")];
+    assert_eq!(s.get("mlflow_model_lead_time_seconds_count", &by_team), 1.0);
+    assert_eq!(s.get("mlflow_model_lead_time_seconds_sum", &by_team), lead);
+    assert_eq!(
+        s.get("mlflow_model_time_to_deploy_seconds_sum", &by_team),
+        (at - created as f64) / 1000.0
+    );
+    assert_eq!(
+        s.get("mlflow_model_time_to_register_seconds_sum", &by_team),
+        (created - run_start - 1_800_000) as f64 / 1000.0
     );
     let events = |outcome| {
         exporter.scrape().get(

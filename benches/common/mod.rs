@@ -80,6 +80,8 @@ pub fn snapshot(runs: usize, experiments: usize) -> Snapshot {
             status,
             deleted: i % 40 == 0,
             hashed_id: false,
+            counted_ms: 0,
+            counted: 0,
         };
         snap.runs.insert(rng.u128(..), rec);
     }

@@ -73,6 +73,9 @@ pub struct WebhookSettings {
     pub model_label: String,
     /// Label (of an alert) giving an incident's severity.
     pub severity_label: String,
+    /// Severities every served model's incident series exist for from the start (at 0), so the
+    /// first incident is an increase `increase()` sees. Others get series when they happen.
+    pub severities: Vec<String>,
     /// Larger request bodies are refused with 413.
     pub max_body_bytes: usize,
     /// Requests a second each client address may make to each receiver; more get 429 with
@@ -90,6 +93,7 @@ impl Default for WebhookSettings {
             events: Receiver::default(),
             model_label: "model".into(),
             severity_label: "severity".into(),
+            severities: vec!["critical".into(), "warning".into()],
             max_body_bytes: 1 << 20,
             rate_limit: 20,
             rate_burst: 100,
@@ -147,6 +151,11 @@ pub struct DeliverySettings {
     pub time_to_deploy_buckets: Vec<f64>,
     pub recovery_buckets: Vec<f64>,
     pub incident_recovery_buckets: Vec<f64>,
+    /// Models whose delivery histograms are always shown apart; the others share `__other__` of
+    /// their team.
+    pub detailed_models: Vec<String>,
+    /// Besides those, the first this many models the history sees serving are shown apart.
+    pub max_detailed_models: usize,
 }
 
 impl Default for DeliverySettings {
@@ -162,6 +171,8 @@ impl Default for DeliverySettings {
             time_to_deploy_buckets: h(&[0.25, 1.0, 6.0, 24.0, 72.0, 168.0, 336.0, 720.0, 2160.0]),
             recovery_buckets: h(&[1.0 / 60.0, 0.25, 1.0, 6.0, 24.0, 72.0, 168.0]),
             incident_recovery_buckets: h(&[1.0 / 60.0, 0.25, 1.0, 6.0, 24.0, 72.0, 168.0]),
+            detailed_models: Vec::new(),
+            max_detailed_models: 10,
         }
     }
 }
@@ -356,8 +367,12 @@ pub struct MetricsSettings {
     pub user_windows: Vec<Duration>,
     /// Run tag (then experiment tag) that names a run's team.
     pub team_tag: String,
-    /// At most this many values per user-fed label; the rest become `__other__`.
+    /// At most this many values per user-fed label; the rest become `__other__`. A value that got a
+    /// series of its own keeps it.
     pub max_label_values: usize,
+    /// Samples one scrape may hold: new label combinations of the counters that do not fit are
+    /// folded into `__other__` (never a family dropped).
+    pub max_series: usize,
     /// Extra labels on `mlflow_runs_ended_total` and `mlflow_run_duration_seconds`, from a run tag or param.
     pub extra_labels: Vec<ExtraLabel>,
     /// Platform features whose users `mlflow_feature_users` counts; each a predicate on a run.
@@ -432,6 +447,7 @@ impl Default for MetricsSettings {
             ],
             team_tag: "team".into(),
             max_label_values: 200,
+            max_series: 10_000,
             extra_labels: Vec::new(),
             features: vec![
                 Feature {
@@ -904,6 +920,12 @@ impl Settings {
         }
         if self.metrics.max_label_values == 0 {
             return bad("metrics.max_label_values", "must be at least 1".into());
+        }
+        if self.metrics.max_series < 1000 {
+            return bad(
+                "metrics.max_series",
+                "must be at least 1000: the exporter's own metrics and one series of each family need that many".into(),
+            );
         }
         if self.metrics.team_tag.is_empty() {
             return bad("metrics.team_tag", "must not be empty".into());

@@ -3,16 +3,22 @@
 //! resolved by Alertmanager or CI/CD; all folded into the figures: deployments, rollbacks, lead time
 //! and its parts, incidents and time to restore.
 //!
-//! Everything here is pure: events come in, state and aggregates come out. The event store keeps the
-//! events; on start-up they are folded again in order, so counters continue across restarts.
+//! The fold is pure: events come in, state and aggregates come out ([`recorder`] commits events
+//! before they are folded). The event store keeps the events; on start-up they are folded again in
+//! order, so counters continue across restarts.
+//!
+//! Labels: counters and gauges are per model and alias; the histograms per team (the model's team
+//! tag) and model, where only the models of `delivery.detailed_models` and the first
+//! `delivery.max_detailed_models` seen serving are shown apart and the rest are `__other__`, so that
+//! a registry of hundreds of models stays within the series budget.
 
 pub mod recorder;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::config::DeliverySettings;
+use crate::config::{DeliverySettings, WebhookSettings};
 use crate::metrics::family::{bounds_ms, HistogramAcc};
-use crate::sync::snapshot::{Snapshot, VersionRecord, NO_TIME};
+use crate::sync::snapshot::{Snapshot, Sym, VersionRecord, NO_TIME};
 
 /// The legacy stage that counts as serving; it is tracked like an alias of this name.
 pub const PRODUCTION: &str = "Production";
@@ -109,6 +115,9 @@ pub struct Event {
     pub incident: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<String>,
+    /// The model's team tag when the change was seen (the delivery histograms are by team).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 impl Event {
@@ -139,27 +148,35 @@ impl Event {
             version_created_ms: None,
             incident: Some(format!("{}\u{1f}{id}", source.as_str())),
             severity: Some(severity.to_string()),
+            team: None,
         }
     }
 }
 
-/// Times of a model version and of the run behind it, for lead time and its parts.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Times of a model version and of the run behind it, for lead time and its parts, and the
+/// model's team tag.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct VersionTimes {
     pub run_start_ms: Option<i64>,
     pub run_end_ms: Option<i64>,
     pub created_ms: Option<i64>,
+    pub team: Option<String>,
 }
 
 impl VersionTimes {
-    /// The times of one version of a snapshot.
-    pub fn of(snap: &Snapshot, v: &VersionRecord) -> VersionTimes {
+    /// The times of one version of `model` in a snapshot.
+    pub fn of(snap: &Snapshot, model: Sym, v: &VersionRecord) -> VersionTimes {
         let time = |t: i64| (t != NO_TIME).then_some(t);
         let run = v.run.and_then(|k| snap.runs.get(&k));
         VersionTimes {
             run_start_ms: run.and_then(|r| time(r.start_ms)),
             run_end_ms: run.and_then(|r| time(r.end_ms)),
             created_ms: time(v.created_ms),
+            team: snap
+                .models
+                .get(&model)
+                .and_then(|m| m.team)
+                .map(|t| snap.strings.get(t).to_string()),
         }
     }
 
@@ -170,25 +187,26 @@ impl VersionTimes {
             .map(|((m, n), v)| {
                 (
                     (snap.strings.get(*m).to_string(), *n),
-                    VersionTimes::of(snap, v),
+                    VersionTimes::of(snap, *m, v),
                 )
             })
             .collect()
     }
 }
 
-/// Figures of the incidents of one model and severity.
-#[derive(Debug, Clone, Default)]
+/// Incidents of one model and severity.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct IncidentFigures {
     pub opened: u64,
     pub open: u64,
-    pub recovery: HistogramAcc,
 }
 
 /// What one target (a model's alias, or its `Production` stage) serves, and has served.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Target {
     current: Option<u32>,
+    /// What the last deployment replaced (nothing when the alias was re-created).
+    replaced: Option<u32>,
     /// When the current version was deployed (or first seen).
     since_ms: i64,
     served: BTreeSet<u32>,
@@ -197,19 +215,70 @@ struct Target {
 }
 
 /// Figures of one target.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TargetFigures {
     pub deployments: u64,
     pub rollbacks: u64,
-    pub lead_time: HistogramAcc,
-    pub time_to_deploy: HistogramAcc,
-    pub rollback_recovery: HistogramAcc,
-    /// Time of the last deployment, or `NO_TIME`.
+    /// Time of the last deployment; for a target only seen at a baseline, the creation of the
+    /// version it served then (it cannot have been deployed before), else the baseline's time.
     pub last_deployed_ms: i64,
+    /// Lead time of the last deployment that was not a rollback, when known, or `NO_TIME`.
+    pub last_lead_time_ms: i64,
 }
 
-/// Bucket bounds in ms of the delivery histograms.
+impl Default for TargetFigures {
+    fn default() -> Self {
+        TargetFigures {
+            deployments: 0,
+            rollbacks: 0,
+            last_deployed_ms: NO_TIME,
+            last_lead_time_ms: NO_TIME,
+        }
+    }
+}
+
+/// The delivery histograms of one team and model (a detailed model, or `__other__`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Histograms {
+    pub lead_time: HistogramAcc,
+    pub time_to_register: HistogramAcc,
+    pub time_to_deploy: HistogramAcc,
+    pub rollback_recovery: HistogramAcc,
+}
+
+/// Which models the histograms show apart, and the severities every served model's incident
+/// series have from the start.
 #[derive(Debug, Clone)]
+pub struct Labelling {
+    /// Always shown apart (`delivery.detailed_models`).
+    pub detailed_models: Vec<String>,
+    /// Besides those, the first this many models deployed (`delivery.max_detailed_models`).
+    pub max_detailed_models: usize,
+    /// `webhooks.severities`.
+    pub severities: Vec<String>,
+}
+
+impl Default for Labelling {
+    fn default() -> Self {
+        Labelling::new(&DeliverySettings::default(), &WebhookSettings::default())
+    }
+}
+
+impl Labelling {
+    pub fn new(d: &DeliverySettings, w: &WebhookSettings) -> Labelling {
+        Labelling {
+            detailed_models: d.detailed_models.clone(),
+            max_detailed_models: d.max_detailed_models,
+            severities: w.severities.clone(),
+        }
+    }
+}
+
+/// The `model` label of models the histograms do not show apart.
+pub const OTHER: &str = crate::tally::labels::OTHER;
+
+/// Bucket bounds in ms of the delivery histograms.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Bounds {
     pub lead_time: Vec<u64>,
     pub time_to_register: Vec<u64>,
@@ -234,28 +303,71 @@ impl Bounds {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     bounds: Bounds,
+    pub labelling: Labelling,
     targets: HashMap<(String, String), Target>,
     pub figures: HashMap<(String, String), TargetFigures>,
-    pub time_to_register: HashMap<String, HistogramAcc>,
+    /// By team and model (a detailed one, or `__other__`).
+    pub histograms: BTreeMap<(String, String), Histograms>,
     /// By model and severity.
     pub incidents: HashMap<(String, String), IncidentFigures>,
+    /// Time to restore by incident: by team, model (detailed, or `__other__`) and severity.
+    pub incident_recovery: BTreeMap<(String, String, String), HistogramAcc>,
     /// Open incidents: id → (model, severity, opened at).
     open_incidents: HashMap<String, (String, String, i64)>,
+    /// Each model's team, as its last change with one said.
+    teams: HashMap<String, String>,
+    /// Models the histograms show apart.
+    detailed: BTreeSet<String>,
     /// Events folded in so far.
     pub events: u64,
 }
 
 impl Delivery {
     pub fn new(bounds: Bounds) -> Delivery {
+        Delivery::with_labelling(bounds, Labelling::default())
+    }
+
+    pub fn with_labelling(bounds: Bounds, labelling: Labelling) -> Delivery {
         Delivery {
             bounds,
+            detailed: labelling.detailed_models.iter().cloned().collect(),
+            labelling,
             targets: HashMap::new(),
             figures: HashMap::new(),
-            time_to_register: HashMap::new(),
+            histograms: BTreeMap::new(),
             incidents: HashMap::new(),
+            incident_recovery: BTreeMap::new(),
             open_incidents: HashMap::new(),
+            teams: HashMap::new(),
             events: 0,
         }
+    }
+
+    /// An empty history with the same buckets and labelling.
+    pub fn empty(&self) -> Delivery {
+        Delivery::with_labelling(self.bounds.clone(), self.labelling.clone())
+    }
+
+    /// A model's team, as the history knows it (empty when none).
+    pub fn team(&self, model: &str) -> &str {
+        self.teams.get(model).map_or("", String::as_str)
+    }
+
+    /// The `model` label of the histograms: the model, if shown apart, else `__other__`.
+    pub fn histogram_model<'a>(&self, model: &'a str) -> &'a str {
+        if self.detailed.contains(model) {
+            model
+        } else {
+            OTHER
+        }
+    }
+
+    /// The key of the histograms a model's changes go to.
+    fn histogram_key(&self, model: &str) -> (String, String) {
+        (
+            self.team(model).to_string(),
+            self.histogram_model(model).to_string(),
+        )
     }
 
     /// Folds one event in. Events must come in the order they were recorded.
@@ -265,6 +377,20 @@ impl Delivery {
             self.apply_incident(e);
             return;
         }
+        if let Some(team) = &e.team {
+            self.teams.insert(e.model.clone(), team.clone());
+        }
+        if matches!(e.kind, Kind::Baseline | Kind::Deployment)
+            && !self.detailed.contains(&e.model)
+            && self.detailed.len()
+                < self.labelling.max_detailed_models + self.labelling.detailed_models.len()
+        {
+            // The first models seen serving are shown apart (one of the allow-list already is).
+            self.detailed.insert(e.model.clone());
+        }
+        // Every served model has its histograms from its first sight, zeros included.
+        let hkey = self.histogram_key(&e.model);
+        self.histograms.entry(hkey.clone()).or_default();
         let key = (e.model.clone(), e.target.clone());
         let t = self.targets.entry(key.clone()).or_default();
         // Number changes past every key stored: after retention deleted a target's oldest events,
@@ -278,51 +404,56 @@ impl Delivery {
         t.changes = (t.changes + 1).max(stored);
         match e.kind {
             Kind::IncidentOpened | Kind::IncidentResolved => {}
-            Kind::AliasDeleted => t.current = None,
+            Kind::AliasDeleted => (t.current, t.replaced) = (None, None),
             Kind::Baseline => {
                 if let Some(v) = e.version {
                     t.current = Some(v);
                     t.since_ms = e.at_ms;
                     t.served.insert(v);
+                    let f = self.figures.entry(key).or_default();
+                    if f.deployments == 0 {
+                        f.last_deployed_ms = e.version_created_ms.unwrap_or(e.at_ms).min(e.at_ms);
+                    }
                 }
             }
             Kind::Deployment => {
                 let Some(v) = e.version else { return };
-                let f = self.figures.entry(key).or_insert_with(|| TargetFigures {
-                    last_deployed_ms: NO_TIME,
-                    ..TargetFigures::default()
-                });
-                f.deployments += 1;
-                f.last_deployed_ms = e.at_ms;
                 // A move back to a lower version than the one replaced, or to one this target
                 // served before: the replaced deployment failed, and this restores service.
                 let rollback = t.current.is_some_and(|cur| v < cur) || t.served.contains(&v);
-                if rollback {
-                    f.rollbacks += 1;
-                    if t.current.is_some() {
-                        f.rollback_recovery
-                            .observe_ms(&self.bounds.recovery, span(t.since_ms, e.at_ms));
-                    }
-                } else {
-                    // Lead time measures changes; a rollback restores an old one.
-                    if let Some(start) = e.run_start_ms {
-                        f.lead_time
-                            .observe_ms(&self.bounds.lead_time, span(start, e.at_ms));
-                    }
-                    if let Some(created) = e.version_created_ms {
-                        f.time_to_deploy
-                            .observe_ms(&self.bounds.time_to_deploy, span(created, e.at_ms));
-                        if let Some(end) = e.run_end_ms {
-                            self.time_to_register
-                                .entry(e.model.clone())
-                                .or_default()
-                                .observe_ms(&self.bounds.time_to_register, span(end, created));
-                        }
-                    }
-                }
+                let recovered = (rollback && t.current.is_some()).then_some(t.since_ms);
+                t.replaced = t.current;
                 t.current = Some(v);
                 t.since_ms = e.at_ms;
                 t.served.insert(v);
+                let f = self.figures.entry(key).or_default();
+                f.deployments += 1;
+                f.last_deployed_ms = e.at_ms;
+                if rollback {
+                    f.rollbacks += 1;
+                } else if let Some(start) = e.run_start_ms {
+                    f.last_lead_time_ms = span(start, e.at_ms) as i64;
+                }
+                let b = &self.bounds;
+                let h = self.histograms.entry(hkey).or_default();
+                if let Some(since) = recovered {
+                    h.rollback_recovery
+                        .observe_ms(&b.recovery, span(since, e.at_ms));
+                }
+                if !rollback {
+                    // Lead time measures changes; a rollback restores an old one.
+                    if let Some(start) = e.run_start_ms {
+                        h.lead_time.observe_ms(&b.lead_time, span(start, e.at_ms));
+                    }
+                    if let Some(created) = e.version_created_ms {
+                        h.time_to_deploy
+                            .observe_ms(&b.time_to_deploy, span(created, e.at_ms));
+                        if let Some(end) = e.run_end_ms {
+                            h.time_to_register
+                                .observe_ms(&b.time_to_register, span(end, created));
+                        }
+                    }
+                }
             }
         }
     }
@@ -340,19 +471,31 @@ impl Delivery {
                     .or_default();
                 f.opened += 1;
                 f.open += 1;
+                self.incident_recovery_of(&e.model, &severity);
                 self.open_incidents
                     .insert(id.clone(), (e.model.clone(), severity, e.at_ms));
             }
             Kind::IncidentResolved => {
                 if let Some((model, severity, opened)) = self.open_incidents.remove(id) {
+                    let (team, label) = self.histogram_key(&model);
+                    self.incident_recovery
+                        .entry((team, label, severity.clone()))
+                        .or_default()
+                        .observe_ms(&self.bounds.incident_recovery, span(opened, e.at_ms));
                     let f = self.incidents.entry((model, severity)).or_default();
                     f.open -= 1;
-                    f.recovery
-                        .observe_ms(&self.bounds.incident_recovery, span(opened, e.at_ms));
                 }
             }
             _ => {}
         }
+    }
+
+    /// The time-to-restore histogram of a model's incidents of one severity.
+    fn incident_recovery_of(&mut self, model: &str, severity: &str) -> &mut HistogramAcc {
+        let (team, model) = self.histogram_key(model);
+        self.incident_recovery
+            .entry((team, model, severity.to_string()))
+            .or_default()
     }
 
     /// Whether an incident is open now.
@@ -390,6 +533,7 @@ impl Delivery {
             version_created_ms: times.created_ms,
             incident: None,
             severity: None,
+            team: times.team,
         })
     }
 
@@ -410,6 +554,7 @@ impl Delivery {
             version_created_ms: None,
             incident: None,
             severity: None,
+            team: None,
         })
     }
 
@@ -423,6 +568,13 @@ impl Delivery {
         self.targets
             .get(&(model.to_string(), target.to_string()))
             .and_then(|t| t.current)
+    }
+
+    /// The version a target's last deployment replaced, as far as the history knows.
+    pub fn replaced(&self, model: &str, target: &str) -> Option<u32> {
+        self.targets
+            .get(&(model.to_string(), target.to_string()))
+            .and_then(|t| t.replaced)
     }
 
     /// Compares a snapshot's serving aliases (those named in `aliases`) and `Production` stage with
@@ -468,8 +620,8 @@ impl Delivery {
             };
             let times = s
                 .lookup(model)
-                .and_then(|m| snap.versions.get(&(m, now[key])))
-                .map(|v| VersionTimes::of(snap, v))
+                .and_then(|m| snap.versions.get(&(m, now[key])).map(|v| (m, v)))
+                .map(|(m, v)| VersionTimes::of(snap, m, v))
                 .unwrap_or_default();
             events.extend(self.change(kind, Source::Poll, model, target, now[key], now_ms, times));
         }
@@ -485,6 +637,132 @@ impl Delivery {
         }
         events
     }
+}
+
+/// The folded state of a prefix of the history, as the store keeps it when retention deletes the
+/// events it was folded from: so that counters do not go back at the next start.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    /// The bounds its histograms were counted with.
+    bounds: Bounds,
+    targets: Vec<(String, String, Target)>,
+    figures: Vec<(String, String, TargetFigures)>,
+    histograms: Vec<(String, String, Histograms)>,
+    incidents: Vec<(String, String, IncidentFigures)>,
+    incident_recovery: Vec<(String, String, String, HistogramAcc)>,
+    open_incidents: Vec<(String, String, String, i64)>,
+    teams: Vec<(String, String)>,
+    detailed: Vec<String>,
+    events: u64,
+}
+
+impl Delivery {
+    /// The state as JSON, for [`Delivery::from_checkpoint`].
+    pub fn checkpoint(&self) -> String {
+        let c = Checkpoint {
+            bounds: self.bounds.clone(),
+            targets: sorted(
+                self.targets
+                    .iter()
+                    .map(|((m, t), v)| (m.clone(), t.clone(), v.clone())),
+            ),
+            figures: sorted(
+                self.figures
+                    .iter()
+                    .map(|((m, t), v)| (m.clone(), t.clone(), v.clone())),
+            ),
+            histograms: self
+                .histograms
+                .iter()
+                .map(|((a, b), v)| (a.clone(), b.clone(), v.clone()))
+                .collect(),
+            incidents: sorted(
+                self.incidents
+                    .iter()
+                    .map(|((m, s), v)| (m.clone(), s.clone(), v.clone())),
+            ),
+            incident_recovery: self
+                .incident_recovery
+                .iter()
+                .map(|((a, b, c), v)| (a.clone(), b.clone(), c.clone(), v.clone()))
+                .collect(),
+            open_incidents: {
+                let mut v: Vec<_> = self
+                    .open_incidents
+                    .iter()
+                    .map(|(id, (m, s, at))| (id.clone(), m.clone(), s.clone(), *at))
+                    .collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v
+            },
+            teams: {
+                let mut v: Vec<_> = self
+                    .teams
+                    .iter()
+                    .map(|(m, t)| (m.clone(), t.clone()))
+                    .collect();
+                v.sort();
+                v
+            },
+            detailed: self.detailed.iter().cloned().collect(),
+            events: self.events,
+        };
+        serde_json::to_string(&c).unwrap_or_default()
+    }
+
+    /// `fresh` (made with the current settings) holding the state of a checkpoint; histograms
+    /// counted with other buckets keep every observation, moved to the first bucket at least as
+    /// large. `None` when the text is not a checkpoint.
+    pub fn from_checkpoint(mut fresh: Delivery, text: &str) -> Option<Delivery> {
+        let c: Checkpoint = serde_json::from_str(text).ok()?;
+        let (old, new) = (&c.bounds, fresh.bounds.clone());
+        let re = |h: HistogramAcc, from: &[u64], to: &[u64]| -> Option<HistogramAcc> {
+            Some(HistogramAcc {
+                counts: crate::store::tally::rebucket(from, &h.counts, to)?,
+                sum_ms: h.sum_ms,
+            })
+        };
+        fresh.targets = c.targets.into_iter().map(|(m, t, v)| ((m, t), v)).collect();
+        fresh.figures = c.figures.into_iter().map(|(m, t, v)| ((m, t), v)).collect();
+        for (a, b, h) in c.histograms {
+            let h = Histograms {
+                lead_time: re(h.lead_time, &old.lead_time, &new.lead_time)?,
+                time_to_register: re(
+                    h.time_to_register,
+                    &old.time_to_register,
+                    &new.time_to_register,
+                )?,
+                time_to_deploy: re(h.time_to_deploy, &old.time_to_deploy, &new.time_to_deploy)?,
+                rollback_recovery: re(h.rollback_recovery, &old.recovery, &new.recovery)?,
+            };
+            fresh.histograms.insert((a, b), h);
+        }
+        fresh.incidents = c
+            .incidents
+            .into_iter()
+            .map(|(m, s, v)| ((m, s), v))
+            .collect();
+        for (a, b, sev, h) in c.incident_recovery {
+            let h = re(h, &old.incident_recovery, &new.incident_recovery)?;
+            fresh.incident_recovery.insert((a, b, sev), h);
+        }
+        fresh.open_incidents = c
+            .open_incidents
+            .into_iter()
+            .map(|(id, m, s, at)| (id, (m, s, at)))
+            .collect();
+        fresh.teams = c.teams.into_iter().collect();
+        fresh.detailed.extend(c.detailed);
+        fresh.events = c.events;
+        Some(fresh)
+    }
+}
+
+/// Entries sorted by their keys, so that a checkpoint's text does not depend on a hash map's order.
+fn sorted<K: Ord, L: Ord, V>(it: impl Iterator<Item = (K, L, V)>) -> Vec<(K, L, V)> {
+    let mut v: Vec<_> = it.collect();
+    v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    v
 }
 
 fn dedup_key(model: &str, target: &str, n: u64) -> String {

@@ -87,7 +87,11 @@ fn first_sight_at_start_up_is_a_baseline_and_later_moves_are_deployments() {
     );
     // Only serving aliases count: challenger is not one.
     assert_eq!(kinds(&e), vec![(Kind::Baseline, "champion", Some(1))]);
-    assert!(d.figures.is_empty());
+    // The baseline dates the alias by the creation of the version it serves (T0 + 1 h 20 min):
+    // it cannot have served it before; and its histograms exist, empty.
+    let f = &d.figures[&("m".to_string(), "champion".to_string())];
+    assert_eq!((f.deployments, f.last_deployed_ms), (0, T0 + H + H / 3));
+    assert_eq!(d.histograms.len(), 1);
     // Nothing changed: nothing to record.
     assert!(poll(
         &mut d,
@@ -118,13 +122,16 @@ fn first_sight_at_start_up_is_a_baseline_and_later_moves_are_deployments() {
         (f.deployments, f.rollbacks, f.last_deployed_ms),
         (1, 0, T0 + 12 * H)
     );
-    // Lead time: run start (T0+3h) → deployment (T0+12h) = 9 h; to deploy: 8 h 40 min.
-    assert_eq!(f.lead_time.sum_ms, 9 * H as u64);
-    assert_eq!(f.lead_time.counts, vec![0, 0, 1, 0]);
-    assert_eq!(f.time_to_deploy.sum_ms, (9 * H - H / 3) as u64);
+    // Lead time: run start (T0+3h) → deployment (T0+12h) = 9 h; to deploy: 8 h 40 min. m is the
+    // first model seen serving: shown apart, with no team.
+    assert_eq!(f.last_lead_time_ms, 9 * H);
+    let h = &d.histograms[&(String::new(), "m".to_string())];
+    assert_eq!(h.lead_time.sum_ms, 9 * H as u64);
+    assert_eq!(h.lead_time.counts, vec![0, 0, 1, 0]);
+    assert_eq!(h.time_to_deploy.sum_ms, (9 * H - H / 3) as u64);
     // To register: run end → version created = 10 min.
-    assert_eq!(d.time_to_register["m"].sum_ms, (H / 6) as u64);
-    assert_eq!(d.time_to_register["m"].counts, vec![0, 1, 0, 0]);
+    assert_eq!(h.time_to_register.sum_ms, (H / 6) as u64);
+    assert_eq!(h.time_to_register.counts, vec![0, 1, 0, 0]);
 }
 
 #[test]
@@ -184,11 +191,13 @@ fn rollbacks_to_a_lower_and_to_a_previously_served_version() {
     let f = &d.figures[&("m".to_string(), "champion".to_string())];
     assert_eq!((f.deployments, f.rollbacks), (5, 3));
     // Recovery: the replaced deployment's time → the rollback: 30 min, 1 h, 1 min.
-    assert_eq!(f.rollback_recovery.sum_ms, (H / 2 + H + 60_000) as u64);
-    assert_eq!(f.rollback_recovery.counts, vec![1, 2, 0, 0]);
+    let h = &d.histograms[&(String::new(), "m".to_string())];
+    assert_eq!(h.rollback_recovery.sum_ms, (H / 2 + H + 60_000) as u64);
+    assert_eq!(h.rollback_recovery.counts, vec![1, 2, 0, 0]);
     // Lead time only for the two forward changes (to 4 and to 5).
-    assert_eq!(f.lead_time.counts.iter().sum::<u64>(), 2);
+    assert_eq!(h.lead_time.counts.iter().sum::<u64>(), 2);
     assert_eq!(d.serving("m", "champion"), Some(5));
+    assert_eq!(d.replaced("m", "champion"), Some(4));
 }
 
 #[test]
@@ -227,7 +236,10 @@ fn an_alias_deleted_and_re_created() {
     );
     let f = &d.figures[&("m".to_string(), "champion".to_string())];
     assert_eq!((f.deployments, f.rollbacks), (2, 1));
-    assert!(f.rollback_recovery.counts.iter().all(|c| *c == 0));
+    let h = &d.histograms[&(String::new(), "m".to_string())];
+    assert!(h.rollback_recovery.counts.iter().all(|c| *c == 0));
+    // Re-created: it replaced nothing.
+    assert_eq!(d.replaced("m", "champion"), None);
 }
 
 #[test]
@@ -268,6 +280,8 @@ fn folding_stored_events_again_gives_the_same_figures() {
     let key = ("m".to_string(), "champion".to_string());
     let (a, b) = (&live.figures[&key], &rebuilt.figures[&key]);
     assert_eq!((a.deployments, a.rollbacks), (b.deployments, b.rollbacks));
+    let hk = (String::new(), "m".to_string());
+    let (a, b) = (&live.histograms[&hk], &rebuilt.histograms[&hk]);
     assert_eq!(a.lead_time.counts, b.lead_time.counts);
     assert_eq!(a.rollback_recovery.sum_ms, b.rollback_recovery.sum_ms);
     // After the rebuild, the next poll sees what the live state saw: nothing new.
@@ -304,8 +318,15 @@ fn incidents_open_once_and_resolve_once() {
     }
     let crit = &d.incidents[&("m".to_string(), "critical".to_string())];
     assert_eq!((crit.opened, crit.open), (1, 0));
-    assert_eq!(crit.recovery.sum_ms, H as u64);
-    assert_eq!(crit.recovery.counts, vec![0, 1, 0, 0]);
+    // m was never seen serving: its incidents' recovery is under __other__ of no team.
+    let key = |sev: &str| (String::new(), OTHER.to_string(), sev.to_string());
+    let recovery = &d.incident_recovery[&key("critical")];
+    assert_eq!(recovery.sum_ms, H as u64);
+    assert_eq!(recovery.counts, vec![0, 1, 0, 0]);
+    assert_eq!(
+        d.incident_recovery[&key("warning")].counts,
+        Vec::<u64>::new()
+    );
     let warn = &d.incidents[&("m".to_string(), "warning".to_string())];
     assert_eq!((warn.opened, warn.open), (1, 1));
     assert!(d.is_open("alertmanager\u{1f}b") && !d.is_open("alertmanager\u{1f}a"));

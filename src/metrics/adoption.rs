@@ -7,9 +7,10 @@ use hashbrown::{HashMap, HashSet};
 
 use super::family::TextFamily;
 
-use super::family::{Family, HistogramAcc, Spec};
+use super::family::{Family, Spec};
 use super::{team_of, Derivation};
 use crate::sync::snapshot::{RunKey, Snapshot, Sym, NO_TIME};
+use crate::tally::Tally;
 
 pub const USERS: Spec = Spec::gauge("mlflow_users", "Distinct users who ever started a run", &[]);
 pub const ACTIVE_USERS: Spec = Spec::gauge(
@@ -52,6 +53,22 @@ pub const FEATURE_USERS: Spec = Spec::gauge(
     "Distinct users whose runs started within the window used the feature",
     &["feature", "window"],
 );
+/// Exported from the tally, which observes each user once, when they activate.
+pub fn time_to_first_model(tally: &Tally, d: &Derivation) -> TextFamily {
+    let buckets = &d.settings.time_to_first_model_buckets;
+    let h = &tally.time_to_first_model;
+    // Exported empty before anyone activates, so the series exists from the start.
+    let zeros = vec![0; buckets.len() + 1];
+    let counts = if h.counts.is_empty() {
+        &zeros
+    } else {
+        &h.counts
+    };
+    let mut f = Family::new(&TIME_TO_FIRST_MODEL);
+    f.add_histogram(&[], buckets, counts, h.sum_ms as f64 / 1000.0);
+    f.finish()
+}
+
 pub const SPECS: &[Spec] = &[
     USERS,
     ACTIVE_USERS,
@@ -132,30 +149,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<TextFamily>
         }
     }
 
-    // Activation: the earliest version created from each user's runs.
-    let mut first_model: HashMap<Sym, i64> = HashMap::new();
-    for v in snap.versions.values() {
-        let Some(user) = v.run.and_then(|k| snap.runs.get(&k)).and_then(|r| r.user) else {
-            continue;
-        };
-        if v.created_ms != NO_TIME {
-            let t = first_model.entry(user).or_insert(v.created_ms);
-            *t = (*t).min(v.created_ms);
-        }
-    }
-    let mut ttfm = HistogramAcc::default();
-    for (user, created) in &first_model {
-        let first_run = users[user.index()]
-            .as_ref()
-            .map_or(i64::MAX, |u| u.first_ms);
-        if first_run != i64::MAX {
-            ttfm.observe_ms(
-                &d.ttfm_bounds_ms,
-                created.saturating_sub(first_run).max(0) as u64,
-            );
-        }
-    }
-
+    let first_model = crate::tally::first_models(snap);
     let users: Vec<Activity> = users.into_iter().flatten().collect();
     let mut all = Family::new(&USERS);
     all.add(&[], users.len() as f64);
@@ -186,13 +180,6 @@ pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<TextFamily>
     }
     let mut activated = Family::new(&ACTIVATED_USERS);
     activated.add(&[], first_model.len() as f64);
-    // Exported empty before anyone activates, so the series exists from the start.
-    let buckets = &d.settings.time_to_first_model_buckets;
-    if ttfm.counts.is_empty() {
-        ttfm.counts = vec![0; buckets.len() + 1];
-    }
-    let mut ttfm_f = Family::new(&TIME_TO_FIRST_MODEL);
-    ttfm_f.add_histogram(&[], buckets, &ttfm.counts, ttfm.sum_ms as f64 / 1000.0);
     vec![
         all.finish(),
         active.finish(),
@@ -201,7 +188,6 @@ pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<TextFamily>
         team_total.finish(),
         active_teams.finish(),
         activated.finish(),
-        ttfm_f.finish(),
         feature_users.finish(),
     ]
 }

@@ -1,15 +1,22 @@
 //! Delivery (DORA for models) from the folded event history: deployments and rollbacks of each
-//! serving alias (and the legacy `Production` stage), lead time and its two parts, when each was last
-//! deployed, how long rollbacks took to restore, and the quality metrics of what is deployed.
+//! serving alias (and the legacy `Production` stage), when each was last deployed and its last lead
+//! time; lead time and its two parts and how long rollbacks and incidents took to restore, by team
+//! (and model, for the models shown apart); and the quality metrics of what is deployed and of what
+//! it replaced.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::family::TextFamily;
 
 use super::family::{Family, HistogramAcc, Spec};
-use super::Derivation;
-use crate::delivery::Delivery;
+use super::{Derivation, Folds};
+use crate::config::Goal;
+use crate::delivery::{Delivery, TargetFigures};
 use crate::sync::snapshot::{Snapshot, NO_TIME};
+use crate::tally::labels::ModelFold;
 
 const TARGET: &[&str] = &["model", "alias"];
+const BY_TEAM: &[&str] = &["team", "model"];
 pub const DEPLOYMENTS: Spec = Spec::counter(
     "mlflow_model_deployments_total",
     "Deployments: a serving alias moved to another version, or a version entered Production",
@@ -22,33 +29,44 @@ pub const ROLLBACKS: Spec = Spec::counter(
 );
 pub const LEAD_TIME: Spec = Spec::histogram(
     "mlflow_model_lead_time_seconds",
-    "Start of the training run behind the deployed version to its deployment (rollbacks excluded)",
-    TARGET,
+    "Start of the training run behind the deployed version to its deployment (rollbacks excluded), by the model's team; models not shown apart are __other__",
+    BY_TEAM,
 );
 pub const TIME_TO_REGISTER: Spec = Spec::histogram(
     "mlflow_model_time_to_register_seconds",
     "End of the training run to the creation of the deployed version (rollbacks excluded)",
-    &["model"],
+    BY_TEAM,
 );
 pub const TIME_TO_DEPLOY: Spec = Spec::histogram(
     "mlflow_model_time_to_deploy_seconds",
     "Creation of the deployed version to its deployment (rollbacks excluded)",
-    TARGET,
+    BY_TEAM,
 );
 pub const DEPLOYED_TIMESTAMP: Spec = Spec::gauge(
     "mlflow_model_deployed_timestamp_seconds",
-    "Time of the last deployment",
+    "Time of the last deployment; for an alias only seen serving since start-up, the creation of the version it served then",
+    TARGET,
+);
+pub const LAST_LEAD_TIME: Spec = Spec::gauge(
+    "mlflow_model_last_lead_time_seconds",
+    "Lead time of the alias's last deployment that was not a rollback",
     TARGET,
 );
 pub const ROLLBACK_RECOVERY: Spec = Spec::histogram(
     "mlflow_model_rollback_recovery_seconds",
     "Deployment of the version a rollback replaced to the rollback: time to restore",
-    TARGET,
+    BY_TEAM,
 );
+const QUALITY: &[&str] = &["model", "alias", "key", "goal"];
 pub const MODEL_METRIC: Spec = Spec::gauge(
     "mlflow_model_metric",
-    "Latest value of a quality metric logged by the run behind the version an alias serves",
-    &["model", "alias", "key"],
+    "Latest value of a quality metric logged by the run behind the version an alias serves; goal says which way is better",
+    QUALITY,
+);
+pub const REPLACED_METRIC: Spec = Spec::gauge(
+    "mlflow_model_replaced_metric",
+    "Latest value of a quality metric logged by the run behind the version the alias served before its last deployment",
+    QUALITY,
 );
 const INCIDENT: &[&str] = &["model", "severity"];
 pub const INCIDENTS: Spec = Spec::counter(
@@ -60,11 +78,11 @@ pub const INCIDENTS_OPEN: Spec =
     Spec::gauge("mlflow_incidents_open", "Incidents open now", INCIDENT);
 pub const INCIDENT_RECOVERY: Spec = Spec::histogram(
     "mlflow_incident_recovery_seconds",
-    "Incident opened to resolved: time to restore",
-    INCIDENT,
+    "Incident opened to resolved: time to restore, by the model's team",
+    &["team", "model", "severity"],
 );
 /// Families derived from the snapshot (what the served versions' runs logged).
-pub const SPECS: &[Spec] = &[MODEL_METRIC];
+pub const SPECS: &[Spec] = &[MODEL_METRIC, REPLACED_METRIC];
 /// Families derived from the event history alone.
 pub const HISTORY_SPECS: &[Spec] = &[
     DEPLOYMENTS,
@@ -73,6 +91,7 @@ pub const HISTORY_SPECS: &[Spec] = &[
     TIME_TO_REGISTER,
     TIME_TO_DEPLOY,
     DEPLOYED_TIMESTAMP,
+    LAST_LEAD_TIME,
     ROLLBACK_RECOVERY,
     INCIDENTS,
     INCIDENTS_OPEN,
@@ -89,84 +108,166 @@ fn histogram(f: &mut Family, values: &[&str], bounds: &[f64], acc: &HistogramAcc
     f.add_histogram(values, bounds, counts, acc.sum_ms as f64 / 1000.0);
 }
 
-/// `mlflow_model_metric`: the quality metrics of the run behind each served version.
-pub fn families(snap: &Snapshot, delivery: &Delivery, d: &Derivation) -> Vec<TextFamily> {
-    let mut quality = Family::new(&MODEL_METRIC);
-    for (model, target) in delivery.targets() {
-        let run = delivery
-            .serving(model, target)
-            .zip(snap.strings.lookup(model))
-            .and_then(|(v, m)| snap.versions.get(&(m, v)))
-            .and_then(|v| v.run)
-            .and_then(|k| snap.runs.get(&k));
-        if let Some(r) = run {
+/// `mlflow_model_metric` and `mlflow_model_replaced_metric`: the quality metrics of the run
+/// behind each served version, and behind the version it replaced. Models folded into `__other__`
+/// are left out: their values would collide.
+pub fn families(
+    snap: &Snapshot,
+    folds: &Folds,
+    delivery: &Delivery,
+    d: &Derivation,
+) -> Vec<TextFamily> {
+    let mut current = Family::new(&MODEL_METRIC);
+    let mut replaced = Family::new(&REPLACED_METRIC);
+    let mut targets: Vec<&(String, String)> = delivery.targets().collect();
+    targets.sort();
+    for (model, target) in targets {
+        let Some(m) = snap.strings.lookup(model) else {
+            continue;
+        };
+        if !folds.model.is_kept(m) {
+            continue;
+        }
+        let run = |v: Option<u32>| {
+            v.and_then(|v| snap.versions.get(&(m, v)))
+                .and_then(|v| v.run)
+                .and_then(|k| snap.runs.get(&k))
+        };
+        for (family, version) in [
+            (&mut current, delivery.serving(model, target)),
+            (&mut replaced, delivery.replaced(model, target)),
+        ] {
+            let Some(r) = run(version) else { continue };
             for (q, value) in d.settings.quality_metrics.iter().zip(r.quality.iter()) {
                 if value.is_finite() {
-                    quality.add(&[model, target, &q.key], *value);
+                    family.add(&[model, target, &q.key, goal(q.goal)], *value);
                 }
             }
         }
     }
-    vec![quality.finish()]
+    vec![current.finish(), replaced.finish()]
 }
 
-/// The families of the event history: deployments, rollbacks, lead time, incidents.
-pub fn history_families(delivery: &Delivery, d: &Derivation) -> Vec<TextFamily> {
+/// The `goal` label: which way a quality metric is better.
+pub fn goal(g: Goal) -> &'static str {
+    match g {
+        Goal::Max => "maximize",
+        Goal::Min => "minimize",
+    }
+}
+
+/// The families of the event history: deployments, rollbacks, lead time, incidents. `fold` names
+/// the models that keep a `model` label of their own (as the snapshot's families do); the others'
+/// figures are summed under `__other__`. Every target seen has its series from its first sight,
+/// and every served model its incident series of each configured severity, zeros included.
+pub fn history_families(delivery: &Delivery, d: &Derivation, fold: &ModelFold) -> Vec<TextFamily> {
     let b = &d.delivery;
-    let mut deployments = Family::new(&DEPLOYMENTS);
-    let mut rollbacks = Family::new(&ROLLBACKS);
-    let mut lead = Family::new(&LEAD_TIME);
-    let mut to_deploy = Family::new(&TIME_TO_DEPLOY);
-    let mut deployed = Family::new(&DEPLOYED_TIMESTAMP);
-    let mut recovery = Family::new(&ROLLBACK_RECOVERY);
-    let empty = Default::default();
-    // Every target ever seen has its series, zeros included, so the first deployment is an increase.
+    // Per target, folded: deployments, rollbacks, last deployment, and (its time, lead time) of
+    // the last deployment with one.
+    #[derive(Default)]
+    struct Folded {
+        deployments: u64,
+        rollbacks: u64,
+        last_ms: Option<i64>,
+        lead: Option<(i64, i64)>,
+    }
+    let mut per: BTreeMap<(&str, &str), Folded> = BTreeMap::new();
+    let empty = TargetFigures::default();
+    let mut served: BTreeSet<&str> = BTreeSet::new();
     for (model, target) in delivery.targets() {
+        served.insert(model);
         let f = delivery
             .figures
             .get(&(model.clone(), target.clone()))
             .unwrap_or(&empty);
-        let labels = [model.as_str(), target.as_str()];
+        let slot = per.entry((fold.label(model), target)).or_default();
+        slot.deployments += f.deployments;
+        slot.rollbacks += f.rollbacks;
+        if f.last_deployed_ms != NO_TIME {
+            slot.last_ms = Some(
+                slot.last_ms
+                    .map_or(f.last_deployed_ms, |t| t.max(f.last_deployed_ms)),
+            );
+        }
+        if f.last_lead_time_ms != NO_TIME && slot.lead.is_none_or(|(at, _)| at < f.last_deployed_ms)
+        {
+            slot.lead = Some((f.last_deployed_ms, f.last_lead_time_ms));
+        }
+    }
+    let mut deployments = Family::new(&DEPLOYMENTS);
+    let mut rollbacks = Family::new(&ROLLBACKS);
+    let mut deployed = Family::new(&DEPLOYED_TIMESTAMP);
+    let mut last_lead = Family::new(&LAST_LEAD_TIME);
+    for ((model, target), f) in &per {
+        let labels = [*model, *target];
         deployments.add(&labels, f.deployments as f64);
         rollbacks.add(&labels, f.rollbacks as f64);
-        histogram(&mut lead, &labels, &b.lead_time_buckets, &f.lead_time);
+        if let Some(t) = f.last_ms {
+            deployed.add(&labels, t as f64 / 1000.0);
+        }
+        if let Some((_, lead)) = f.lead {
+            last_lead.add(&labels, lead as f64 / 1000.0);
+        }
+    }
+    let mut lead = Family::new(&LEAD_TIME);
+    let mut register = Family::new(&TIME_TO_REGISTER);
+    let mut to_deploy = Family::new(&TIME_TO_DEPLOY);
+    let mut recovery = Family::new(&ROLLBACK_RECOVERY);
+    for ((team, model), h) in &delivery.histograms {
+        let labels = [team.as_str(), model.as_str()];
+        histogram(&mut lead, &labels, &b.lead_time_buckets, &h.lead_time);
+        histogram(
+            &mut register,
+            &labels,
+            &b.time_to_register_buckets,
+            &h.time_to_register,
+        );
         histogram(
             &mut to_deploy,
             &labels,
             &b.time_to_deploy_buckets,
-            &f.time_to_deploy,
+            &h.time_to_deploy,
         );
         histogram(
             &mut recovery,
             &labels,
             &b.recovery_buckets,
-            &f.rollback_recovery,
+            &h.rollback_recovery,
         );
-        if f.last_deployed_ms != NO_TIME && f.deployments > 0 {
-            deployed.add(&labels, f.last_deployed_ms as f64 / 1000.0);
+    }
+
+    let severities = &delivery.labelling.severities;
+    let mut counts: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    let mut restore: BTreeMap<(&str, &str, &str), HistogramAcc> = BTreeMap::new();
+    for model in &served {
+        for sev in severities {
+            counts.entry((fold.label(model), sev)).or_default();
+            restore
+                .entry((delivery.team(model), delivery.histogram_model(model), sev))
+                .or_default();
         }
     }
-    let none = HistogramAcc::default();
-    let mut register = Family::new(&TIME_TO_REGISTER);
-    let mut models: Vec<&String> = delivery.targets().map(|(m, _)| m).collect();
-    models.sort();
-    models.dedup();
-    for m in models {
-        let acc = delivery.time_to_register.get(m).unwrap_or(&none);
-        histogram(&mut register, &[m], &b.time_to_register_buckets, acc);
+    for ((model, severity), f) in &delivery.incidents {
+        let slot = counts.entry((fold.label(model), severity)).or_default();
+        slot.0 += f.opened;
+        slot.1 += f.open;
+    }
+    for ((team, model, severity), h) in &delivery.incident_recovery {
+        restore.entry((team, model, severity)).or_default().merge(h);
     }
     let mut incidents = Family::new(&INCIDENTS);
     let mut open = Family::new(&INCIDENTS_OPEN);
+    for ((model, severity), (opened, now_open)) in &counts {
+        incidents.add(&[model, severity], *opened as f64);
+        open.add(&[model, severity], *now_open as f64);
+    }
     let mut incident_recovery = Family::new(&INCIDENT_RECOVERY);
-    for ((model, severity), f) in &delivery.incidents {
-        let labels = [model.as_str(), severity.as_str()];
-        incidents.add(&labels, f.opened as f64);
-        open.add(&labels, f.open as f64);
+    for ((team, model, severity), h) in &restore {
         histogram(
             &mut incident_recovery,
-            &labels,
+            &[team, model, severity],
             &b.incident_recovery_buckets,
-            &f.recovery,
+            h,
         );
     }
     vec![
@@ -176,6 +277,7 @@ pub fn history_families(delivery: &Delivery, d: &Derivation) -> Vec<TextFamily> 
         register.finish(),
         to_deploy.finish(),
         deployed.finish(),
+        last_lead.finish(),
         recovery.finish(),
         incidents.finish(),
         open.finish(),

@@ -25,6 +25,7 @@ pub struct ExporterMetrics {
     pub probe_delay: Histogram,
     pub probe_skipped: IntCounter,
     pub probe_store_errors: IntCounter,
+    pub counter_store_errors: IntCounter,
     pub web_config_last_reload_successful: IntGauge,
     pub web_config_last_reload_success: Gauge,
 }
@@ -118,6 +119,11 @@ impl ExporterMetrics {
         r.register(Box::new(probe_delay.clone()))?;
         r.register(Box::new(probe_skipped.clone()))?;
         r.register(Box::new(probe_store_errors.clone()))?;
+        let counter_store_errors = IntCounter::new(
+            "mlflow_exporter_counts_store_errors_total",
+            "Saves of what the counters counted to the event store that failed (kept in memory and retried at the next cycle)",
+        )?;
+        r.register(Box::new(counter_store_errors.clone()))?;
         let web_config_last_reload_successful = IntGauge::new(
             "mlflow_exporter_web_config_last_reload_successful",
             "1 if the last read of --web.config.file succeeded (or none is set), 0 if the last good one is still in force",
@@ -139,6 +145,7 @@ impl ExporterMetrics {
             probe_delay,
             probe_skipped,
             probe_store_errors,
+            counter_store_errors,
             web_config_last_reload_successful,
             web_config_last_reload_success,
         })

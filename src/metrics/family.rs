@@ -78,6 +78,9 @@ pub struct Family {
     labels: Vec<String>,
     text: Vec<u8>,
     series: usize,
+    /// Sample lines written: what Prometheus counts as series (a histogram's buckets, sum and
+    /// count each), and what the series budget counts.
+    lines: usize,
     /// Buffer for the label pairs of the series being written, kept between series.
     pairs: Vec<u8>,
 }
@@ -120,6 +123,7 @@ impl Family {
             labels: spec.label_names(extra),
             text,
             series: 0,
+            lines: 0,
             pairs: Vec::new(),
         }
     }
@@ -160,6 +164,7 @@ impl Family {
         t.push(b' ');
         write_value(t, value);
         t.push(b'\n');
+        self.lines += 1;
     }
 
     /// The pairs of `values` in this family's own buffer, taken out while lines are written.
@@ -209,6 +214,7 @@ impl Family {
             kind: self.kind,
             text: self.text,
             series: self.series,
+            lines: self.lines,
         }
     }
 }
@@ -224,6 +230,7 @@ pub struct TextFamily {
     kind: MetricType,
     text: Vec<u8>,
     series: usize,
+    lines: usize,
 }
 
 impl TextFamily {
@@ -238,6 +245,11 @@ impl TextFamily {
     /// Series (a histogram's buckets, sum and count are one).
     pub fn series(&self) -> usize {
         self.series
+    }
+
+    /// Sample lines: the series as Prometheus counts them (each bucket, sum and count one).
+    pub fn lines(&self) -> usize {
+        self.lines
     }
 
     /// The exposition text, header lines included.
@@ -326,7 +338,7 @@ fn write_value(out: &mut Vec<u8>, v: f64) {
 }
 
 /// Per-bucket counts for exact histograms: observations in integer units (ms), bounds in seconds.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HistogramAcc {
     pub counts: Vec<u64>,
     pub sum_ms: u64,
@@ -354,7 +366,7 @@ impl HistogramAcc {
 }
 
 /// Per-bucket counts of float observations (ratios), for histograms without an integer unit.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FloatHistogramAcc {
     pub counts: Vec<u64>,
     pub sum: f64,

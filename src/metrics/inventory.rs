@@ -1,6 +1,6 @@
 //! What exists in MLflow: experiments by lifecycle stage, registered models, versions by stage and
-//! status, the version each alias points at, and counters of everything ever created (deleted
-//! experiments included), which charts of creations over time are built from.
+//! status, the version each alias points at; and from the tally, counters of everything ever
+//! created (deleted experiments included), which charts of creations over time are built from.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,7 @@ use super::family::TextFamily;
 use super::family::{Family, Spec};
 use super::Folds;
 use crate::sync::snapshot::Snapshot;
+use crate::tally::Tally;
 
 pub const EXPERIMENTS: Spec = Spec::gauge(
     "mlflow_experiments",
@@ -52,7 +53,7 @@ pub const SPECS: &[Spec] = &[
     VERSIONS_CREATED,
 ];
 
-pub fn families(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
+pub fn gauges(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
     let s = &snap.strings;
     let deleted = snap.experiments.values().filter(|e| e.deleted).count();
     let mut exp = Family::new(&EXPERIMENTS);
@@ -87,44 +88,29 @@ pub fn families(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
         }
     }
 
-    // Counting what exists: MLflow keeps soft-deleted experiments, so these only drop when its
-    // garbage collection removes objects for good.
-    let count = |spec: &Spec, keys: &mut dyn Iterator<Item = &str>| {
-        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-        for k in keys {
-            *counts.entry(k).or_default() += 1;
-        }
-        let mut f = Family::new(spec);
-        for (k, n) in counts {
-            f.add(&[k], n as f64);
-        }
-        f.finish()
-    };
-    let exp_created = count(
-        &EXPERIMENTS_CREATED,
-        &mut snap
-            .experiments
-            .values()
-            .map(|e| folds.team.label(e.team, s)),
-    );
-    let models_created = count(
-        &MODELS_CREATED,
-        &mut snap.models.values().map(|m| folds.team.label(m.team, s)),
-    );
-    let versions_created = count(
-        &VERSIONS_CREATED,
-        &mut snap
-            .versions
-            .keys()
-            .map(|(m, _)| folds.model.label(Some(*m), s)),
-    );
     vec![
         exp.finish(),
         models.finish(),
         versions.finish(),
         aliases.finish(),
-        exp_created,
-        models_created,
-        versions_created,
     ]
+}
+
+/// The creation counters of the tally: experiments and models by team, versions by model, each
+/// counted once when first seen.
+pub fn counters(tally: &Tally) -> Vec<TextFamily> {
+    [
+        (&EXPERIMENTS_CREATED, &tally.experiments_created),
+        (&MODELS_CREATED, &tally.models_created),
+        (&VERSIONS_CREATED, &tally.versions_created),
+    ]
+    .into_iter()
+    .map(|(spec, series)| {
+        let mut f = Family::new(spec);
+        for (key, n) in series {
+            f.add(&[&key[0]], *n as f64);
+        }
+        f.finish()
+    })
+    .collect()
 }

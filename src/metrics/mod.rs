@@ -1,11 +1,14 @@
-//! Pure functions from a [`Snapshot`] to metric families, one module per question family:
-//! [`inventory`] (experiments, models, versions, aliases, and their creation counters), [`runs`]
-//! (throughput, durations, runs started), [`adoption`] (users, teams, activation, time to value,
-//! feature use), [`cost`] (compute time, money, GPU time and utilization), [`quality`] (best model
-//! metrics). [`exporter`] holds the exporter's own health metrics and [`publish`] encodes everything
-//! once per snapshot.
+//! Pure functions from a [`Snapshot`] and its [`Tally`] to metric families, one module per question
+//! family: [`inventory`] (experiments, models, versions, aliases, and their creation counters),
+//! [`runs`] (throughput, durations, runs started), [`adoption`] (users, teams, activation, time to
+//! value, feature use), [`cost`] (compute time, money, GPU time and utilization), [`quality`] (best
+//! model metrics), [`corrections`] (what the counters hold that MLflow no longer shows). Gauges
+//! follow the snapshot; counters are read from the tally, which counted each thing once.
+//! [`exporter`] holds the exporter's own health metrics and [`publish`] encodes everything once per
+//! snapshot.
 
 pub mod adoption;
+pub mod corrections;
 pub mod cost;
 pub mod delivery;
 pub mod exporter;
@@ -17,18 +20,16 @@ pub mod publish;
 pub mod quality;
 pub mod runs;
 
-// foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
-use hashbrown::HashMap;
 use std::time::Duration;
 
 use family::TextFamily;
 
 use crate::config::{DeliverySettings, MetricsSettings, Settings};
 use crate::delivery::Delivery;
-use crate::sync::snapshot::{RunRecord, Snapshot, Sym};
+use crate::sync::snapshot::Snapshot;
 use crate::sync::RateCard;
+use crate::tally::Tally;
 use family::Spec;
-use labels::{tally, Fold, OTHER};
 
 /// Everything the derivation needs besides the snapshot: settings, compiled once.
 #[derive(Debug, Clone)]
@@ -92,32 +93,57 @@ pub fn window_label(d: Duration) -> String {
     }
 }
 
-/// Every family derived from one snapshot and the delivery history, at reference time `now_ms`.
+/// Every family derived from one snapshot, its tally and the delivery history, at reference time
+/// `now_ms`: the gauges of the snapshot, then the counters of the tally.
 pub fn derive(
     snap: &Snapshot,
+    tally: &Tally,
     delivery: &Delivery,
     d: &Derivation,
     now_ms: i64,
 ) -> Vec<TextFamily> {
-    let folds = Folds::build(snap, d);
-    // Two halves of about the same cost, one on another core: the cost families (four series per
-    // experiment, team and instance type: 95 000 of the 105 000 series of the 100 000-run bench
-    // store) against everything else. At 100 000 runs this is a third of an incremental cycle's
-    // own time.
-    let ((mut out, (adoption, quality)), cost) = in_parallel(
+    let folds = tally.labels.folds(snap);
+    let mut out = gauges(snap, &folds, delivery, d, now_ms);
+    out.extend(counters(tally, d));
+    out
+}
+
+/// The families that follow MLflow's current state: what exists, runs by status, users and teams
+/// per window, model quality, what deployed versions logged, and the folded label values.
+pub fn gauges(
+    snap: &Snapshot,
+    folds: &Folds,
+    delivery: &Delivery,
+    d: &Derivation,
+    now_ms: i64,
+) -> Vec<TextFamily> {
+    // Two halves of about the same cost, one on another core: the users and teams of each window
+    // against the rest, each a pass over the runs.
+    let (mut out, adoption) = in_parallel(
         || {
-            let mut first = inventory::families(snap, &folds);
-            first.extend(runs::families(snap, d, &folds));
-            let adoption = adoption::families(snap, d, now_ms);
-            (first, (adoption, quality::families(snap, d, &folds)))
+            let mut first = inventory::gauges(snap, folds);
+            first.push(runs::gauges(snap, folds));
+            first.extend(quality::families(snap, d, folds));
+            first
         },
-        || cost::families(snap, d, &folds, now_ms),
+        || adoption::families(snap, d, now_ms),
     );
     out.extend(adoption);
-    out.extend(cost);
-    out.extend(quality);
-    out.extend(delivery::families(snap, delivery, d));
-    out.push(folds.family().finish());
+    out.extend(delivery::families(snap, folds, delivery, d));
+    out.push(labels::folded_family(folds.folded()).finish());
+    out
+}
+
+/// How many families [`counters`] returns.
+pub const COUNTER_FAMILIES: usize = 14;
+
+/// The counters (and histograms) of the tally: everything counted once, from MLflow's history.
+pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
+    let mut out = runs::counters(tally, d);
+    out.extend(cost::counters(tally, d));
+    out.extend(inventory::counters(tally));
+    out.push(adoption::time_to_first_model(tally, d));
+    out.push(corrections::family(tally));
     out
 }
 
@@ -162,88 +188,11 @@ pub fn specs() -> Vec<Spec> {
     v.extend_from_slice(quality::SPECS);
     v.extend_from_slice(delivery::SPECS);
     v.push(labels::FOLDED);
+    v.push(corrections::CORRECTIONS);
     v
 }
 
-/// The cardinality guard of each user-fed label, built once per snapshot.
-pub struct Folds {
-    pub experiment: Fold,
-    pub team: Fold,
-    pub instance_type: Fold,
-    pub model: Fold,
-    pub extra: Vec<Fold>,
-    extra_names: Vec<String>,
-}
-
-impl Folds {
-    pub fn build(snap: &Snapshot, d: &Derivation) -> Folds {
-        let max = d.settings.max_label_values;
-        let n_extra = d.settings.extra_labels.len();
-        let mut exp: HashMap<Sym, u64> = snap.experiments.keys().map(|k| (*k, 0)).collect();
-        let mut team = HashMap::new();
-        let mut itype = HashMap::new();
-        let mut extra = vec![HashMap::new(); n_extra];
-        for r in snap.runs.values() {
-            tally(&mut exp, Some(r.experiment));
-            tally(&mut team, team_of(snap, r));
-            tally(&mut itype, r.instance_type);
-            for (w, v) in extra.iter_mut().zip(snap.strings.combo(r.extra)) {
-                tally(w, *v);
-            }
-        }
-        // Teams named only by an experiment or a model still need a label value of their own.
-        for e in snap.experiments.values() {
-            tally(&mut team, e.team);
-        }
-        for m in snap.models.values() {
-            tally(&mut team, m.team);
-        }
-        let mut model: HashMap<Sym, u64> = snap.models.keys().map(|k| (*k, 0)).collect();
-        for (m, _) in snap.versions.keys() {
-            tally(&mut model, Some(*m));
-        }
-        let s = &snap.strings;
-        Folds {
-            experiment: Fold::build(&exp, max, s),
-            team: Fold::build(&team, max, s),
-            instance_type: Fold::build(&itype, max, s),
-            model: Fold::build(&model, max, s),
-            extra: extra.iter().map(|w| Fold::build(w, max, s)).collect(),
-            extra_names: d.extra_label_names(),
-        }
-    }
-
-    /// The `experiment` label of an experiment id: its name, or `__other__` when folded.
-    pub fn experiment<'a>(&self, snap: &'a Snapshot, id: Sym) -> &'a str {
-        if !self.experiment.is_kept(id) {
-            return OTHER;
-        }
-        match snap.experiments.get(&id) {
-            Some(e) => snap.strings.get(e.name),
-            // Runs of an experiment created after the experiments were listed: name it by id.
-            None => snap.strings.get(id),
-        }
-    }
-
-    fn family(&self) -> family::Family {
-        let mut pairs = vec![
-            ("experiment", self.experiment.folded),
-            ("team", self.team.folded),
-            ("instance_type", self.instance_type.folded),
-            ("model", self.model.folded),
-        ];
-        for (name, f) in self.extra_names.iter().zip(&self.extra) {
-            pairs.push((name.as_str(), f.folded));
-        }
-        labels::folded_family(pairs)
-    }
-}
-
-/// A run's team: its own tag, else its experiment's.
-pub fn team_of(snap: &Snapshot, r: &RunRecord) -> Option<Sym> {
-    r.team
-        .or_else(|| snap.experiments.get(&r.experiment).and_then(|e| e.team))
-}
+pub use crate::tally::labels::{team_of, Fold, Folds};
 
 #[cfg(test)]
 mod tests;

@@ -17,10 +17,12 @@ use prometheus::core::Desc;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use super::exporter::ExporterMetrics;
-use super::family::{Spec, TextFamily};
+use super::family::{Family, Spec, TextFamily};
 use super::{derive, halfway, in_parallel, Derivation};
 use crate::delivery::Delivery;
 use crate::sync::Snapshot;
+use crate::tally::labels::ModelFold;
+use crate::tally::Tally;
 
 /// A re-encode asked for by a change waits at least this long after the previous one, so a flood of
 /// events or probe results costs at most ten encodes a second.
@@ -287,6 +289,12 @@ pub struct Publisher {
     stale: std::sync::atomic::AtomicBool,
     /// Families written after the registry's at every re-encode ([`Publisher::add_families`]).
     sources: Mutex<Vec<Source>>,
+    /// The fold of the `model` label the history's families use (the tally's, after each sync).
+    model_fold: Mutex<ModelFold>,
+    /// Samples of each family, as last published: the snapshot's, the history's, the rest's.
+    derived_lines: Mutex<Vec<(&'static str, usize)>>,
+    history_lines: Mutex<Vec<(&'static str, usize)>>,
+    rest_lines: Mutex<Vec<(String, usize)>>,
 }
 
 impl Publisher {
@@ -314,6 +322,10 @@ impl Publisher {
             encoding: Mutex::new(()),
             stale: std::sync::atomic::AtomicBool::new(false),
             sources: Mutex::default(),
+            model_fold: Mutex::default(),
+            derived_lines: Mutex::default(),
+            history_lines: Mutex::default(),
+            rest_lines: Mutex::default(),
         };
         p.refresh();
         Ok(p)
@@ -346,12 +358,19 @@ impl Publisher {
         cur
     }
 
-    /// Derives the families of a new snapshot and the delivery history, and publishes them.
-    pub fn publish(&self, snap: &Snapshot, delivery: &Delivery, now_ms: i64) {
-        let families = derive(snap, delivery, &self.derivation, now_ms);
+    /// Derives the families of a new snapshot, its tally and the delivery history, and publishes
+    /// them.
+    pub fn publish(&self, snap: &Snapshot, tally: &Tally, delivery: &Delivery, now_ms: i64) {
+        let families = derive(snap, tally, delivery, &self.derivation, now_ms);
+        self.publish_families(&families, delivery);
+    }
+
+    /// Publishes families derived from a snapshot and its tally (and the history, if it changed).
+    pub fn publish_families(&self, families: &[TextFamily], delivery: &Delivery) {
+        *lock(&self.derived_lines) = lines_by_family(families);
         // The lock is not held while compressing: a scrape re-encoding the rest reads it.
         let previous = lock(&self.derived).clone();
-        let chunks = compress_chunks(&texts(&families), &previous.chunks);
+        let chunks = compress_chunks(&texts(families), &previous.chunks);
         *lock(&self.derived) = Arc::new(Derived::new(chunks));
         // The history changes by recorded events, which set it themselves; a caller's own history
         // (tests, tools) is taken when it is not the one last set.
@@ -364,10 +383,48 @@ impl Publisher {
         self.refresh();
     }
 
+    /// Takes the fold of the `model` label for the history's families; true when it changed (the
+    /// history's families are then to be recomputed).
+    pub fn set_model_fold(&self, fold: ModelFold) -> bool {
+        let mut cur = lock(&self.model_fold);
+        let changed = *cur != fold;
+        *cur = fold;
+        changed
+    }
+
+    /// The compiled settings the families are derived with.
+    pub fn derivation(&self) -> &Derivation {
+        &self.derivation
+    }
+
+    /// Samples served by everything but the families derived from the snapshot and its tally, as
+    /// last encoded: the delivery history's, the exporter's own, the probes'.
+    pub fn other_lines(&self) -> usize {
+        let history: usize = lock(&self.history_lines).iter().map(|(_, n)| n).sum();
+        let rest: usize = lock(&self.rest_lines)
+            .iter()
+            .filter(|(name, _)| name != SERIES.name)
+            .map(|(_, n)| n)
+            .sum();
+        history + rest
+    }
+
+    /// Families of those (`mlflow_exporter_series` has a series for each of them and for every
+    /// family of the snapshot and tally, and two more).
+    pub fn other_families(&self) -> usize {
+        let rest = lock(&self.rest_lines)
+            .iter()
+            .filter(|(name, _)| name != SERIES.name && name != SERIES_LIMIT.name)
+            .count();
+        lock(&self.history_lines).len() + rest
+    }
+
     /// Recomputes the families of the delivery history (a few per model) without re-encoding;
     /// the next scrape re-encodes them.
     pub fn set_history(&self, delivery: &Delivery) {
-        let families = super::delivery::history_families(delivery, &self.derivation);
+        let fold = lock(&self.model_fold).clone();
+        let families = super::delivery::history_families(delivery, &self.derivation, &fold);
+        *lock(&self.history_lines) = lines_by_family(&families);
         *lock(&self.history) = Some(families);
         self.history_events
             .store(delivery.events, std::sync::atomic::Ordering::Release);
@@ -398,24 +455,89 @@ impl Publisher {
             *lock(&self.history_encoded) = Arc::new(Derived::new(chunks));
         }
         let mut text = Vec::with_capacity(16 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+        let gathered = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&gathered, &mut text) {
             // Only an invalid family can fail; keep serving the previous bytes rather than half of them.
             tracing::error!(error = %e, "cannot encode metrics; keeping the previous exposition");
             return;
         }
+        let mut rest: Vec<(String, usize)> = gathered
+            .iter()
+            .map(|f| (f.name().to_string(), proto_lines(f)))
+            .collect();
         for source in lock(&self.sources).iter() {
             for family in source() {
                 if family.series() > 0 {
                     text.extend_from_slice(family.text());
+                    rest.push((family.name().to_string(), family.lines()));
                 }
             }
         }
+        // What is served, by family: this family itself is the last, with a series per family
+        // and one for the limit.
+        let mut served: Vec<(String, usize)> = lock(&self.derived_lines)
+            .iter()
+            .chain(lock(&self.history_lines).iter())
+            .map(|(n, l)| (n.to_string(), *l))
+            .chain(rest.iter().cloned())
+            .collect();
+        served.push((SERIES.name.to_string(), served.len() + 2));
+        served.push((SERIES_LIMIT.name.to_string(), 1));
+        served.sort();
+        let mut series = Family::live(&SERIES);
+        for (name, n) in &served {
+            series.add(&[name], *n as f64);
+        }
+        text.extend_from_slice(series.finish().text());
+        let mut limit = Family::live(&SERIES_LIMIT);
+        limit.add(&[], self.derivation.settings.max_series as f64);
+        text.extend_from_slice(limit.finish().text());
+        rest.push((SERIES.name.to_string(), served.len()));
+        rest.push((SERIES_LIMIT.name.to_string(), 1));
+        *lock(&self.rest_lines) = rest;
         let rest = Segment::new(text, Compression::default(), true, true);
         let derived = lock(&self.derived).clone();
         let history = lock(&self.history_encoded).clone();
         self.current
             .store(Arc::new(Encoded::join(&derived, &history, &rest)));
     }
+}
+
+/// `mlflow_exporter_series`: what one scrape holds, by family.
+pub const SERIES: Spec = Spec::gauge(
+    "mlflow_exporter_series",
+    "Series (samples) this exporter serves per scrape, by family; the total is held under metrics.max_series by folding new label combinations into __other__",
+    &["family"],
+);
+pub const SERIES_LIMIT: Spec = Spec::gauge(
+    "mlflow_exporter_series_limit",
+    "The series budget, metrics.max_series",
+    &[],
+);
+
+/// Samples of each family.
+fn lines_by_family(families: &[TextFamily]) -> Vec<(&'static str, usize)> {
+    families.iter().map(|f| (f.name(), f.lines())).collect()
+}
+
+/// Samples the text encoder writes for a gathered family.
+fn proto_lines(f: &prometheus::proto::MetricFamily) -> usize {
+    use prometheus::proto::MetricType;
+    f.get_metric()
+        .iter()
+        .map(|m| match f.get_field_type() {
+            MetricType::HISTOGRAM => {
+                let h = m.get_histogram();
+                let inf = h
+                    .get_bucket()
+                    .last()
+                    .is_some_and(|b| b.upper_bound() == f64::INFINITY);
+                h.get_bucket().len() + usize::from(!inf) + 2
+            }
+            MetricType::SUMMARY => m.get_summary().get_quantile().len() + 2,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Lines of a family per chunk: small enough that a cycle in which a few running runs advanced
@@ -520,7 +642,12 @@ mod tests {
         let settings = crate::config::Settings::default();
         let p = Publisher::new(Derivation::new(&settings)).unwrap();
         let history = Delivery::new(crate::delivery::Bounds::new(&settings.delivery));
-        p.publish(&Snapshot::default(), &history, 0);
+        p.publish(
+            &Snapshot::default(),
+            &crate::tally::Tally::new(&settings),
+            &history,
+            0,
+        );
         let text = String::from_utf8(p.current().text().to_vec()).unwrap();
         // An empty MLflow: gauges without labels are 0, families without series are left out.
         assert!(text.contains("\nmlflow_registered_models 0\n"), "{text}");
@@ -545,7 +672,12 @@ mod tests {
             "sev1",
             1_000,
         ));
-        p.publish(&Snapshot::default(), &history, 0);
+        p.publish(
+            &Snapshot::default(),
+            &crate::tally::Tally::new(&settings),
+            &history,
+            0,
+        );
         let first = p.current();
         let text = String::from_utf8(first.text().to_vec()).unwrap();
         assert!(
@@ -554,7 +686,12 @@ mod tests {
         );
 
         // Another sync, the same history: its encoded part is the same one.
-        p.publish(&Snapshot::default(), &history, 10_000);
+        p.publish(
+            &Snapshot::default(),
+            &crate::tally::Tally::new(&settings),
+            &history,
+            10_000,
+        );
         assert!(Arc::ptr_eq(&first.history, &p.current().history));
 
         // An event recorded: the history is set and encoded by the next re-encode.

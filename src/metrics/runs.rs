@@ -1,16 +1,17 @@
-//! Throughput of the platform: runs by current status, every run that ended and how long it took, and
-//! every run started (usage frequency, per active user).
+//! Throughput of the platform: runs by current status (from the snapshot), and from the tally every
+//! run that ended and how long it took, and every run started (usage frequency, per active user).
 
 use std::collections::BTreeMap;
 
 // foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 
 use super::family::TextFamily;
 
-use super::family::{Family, HistogramAcc, Spec};
-use super::{team_of, Derivation, Folds};
-use crate::sync::snapshot::{RunStatus, Snapshot, Sym, NO_TIME};
+use super::family::{Family, Spec};
+use super::{Derivation, Folds};
+use crate::sync::snapshot::{RunStatus, Snapshot, Sym};
+use crate::tally::{Key, Tally};
 
 pub const RUNS: Spec = Spec::gauge(
     "mlflow_runs",
@@ -25,7 +26,7 @@ pub const RUNS_ENDED: Spec = Spec::counter(
 .with_extra_labels();
 pub const RUN_DURATION: Spec = Spec::histogram(
     "mlflow_run_duration_seconds",
-    "End minus start of the runs counted by mlflow_runs_ended_total",
+    "End minus start of the runs counted by mlflow_runs_ended_total, observed once when each ended",
     &["experiment", "status"],
 )
 .with_extra_labels();
@@ -36,15 +37,9 @@ pub const RUNS_STARTED: Spec = Spec::counter(
 );
 pub const SPECS: &[Spec] = &[RUNS, RUNS_ENDED, RUN_DURATION, RUNS_STARTED];
 
-#[derive(Default)]
-struct Ended {
-    total: u64,
-    durations: HistogramAcc,
-}
-
-pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<TextFamily> {
-    let s = &snap.strings;
-    // Aggregate by symbols first (cheap per run), then fold into label values.
+/// `mlflow_runs`: runs by current status, of active experiments and not deleted. Every active
+/// experiment has a series for every status.
+pub fn gauges(snap: &Snapshot, folds: &Folds) -> TextFamily {
     let mut current: HashMap<(Sym, RunStatus), u64> = HashMap::new();
     for (id, e) in &snap.experiments {
         if !e.deleted {
@@ -53,9 +48,6 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<TextFamil
             }
         }
     }
-    let mut started: HashMap<(Sym, Option<Sym>), u64> = HashMap::new();
-    let mut ended: HashMap<(Sym, RunStatus, u32), Ended> = HashMap::new();
-    let mut seen: HashSet<(Sym, u32)> = HashSet::new();
     for r in snap.runs.values() {
         let active_experiment = snap
             .experiments
@@ -64,27 +56,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<TextFamil
         if active_experiment && !r.deleted {
             *current.entry((r.experiment, r.status)).or_default() += 1;
         }
-        let combo = r.extra;
-        seen.insert((r.experiment, combo));
-        *started.entry((r.experiment, team_of(snap, r))).or_default() +=
-            u64::from(r.start_ms != NO_TIME && r.status != RunStatus::Scheduled);
-        if r.status.is_ended() {
-            let e = ended.entry((r.experiment, r.status, combo)).or_default();
-            e.total += 1;
-            if let Some(ms) = r.duration_ms() {
-                e.durations.observe_ms(&d.bounds_ms, ms);
-            }
-        }
     }
-
-    // Every ended status gets a series as soon as the experiment has a run, so that the first
-    // failure is an increase from 0 that rate() sees.
-    for (exp, combo) in seen {
-        for st in RunStatus::ENDED {
-            ended.entry((exp, st, combo)).or_default();
-        }
-    }
-
     let mut runs_f = Family::new(&RUNS);
     let mut folded: BTreeMap<(&str, RunStatus), u64> = BTreeMap::new();
     for ((exp, st), n) in current {
@@ -93,52 +65,50 @@ pub fn families(snap: &Snapshot, d: &Derivation, folds: &Folds) -> Vec<TextFamil
     for ((exp, st), n) in folded {
         runs_f.add(&[exp, st.as_str()], n as f64);
     }
+    runs_f.finish()
+}
 
-    let extra_values = |combo: u32| -> Vec<&str> {
-        s.combo(combo)
-            .iter()
-            .zip(&folds.extra)
-            .map(|(v, f)| f.label(*v, s))
-            .collect()
-    };
-    let mut merged: BTreeMap<(&str, RunStatus, Vec<&str>), Ended> = BTreeMap::new();
-    for ((exp, st, combo), e) in ended {
-        let m = merged
-            .entry((folds.experiment(snap, exp), st, extra_values(combo)))
-            .or_default();
-        m.total += e.total;
-        m.durations.merge(&e.durations);
-    }
+/// The counters of the tally: runs ended (a series per ended status as soon as the experiment has a
+/// run, so the first failure is an increase from 0), their durations (a histogram per ended status
+/// of each key, zeros included; under a short series budget they fold apart from the counts) and
+/// runs started.
+pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
     let extra = d.extra_label_names();
     let mut total_f = Family::with_extra(&RUNS_ENDED, &extra);
     let mut dur_f = Family::with_extra(&RUN_DURATION, &extra);
-    for ((exp, st, extra), e) in &merged {
-        let mut values = vec![*exp, st.as_str()];
-        values.extend_from_slice(extra);
-        total_f.add(&values, e.total as f64);
-        if e.durations.counts.iter().any(|c| *c > 0) {
-            dur_f.add_histogram(
-                &values,
-                &d.settings.run_duration_buckets,
-                &e.durations.counts,
-                e.durations.sum_ms as f64 / 1000.0,
-            );
+    let bounds = &d.settings.run_duration_buckets;
+    let zeros = vec![0; bounds.len() + 1];
+    let mut values: Vec<&str> = Vec::new();
+    for (key, counts) in &tally.ended {
+        for (i, st) in RunStatus::ENDED.into_iter().enumerate() {
+            labels_into(key, st, &mut values);
+            total_f.add(&values, counts[i] as f64);
+        }
+    }
+    for (key, hists) in &tally.durations {
+        for (i, st) in RunStatus::ENDED.into_iter().enumerate() {
+            labels_into(key, st, &mut values);
+            let h = &hists[i];
+            let counts = if h.counts.is_empty() {
+                &zeros
+            } else {
+                &h.counts
+            };
+            dur_f.add_histogram(&values, bounds, counts, h.sum_ms as f64 / 1000.0);
         }
     }
     let mut started_f = Family::new(&RUNS_STARTED);
-    let mut folded: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for ((exp, team), n) in started {
-        *folded
-            .entry((folds.experiment(snap, exp), folds.team.label(team, s)))
-            .or_default() += n;
+    for (key, n) in &tally.started {
+        started_f.add(&[&key[0], &key[1]], *n as f64);
     }
-    for ((exp, team), n) in folded {
-        started_f.add(&[exp, team], n as f64);
-    }
-    vec![
-        runs_f.finish(),
-        total_f.finish(),
-        dur_f.finish(),
-        started_f.finish(),
-    ]
+    vec![total_f.finish(), dur_f.finish(), started_f.finish()]
+}
+
+/// The label values of a series of ended runs: the key's experiment, the status, the key's extra
+/// labels.
+fn labels_into<'a>(key: &'a Key, st: RunStatus, values: &mut Vec<&'a str>) {
+    values.clear();
+    values.push(&key[0]);
+    values.push(st.as_str());
+    values.extend(key[1..].iter().map(|v| &**v));
 }

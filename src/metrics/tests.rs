@@ -69,6 +69,17 @@ fn settings(f: impl FnOnce(&mut Settings)) -> Derivation {
     Derivation::new(&s)
 }
 
+/// Counts the snapshot into a new tally (no series budget) with these settings, and derives every
+/// family of it at `NOW`.
+fn counted(b: &mut Build, f: impl FnOnce(&mut Settings)) -> (Derivation, Vec<TextFamily>) {
+    let mut s = Settings::default();
+    f(&mut s);
+    let d = Derivation::new(&s);
+    let tally = crate::tally::Tally::of(&mut b.snap, &s, NOW);
+    let fams = derive(&b.snap, &tally, &no_history(&d), &d, NOW);
+    (d, fams)
+}
+
 /// Series of one family: label values joined by `,` → value (histograms: `_count`).
 fn series(fams: &[TextFamily], name: &str) -> BTreeMap<String, f64> {
     let f = fams
@@ -213,9 +224,7 @@ fn runs_follow_mlflow_lifecycle_rules_and_zero_fill() {
     b.run("1", Some("a"), RunStatus::Failed, 0, 600_000).deleted = true;
     b.run("1", Some("a"), RunStatus::Running, 0, NO_TIME);
     b.run("2", Some("a"), RunStatus::Killed, 0, 1_000).deleted = true;
-    let d = settings(|_| {});
-    let folds = Folds::build(&b.snap, &d);
-    let f = runs::families(&b.snap, &d, &folds);
+    let (_d, f) = counted(&mut b, |_| {});
     // What the UI shows: the deleted run and the deleted experiment are not there.
     assert_eq!(
         series(&f, "mlflow_runs"),
@@ -244,12 +253,16 @@ fn runs_follow_mlflow_lifecycle_rules_and_zero_fill() {
             ("live,KILLED", 0.0),
         ])
     );
+    // Every series of ended runs has its histogram, zeros included.
     assert_eq!(
         series(&f, "mlflow_run_duration_seconds"),
         map(&[
+            ("gone,FAILED", 0.0),
+            ("gone,FINISHED", 0.0),
             ("gone,KILLED", 1.0),
             ("live,FAILED", 1.0),
-            ("live,FINISHED", 1.0)
+            ("live,FINISHED", 1.0),
+            ("live,KILLED", 0.0),
         ])
     );
 }
@@ -261,9 +274,7 @@ fn duration_buckets_are_inclusive_and_sums_exact() {
     for ms in [59_999, 60_000, 60_001, 86_400_000, 90_000_000] {
         b.run("1", Some("a"), RunStatus::Finished, 0, ms);
     }
-    let d = settings(|_| {});
-    let folds = Folds::build(&b.snap, &d);
-    let f = runs::families(&b.snap, &d, &folds);
+    let (_d, f) = counted(&mut b, |_| {});
     let (_, cumulative, count, sum) = histogram(&f, "mlflow_run_duration_seconds");
     assert_eq!(cumulative, vec![2, 3, 3, 3, 3, 3, 3, 3, 3, 4]);
     assert_eq!(count, 5);
@@ -310,8 +321,7 @@ fn the_cardinality_cap_folds_the_least_used_values() {
             );
         }
     }
-    let d = settings(|s| s.metrics.max_label_values = 2);
-    let f = derive(&b.snap, &no_history(&d), &d, NOW);
+    let (_d, f) = counted(&mut b, |s| s.metrics.max_label_values = 2);
     assert_eq!(
         series(&f, "mlflow_runs_ended_total"),
         map(&[
@@ -399,9 +409,7 @@ fn runs_of_one_series_on_several_rates_are_each_priced_at_their_own() {
     b.run("1", Some("a"), RunStatus::Finished, 0, H).rate = 0;
     b.run("1", Some("a"), RunStatus::Killed, 0, 4 * H);
     b.run("1", Some("a"), RunStatus::Failed, 0, H).rate = 1;
-    let d = settings(|s| s.cost = rate_card());
-    let folds = Folds::build(&b.snap, &d);
-    let f = cost::families(&b.snap, &d, &folds, NOW);
+    let (_d, f) = counted(&mut b, |s| s.cost = rate_card());
     // 3 h at 0.5, 1 h at 32, 4 h at the default 0.25.
     assert_eq!(
         series(&f, "mlflow_run_cost_total"),
@@ -427,9 +435,7 @@ fn the_rate_card_prices_each_run_and_counts_its_gpus() {
     // No rate matched: the default rate; scheduled runs cost nothing.
     b.run("1", Some("a"), RunStatus::Killed, 0, 3 * H);
     b.run("1", Some("a"), RunStatus::Scheduled, NOW - H, NO_TIME);
-    let d = settings(|s| s.cost = rate_card());
-    let folds = Folds::build(&b.snap, &d);
-    let f = cost::families(&b.snap, &d, &folds, NOW);
+    let (_d, f) = counted(&mut b, |s| s.cost = rate_card());
     assert_eq!(
         series(&f, "mlflow_run_compute_seconds_total"),
         map(&[
@@ -469,9 +475,7 @@ fn a_run_tag_names_its_team_before_its_experiment() {
     let own = b.sym("run-team");
     b.run("1", Some("a"), RunStatus::Finished, 0, 2_000).team = Some(own);
     b.run("2", Some("a"), RunStatus::Finished, 0, 4_000);
-    let d = settings(|_| {});
-    let folds = Folds::build(&b.snap, &d);
-    let f = cost::families(&b.snap, &d, &folds, NOW);
+    let (_d, f) = counted(&mut b, |_| {});
     assert_eq!(
         series(&f, "mlflow_run_compute_seconds_total"),
         map(&[("e,exp-team,", 1.0), ("e,run-team,", 2.0), ("f,,", 4.0)])
@@ -483,20 +487,23 @@ fn every_family_is_declared_with_its_labels() {
     let mut b = Build::default();
     b.experiment("1", "e", None, false);
     b.run("1", Some("a"), RunStatus::Finished, 0, 1_000);
-    let d = settings(|s| {
+    let combo = b.snap.strings.intern_combo(&[None]);
+    b.snap.runs.values_mut().for_each(|r| r.extra = combo);
+    let (d, f) = counted(&mut b, |s| {
         s.metrics.extra_labels = vec![crate::config::ExtraLabel {
             name: "estimator".into(),
             tag: None,
             param: Some("estimator_class".into()),
         }]
     });
-    let combo = b.snap.strings.intern_combo(&[None]);
-    b.snap.runs.values_mut().for_each(|r| r.extra = combo);
-    let f = derive(&b.snap, &no_history(&d), &d, NOW);
     let specs = specs();
     assert_eq!(f.len(), specs.len());
-    for (fam, spec) in f.iter().zip(&specs) {
-        assert_eq!(fam.name(), spec.name);
+    let mut names: Vec<&str> = f.iter().map(|f| f.name()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), specs.len(), "each family once");
+    for fam in &f {
+        let spec = specs.iter().find(|s| s.name == fam.name()).unwrap();
         assert_eq!(fam.kind(), spec.kind);
         let names = spec.label_names(&d.extra_label_names());
         for (sample, labels, _) in fam.samples() {
@@ -508,6 +515,13 @@ fn every_family_is_declared_with_its_labels() {
             assert_eq!(got, names, "{}", spec.name);
         }
     }
+}
+
+#[test]
+fn the_number_of_counter_families_is_what_the_budget_reserves() {
+    let tally = crate::tally::Tally::new(&Settings::default());
+    let d = settings(|_| {});
+    assert_eq!(counters(&tally, &d).len(), COUNTER_FAMILIES);
 }
 
 #[test]
@@ -570,8 +584,9 @@ fn activation_time_to_value_and_registry_feature_users() {
     version(&mut b, "m", 3, Some(ben_run), NOW - H);
     version(&mut b, "m", 4, Some(999_999), NOW);
     version(&mut b, "m", 5, None, NOW);
-    let d = settings(|s| s.metrics.time_to_first_model_buckets = vec![3600.0, 86400.0, 864000.0]);
-    let f = adoption::families(&b.snap, &d, NOW);
+    let (_d, f) = counted(&mut b, |s| {
+        s.metrics.time_to_first_model_buckets = vec![3600.0, 86400.0, 864000.0]
+    });
     assert_eq!(series(&f, "mlflow_activated_users"), map(&[("", 2.0)]));
     let (_, cumulative, _, sum) = histogram(&f, "mlflow_user_time_to_first_model_seconds");
     // ben: exactly 1 h (le is inclusive); ann: 8 d.
@@ -598,7 +613,7 @@ fn nobody_activated_still_exports_an_empty_histogram() {
     let mut b = Build::default();
     b.experiment("1", "e", None, false);
     b.run("1", Some("a"), RunStatus::Finished, NOW - H, NOW);
-    let f = adoption::families(&b.snap, &settings(|_| {}), NOW);
+    let (_d, f) = counted(&mut b, |_| {});
     assert_eq!(series(&f, "mlflow_activated_users"), map(&[("", 0.0)]));
     assert_eq!(
         series(&f, "mlflow_user_time_to_first_model_seconds"),
@@ -664,7 +679,7 @@ fn gpu_utilization_and_idle_cost_of_ended_runs() {
     // No GPU metrics: no utilization.
     b.run("1", Some("a"), RunStatus::Finished, 0, H)
         .instance_type = Some(g5);
-    let d = settings(|s| {
+    let (_d, f) = counted(&mut b, |s| {
         s.cost.rates = vec![Rate {
             matcher: RateMatch {
                 tag: Some("instance_type".into()),
@@ -677,8 +692,6 @@ fn gpu_utilization_and_idle_cost_of_ended_runs() {
         }];
         s.metrics.gpu_utilization_buckets = vec![0.25, 0.5, 1.0];
     });
-    let folds = Folds::build(&b.snap, &d);
-    let f = cost::families(&b.snap, &d, &folds, NOW);
     let (labels, cumulative, _, sum) = histogram(&f, "mlflow_run_gpu_utilization_ratio");
     assert_eq!(labels, ["train", "ml"]);
     assert_eq!(cumulative, vec![1, 1, 2]);
@@ -703,9 +716,7 @@ fn best_metric_follows_each_keys_goal() {
     let r = b.run("1", None, RunStatus::Finished, 0, 1);
     (r.quality, r.deleted) = (Box::new([0.95, nan, nan, 0.5, nan]), true);
     b.run("2", None, RunStatus::Finished, 0, 1).quality = Box::new([nan, 0.7, nan, nan, nan]);
-    let d = settings(|_| {});
-    let folds = Folds::build(&b.snap, &d);
-    let f = quality::families(&b.snap, &d, &folds);
+    let (_d, f) = counted(&mut b, |_| {});
     assert_eq!(
         series(&f, "mlflow_experiment_best_metric"),
         map(&[
@@ -716,9 +727,7 @@ fn best_metric_follows_each_keys_goal() {
         ])
     );
     // Folded together, the better value of the two experiments wins for each key.
-    let d = settings(|s| s.metrics.max_label_values = 1);
-    let folds = Folds::build(&b.snap, &d);
-    let f = quality::families(&b.snap, &d, &folds);
+    let (_d, f) = counted(&mut b, |s| s.metrics.max_label_values = 1);
     assert_eq!(
         series(&f, "mlflow_experiment_best_metric"),
         map(&[
@@ -749,8 +758,7 @@ fn runs_started_and_creation_counters() {
         .get_mut(&b.snap.strings.lookup("n").unwrap())
         .unwrap()
         .team = Some(team);
-    let d = settings(|_| {});
-    let f = derive(&b.snap, &no_history(&d), &d, NOW);
+    let (_d, f) = counted(&mut b, |_| {});
     assert_eq!(
         series(&f, "mlflow_runs_started_total"),
         map(&[("e,ml", 2.0), ("gone,ml", 1.0)])

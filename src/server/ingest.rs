@@ -25,6 +25,7 @@ use crate::delivery::recorder::Recorder;
 use crate::delivery::{Event, Kind, Source, VersionTimes};
 use crate::metrics::publish::Publisher;
 use crate::source::events_api::{ApiEvent, ApiKind};
+use crate::source::mlflow::MlflowClient;
 use crate::source::{alertmanager, mlflow_webhook};
 
 /// Times of every version in the last snapshot, for the lead time of pushed deployments.
@@ -42,6 +43,10 @@ pub struct Ingest {
     pub deliveries: std::sync::Mutex<HashMap<String, i64>>,
     /// Requests per second per (receiver, client address).
     pub limiter: Limiter,
+    /// MLflow, to read a version deployed before a sync has seen it (so its lead time is known);
+    /// and the tag that names a model's team.
+    pub mlflow: Option<Arc<MlflowClient>>,
+    pub team_tag: String,
 }
 
 pub type Limiter = governor::DefaultKeyedRateLimiter<(Source, IpAddr)>;
@@ -171,14 +176,60 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Version and run times of a version from the last sync (unknown for one created since).
-fn times_of(ingest: &Ingest, model: &str, version: u32) -> VersionTimes {
-    ingest
-        .versions
-        .load()
-        .get(&(model.to_string(), version))
-        .copied()
-        .unwrap_or_default()
+/// Version and run times of a version, from the last sync; one created since is read from MLflow
+/// (within [`FETCH_TIMEOUT`]; if MLflow cannot say, the deployment is recorded without them).
+async fn times_of(ingest: &Ingest, model: &str, version: u32) -> VersionTimes {
+    if let Some(t) = ingest.versions.load().get(&(model.to_string(), version)) {
+        return t.clone();
+    }
+    let Some(client) = &ingest.mlflow else {
+        return VersionTimes::default();
+    };
+    match tokio::time::timeout(
+        FETCH_TIMEOUT,
+        fetch_times(client, &ingest.team_tag, model, version),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(model, version, reason = e.reason(), error = %e, "cannot read a deployed version from MLflow; its lead time is not observed");
+            VersionTimes::default()
+        }
+        Err(_) => {
+            tracing::warn!(model, version, "MLflow did not say in time what a deployed version is; its lead time is not observed");
+            VersionTimes::default()
+        }
+    }
+}
+
+/// How long a webhook waits for MLflow to describe a version the last sync has not seen.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn fetch_times(
+    client: &MlflowClient,
+    team_tag: &str,
+    model: &str,
+    version: u32,
+) -> Result<VersionTimes, crate::error::MlflowError> {
+    let (v, m) = tokio::try_join!(
+        client.model_version(model, version),
+        client.registered_model(model)
+    )?;
+    let run = match v.run_id.as_str() {
+        "" => None,
+        id => Some(client.run_times(id).await?),
+    };
+    Ok(VersionTimes {
+        run_start_ms: run.as_ref().and_then(|r| r.start_time),
+        run_end_ms: run.as_ref().and_then(|r| r.end_time),
+        created_ms: v.creation_timestamp,
+        team: m
+            .tags
+            .iter()
+            .find(|t| t.key == team_tag)
+            .map(|t| t.value.clone()),
+    })
 }
 
 /// Records one registry change; when the history says it already happened (`make` gives none),
@@ -335,7 +386,7 @@ async fn mlflow_webhook(
                 "alias event without a numeric version".into(),
             );
         };
-        let times = times_of(&ingest, &a.name, version);
+        let times = times_of(&ingest, &a.name, version).await;
         commit_change(&ingest, source, now, |d| {
             d.change(
                 Kind::Deployment,
@@ -454,7 +505,7 @@ async fn api_event(
                 event.alias.clone().unwrap_or_default(),
                 event.version.unwrap_or(0),
             );
-            let times = times_of(&ingest, &event.model, version);
+            let times = times_of(&ingest, &event.model, version).await;
             commit_change(&ingest, source, now, |d| {
                 d.change(
                     Kind::Deployment,

@@ -8,9 +8,10 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-use crate::delivery::{Event, Kind, Source};
+use crate::delivery::{Delivery, Event, Kind, Source};
 
 pub mod probes;
+pub mod tally;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -104,8 +105,8 @@ impl EventStore {
         for e in events {
             let done = sqlx::query(
                 "INSERT OR IGNORE INTO events (dedup_key, kind, source, model, target, version, at_ms, \
-                 recorded_ms, run_start_ms, run_end_ms, version_created_ms, incident, severity) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 recorded_ms, run_start_ms, run_end_ms, version_created_ms, incident, severity, team) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&e.dedup_key)
             .bind(e.kind.as_str())
@@ -120,6 +121,7 @@ impl EventStore {
             .bind(e.version_created_ms)
             .bind(&e.incident)
             .bind(&e.severity)
+            .bind(&e.team)
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
@@ -136,6 +138,37 @@ impl EventStore {
         self.fold(Vec::new(), |all, e| all.push(e)).await
     }
 
+    /// The delivery history: the checkpoint retention left (if any) in `fresh`, with every event
+    /// stored after it folded in, in order.
+    pub async fn load_delivery(&self, fresh: Delivery) -> Result<Delivery, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let (upto, state) = read_checkpoint(&path)?;
+            let start = match state {
+                Some(text) => Delivery::from_checkpoint(fresh, &text).ok_or_else(|| {
+                    StoreError::Corrupt(
+                        "the delivery checkpoint cannot be read (delete the delivery_checkpoint row to fold the events left without it)".into(),
+                    )
+                })?,
+                None => fresh,
+            };
+            fold_file(&path, upto, start, |d, e| d.apply(&e))
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the history reader stopped: {e}")))?
+    }
+
+    /// Deletes the events older than `before_ms` that are not followed (in the order recorded) by
+    /// a newer one, after folding them into the checkpoint, in one transaction: the history's
+    /// counters do not go back at the next start. `fresh` is an empty history with the current
+    /// settings. Returns how many events were deleted.
+    pub async fn compact_before(&self, before_ms: i64, fresh: Delivery) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || compact_file(&path, before_ms, fresh))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the history compaction stopped: {e}")))?
+    }
+
     /// Folds every stored event, in order, into `acc` on a blocking thread. It reads the file
     /// directly with rusqlite: through sqlx, the per-row overhead made a start-up over a million
     /// events take more than 5 s, most of it waking threads.
@@ -145,18 +178,9 @@ impl EventStore {
         f: impl FnMut(&mut T, Event) + Send + 'static,
     ) -> Result<T, StoreError> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || fold_file(&path, acc, f))
+        tokio::task::spawn_blocking(move || fold_file(&path, 0, acc, f))
             .await
             .map_err(|e| StoreError::Corrupt(format!("the history reader stopped: {e}")))?
-    }
-
-    /// Deletes events older than `before_ms`; returns how many.
-    pub async fn purge_before(&self, before_ms: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM events WHERE at_ms < ?")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
     }
 
     pub async fn close(&self) {
@@ -164,21 +188,83 @@ impl EventStore {
     }
 }
 
+/// The checkpoint: the last event id folded in it (0 without one), and its state.
+fn read_checkpoint(path: &Path) -> Result<(i64, Option<String>), StoreError> {
+    use rusqlite::OptionalExtension;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let row: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT upto_id, state FROM delivery_checkpoint WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((upto, state)) => (upto, Some(state)),
+        None => (0, None),
+    })
+}
+
+fn compact_file(path: &Path, before_ms: i64, fresh: Delivery) -> Result<u64, StoreError> {
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // The prefix of events older than the cutoff: up to the first newer one.
+    let last: Option<i64> = conn.query_row(
+        "SELECT COALESCE((SELECT MIN(id) FROM events WHERE at_ms >= ?1) - 1, (SELECT MAX(id) FROM events))",
+        [before_ms],
+        |r| r.get(0),
+    )?;
+    let (upto, state) = read_checkpoint(path)?;
+    let Some(last) = last.filter(|l| *l > upto) else {
+        return Ok(0);
+    };
+    let start = match state {
+        Some(text) => Delivery::from_checkpoint(fresh, &text)
+            .ok_or_else(|| StoreError::Corrupt("the delivery checkpoint cannot be read".into()))?,
+        None => fresh,
+    };
+    let folded = fold_rows(&mut conn, upto, Some(last), start, |d, e| d.apply(&e))?;
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT OR REPLACE INTO delivery_checkpoint (id, upto_id, state) VALUES (1, ?1, ?2)",
+        rusqlite::params![last, folded.checkpoint()],
+    )?;
+    let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [last])?;
+    tx.commit()?;
+    Ok(deleted as u64)
+}
+
 fn fold_file<T>(
     path: &Path,
-    mut acc: T,
-    mut f: impl FnMut(&mut T, Event),
+    after_id: i64,
+    acc: T,
+    f: impl FnMut(&mut T, Event),
 ) -> Result<T, StoreError> {
     use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(
+    let mut conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    fold_rows(&mut conn, after_id, None, acc, f)
+}
+
+/// Folds the events with ids in `(after_id, upto]` (no upper end without `upto`), in order.
+fn fold_rows<T>(
+    conn: &mut rusqlite::Connection,
+    after_id: i64,
+    upto: Option<i64>,
+    mut acc: T,
+    mut f: impl FnMut(&mut T, Event),
+) -> Result<T, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT dedup_key, kind, source, model, target, version, at_ms, run_start_ms, run_end_ms, \
-         version_created_ms, incident, severity FROM events ORDER BY id",
+         version_created_ms, incident, severity, team FROM events WHERE id > ?1 AND id <= ?2 ORDER BY id",
     )?;
-    let mut rows = stmt.query([])?;
+    let mut rows = stmt.query([after_id, upto.unwrap_or(i64::MAX)])?;
     while let Some(r) = rows.next()? {
         let kind = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
         let source = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
@@ -197,6 +283,7 @@ fn fold_file<T>(
             version_created_ms: r.get(9)?,
             incident: r.get(10)?,
             severity: r.get(11)?,
+            team: r.get(12)?,
         };
         f(&mut acc, event);
     }
@@ -225,6 +312,7 @@ mod tests {
             version_created_ms: Some(at_ms - 5),
             incident: None,
             severity: None,
+            team: None,
         }
     }
 
@@ -256,8 +344,76 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(times, vec![100, 200, 300]);
-        assert_eq!(store.purge_before(250).await.unwrap(), 2);
-        assert_eq!(store.load().await.unwrap(), vec![event(3, 300)]);
+    }
+
+    /// Retention folds the old events into the checkpoint before deleting them: the history read
+    /// back has every figure it had, across a reopen, and a second compaction changes nothing.
+    #[tokio::test]
+    async fn retention_keeps_what_the_deleted_events_counted() {
+        use crate::delivery::{Bounds, Delivery};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = EventStore::open(&path).await.unwrap();
+        // A baseline at 100, deployments at 200 and 300, an incident opened at 250, resolved at 400.
+        let opened = Event::incident(Kind::IncidentOpened, Source::Api, "i", "m", "sev", 250);
+        let resolved = Event::incident(Kind::IncidentResolved, Source::Api, "i", "m", "sev", 400);
+        let events = [
+            event(1, 100),
+            event(2, 200),
+            opened,
+            event(3, 300),
+            resolved,
+        ];
+        store.append(&events, 1).await.unwrap();
+        let fresh = || Delivery::new(Bounds::new(&Default::default()));
+        let all = store.load_delivery(fresh()).await.unwrap();
+        // Events before 260, up to the first newer one: the first three.
+        assert_eq!(store.compact_before(260, fresh()).await.unwrap(), 3);
+        assert_eq!(store.compact_before(260, fresh()).await.unwrap(), 0);
+        assert_eq!(store.load().await.unwrap().len(), 2);
+        store.close().await;
+        let store = EventStore::open(&path).await.unwrap();
+        let back = store.load_delivery(fresh()).await.unwrap();
+        let key = ("m".to_string(), "champion".to_string());
+        assert_eq!(back.events, 5);
+        assert_eq!(
+            back.figures[&key].deployments,
+            all.figures[&key].deployments
+        );
+        assert_eq!(back.figures[&key].deployments, 2);
+        assert_eq!(back.serving("m", "champion"), Some(3));
+        let inc = ("m".to_string(), "sev".to_string());
+        assert_eq!(
+            (back.incidents[&inc].opened, back.incidents[&inc].open),
+            (1, 0)
+        );
+        let lead = |d: &Delivery| {
+            d.histograms
+                .values()
+                .map(|h| h.lead_time.sum_ms)
+                .sum::<u64>()
+        };
+        assert_eq!(lead(&back), lead(&all));
+        let restore = |d: &Delivery| d.incident_recovery.values().map(|h| h.sum_ms).sum::<u64>();
+        assert_eq!(restore(&back), 150);
+        // The next change is numbered past the stored ones.
+        let next = back
+            .change(
+                Kind::Deployment,
+                Source::Poll,
+                "m",
+                "champion",
+                4,
+                500,
+                Default::default(),
+            )
+            .unwrap();
+        assert_eq!(next.dedup_key, "m\u{1f}champion\u{1f}4");
+        // Everything gone: the checkpoint holds it all.
+        assert_eq!(store.compact_before(1_000, fresh()).await.unwrap(), 2);
+        let last = store.load_delivery(fresh()).await.unwrap();
+        assert_eq!(last.events, 5);
+        assert_eq!(lead(&last), lead(&all));
     }
 
     #[tokio::test]

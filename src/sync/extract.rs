@@ -283,6 +283,8 @@ impl Extractor {
             status: RunStatus::parse(&info.status),
             deleted: info.lifecycle_stage == "deleted",
             hashed_id: !is_hex_run_id(&info.run_id),
+            counted_ms: 0,
+            counted: 0,
         };
         (run_key(&info.run_id), record)
     }

@@ -67,6 +67,11 @@ pub struct Syncer {
     last_running_ms: Option<i64>,
     /// The experiments as MLflow spells their ids, at the last successful cycle.
     experiment_ids: Vec<String>,
+    /// Runs the last full read no longer found (removed for good, e.g. by `mlflow gc`), with their
+    /// last records, until the tally takes them.
+    gone: Vec<(RunKey, RunRecord)>,
+    /// A full read replaced the snapshot since the tally last counted it.
+    full_uncounted: bool,
 }
 
 impl Syncer {
@@ -84,6 +89,8 @@ impl Syncer {
             last_models_ms: None,
             last_running_ms: None,
             experiment_ids: Vec::new(),
+            gone: Vec::new(),
+            full_uncounted: false,
         }
     }
 
@@ -99,6 +106,18 @@ impl Syncer {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// The snapshot, for the tally's bookkeeping in its run records.
+    pub fn snapshot_mut(&mut self) -> &mut Snapshot {
+        &mut self.snapshot
+    }
+
+    /// The runs full reads found removed since the last call, with their last records, and
+    /// whether a full read replaced the snapshot since then (objects missing from it are gone).
+    pub fn take_gone(&mut self) -> (Vec<(RunKey, RunRecord)>, bool) {
+        let full = std::mem::take(&mut self.full_uncounted);
+        (std::mem::take(&mut self.gone), full)
     }
 
     /// True once a cycle has succeeded.
@@ -140,6 +159,9 @@ impl Syncer {
         next.models = model_records(ex, &mut next.strings, &models);
         next.versions = version_records(ex, &mut next.strings, &versions);
         next.runs.shrink_to_fit();
+        let gone = next.runs.carry_from(&self.snapshot.runs);
+        self.gone.extend(gone);
+        self.full_uncounted = true;
         self.snapshot = next;
         self.experiment_ids = ids;
         self.cursor_ms = Some(now_ms);

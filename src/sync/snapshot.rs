@@ -253,6 +253,11 @@ pub struct RunRecord {
     pub deleted: bool,
     /// The key is a hash of an id not in MLflow's hex form: `run_id(key)` cannot give it back.
     pub hashed_id: bool,
+    /// The tally's bookkeeping of this run (`crate::tally`), not MLflow's data: the compute time
+    /// counted so far, and what else was counted (its `counted` bits). Kept when MLflow's newer
+    /// record of the run replaces this one, so that nothing is counted twice.
+    pub counted_ms: u64,
+    pub counted: u8,
 }
 
 /// No rate of the card matched: the default hourly rate applies.
@@ -277,6 +282,8 @@ impl RunRecord {
             status,
             deleted: false,
             hashed_id: false,
+            counted_ms: 0,
+            counted: 0,
         }
     }
 
@@ -345,8 +352,9 @@ fn hash(key: RunKey) -> u64 {
 }
 
 impl Runs {
-    /// Inserts or replaces a run; returns the stored record.
-    pub fn insert(&mut self, key: RunKey, rec: RunRecord) -> &mut RunRecord {
+    /// Inserts or replaces a run; returns the stored record. A replaced record hands its tally
+    /// bookkeeping (`counted_ms`, `counted`) on to the new one.
+    pub fn insert(&mut self, key: RunKey, mut rec: RunRecord) -> &mut RunRecord {
         let keys = &self.keys;
         let i = match self.index.entry(
             hash(key),
@@ -355,6 +363,8 @@ impl Runs {
         ) {
             Entry::Occupied(e) => {
                 let i = *e.get() as usize;
+                let old = &self.records[i];
+                (rec.counted_ms, rec.counted) = (old.counted_ms, old.counted);
                 self.records[i] = rec;
                 i
             }
@@ -370,10 +380,42 @@ impl Runs {
         &mut self.records[i]
     }
 
+    /// Hands the tally bookkeeping of `old`'s runs on to the same runs here (a full read builds new
+    /// records) and returns the runs of `old` that are not here any more (removed from MLflow).
+    pub fn carry_from(&mut self, old: &Runs) -> Vec<(RunKey, RunRecord)> {
+        let mut found = vec![false; old.len()];
+        for (key, rec) in self.keys.iter().zip(self.records.iter_mut()) {
+            if let Some(&i) = old
+                .index
+                .find(hash(*key), |&i| old.keys[i as usize] == *key)
+            {
+                let prev = &old.records[i as usize];
+                (rec.counted_ms, rec.counted) = (prev.counted_ms, prev.counted);
+                found[i as usize] = true;
+            }
+        }
+        old.iter()
+            .zip(found)
+            .filter(|(_, found)| !found)
+            .map(|((k, r), _)| (k, r.clone()))
+            .collect()
+    }
+
     pub fn get(&self, key: &RunKey) -> Option<&RunRecord> {
         self.index
             .find(hash(*key), |&i| self.keys[i as usize] == *key)
             .map(|&i| &self.records[i as usize])
+    }
+
+    pub fn get_mut(&mut self, key: &RunKey) -> Option<&mut RunRecord> {
+        let keys = &self.keys;
+        let i = *self.index.find(hash(*key), |&i| keys[i as usize] == *key)?;
+        Some(&mut self.records[i as usize])
+    }
+
+    /// Keys and records, the records writable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (RunKey, &mut RunRecord)> {
+        self.keys.iter().copied().zip(self.records.iter_mut())
     }
 
     pub fn values(&self) -> std::slice::Iter<'_, RunRecord> {

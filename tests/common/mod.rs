@@ -490,6 +490,68 @@ impl Scrape {
     pub fn family(&self, name: &str) -> BTreeMap<Labels, f64> {
         self.samples.get(name).cloned().unwrap_or_default()
     }
+
+    /// The samples of every counter and histogram (by their `# TYPE` lines): a histogram's
+    /// buckets, sum and count each.
+    pub fn counter_samples(&self) -> BTreeMap<(String, Labels), f64> {
+        let mut names: Vec<String> = Vec::new();
+        for line in self.text.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() == Some("#") && words.next() == Some("TYPE") {
+                match (words.next(), words.next()) {
+                    (Some(name), Some("counter")) => names.push(name.to_string()),
+                    (Some(name), Some("histogram")) => {
+                        for suffix in ["_bucket", "_sum", "_count"] {
+                            names.push(format!("{name}{suffix}"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        names
+            .iter()
+            .flat_map(|n| {
+                self.family(n)
+                    .into_iter()
+                    .map(move |(labels, v)| ((n.clone(), labels), v))
+            })
+            .collect()
+    }
+}
+
+/// Asserts that no counter or histogram sample of `before` is missing from `after` or lower
+/// there, as Prometheus' `increase()` needs; samples whose name `skip` picks are left out.
+/// Returns how many samples were compared.
+pub fn assert_counters_kept(before: &Scrape, after: &Scrape, skip: impl Fn(&str) -> bool) -> usize {
+    let after = after.counter_samples();
+    let mut problems = Vec::new();
+    let mut compared = 0;
+    for ((name, labels), v) in before.counter_samples() {
+        if skip(&name) {
+            continue;
+        }
+        compared += 1;
+        match after.get(&(name.clone(), labels.clone())) {
+            None => problems.push(format!("{name}{labels:?} vanished (was {v})")),
+            Some(w) if *w < v => problems.push(format!("{name}{labels:?} went back: {v} -> {w}")),
+            Some(_) => {}
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {compared}:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    compared
+}
+
+/// The exporter's own counters of this process (requests made, sync errors): a restart starts
+/// them over, as every exporter's, which `increase()` reads as the reset it is.
+pub fn process_counter(name: &str) -> bool {
+    (name.starts_with("mlflow_exporter_") && !name.starts_with("mlflow_exporter_corrections"))
+        || name.starts_with("process_")
 }
 
 pub fn to_labels(labels: &[(&str, &str)]) -> Labels {

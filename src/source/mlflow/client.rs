@@ -269,6 +269,32 @@ impl MlflowClient {
         }
     }
 
+    /// One registered model, with its tags.
+    pub async fn registered_model(&self, name: &str) -> Result<RegisteredModel, MlflowError> {
+        let q = vec![("name", name.to_string())];
+        let r: GetRegisteredModelResponse =
+            self.call("registered-models/get", &Request::Get(q)).await?;
+        Ok(r.registered_model)
+    }
+
+    /// One model version.
+    pub async fn model_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<ModelVersion, MlflowError> {
+        let q = vec![("name", name.to_string()), ("version", version.to_string())];
+        let r: GetModelVersionResponse = self.call("model-versions/get", &Request::Get(q)).await?;
+        Ok(r.model_version)
+    }
+
+    /// A run's start and end.
+    pub async fn run_times(&self, run_id: &str) -> Result<RunTimesInfo, MlflowError> {
+        let q = vec![("run_id", run_id.to_string())];
+        let r: GetRunResponse = self.call("runs/get", &Request::Get(q)).await?;
+        Ok(r.run.info)
+    }
+
     /// Registers a webhook that sends alias moves to `url`, signed with `secret`; returns MLflow's
     /// answer (the webhook with its id).
     pub async fn create_webhook(

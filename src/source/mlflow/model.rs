@@ -153,6 +153,37 @@ pub struct RegisteredModel {
     pub tags: Vec<KeyValue>,
 }
 
+/// `registered-models/get`.
+#[derive(Debug, Deserialize)]
+pub struct GetRegisteredModelResponse {
+    pub registered_model: RegisteredModel,
+}
+
+/// `model-versions/get`.
+#[derive(Debug, Deserialize)]
+pub struct GetModelVersionResponse {
+    pub model_version: ModelVersion,
+}
+
+/// `runs/get`, only the run's times.
+#[derive(Debug, Deserialize)]
+pub struct GetRunResponse {
+    pub run: RunTimes,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RunTimes {
+    pub info: RunTimesInfo,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RunTimesInfo {
+    #[serde(default, deserialize_with = "opt_i64")]
+    pub start_time: Option<i64>,
+    #[serde(default, deserialize_with = "opt_i64")]
+    pub end_time: Option<i64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct SearchRegisteredModelsResponse {
     #[serde(default)]

@@ -1,0 +1,371 @@
+//! The tally in the event store: what each run counted, the counters' series, the objects counted
+//! once and the label values kept, saved after each cycle in one transaction and read back at
+//! start-up, so counters continue where they were (and `mlflow gc` while the exporter was down is
+//! still seen as a correction, not a drop).
+//!
+//! Both directions go through rusqlite on a blocking thread: the first save writes a row per run
+//! (100 000 at a large install), which sqlx's per-row round trips would take seconds over.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::{EventStore, StoreError};
+use crate::metrics::family::{FloatHistogramAcc, HistogramAcc};
+use crate::sync::snapshot::RunKey;
+use crate::tally::{names, CostSeries, Key, StoredRun, Tally};
+
+/// The family name the corrections are stored under.
+const CORRECTIONS: &str = "corrections";
+
+/// Rows of one save, made from the tally before it is handed to the writer thread.
+#[derive(Debug, Default)]
+struct Rows {
+    runs: Vec<(RunKey, StoredRun)>,
+    series: Vec<(&'static str, String, String)>,
+    objects: Vec<(&'static str, Box<str>, bool)>,
+    labels: Vec<(String, Box<str>)>,
+}
+
+impl EventStore {
+    /// Writes what changed in the tally since the last save. On failure the changes stay in the
+    /// tally, to be written with the next save; nothing counted is lost while the exporter runs.
+    pub async fn save_tally(&self, tally: &mut Tally) -> Result<usize, StoreError> {
+        let unsaved = std::mem::take(&mut tally.unsaved);
+        let mut labels = Vec::new();
+        for (name, sticky) in tally.labels.by_name_mut() {
+            labels.extend(
+                sticky
+                    .take_unsaved()
+                    .into_iter()
+                    .map(|v| (name.to_string(), v)),
+            );
+        }
+        if unsaved.is_empty() && labels.is_empty() {
+            return Ok(0);
+        }
+        let rows = Rows {
+            runs: unsaved.runs.iter().map(|(k, r)| (*k, *r)).collect(),
+            series: unsaved
+                .series
+                .iter()
+                .filter_map(|(family, key)| {
+                    let data = encode(tally, family, key)?;
+                    Some((*family, labels_json(key), data))
+                })
+                .collect(),
+            objects: unsaved.objects.clone(),
+            labels,
+        };
+        let n = rows.runs.len() + rows.series.len() + rows.objects.len() + rows.labels.len();
+        let path = self.path.clone();
+        let (rows, result) = tokio::task::spawn_blocking(move || {
+            let r = write_rows(&path, &rows);
+            (rows, r)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the tally writer stopped: {e}")))?;
+        if let Err(e) = result {
+            tally.unsaved.merge_back(unsaved);
+            let mut back: std::collections::HashMap<String, Vec<Box<str>>> = Default::default();
+            for (label, value) in rows.labels {
+                back.entry(label).or_default().push(value);
+            }
+            for (name, sticky) in tally.labels.by_name_mut() {
+                if let Some(values) = back.remove(name) {
+                    sticky.unsave(values);
+                }
+            }
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// Reads the stored tally into `tally` (a new one, made with the current settings).
+    pub async fn load_tally(&self, tally: Tally) -> Result<Tally, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || read_into(&path, tally))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the tally reader stopped: {e}")))?
+    }
+}
+
+fn connect(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // As the event store: a commit is on the disk when it returns.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn write_rows(path: &Path, rows: &Rows) -> Result<(), StoreError> {
+    let mut conn = connect(path)?;
+    let tx = conn.transaction()?;
+    {
+        let mut run = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tally_runs (run_key, counted_ms, corrected_ms, flags, \
+             hourly_rate, gpus, idle_cost, gone) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )?;
+        for (key, r) in &rows.runs {
+            run.execute(rusqlite::params![
+                key.to_be_bytes().as_slice(),
+                r.counted_ms as i64,
+                r.corrected_ms as i64,
+                r.flags,
+                r.hourly_rate,
+                r.gpus,
+                r.idle_cost,
+                r.gone,
+            ])?;
+        }
+        let mut series = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tally_series (family, labels, data) VALUES (?, ?, ?)",
+        )?;
+        for (family, labels, data) in &rows.series {
+            series.execute(rusqlite::params![family, labels, data])?;
+        }
+        let mut object = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tally_objects (kind, name, gone) VALUES (?, ?, ?)",
+        )?;
+        for (kind, name, gone) in &rows.objects {
+            object.execute(rusqlite::params![kind, &**name, gone])?;
+        }
+        let mut label =
+            tx.prepare_cached("INSERT OR IGNORE INTO tally_labels (label, value) VALUES (?, ?)")?;
+        for (name, value) in &rows.labels {
+            label.execute(rusqlite::params![name, &**value])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let mut stmt = conn.prepare(
+        "SELECT run_key, counted_ms, corrected_ms, flags, hourly_rate, gpus, idle_cost, gone \
+         FROM tally_runs",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let key: Vec<u8> = r.get(0)?;
+        let key: [u8; 16] = key
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("a tally run key is not 16 bytes".into()))?;
+        let counted: i64 = r.get(1)?;
+        let corrected: i64 = r.get(2)?;
+        tally.restore_run(
+            RunKey::from_be_bytes(key),
+            StoredRun {
+                counted_ms: counted.max(0) as u64,
+                corrected_ms: corrected.max(0) as u64,
+                flags: r.get(3)?,
+                hourly_rate: r.get(4)?,
+                gpus: r.get(5)?,
+                idle_cost: r.get(6)?,
+                gone: r.get(7)?,
+            },
+        );
+    }
+    let mut stmt = conn.prepare("SELECT family, labels, data FROM tally_series")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let family: String = r.get(0)?;
+        let labels: String = r.get(1)?;
+        let data: String = r.get(2)?;
+        let corrupt = |what: &str| {
+            StoreError::Corrupt(format!(
+                "tally series {family} {labels}: {what}; the stored counters cannot be read (delete the tally_* tables to count again from MLflow)"
+            ))
+        };
+        let key: Vec<String> = serde_json::from_str(&labels).map_err(|_| corrupt("labels"))?;
+        let key: Key = key.into_iter().map(String::into_boxed_str).collect();
+        let data: Value = serde_json::from_str(&data).map_err(|_| corrupt("data"))?;
+        decode(&mut tally, &family, key, &data).ok_or_else(|| corrupt("data"))?;
+    }
+    let mut stmt = conn.prepare("SELECT kind, name, gone FROM tally_objects")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(0)?;
+        let name: String = r.get(1)?;
+        tally.restore_object(&kind, &name, r.get(2)?);
+    }
+    let mut stmt = conn.prepare("SELECT label, value FROM tally_labels")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let label: String = r.get(0)?;
+        let value: String = r.get(1)?;
+        for (name, sticky) in tally.labels.by_name_mut() {
+            if name == label {
+                sticky.restore(&value);
+            }
+        }
+    }
+    Ok(tally)
+}
+
+fn labels_json(key: &Key) -> String {
+    Value::from(key.iter().map(|v| Value::from(&**v)).collect::<Vec<_>>()).to_string()
+}
+
+/// One series as JSON; `None` for a family or key the tally does not hold.
+fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
+    let hist_ms =
+        |h: &HistogramAcc, bounds: &[u64]| json!({"c": h.counts, "s": h.sum_ms, "b": bounds});
+    let v = match family {
+        names::RUNS_ENDED => json!({"n": t.ended.get(key)?}),
+        names::RUN_DURATION => {
+            let b = &t.settings.run_bounds_ms;
+            let h = t.durations.get(key)?;
+            json!({"h": h.iter().map(|h| hist_ms(h, b)).collect::<Vec<_>>()})
+        }
+        names::RUNS_STARTED => json!({"n": t.started.get(key)?}),
+        names::COMPUTE => {
+            let c = t.cost.get(key)?;
+            json!({"ms": c.ms, "gpu_ms": c.gpu_ms, "r": c.by_rate, "idle": c.idle_cost})
+        }
+        names::GPU_UTILIZATION => {
+            let h = t.gpu_util.get(key)?;
+            json!({"c": h.counts, "s": h.sum, "b": t.settings.gpu_bounds})
+        }
+        names::EXPERIMENTS_CREATED => json!({"n": t.experiments_created.get(key)?}),
+        names::MODELS_CREATED => json!({"n": t.models_created.get(key)?}),
+        names::VERSIONS_CREATED => json!({"n": t.versions_created.get(key)?}),
+        names::TIME_TO_FIRST_MODEL => hist_ms(&t.time_to_first_model, &t.settings.ttfm_bounds_ms),
+        CORRECTIONS => json!({"v": t.corrections.get(key.first().map(|k| &**k)?)?}),
+        _ => return None,
+    };
+    Some(v.to_string())
+}
+
+/// Puts one stored series back into the tally; `None` when the row cannot be read.
+fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
+    let n = || v["n"].as_u64();
+    match family {
+        names::RUNS_ENDED => {
+            let counts: [u64; 3] = serde_json::from_value(v["n"].clone()).ok()?;
+            t.ended.insert(key, counts);
+        }
+        names::RUN_DURATION => {
+            let mut h: [HistogramAcc; 3] = Default::default();
+            for (i, slot) in h.iter_mut().enumerate() {
+                let stored = &v["h"][i];
+                if stored["c"].as_array().is_some_and(|c| !c.is_empty()) {
+                    *slot = hist_ms(stored, &t.settings.run_bounds_ms)?;
+                }
+            }
+            t.durations.insert(key, h);
+        }
+        names::RUNS_STARTED => {
+            t.started.insert(key, n()?);
+        }
+        names::COMPUTE => {
+            let by_rate = v["r"]
+                .as_array()?
+                .iter()
+                .map(|p| Some((p[0].as_f64()?, p[1].as_u64()?)))
+                .collect::<Option<Vec<_>>>()?;
+            t.cost.insert(
+                key,
+                CostSeries {
+                    ms: v["ms"].as_u64()?,
+                    gpu_ms: v["gpu_ms"].as_u64()?,
+                    by_rate,
+                    idle_cost: v["idle"].as_f64()?,
+                },
+            );
+        }
+        names::GPU_UTILIZATION => {
+            let stored: Vec<f64> = serde_json::from_value(v["b"].clone()).ok()?;
+            let counts: Vec<u64> = serde_json::from_value(v["c"].clone()).ok()?;
+            let counts = rebucket(&stored, &counts, &t.settings.gpu_bounds)?;
+            let sum = v["s"].as_f64()?;
+            t.gpu_util.insert(key, FloatHistogramAcc { counts, sum });
+        }
+        names::EXPERIMENTS_CREATED => {
+            t.experiments_created.insert(key, n()?);
+        }
+        names::MODELS_CREATED => {
+            t.models_created.insert(key, n()?);
+        }
+        names::VERSIONS_CREATED => {
+            t.versions_created.insert(key, n()?);
+        }
+        names::TIME_TO_FIRST_MODEL => {
+            t.time_to_first_model = hist_ms(v, &t.settings.ttfm_bounds_ms)?;
+        }
+        CORRECTIONS => {
+            let family = names::ALL
+                .into_iter()
+                .find(|f| Some(*f) == key.first().map(|k| &**k))?;
+            t.corrections.insert(family, v["v"].as_f64()?);
+        }
+        // A family of a later version: left alone.
+        _ => {}
+    }
+    Some(())
+}
+
+/// A stored histogram in ms, its counts moved onto `bounds` if the buckets were reconfigured.
+fn hist_ms(v: &Value, bounds: &[u64]) -> Option<HistogramAcc> {
+    let stored: Vec<u64> = serde_json::from_value(v["b"].clone()).ok()?;
+    let counts: Vec<u64> = serde_json::from_value(v["c"].clone()).ok()?;
+    Some(HistogramAcc {
+        counts: rebucket(&stored, &counts, bounds)?,
+        sum_ms: v["s"].as_u64()?,
+    })
+}
+
+/// Per-bucket counts over `old` bounds (one more count than bounds) moved onto `new` bounds: each
+/// old bucket's count goes to the first new bucket whose bound is at least the old one (the
+/// overflow bucket to the new overflow bucket). Count and sum stay exact; with other buckets, the
+/// new ones are an upper estimate. `None` when the counts do not fit the bounds.
+pub(crate) fn rebucket<B: PartialOrd + Copy>(
+    old: &[B],
+    counts: &[u64],
+    new: &[B],
+) -> Option<Vec<u64>> {
+    if counts.is_empty() {
+        return Some(Vec::new());
+    }
+    if counts.len() != old.len() + 1 {
+        return None;
+    }
+    if old.len() == new.len() && old.iter().zip(new).all(|(a, b)| a == b) {
+        return Some(counts.to_vec());
+    }
+    let mut out = vec![0; new.len() + 1];
+    for (i, c) in counts.iter().enumerate() {
+        let j = match old.get(i) {
+            Some(bound) => new.partition_point(|b| b < bound),
+            None => new.len(),
+        };
+        out[j] += c;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconfigured_buckets_keep_every_observation() {
+        assert_eq!(
+            rebucket(&[1, 10], &[2, 1, 1], &[1, 10]),
+            Some(vec![2, 1, 1])
+        );
+        // 1 → 5, 10 → 10, overflow stays overflow.
+        assert_eq!(
+            rebucket(&[1, 10], &[2, 1, 1], &[5, 10, 20]),
+            Some(vec![2, 1, 0, 1])
+        );
+        assert_eq!(rebucket(&[1, 10], &[2, 1, 1], &[3]), Some(vec![2, 2]));
+        assert_eq!(rebucket(&[1, 10], &[2, 1], &[3]), None);
+        assert_eq!(rebucket::<u64>(&[], &[], &[3]), Some(vec![]));
+    }
+}

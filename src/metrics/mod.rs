@@ -139,8 +139,10 @@ pub const COUNTER_FAMILIES: usize = 14;
 
 /// The counters (and histograms) of the tally: everything counted once, from MLflow's history.
 pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
-    let mut out = runs::counters(tally, d);
-    out.extend(cost::counters(tally, d));
+    // The runs' and the cost's series are about as many (a key each per experiment, team or
+    // instance type): each half on its own core, as the gauges are.
+    let (mut out, cost) = in_parallel(|| runs::counters(tally, d), || cost::counters(tally, d));
+    out.extend(cost);
     out.extend(inventory::counters(tally));
     out.push(adoption::time_to_first_model(tally, d));
     out.push(corrections::family(tally));

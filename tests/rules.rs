@@ -52,6 +52,7 @@ const ALERTS: &[&str] = &[
     "MLflowDown",
     "MLflowExporterSyncStale",
     "MLflowExporterSyncErrors",
+    "MLflowExporterSeriesBudgetNear",
     "MLflowModelLeadTimeRegression",
     "MLflowChangeFailureRateHigh",
     "MLflowTimeToRestoreHigh",

@@ -345,3 +345,41 @@ async fn the_store_keeps_the_tally_across_a_restart_and_sees_runs_removed_meanwh
     assert_eq!(third.cost, back.cost);
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_failed_save_keeps_every_change_for_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let settings = Settings::default();
+    let store = crate::store::EventStore::open(&path).await.unwrap();
+    let mut snap = install();
+    let mut t = Tally::new(&settings);
+    cycle(&mut t, &mut snap, Vec::new(), true, NOW, usize::MAX);
+    let runs = t.unsaved.runs.clone();
+    let series = t.unsaved.series.len();
+    // The table the runs go to is gone: the whole transaction fails.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("ALTER TABLE tally_runs RENAME TO tally_runs_away")
+        .unwrap();
+    assert!(store.save_tally(&mut t).await.is_err());
+    assert_eq!(t.unsaved.runs, runs);
+    assert_eq!(t.unsaved.series.len(), series);
+    conn.execute_batch("ALTER TABLE tally_runs_away RENAME TO tally_runs")
+        .unwrap();
+    drop(conn);
+    let written = store.save_tally(&mut t).await.unwrap();
+    assert!(t.unsaved.is_empty());
+    // What a save that never failed writes, in a store of its own.
+    let twin_store = crate::store::EventStore::open(&dir.path().join("twin.db"))
+        .await
+        .unwrap();
+    let mut twin = Tally::new(&settings);
+    cycle(&mut twin, &mut install(), Vec::new(), true, NOW, usize::MAX);
+    assert_eq!(written, twin_store.save_tally(&mut twin).await.unwrap());
+    assert!(written > runs.len() + series);
+    twin_store.close().await;
+    let back = store.load_tally(Tally::new(&settings)).await.unwrap();
+    assert_eq!(back.ended, t.ended);
+    assert_eq!(back.cost, t.cost);
+    store.close().await;
+}

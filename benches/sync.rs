@@ -6,6 +6,11 @@
 //! time, this process's CPU seconds (all threads: tokio, reqwest, decoding, deriving), its peak and
 //! steady resident memory, and the requests made. Targets: full sync ≤ 10 s, steady memory ≤ 300 MB,
 //! incremental cycle ≤ 5 requests and ≤ 200 ms. `cargo bench --bench sync`.
+//!
+//! `SYNC_RUNS` sets the runs (1 000 000 by default) and `SYNC_WORKSPACES` a number of workspaces
+//! (0 by default: a server without them): the server then answers MLflow 3's server-info and
+//! workspace list, and each request reads the workspace its `X-MLFLOW-WORKSPACE` header names
+//! (`default`, `ws-1`, …; experiment and model `i` belong to workspace `i % SYNC_WORKSPACES`).
 
 mod floor;
 mod heap;
@@ -33,7 +38,46 @@ use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::Settings;
 
 const EXPERIMENTS: usize = 1_000;
-const RUNS: usize = 1_000_000;
+/// `SYNC_RUNS`, default 1 000 000.
+fn runs_n() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| env_usize("SYNC_RUNS", 1_000_000))
+}
+
+/// `SYNC_WORKSPACES`, default 0 (no workspaces).
+fn workspaces_n() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| env_usize("SYNC_WORKSPACES", 0))
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// The workspace a request names: its index (`default` is 0, `ws-N` is N).
+fn workspace_of(headers: &axum::http::HeaderMap) -> usize {
+    match headers
+        .get("x-mlflow-workspace")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(w) => w
+            .strip_prefix("ws-")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// Whether object `i` (an experiment or a model) belongs to workspace `ws`.
+fn in_workspace(i: usize, ws: usize) -> bool {
+    workspaces_n() == 0 || i % workspaces_n() == ws
+}
 const MODELS: usize = 500;
 const VERSIONS_PER_MODEL: usize = 10;
 const USERS: usize = 2_000;
@@ -118,11 +162,11 @@ fn run_key(i: usize) -> u128 {
 impl Data {
     fn generate(now: i64) -> Data {
         let mut rng = fastrand::Rng::with_seed(SEED);
-        let step = SPAN_MS / RUNS as i64;
+        let step = SPAN_MS / runs_n() as i64;
         let t0 = now - SPAN_MS;
         let (lo, hi) = ((30_000f64).ln(), (6.0 * 3_600_000f64).ln());
-        let mut runs = Vec::with_capacity(RUNS);
-        for i in 0..RUNS {
+        let mut runs = Vec::with_capacity(runs_n());
+        for i in 0..runs_n() {
             // Strictly increasing start times, so offset paging in start order is index order.
             let start = t0 + i as i64 * step + rng.i64(0..step);
             let dur = (lo + rng.f64() * (hi - lo)).exp() as i64;
@@ -152,19 +196,19 @@ impl Data {
             .map(|(i, r)| (r.end, i as u32))
             .collect();
         by_end.sort_unstable();
-        let running = (0..RUNS as u32)
+        let running = (0..runs_n() as u32)
             .filter(|&i| runs[i as usize].status == 3)
             .collect();
-        let by_id = (0..RUNS).map(|i| (run_key(i), i as u32)).collect();
+        let by_id = (0..runs_n()).map(|i| (run_key(i), i as u32)).collect();
         let stages = ["None", "None", "Staging", "Production", "Archived"];
         let mut versions = Vec::with_capacity(MODELS * VERSIONS_PER_MODEL);
         let mut aliases = Vec::with_capacity(MODELS);
         for m in 0..MODELS {
             for v in 1..=VERSIONS_PER_MODEL {
                 // A finished run of the model's era; the version registered after it ended.
-                let mut r = rng.usize(0..RUNS);
+                let mut r = rng.usize(0..runs_n());
                 while runs[r].status != 0 {
-                    r = rng.usize(0..RUNS);
+                    r = rng.usize(0..runs_n());
                 }
                 let created = runs[r].end + rng.i64(60_000..DAY_MS);
                 // Updated up to a week later, but at least an hour before now (spread, not piled up).
@@ -373,15 +417,21 @@ fn json_body(s: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], s).into_response()
 }
 
-async fn experiments(State(d): State<Arc<Data>>, Json(b): Json<serde_json::Value>) -> Response {
+async fn experiments(
+    State(d): State<Arc<Data>>,
+    headers: axum::http::HeaderMap,
+    Json(b): Json<serde_json::Value>,
+) -> Response {
     let max = b["max_results"].as_u64().unwrap_or(1000) as usize;
     let Some(from) = offset(b["page_token"].as_str()) else {
         return bad("Invalid page token");
     };
-    let to = (from + max).min(EXPERIMENTS);
+    let ws = workspace_of(&headers);
+    let listed: Vec<usize> = (0..EXPERIMENTS).filter(|e| in_workspace(*e, ws)).collect();
+    let to = (from + max).min(listed.len());
     let mut out = String::from(r#"{"experiments":["#);
-    for e in from..to {
-        if e > from {
+    for (k, &e) in listed[from.min(to)..to].iter().enumerate() {
+        if k > 0 {
             out.push(',');
         }
         let created = d.now - SPAN_MS - (e as i64 * 3_600_000);
@@ -395,7 +445,7 @@ async fn experiments(State(d): State<Arc<Data>>, Json(b): Json<serde_json::Value
         );
     }
     out.push(']');
-    if to < EXPERIMENTS {
+    if to < listed.len() {
         let _ = write!(out, r#","next_page_token":"{}""#, token(to));
     }
     out.push('}');
@@ -453,8 +503,8 @@ async fn runs(State(d): State<Arc<Data>>, Json(b): Json<serde_json::Value>) -> R
     // The page's runs and whether more follow, in start order (start times are index order).
     let (page, more): (Vec<usize>, bool) = match filter {
         Filter::All if n == EXPERIMENTS => {
-            let to = (from + max).min(RUNS);
-            ((from..to).collect(), to < RUNS)
+            let to = (from + max).min(runs_n());
+            ((from..to).collect(), to < runs_n())
         }
         // A group of experiments (a full read with `mlflow.concurrency` > 1): its runs listed once
         // and kept, as a database answers from an index rather than scanning every run per page.
@@ -465,7 +515,7 @@ async fn runs(State(d): State<Arc<Data>>, Json(b): Json<serde_json::Value>) -> R
                     .entry(wanted.clone())
                     .or_insert_with(|| {
                         Arc::new(
-                            (0..RUNS as u32)
+                            (0..runs_n() as u32)
                                 .filter(|i| wanted[d.runs[*i as usize].exp as usize])
                                 .collect(),
                         )
@@ -519,7 +569,11 @@ fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
 }
 
-async fn registered_models(State(d): State<Arc<Data>>, RawQuery(q): RawQuery) -> Response {
+async fn registered_models(
+    State(d): State<Arc<Data>>,
+    headers: axum::http::HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let q = query(&q);
     let max = param(&q, "max_results")
         .and_then(|m| m.parse().ok())
@@ -527,10 +581,12 @@ async fn registered_models(State(d): State<Arc<Data>>, RawQuery(q): RawQuery) ->
     let Some(from) = offset(param(&q, "page_token")) else {
         return bad("Invalid page token");
     };
-    let to = (from + max).min(MODELS);
+    let ws = workspace_of(&headers);
+    let listed: Vec<usize> = (0..MODELS).filter(|m| in_workspace(*m, ws)).collect();
+    let to = (from + max).min(listed.len());
     let mut out = String::from(r#"{"registered_models":["#);
-    for m in from..to {
-        if m > from {
+    for (k, &m) in listed[from.min(to)..to].iter().enumerate() {
+        if k > 0 {
             out.push(',');
         }
         let created = d.now - SPAN_MS + m as i64 * 600_000;
@@ -549,14 +605,18 @@ async fn registered_models(State(d): State<Arc<Data>>, RawQuery(q): RawQuery) ->
         out.push_str("]}");
     }
     out.push(']');
-    if to < MODELS {
+    if to < listed.len() {
         let _ = write!(out, r#","next_page_token":"{}""#, token(to));
     }
     out.push('}');
     json_body(out)
 }
 
-async fn model_versions(State(d): State<Arc<Data>>, RawQuery(q): RawQuery) -> Response {
+async fn model_versions(
+    State(d): State<Arc<Data>>,
+    headers: axum::http::HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let q = query(&q);
     let max = param(&q, "max_results")
         .and_then(|m| m.parse().ok())
@@ -564,9 +624,15 @@ async fn model_versions(State(d): State<Arc<Data>>, RawQuery(q): RawQuery) -> Re
     let Some(from) = offset(param(&q, "page_token")) else {
         return bad("Invalid page token");
     };
-    let to = (from + max).min(d.versions.len());
+    let ws = workspace_of(&headers);
+    let listed: Vec<_> = d
+        .versions
+        .iter()
+        .filter(|v| in_workspace(v.0, ws))
+        .collect();
+    let to = (from + max).min(listed.len());
     let mut out = String::from(r#"{"model_versions":["#);
-    for (k, (m, v, created, updated, run, stage)) in d.versions[from..to].iter().enumerate() {
+    for (k, (m, v, created, updated, run, stage)) in listed[from.min(to)..to].iter().enumerate() {
         if k > 0 {
             out.push(',');
         }
@@ -579,7 +645,7 @@ async fn model_versions(State(d): State<Arc<Data>>, RawQuery(q): RawQuery) -> Re
         );
     }
     out.push(']');
-    if to < d.versions.len() {
+    if to < listed.len() {
         let _ = write!(out, r#","next_page_token":"{}""#, token(to));
     }
     out.push('}');
@@ -598,8 +664,30 @@ fn serve(now: i64) {
                 "/api/2.0/mlflow/registered-models/search",
                 get(registered_models),
             )
-            .route("/api/2.0/mlflow/model-versions/search", get(model_versions))
-            .with_state(data);
+            .route("/api/2.0/mlflow/model-versions/search", get(model_versions));
+        // MLflow 3's server info and workspaces, when there are workspaces (without, a 404 as
+        // from an MLflow 2).
+        let app = match workspaces_n() {
+            0 => app,
+            n => app
+                .route(
+                    "/api/3.0/mlflow/server-info",
+                    get(|| async { Json(serde_json::json!({"workspaces_enabled": true})) }),
+                )
+                .route(
+                    "/api/3.0/mlflow/workspaces",
+                    get(move || async move {
+                        let names: Vec<serde_json::Value> = (0..n)
+                            .map(|i| match i {
+                                0 => serde_json::json!({"name": "default"}),
+                                i => serde_json::json!({ "name": format!("ws-{i}") }),
+                            })
+                            .collect();
+                        Json(serde_json::json!({ "workspaces": names }))
+                    }),
+                ),
+        };
+        let app = app.with_state(data);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap().port());
         // The parent closes our stdin (or dies): stop.
@@ -721,11 +809,18 @@ fn main() {
     drop(server);
 
     let ok = |met: bool| if met { "met" } else { "MISSED" };
+    // Five searches per workspace, and the list of workspaces.
+    let max_requests = match workspaces_n() {
+        0 => 5,
+        n => 5 * n + 1,
+    };
     println!("| figure | value | target |");
     println!("|---|---|---|");
     println!(
-        "| synthetic MLflow (another process): {EXPERIMENTS} experiments, {RUNS} runs, {MODELS} models, {} versions, index generated | {generated_s:.1} s | – |",
-        MODELS * VERSIONS_PER_MODEL
+        "| synthetic MLflow (another process): {EXPERIMENTS} experiments, {} runs, {MODELS} models, {} versions, {} workspaces, index generated | {generated_s:.1} s | – |",
+        runs_n(),
+        MODELS * VERSIONS_PER_MODEL,
+        workspaces_n()
     );
     println!(
         "| full sync, Pipeline::cycle (read, detect, derive, publish), {} runs read, {} requests; snapshot holds {runs_held} runs, {models_held} models, {versions_held} versions | {full_s:.2} s (reading MLflow: {:.2} s) | ≤ 10 s ({}) |",
@@ -748,12 +843,17 @@ fn main() {
         ok(rss_full.max(rss_inc).max(rss_idle) * 1.048_576 <= 300.0)
     );
     println!(
-        "| incremental cycle, nothing changed: {} runs read (ended in the overlap, or running) | {} requests, {:.0} ms (reading MLflow: {:.0} ms) | ≤ 5 requests, ≤ 200 ms ({}) |",
+        "| incremental cycle, nothing changed: {} runs read (ended in the overlap, or running){} | {} requests, {:.0} ms (reading MLflow: {:.0} ms) | ≤ {} requests, ≤ 200 ms ({}) |",
         inc.runs_read,
+        match workspaces_n() {
+            0 => String::new(),
+            n => format!(", {n} workspaces"),
+        },
         inc.requests,
         inc_s * 1000.0,
         inc.seconds * 1000.0,
-        ok(inc.requests <= 5 && inc_s <= 0.2)
+        max_requests,
+        ok(inc.requests <= max_requests && inc_s <= 0.2)
     );
     println!(
         "| CPU during the incremental cycle: exporter / server | {:.3} s / {:.3} s | – |",
@@ -763,12 +863,12 @@ fn main() {
     println!("| peak resident memory (VmHWM) at the end | {peak:.0} MiB | – |");
     println!(
         "| live heap (counting allocator): after the full sync / after the incremental cycle / its peak during the full sync / held by the Pipeline (freed when dropped), of which the snapshot | {live_full:.0} / {live_inc:.0} / {peak_live_full:.0} / {held:.0} MiB, snapshot {snapshot_mib:.0} MiB ({:.0} bytes a run) | – |",
-        snapshot_mib * (1 << 20) as f64 / RUNS as f64
+        snapshot_mib * (1 << 20) as f64 / runs_n() as f64
     );
     println!(
         "| download floor: the same runs pages fetched, bytes only ({dl_pages} pages, {:.0} MiB, ~{:.0} bytes a run) | {dl_s:.2} s (server CPU {:.2} s) | – |",
         dl_bytes as f64 / (1 << 20) as f64,
-        dl_bytes as f64 / RUNS as f64,
+        dl_bytes as f64 / runs_n() as f64,
         sd1 - sd0
     );
 }

@@ -94,6 +94,15 @@ impl Pipeline {
                 return Err(e);
             }
         };
+        self.publisher
+            .set_workspaces(self.syncer.workspaces_enabled());
+        for w in self.syncer.workspaces() {
+            self.publisher.exporter.workspace_seen(w);
+        }
+        for (workspace, e) in &report.failed {
+            self.publisher.exporter.workspace_sync_failed(workspace, e);
+            tracing::warn!(workspace = %workspace, reason = e.reason(), error = %e, "sync of a workspace failed; it keeps its last good figures, the others go on");
+        }
         let phase = std::time::Instant::now();
         self.record_changes(now_ms).await;
         self.versions
@@ -139,6 +148,8 @@ impl Pipeline {
             mode = report.mode.as_str(),
             requests = report.requests,
             runs_read = report.runs_read,
+            workspaces = report.workspaces,
+            failed_workspaces = report.failed.len(),
             runs,
             seconds = report.seconds,
             "sync with MLflow done"

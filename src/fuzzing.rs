@@ -67,7 +67,9 @@ pub fn mlflow_webhook(data: &[u8]) {
 /// Alertmanager's webhook body, turned into incident events.
 pub fn alertmanager(data: &[u8]) {
     if let Ok(p) = serde_json::from_slice::<alertmanager::Payload>(data) {
-        let _ = alertmanager::events(&p, "model", "severity");
+        for workspaces in [false, true] {
+            let _ = alertmanager::events(&p, "model", "severity", workspaces);
+        }
     }
 }
 

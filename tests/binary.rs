@@ -96,7 +96,7 @@ fn serves_a_real_mlflow_and_survives_it_going_away() {
     assert!(
         s.get(
             "mlflow_exporter_sync_errors_total",
-            &[("reason", "connect")]
+            &[("reason", "connect"), ("workspace", "")]
         ) >= 1.0
     );
     assert_eq!(
@@ -155,7 +155,7 @@ fn not_ready_until_the_first_sync() {
             .map(|r| {
                 Scrape::parse(&r.text()).get(
                     "mlflow_exporter_sync_errors_total",
-                    &[("reason", "connect")],
+                    &[("reason", "connect"), ("workspace", "")],
                 ) >= 1.0
             })
             .unwrap_or(false)

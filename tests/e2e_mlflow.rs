@@ -18,6 +18,19 @@ type Series = std::collections::BTreeMap<std::collections::BTreeMap<String, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_metrics_after_a_full_and_an_incremental_sync() {
     let server = tokio::task::block_in_place(MlflowServer::start);
+    exact_metrics(server, true).await;
+}
+
+/// The last MLflow 2 has none of MLflow 3's endpoints: read as before, the same figures, no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_mlflow_2_gives_the_same_exact_metrics() {
+    let server = tokio::task::block_in_place(MlflowServer::start_mlflow2);
+    exact_metrics(server, false).await;
+}
+
+/// Every figure after the initial history and after the incremental one; `mlflow3` says whether
+/// the server has MLflow 3's `server-info`.
+async fn exact_metrics(server: MlflowServer, mlflow3: bool) {
     // T is whole seconds, so that every expected duration below is exact.
     let t = now_ms() / 1000 * 1000;
     tokio::task::block_in_place(|| server.seed(t, "initial"));
@@ -41,12 +54,15 @@ async fn exact_metrics_after_a_full_and_an_incremental_sync() {
     let s1 = t + MIN;
     let report = pipeline.cycle(s1).await.unwrap();
     assert_eq!(report.mode, Mode::Full);
-    // experiments, runs, registered models, model versions: one page each.
-    assert_eq!(report.requests, 4);
+    // The server's info (MLflow 3: no workspaces; MLflow 2 has none, a 404), then experiments,
+    // runs, registered models, model versions: one page each.
+    assert_eq!(report.requests, 4 + usize::from(mlflow3));
     assert_eq!(report.runs_read, 15);
     let s = scrape(&publisher);
 
     assert_eq!(s.get("mlflow_up", &[]), 1.0);
+    let errors = s.family("mlflow_exporter_sync_errors_total");
+    assert_eq!(errors.values().sum::<f64>(), 0.0, "{errors:?}");
     assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 15.0);
     assert_eq!(
         s.get(

@@ -997,13 +997,257 @@ async fn a_full_cycle_counts_every_experiments_page() {
     mount(&server, RUNS, json!({})).await;
     mount(&server, MODELS, json!({})).await;
     mount(&server, VERSIONS, json!({})).await;
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/server-info"))
+        .respond_with(ok(json!({"workspaces_enabled": false})))
+        .mount(&server)
+        .await;
     let s = settings(&server.uri());
     let mut syncer = Syncer::new(client(&s), &s);
     let report = syncer.full(NOW).await.unwrap();
     assert_eq!(syncer.snapshot().experiments.len(), 2);
     let sent = server.received_requests().await.unwrap().len();
-    // 2 experiments pages + 1 runs page + 1 models page + 1 versions page.
-    assert_eq!(sent, 5);
+    // The server's info + 2 experiments pages + 1 runs page + 1 models page + 1 versions page.
+    assert_eq!(sent, 6);
     // CycleReport.requests is documented as "HTTP requests that returned a page (retries not counted)".
     assert_eq!(report.requests, sent);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Workspaces (MLflow 3)
+
+#[tokio::test]
+async fn server_info_says_whether_workspaces_are_on_and_an_older_server_has_none() {
+    let server = MockServer::start().await;
+    let c = client(&settings(&server.uri()));
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/server-info"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"store_type": "SqlStore", "workspaces_enabled": true})),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    let info = c.server_info().await.unwrap().unwrap();
+    assert!(info.workspaces_enabled);
+    // MLflow 2 has no such endpoint: a 404, read as "no workspaces", not as a failure.
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/server-info"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("<html>Not Found</html>"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    assert_eq!(c.server_info().await.unwrap(), None);
+    // Anything else is an error of the cycle, with its reason.
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/server-info"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .set_body_json(json!({"error_code": "PERMISSION_DENIED", "message": "no"})),
+        )
+        .mount(&server)
+        .await;
+    assert_eq!(c.server_info().await.unwrap_err().reason(), "auth");
+}
+
+#[tokio::test]
+async fn a_workspace_client_names_its_workspace_on_every_request_and_lists_them() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/workspaces"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"workspaces": [
+                {"name": "default", "description": "Default workspace"},
+                {"name": "team-b"},
+            ]})),
+        )
+        .mount(&server)
+        .await;
+    mount(
+        &server,
+        EXPERIMENTS,
+        json!({"experiments": [experiment("1", "a")]}),
+    )
+    .await;
+    let base = client(&settings(&server.uri()));
+    assert_eq!(base.workspaces().await.unwrap(), ["default", "team-b"]);
+    assert_eq!(base.workspace(), None);
+    base.experiments().await.unwrap();
+    let team_b = base.in_workspace("team-b");
+    assert_eq!(team_b.workspace(), Some("team-b"));
+    team_b.experiments().await.unwrap();
+    let sent: Vec<Option<String>> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("x-mlflow-workspace")
+                .map(|v| v.to_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(sent, [None, None, Some("team-b".to_string())]);
+}
+
+/// A workspace-enabled MLflow that lists `workspaces`.
+async fn mount_workspaces(server: &MockServer, workspaces: &[&str]) {
+    let listed: Vec<Value> = workspaces.iter().map(|w| json!({ "name": w })).collect();
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/server-info"))
+        .respond_with(ok(json!({"workspaces_enabled": true})))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/workspaces"))
+        .respond_with(ok(json!({ "workspaces": listed })))
+        .mount(server)
+        .await;
+}
+
+/// Answers `endpoint` in workspace `ws` with `answer`.
+async fn mount_in(server: &MockServer, ws: &str, endpoint: &str, answer: ResponseTemplate) {
+    Mock::given(method(verb(endpoint)))
+        .and(path(api(endpoint)))
+        .and(wiremock::matchers::header("x-mlflow-workspace", ws))
+        .respond_with(answer)
+        .mount(server)
+        .await;
+}
+
+/// Workspace `ws` with experiment `id` (named `e` in every workspace) and the runs `runs` in it.
+async fn mount_part(server: &MockServer, ws: &str, id: &str, runs: &[u32]) {
+    let runs: Vec<Value> = runs.iter().map(|n| run(*n, id, "FINISHED")).collect();
+    mount_in(
+        server,
+        ws,
+        EXPERIMENTS,
+        ok(json!({"experiments": [experiment(id, "e")]})),
+    )
+    .await;
+    mount_in(server, ws, RUNS, ok(json!({ "runs": runs }))).await;
+    let model = json!({"registered_models": [{"name": "m", "aliases": [{"alias": "champion", "version": "1"}]}]});
+    mount_in(server, ws, MODELS, ok(model)).await;
+    let version = json!({"model_versions": [{"name": "m", "version": "1", "creation_timestamp": 5, "last_updated_timestamp": 5}]});
+    mount_in(server, ws, VERSIONS, ok(version)).await;
+}
+
+/// Names of the snapshot's experiments, models and versions, and its runs, sorted.
+fn parts(syncer: &Syncer) -> (Vec<String>, Vec<String>, Vec<String>, Vec<u128>) {
+    let snap = syncer.snapshot();
+    let s = &snap.strings;
+    let mut exps: Vec<String> = snap
+        .experiments
+        .values()
+        .map(|e| s.get(e.name).to_string())
+        .collect();
+    exps.sort();
+    let models: Vec<String> = snap.models.keys().map(|m| s.get(*m).to_string()).collect();
+    let mut versions: Vec<String> = snap
+        .versions
+        .keys()
+        .map(|(m, n)| format!("{}:{n}", s.get(*m)))
+        .collect();
+    versions.sort();
+    let mut runs: Vec<u128> = snap.runs.keys().collect();
+    runs.sort();
+    (exps, models, versions, runs)
+}
+
+#[tokio::test]
+async fn each_selected_workspace_is_read_and_one_that_fails_keeps_its_last_records() {
+    let server = MockServer::start().await;
+    mount_workspaces(&server, &["default", "team-b", "sandbox"]).await;
+    mount_part(&server, "default", "1", &[1]).await;
+    mount_part(&server, "team-b", "2", &[2]).await;
+    let mut s = settings(&server.uri());
+    s.mlflow.workspaces.exclude = vec!["sandbox".into()];
+    let mut syncer = Syncer::new(client(&s), &s);
+
+    let report = syncer.full(NOW).await.unwrap();
+    assert!(report.failed.is_empty());
+    assert_eq!(report.workspaces, 2);
+    // Server info and the list, then 4 searches in each workspace.
+    assert_eq!(report.requests, 2 + 2 * 4);
+    assert!(syncer.workspaces_enabled());
+    assert_eq!(syncer.workspaces(), ["default", "team-b"]);
+    let both = (
+        vec!["default/e".to_string(), "team-b/e".to_string()],
+        vec!["default/m".to_string(), "team-b/m".to_string()],
+        vec!["default/m:1".to_string(), "team-b/m:1".to_string()],
+        vec![run_key(&run_id(1)), run_key(&run_id(2))],
+    );
+    assert_eq!(parts(&syncer), both);
+    let snap = syncer.snapshot();
+    let team_b = snap.strings.lookup("team-b");
+    let m = snap.strings.lookup("team-b/m").unwrap();
+    assert_eq!(snap.models[&m].workspace, team_b);
+    // The excluded workspace is never asked.
+    let asked: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.headers.get("x-mlflow-workspace"))
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(!asked.contains(&"sandbox".to_string()), "{asked:?}");
+    assert_eq!(asked.len(), 8);
+
+    // team-b answers 503 from now on; default gains run 3.
+    server.reset().await;
+    mount_workspaces(&server, &["default", "team-b", "sandbox"]).await;
+    mount_part(&server, "default", "1", &[1, 3]).await;
+    mount_in(&server, "team-b", EXPERIMENTS, ResponseTemplate::new(503)).await;
+    let report = syncer.full(NOW + 60_000).await.unwrap();
+    let failed: Vec<(&str, &str)> = report
+        .failed
+        .iter()
+        .map(|(w, e)| (w.as_str(), e.reason()))
+        .collect();
+    assert_eq!(failed, [("team-b", "server_error")]);
+    let mut kept = both.clone();
+    kept.3 = vec![
+        run_key(&run_id(1)),
+        run_key(&run_id(2)),
+        run_key(&run_id(3)),
+    ];
+    assert_eq!(parts(&syncer), kept);
+    // Nothing of team-b is gone: its runs are not found removed.
+    assert!(syncer.take_gone().0.is_empty());
+    let report = syncer.incremental(NOW + 120_000).await.unwrap();
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(parts(&syncer), kept);
+
+    // A workspace created since is read whole at the next cycle, incremental or not; team-b is
+    // back, and one deleted from MLflow is gone at the next full cycle.
+    server.reset().await;
+    mount_workspaces(&server, &["default", "team-c"]).await;
+    mount_part(&server, "default", "1", &[1, 3]).await;
+    mount_part(&server, "team-c", "4", &[4]).await;
+    let report = syncer.incremental(NOW + 180_000).await.unwrap();
+    assert!(report.failed.is_empty());
+    assert_eq!(syncer.workspaces(), ["default", "team-c"]);
+    let (exps, _, _, runs) = parts(&syncer);
+    assert_eq!(exps, ["default/e", "team-b/e", "team-c/e"]);
+    assert_eq!(runs.len(), 4);
+    syncer.full(NOW + 240_000).await.unwrap();
+    let (exps, models, _, runs) = parts(&syncer);
+    assert_eq!(exps, ["default/e", "team-c/e"]);
+    assert_eq!(models, ["default/m", "team-c/m"]);
+    assert_eq!(
+        runs,
+        [
+            run_key(&run_id(1)),
+            run_key(&run_id(3)),
+            run_key(&run_id(4))
+        ]
+    );
+    let (gone, full) = syncer.take_gone();
+    assert!(full);
+    assert_eq!(
+        gone.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [run_key(&run_id(2))]
+    );
 }

@@ -85,8 +85,9 @@ fn no_secret_reaches_the_log_the_metrics_check_config_or_an_error() {
     wait_until(Duration::from_secs(30), "a failed sync counted", || {
         http_get(&exporter.addr, "/metrics", &auth).is_ok_and(|r| {
             r.status == 200
-                && r.text()
-                    .contains(r#"mlflow_exporter_sync_errors_total{reason="connect"} 1"#)
+                && r.text().contains(
+                    r#"mlflow_exporter_sync_errors_total{reason="connect",workspace=""} 1"#,
+                )
         })
     });
 

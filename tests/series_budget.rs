@@ -88,6 +88,7 @@ fn a_large_install_stays_within_the_series_budget_with_defaults() {
             name,
             deleted: false,
             team: None,
+            workspace: None,
         },
     );
     for i in 0..2_000u128 {

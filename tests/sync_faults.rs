@@ -171,7 +171,7 @@ async fn every_fault_leaves_the_figures_as_they_were_says_so_and_recovers() {
         assert_eq!(
             bad.get(
                 "mlflow_exporter_sync_errors_total",
-                &[("reason", fault.reason)]
+                &[("reason", fault.reason), ("workspace", "")]
             ),
             1.0,
             "{}",
@@ -227,7 +227,7 @@ async fn a_name_that_does_not_resolve_is_a_connect_failure_and_nothing_is_served
     assert_eq!(
         s.get(
             "mlflow_exporter_sync_errors_total",
-            &[("reason", "connect")]
+            &[("reason", "connect"), ("workspace", "")]
         ),
         1.0
     );

@@ -32,6 +32,7 @@ pub fn snapshot(runs: usize, experiments: usize) -> Snapshot {
             name: s.intern(&format!("project-{i}/training")),
             deleted: i % 50 == 49,
             team: Some(teams[i % teams.len()]),
+            workspace: None,
         };
         snap.experiments.insert(id, rec);
         exp_ids.push(id);

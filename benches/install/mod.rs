@@ -55,6 +55,7 @@ pub fn install(runs: usize) -> Snapshot {
                 )),
                 deleted: e % 50 == 49,
                 team: Some(teams[e % TEAMS]),
+                workspace: None,
             };
             snap.experiments.insert(id, rec);
             id
@@ -124,6 +125,7 @@ pub fn install(runs: usize) -> Snapshot {
         let mut rec = ModelRecord {
             aliases: vec![(aliases[0], rng.u32(1..=VERSIONS))],
             team: Some(teams[m % TEAMS]),
+            workspace: None,
         };
         if rng.bool() {
             rec.aliases.push((aliases[1], VERSIONS));

@@ -240,6 +240,25 @@ pub struct MlflowSettings {
     /// once, and new connections spread over the workers. Turn on when MLflow is far away behind
     /// TLS, where a handshake per request costs more than that.
     pub keep_alive: bool,
+    /// Which workspaces of a workspace-enabled MLflow 3 (`mlflow server --enable-workspaces`) are
+    /// read: all by default. Ignored by a server without workspaces.
+    pub workspaces: WorkspaceSelection,
+}
+
+/// `mlflow.workspaces`: an include list (empty: every workspace) and an exclude list, by name.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkspaceSelection {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl WorkspaceSelection {
+    /// True when the workspace `name` is read.
+    pub fn selects(&self, name: &str) -> bool {
+        let listed = |l: &[String]| l.iter().any(|w| w == name);
+        (self.include.is_empty() || listed(&self.include)) && !listed(&self.exclude)
+    }
 }
 
 impl MlflowSettings {
@@ -291,6 +310,7 @@ impl Default for MlflowSettings {
             registry_interval: Duration::ZERO,
             running_interval: Duration::ZERO,
             keep_alive: false,
+            workspaces: WorkspaceSelection::default(),
         }
     }
 }
@@ -740,6 +760,21 @@ impl Settings {
                 return bad("mlflow.tracking_uri", format!("not a URL: {e}"))
             }
             Err(e) => return bad("mlflow.tracking_uri", format!("{uri:?} is not a URL: {e}")),
+        }
+        let ws = &self.mlflow.workspaces;
+        for (key, list) in [
+            ("mlflow.workspaces.include", &ws.include),
+            ("mlflow.workspaces.exclude", &ws.exclude),
+        ] {
+            if list.iter().any(|w| w.trim().is_empty()) {
+                return bad(key, "holds an empty name; list workspaces by name".into());
+            }
+        }
+        if let Some(w) = ws.include.iter().find(|w| ws.exclude.contains(w)) {
+            return bad(
+                "mlflow.workspaces",
+                format!("{w:?} is both included and excluded; keep it in one list"),
+            );
         }
         if self.mlflow.password.is_some() && self.mlflow.username.is_none() {
             return bad(
@@ -1381,5 +1416,60 @@ mod probe_tests {
             "probes:\n  mlflow_health: false\n  targets:\n  - {name: mlflow, url: 'http://x/'}\n"
         )
         .is_ok());
+    }
+}
+
+#[cfg(test)]
+mod workspace_tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Settings, ConfigError> {
+        let e: HashMap<String, String> = [(
+            "MLFLOW_TRACKING_URI".to_string(),
+            "http://mlflow:5000".to_string(),
+        )]
+        .into();
+        Settings::from_yaml(yaml, &e, &FlagOverrides::default())
+    }
+
+    #[test]
+    fn every_workspace_is_read_unless_a_list_says_otherwise() {
+        let all = load("").unwrap().mlflow.workspaces;
+        assert!(all.selects("default") && all.selects("team-b"));
+        let s = load("mlflow:\n  workspaces:\n    include: [team-a, team-b]\n").unwrap();
+        let w = s.mlflow.workspaces;
+        assert_eq!(
+            (
+                w.selects("team-a"),
+                w.selects("team-b"),
+                w.selects("default")
+            ),
+            (true, true, false)
+        );
+        let s = load("mlflow:\n  workspaces:\n    exclude: [sandbox]\n").unwrap();
+        let w = s.mlflow.workspaces;
+        assert_eq!((w.selects("sandbox"), w.selects("default")), (false, true));
+    }
+
+    #[test]
+    fn a_workspace_in_both_lists_or_an_empty_name_is_refused() {
+        let err = load("mlflow:\n  workspaces:\n    include: [a]\n    exclude: [a]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mlflow.workspaces: \"a\" is both included and excluded"),
+            "{err}"
+        );
+        let err = load("mlflow:\n  workspaces:\n    exclude: [\"\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mlflow.workspaces.exclude: holds an empty name"),
+            "{err}"
+        );
+        let err = load("mlflow:\n  workspaces:\n    only: [a]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only"), "{err}");
     }
 }

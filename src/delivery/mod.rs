@@ -94,6 +94,19 @@ impl Source {
     }
 }
 
+/// How the history names a model: by its name, or on a workspace-enabled MLflow by
+/// `workspace/name` (names are unique only inside a workspace; the snapshot names them so too),
+/// `default` when a source names no workspace.
+pub fn model_key(workspaces: bool, workspace: Option<&str>, name: &str) -> String {
+    match workspaces {
+        true => {
+            let ws = workspace.filter(|w| !w.is_empty()).unwrap_or("default");
+            format!("{ws}/{name}")
+        }
+        false => name.to_string(),
+    }
+}
+
 /// One change of what a model's alias (or `Production` stage) serves.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Event {

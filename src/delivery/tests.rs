@@ -33,6 +33,7 @@ fn registry(n: u32, aliases: &[(&str, u32)], production: &[u32]) -> Snapshot {
         ModelRecord {
             aliases,
             team: None,
+            workspace: None,
         },
     );
     for i in 1..=n {
@@ -426,4 +427,13 @@ fn a_change_seen_by_the_webhook_and_by_polling_counts_once() {
         T0 + 11 * H,
     );
     assert_eq!(polled[0].dedup_key, hook.dedup_key);
+}
+
+#[test]
+fn a_pushed_model_is_named_as_the_snapshot_names_it() {
+    use crate::delivery::model_key;
+    assert_eq!(model_key(false, Some("team-b"), "churn"), "churn");
+    assert_eq!(model_key(true, Some("team-b"), "churn"), "team-b/churn");
+    assert_eq!(model_key(true, None, "churn"), "default/churn");
+    assert_eq!(model_key(true, Some(""), "a/b"), "default/a/b");
 }

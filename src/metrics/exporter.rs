@@ -58,12 +58,12 @@ impl ExporterMetrics {
         let sync_errors = IntCounterVec::new(
             Opts::new(
                 "mlflow_exporter_sync_errors_total",
-                "Sync cycles that failed, by reason",
+                "Sync cycles that failed, by reason; with a workspace, that workspace's part of the cycle (the cycle as a whole when empty)",
             ),
-            &["reason"],
+            &["reason", "workspace"],
         )?;
         for reason in MlflowError::REASONS {
-            sync_errors.with_label_values(&[reason]).inc_by(0);
+            sync_errors.with_label_values(&[reason, ""]).inc_by(0);
         }
         let api_latency = HistogramVec::new(
             HistogramOpts::new(
@@ -162,6 +162,24 @@ impl ExporterMetrics {
 
     pub fn sync_failed(&self, err: &MlflowError) {
         self.up.set(0);
-        self.sync_errors.with_label_values(&[err.reason()]).inc();
+        self.sync_errors
+            .with_label_values(&[err.reason(), ""])
+            .inc();
+    }
+
+    /// A workspace's part of a cycle failed; the others went on, so `mlflow_up` stays as it is.
+    pub fn workspace_sync_failed(&self, workspace: &str, err: &MlflowError) {
+        self.sync_errors
+            .with_label_values(&[err.reason(), workspace])
+            .inc();
+    }
+
+    /// Every reason of `workspace`'s errors at 0, so that its first failure is an increase.
+    pub fn workspace_seen(&self, workspace: &str) {
+        for reason in MlflowError::REASONS {
+            self.sync_errors
+                .with_label_values(&[reason, workspace])
+                .inc_by(0);
+        }
     }
 }

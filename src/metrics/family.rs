@@ -95,6 +95,14 @@ impl Family {
         Family::start(spec, &format!("{}{}", spec.help, AS_OF_SYNC), extra)
     }
 
+    /// A family of a workspace-enabled MLflow whose series are per workspace: a `workspace` label
+    /// comes first.
+    pub fn per_workspace(spec: &Spec) -> Family {
+        let mut f = Family::new(spec);
+        f.labels.insert(0, "workspace".to_string());
+        f
+    }
+
     /// A family measured live rather than read from MLflow (probes): its help has no sync note.
     pub fn live(spec: &Spec) -> Family {
         Family::start(spec, spec.help, &[])
@@ -250,6 +258,11 @@ impl TextFamily {
     /// Sample lines: the series as Prometheus counts them (each bucket, sum and count one).
     pub fn lines(&self) -> usize {
         self.lines
+    }
+
+    /// The same family with its text rewritten (the same samples, relabelled).
+    pub fn with_text(self, text: Vec<u8>) -> TextFamily {
+        TextFamily { text, ..self }
     }
 
     /// The exposition text, header lines included.

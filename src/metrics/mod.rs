@@ -19,6 +19,7 @@ pub mod probes;
 pub mod publish;
 pub mod quality;
 pub mod runs;
+pub mod workspace;
 
 use std::time::Duration;
 

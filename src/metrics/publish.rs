@@ -276,6 +276,8 @@ pub struct Publisher {
     history: Mutex<Option<Vec<TextFamily>>>,
     /// [`Delivery::events`] of the history last handed to [`Publisher::set_history`].
     history_events: std::sync::atomic::AtomicU64,
+    /// MLflow has workspaces: `workspace/name` values become a `workspace` label as published.
+    workspaces: std::sync::atomic::AtomicBool,
     /// The encoded families of the delivery history.
     history_encoded: Mutex<Arc<Derived>>,
     derivation: Derivation,
@@ -314,6 +316,7 @@ impl Publisher {
             registry,
             history: Mutex::default(),
             history_events: std::sync::atomic::AtomicU64::new(u64::MAX),
+            workspaces: std::sync::atomic::AtomicBool::new(false),
             history_encoded: Mutex::default(),
             derivation,
             exporter,
@@ -365,9 +368,42 @@ impl Publisher {
         self.publish_families(&families, delivery);
     }
 
+    /// Says whether MLflow has workspaces (see [`super::workspace`]), from the next publish on.
+    pub fn set_workspaces(&self, enabled: bool) {
+        let was = self
+            .workspaces
+            .swap(enabled, std::sync::atomic::Ordering::AcqRel);
+        if was != enabled {
+            // The history's families are published under the new labels too.
+            self.history_events
+                .store(u64::MAX, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Whether MLflow has workspaces, as of the last sync: models pushed by webhooks are then
+    /// named `workspace/name`, as the snapshot names them.
+    pub fn workspaces_enabled(&self) -> bool {
+        self.workspaces.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn in_workspaces(&self, families: Vec<TextFamily>) -> Vec<TextFamily> {
+        match self.workspaces.load(std::sync::atomic::Ordering::Acquire) {
+            true => families.into_iter().map(super::workspace::split).collect(),
+            false => families,
+        }
+    }
+
     /// Publishes families derived from a snapshot and its tally (and the history, if it changed).
     pub fn publish_families(&self, families: &[TextFamily], delivery: &Delivery) {
         *lock(&self.derived_lines) = lines_by_family(families);
+        let split;
+        let families = match self.workspaces.load(std::sync::atomic::Ordering::Acquire) {
+            true => {
+                split = self.in_workspaces(families.to_vec());
+                &split[..]
+            }
+            false => families,
+        };
         // The lock is not held while compressing: a scrape re-encoding the rest reads it.
         let previous = lock(&self.derived).clone();
         let chunks = compress_chunks(&texts(families), &previous.chunks);
@@ -425,6 +461,7 @@ impl Publisher {
         let fold = lock(&self.model_fold).clone();
         let families = super::delivery::history_families(delivery, &self.derivation, &fold);
         *lock(&self.history_lines) = lines_by_family(&families);
+        let families = self.in_workspaces(families);
         *lock(&self.history) = Some(families);
         self.history_events
             .store(delivery.events, std::sync::atomic::Ordering::Release);

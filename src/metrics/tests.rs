@@ -29,6 +29,7 @@ impl Build {
             name: s.intern(name),
             deleted,
             team: team.map(|t| s.intern(t)),
+            workspace: None,
         };
         let id = s.intern(id);
         self.snap.experiments.insert(id, rec);
@@ -306,6 +307,7 @@ fn the_cardinality_cap_folds_the_least_used_values() {
             ModelRecord {
                 aliases: vec![(champ, 1)],
                 team: None,
+                workspace: None,
             },
         );
         for v in 1..=versions {

@@ -178,16 +178,33 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Version and run times of a version, from the last sync; one created since is read from MLflow
 /// (within [`FETCH_TIMEOUT`]; if MLflow cannot say, the deployment is recorded without them).
-async fn times_of(ingest: &Ingest, model: &str, version: u32) -> VersionTimes {
-    if let Some(t) = ingest.versions.load().get(&(model.to_string(), version)) {
+/// `key` is the history's name of the model ([`crate::delivery::model_key`]), `name` MLflow's
+/// in `workspace`.
+async fn times_of(
+    ingest: &Ingest,
+    key: &str,
+    workspace: Option<&str>,
+    name: &str,
+    version: u32,
+) -> VersionTimes {
+    if let Some(t) = ingest.versions.load().get(&(key.to_string(), version)) {
         return t.clone();
     }
     let Some(client) = &ingest.mlflow else {
         return VersionTimes::default();
     };
+    let in_workspace;
+    let client = match ingest.publisher.workspaces_enabled() {
+        true => {
+            in_workspace = client.in_workspace(workspace.unwrap_or("default"));
+            &in_workspace
+        }
+        false => &**client,
+    };
+    let model = key;
     match tokio::time::timeout(
         FETCH_TIMEOUT,
-        fetch_times(client, &ingest.team_tag, model, version),
+        fetch_times(client, &ingest.team_tag, name, version),
     )
     .await
     {
@@ -377,6 +394,9 @@ async fn mlflow_webhook(
         )
             .into_response();
     };
+    let workspace = payload.workspace.as_deref().or(a.workspace.as_deref());
+    let workspaces = ingest.publisher.workspaces_enabled();
+    let model = crate::delivery::model_key(workspaces, workspace, &a.name);
     let resp = if payload.action == "created" {
         let Some(version) = a.version.as_deref().and_then(|v| v.parse::<u32>().ok()) else {
             return refuse(
@@ -386,12 +406,12 @@ async fn mlflow_webhook(
                 "alias event without a numeric version".into(),
             );
         };
-        let times = times_of(&ingest, &a.name, version).await;
+        let times = times_of(&ingest, &model, workspace, &a.name, version).await;
         commit_change(&ingest, source, now, |d| {
             d.change(
                 Kind::Deployment,
                 source,
-                &a.name,
+                &model,
                 &a.alias,
                 version,
                 at,
@@ -401,7 +421,7 @@ async fn mlflow_webhook(
         .await
     } else {
         commit_change(&ingest, source, now, |d| {
-            d.deletion(source, &a.name, &a.alias, at)
+            d.deletion(source, &model, &a.alias, at)
         })
         .await
     };
@@ -449,11 +469,12 @@ async fn alertmanager_webhook(
         }
     };
     let s = &ingest.settings;
-    let (events, ignored) = match alertmanager::events(&payload, &s.model_label, &s.severity_label)
-    {
-        Ok(x) => x,
-        Err(e) => return refuse(&ingest, source, StatusCode::BAD_REQUEST, e),
-    };
+    let workspaces = ingest.publisher.workspaces_enabled();
+    let (events, ignored) =
+        match alertmanager::events(&payload, &s.model_label, &s.severity_label, workspaces) {
+            Ok(x) => x,
+            Err(e) => return refuse(&ingest, source, StatusCode::BAD_REQUEST, e),
+        };
     let now = chrono::Utc::now().timestamp_millis();
     commit(
         &ingest,
@@ -499,23 +520,21 @@ async fn api_event(
         Err(e) => return refuse(&ingest, source, StatusCode::BAD_REQUEST, e),
     };
     let severity = event.severity.clone().unwrap_or_default();
+    let workspace = event.workspace.as_deref();
+    let model = crate::delivery::model_key(
+        ingest.publisher.workspaces_enabled(),
+        workspace,
+        &event.model,
+    );
     match event.kind {
         ApiKind::Deployment => {
             let (alias, version) = (
                 event.alias.clone().unwrap_or_default(),
                 event.version.unwrap_or(0),
             );
-            let times = times_of(&ingest, &event.model, version).await;
+            let times = times_of(&ingest, &model, workspace, &event.model, version).await;
             commit_change(&ingest, source, now, |d| {
-                d.change(
-                    Kind::Deployment,
-                    source,
-                    &event.model,
-                    &alias,
-                    version,
-                    at,
-                    times,
-                )
+                d.change(Kind::Deployment, source, &model, &alias, version, at, times)
             })
             .await
         }
@@ -525,7 +544,7 @@ async fn api_event(
             } else {
                 Kind::IncidentResolved
             };
-            let e = Event::incident(kind, source, &event.id, &event.model, &severity, at);
+            let e = Event::incident(kind, source, &event.id, &model, &severity, at);
             commit(&ingest, source, now, |_| vec![e], json!({})).await
         }
     }

@@ -29,10 +29,13 @@ pub struct Alert {
 }
 
 /// Events of a payload, and how many alerts carried no model label (not attributable, so ignored).
+/// With `workspaces` (a workspace-enabled MLflow), an alert's `workspace` label (`default` when
+/// absent) names the model's workspace, as this exporter's own series label it.
 pub fn events(
     payload: &Payload,
     model_label: &str,
     severity_label: &str,
+    workspaces: bool,
 ) -> Result<(Vec<Event>, usize), String> {
     if payload.version != "4" {
         return Err(format!(
@@ -46,6 +49,15 @@ pub fn events(
         let Some(model) = a.labels.get(model_label).filter(|m| !m.is_empty()) else {
             ignored += 1;
             continue;
+        };
+        let scoped;
+        let model = match workspaces {
+            true => {
+                let ws = a.labels.get("workspace").map(String::as_str);
+                scoped = crate::delivery::model_key(true, ws, model);
+                &scoped
+            }
+            false => model,
         };
         let severity = a.labels.get(severity_label).map_or("", String::as_str);
         let started = parse_time(&a.starts_at)
@@ -119,7 +131,7 @@ mod tests {
         let firing = payload(serde_json::json!([{
             "status": "firing", "labels": {"alertname": "HighLatency", "model": "churn", "severity": "page"},
             "startsAt": "2026-11-22T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "abc"}]));
-        let (e, ignored) = events(&firing, "model", "severity").unwrap();
+        let (e, ignored) = events(&firing, "model", "severity", false).unwrap();
         assert_eq!(ignored, 0);
         assert_eq!(e.len(), 1);
         assert_eq!(
@@ -130,7 +142,7 @@ mod tests {
         let resolved = payload(serde_json::json!([{
             "status": "resolved", "labels": {"model": "churn", "severity": "page"},
             "startsAt": "2026-11-22T10:00:00Z", "endsAt": "2026-11-22T10:30:00.5Z", "fingerprint": "abc"}]));
-        let (r, _) = events(&resolved, "model", "severity").unwrap();
+        let (r, _) = events(&resolved, "model", "severity", false).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(
             r[0].dedup_key, e[0].dedup_key,
@@ -148,16 +160,16 @@ mod tests {
         let p = payload(
             serde_json::json!([{"status": "firing", "labels": {"alertname": "X"}, "startsAt": "2026-11-22T10:00:00Z"}]),
         );
-        assert_eq!(events(&p, "model", "severity").unwrap(), (vec![], 1));
+        assert_eq!(events(&p, "model", "severity", false).unwrap(), (vec![], 1));
         let mut v3 = payload(serde_json::json!([]));
         v3.version = "3".into();
-        assert!(events(&v3, "model", "severity")
+        assert!(events(&v3, "model", "severity", false)
             .unwrap_err()
             .contains("version"));
         let bad = payload(
             serde_json::json!([{"status": "firing", "labels": {"model": "m"}, "startsAt": "yesterday"}]),
         );
-        assert!(events(&bad, "model", "severity")
+        assert!(events(&bad, "model", "severity", false)
             .unwrap_err()
             .contains("alerts[0].startsAt"));
     }

@@ -26,6 +26,9 @@ pub struct ApiEvent {
     #[serde(rename = "type")]
     pub kind: ApiKind,
     pub model: String,
+    /// The model's workspace, on a workspace-enabled MLflow 3 (`default` when absent).
+    #[serde(default)]
+    pub workspace: Option<String>,
     #[serde(default)]
     pub alias: Option<String>,
     #[serde(default)]

@@ -18,6 +18,9 @@ pub struct Payload {
     pub timestamp: String,
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The workspace of the change, on a workspace-enabled MLflow 3.
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 /// The delivery headers, as sent.
@@ -34,6 +37,9 @@ pub struct AliasData {
     pub alias: String,
     #[serde(default)]
     pub version: Option<String>,
+    /// Where a server puts the workspace in the data rather than beside it.
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 /// Verifies a delivery's signature and age; returns its timestamp in ms. The message says what is

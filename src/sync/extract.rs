@@ -251,6 +251,7 @@ impl Extractor {
                 name: strings.intern(&e.name),
                 deleted: e.lifecycle_stage == "deleted",
                 team,
+                workspace: None,
             },
         )
     }
@@ -304,7 +305,14 @@ impl Extractor {
             .filter_map(|a| Some((strings.intern(&a.alias), a.version.parse().ok()?)))
             .collect();
         let team = tag(&m.tags, &self.team_tag).map(|t| strings.intern(t));
-        (strings.intern(&m.name), ModelRecord { aliases, team })
+        (
+            strings.intern(&m.name),
+            ModelRecord {
+                aliases,
+                team,
+                workspace: None,
+            },
+        )
     }
 
     /// `None` for a version whose number is not an integer (MLflow always numbers them).

@@ -3,6 +3,8 @@
 //! fetch only runs that ended or are still running, new model versions and the experiments, and the
 //! registered models every `registry_interval`.
 //! A cycle reads everything before it changes anything, so a failed cycle leaves the snapshot as it was.
+//! On a workspace-enabled MLflow 3 each workspace is a part of the cycle of its own (a [`Scope`]):
+//! one that fails keeps its last good records while the others move on.
 
 pub mod extract;
 pub mod snapshot;
@@ -11,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::Settings;
+use crate::config::{Settings, WorkspaceSelection};
 use crate::error::MlflowError;
 use crate::source::mlflow::client::RunsQuery;
 use crate::source::mlflow::model::{Experiment, ModelVersion, RegisteredModel};
@@ -40,17 +42,39 @@ impl Mode {
 }
 
 /// What one successful cycle did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CycleReport {
     pub mode: Mode,
     /// HTTP requests that returned a page (retries not counted).
     pub requests: usize,
     pub runs_read: usize,
     pub seconds: f64,
+    /// The workspaces read (0 on a server without workspaces).
+    pub workspaces: usize,
+    /// Workspaces whose part of the cycle failed: they keep their last good records.
+    pub failed: Vec<(String, MlflowError)>,
+}
+
+/// One part of a cycle: a workspace of a workspace-enabled MLflow, or the whole server.
+struct Scope {
+    /// The workspace's name, on a server with workspaces.
+    workspace: Option<String>,
+    /// Names the workspace on each request.
+    client: MlflowClient,
+    /// The experiments as MLflow spells their ids, at this scope's last successful read; `None`
+    /// until then (a workspace first seen gets a read of its whole part).
+    experiment_ids: Option<Vec<String>>,
 }
 
 pub struct Syncer {
+    /// Names no workspace; each scope has its own.
     client: MlflowClient,
+    selection: WorkspaceSelection,
+    /// The server said so at the last full cycle (`GET /api/3.0/mlflow/server-info`).
+    workspaces_enabled: bool,
+    /// The server answered the last full cycle's server-info (an MLflow 2.x does not).
+    has_server_info: Option<bool>,
+    scopes: Vec<Scope>,
     /// Shared with the threads that decode pages.
     extractor: Arc<Extractor>,
     full_every_ms: i64,
@@ -65,8 +89,6 @@ pub struct Syncer {
     last_models_ms: Option<i64>,
     /// `now` of the last cycle that searched every running run.
     last_running_ms: Option<i64>,
-    /// The experiments as MLflow spells their ids, at the last successful cycle.
-    experiment_ids: Vec<String>,
     /// Runs the last full read no longer found (removed for good, e.g. by `mlflow gc`), with their
     /// last records, until the tally takes them.
     gone: Vec<(RunKey, RunRecord)>,
@@ -78,6 +100,10 @@ impl Syncer {
     pub fn new(client: MlflowClient, settings: &Settings) -> Syncer {
         Syncer {
             client,
+            selection: settings.mlflow.workspaces.clone(),
+            workspaces_enabled: false,
+            has_server_info: None,
+            scopes: Vec::new(),
             extractor: Arc::new(Extractor::new(settings)),
             full_every_ms: settings.mlflow.full_resync_interval.as_millis() as i64,
             overlap_ms: settings.mlflow.sync_overlap.as_millis() as i64,
@@ -88,7 +114,6 @@ impl Syncer {
             last_full_ms: None,
             last_models_ms: None,
             last_running_ms: None,
-            experiment_ids: Vec::new(),
             gone: Vec::new(),
             full_uncounted: false,
         }
@@ -120,6 +145,73 @@ impl Syncer {
         (std::mem::take(&mut self.gone), full)
     }
 
+    /// True when the server has workspaces (as of the last full cycle).
+    pub fn workspaces_enabled(&self) -> bool {
+        self.workspaces_enabled
+    }
+
+    /// The workspaces the last cycle read, by name (none on a server without workspaces).
+    pub fn workspaces(&self) -> Vec<&str> {
+        self.scopes
+            .iter()
+            .filter_map(|s| s.workspace.as_deref())
+            .collect()
+    }
+
+    /// Asks the server what it supports (at a full cycle) and which workspaces it has (every
+    /// cycle, when it has them), and sets the scopes of this cycle: the workspaces
+    /// `mlflow.workspaces` selects, or the whole server. Returns the requests made.
+    async fn refresh_scopes(&mut self, full: bool) -> Result<usize, MlflowError> {
+        let mut requests = 0;
+        if full || self.has_server_info.is_none() {
+            let info = self.client.server_info().await?;
+            // An older server's 404 returned no page.
+            requests += usize::from(info.is_some());
+            let enabled = info.as_ref().is_some_and(|i| i.workspaces_enabled);
+            if self.has_server_info != Some(info.is_some()) && info.is_none() {
+                tracing::info!(
+                    "MLflow has no /api/3.0/mlflow/server-info (an MLflow before 3): reading it without workspaces"
+                );
+            }
+            if enabled != self.workspaces_enabled || self.has_server_info.is_none() {
+                tracing::info!(
+                    workspaces_enabled = enabled,
+                    "MLflow's workspaces: each is read with the X-MLFLOW-WORKSPACE header when enabled"
+                );
+            }
+            self.has_server_info = Some(info.is_some());
+            self.workspaces_enabled = enabled;
+        }
+        if !self.workspaces_enabled {
+            if self.scopes.len() != 1 || self.scopes[0].workspace.is_some() {
+                self.scopes = vec![Scope {
+                    workspace: None,
+                    client: self.client.clone(),
+                    experiment_ids: None,
+                }];
+            }
+            return Ok(requests);
+        }
+        let listed = self.client.workspaces().await?;
+        requests += 1;
+        let mut old = std::mem::take(&mut self.scopes);
+        for name in listed.into_iter().filter(|n| self.selection.selects(n)) {
+            let scope = match old
+                .iter()
+                .position(|s| s.workspace.as_deref() == Some(&name))
+            {
+                Some(i) => old.swap_remove(i),
+                None => Scope {
+                    client: self.client.in_workspace(&name),
+                    workspace: Some(name),
+                    experiment_ids: None,
+                },
+            };
+            self.scopes.push(scope);
+        }
+        Ok(requests)
+    }
+
     /// True once a cycle has succeeded.
     pub fn has_synced(&self) -> bool {
         self.cursor_ms.is_some()
@@ -134,36 +226,46 @@ impl Syncer {
         }
     }
 
-    /// Reads everything and replaces the snapshot.
+    /// Reads everything and replaces the snapshot. A workspace whose part fails keeps its last
+    /// good records; on a server without workspaces the cycle fails as a whole.
     pub async fn full(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
         let started = Instant::now();
+        let mut requests = self.refresh_scopes(true).await?;
         let mut next = Snapshot::default();
-        let ex = &self.extractor;
-        let (experiments, mut requests) = self.client.experiments().await?;
-        let (records, ids) = experiment_records(ex, &mut next.strings, &experiments);
-        next.experiments = records;
-        let (n, runs_read) = read_runs(
-            &self.client,
-            &self.extractor,
-            &ids,
-            RunsQuery::All,
-            &mut next.strings,
-            &mut next.runs,
-        )
-        .await?;
-        requests += n;
-        let (models, n) = self.client.registered_models().await?;
-        requests += n;
-        let (versions, n) = self.client.model_versions(None).await?;
-        requests += n;
-        next.models = model_records(ex, &mut next.strings, &models);
-        next.versions = version_records(ex, &mut next.strings, &versions);
+        let mut runs_read = 0;
+        let mut failed = Vec::new();
+        for i in 0..self.scopes.len() {
+            let scope = &self.scopes[i];
+            let workspace = scope.workspace.clone();
+            let mut read_here = HashSet::new();
+            let result = read_part(
+                &scope.client,
+                &self.extractor,
+                workspace.as_deref(),
+                &mut next,
+                &mut read_here,
+            )
+            .await;
+            match (result, workspace) {
+                (Ok(part), _) => {
+                    requests += part.requests;
+                    runs_read += part.runs_read;
+                    self.scopes[i].experiment_ids = Some(part.ids);
+                }
+                (Err(e), Some(w)) => {
+                    // What was read of it goes; what it had at the last good cycle stays.
+                    next.runs.retain(|_, r| !read_here.contains(&r.experiment));
+                    carry_workspace(&self.snapshot, &w, &mut next);
+                    failed.push((w, e));
+                }
+                (Err(e), None) => return Err(e),
+            }
+        }
         next.runs.shrink_to_fit();
         let gone = next.runs.carry_from(&self.snapshot.runs);
         self.gone.extend(gone);
         self.full_uncounted = true;
         self.snapshot = next;
-        self.experiment_ids = ids;
         self.cursor_ms = Some(now_ms);
         self.last_full_ms = Some(now_ms);
         self.last_models_ms = Some(now_ms);
@@ -173,16 +275,20 @@ impl Syncer {
             requests,
             runs_read,
             seconds: started.elapsed().as_secs_f64(),
+            workspaces: self.workspaces().len(),
+            failed,
         })
     }
 
-    /// Reads what can have changed since the cursor and applies it. Falls back to a full cycle when no
-    /// cycle has succeeded yet.
+    /// Reads what can have changed since the cursor and applies it, one scope at a time (each is
+    /// read whole before it changes anything). Falls back to a full cycle when no cycle has
+    /// succeeded yet; a workspace first seen gets a read of its whole part.
     pub async fn incremental(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
         let Some(cursor) = self.cursor_ms else {
             return self.full(now_ms).await;
         };
         let started = Instant::now();
+        let mut requests = self.refresh_scopes(false).await?;
         let since = cursor.saturating_sub(self.overlap_ms);
         let models_due = self
             .last_models_ms
@@ -190,99 +296,32 @@ impl Syncer {
         let running_due = self
             .last_running_ms
             .is_none_or(|last| now_ms - last >= self.running_every_ms);
-
-        // Runs that ended since the cursor, and every run still running: together with the periodic
-        // full read this sees each run's start and end (MLflow has no last-update time for runs).
-        // Between searches of the running runs (`mlflow.running_interval`), runs started since the
-        // cursor instead: new runs are seen as soon, for less of MLflow's time.
-        // The requests go out together, `mlflow.concurrency` at a time (MLflow answers each runs
-        // search by scanning its runs table; one after another they were most of the cycle), the
-        // runs searches over the experiments known at the last cycle.
-        let ended = format!("attributes.end_time >= {since}");
-        let new_since = format!("attributes.start_time >= {since}");
-        let current = if running_due { RUNNING } else { &new_since };
-        let filters = [ended.as_str(), current];
-        let gate = tokio::sync::Semaphore::new(self.client.concurrency());
-        let search = |filter| {
-            let known = &self.experiment_ids;
-            gated(
-                &gate,
-                fetch_runs(&self.client, &self.extractor, known, filter),
-            )
+        let due = Due {
+            since,
+            models: models_due,
+            running: running_due,
         };
-        let (running, ended_runs, experiments, versions, models) = tokio::try_join!(
-            search(filters[1]),
-            search(filters[0]),
-            gated(&gate, self.client.experiments()),
-            gated(&gate, self.client.model_versions(Some(since))),
-            gated(&gate, async {
-                match models_due {
-                    true => self.client.registered_models().await.map(Some),
-                    false => Ok(None),
-                }
-            }),
-        )?;
-        let (experiments, mut requests) = experiments;
-        let snap = &mut self.snapshot;
-        let ex = &self.extractor;
-        let mut changed: Vec<(RunKey, RunRecord)> = Vec::new();
         let mut runs_read = 0;
-        for (n, pages) in [running, ended_runs] {
-            requests += n;
-            runs_read += merge(pages, &mut snap.strings, &mut changed);
-        }
-        let (experiment_records, ids) = experiment_records(ex, &mut snap.strings, &experiments);
-        // Experiments created since the last cycle: the same two searches over them alone.
-        let known: HashSet<&String> = self.experiment_ids.iter().collect();
-        let new_ids: Vec<String> = ids
-            .iter()
-            .filter(|id| !known.contains(id))
-            .cloned()
-            .collect();
-        if !new_ids.is_empty() {
-            for filter in filters {
-                let (n, pages) = fetch_runs(&self.client, ex, &new_ids, filter).await?;
-                requests += n;
-                runs_read += merge(pages, &mut snap.strings, &mut changed);
+        let mut failed = Vec::new();
+        for i in 0..self.scopes.len() {
+            let result = match self.scopes[i].experiment_ids.take() {
+                Some(ids) => {
+                    let r = self.changes(&self.scopes[i], &ids, &due).await;
+                    self.scopes[i].experiment_ids = Some(ids);
+                    r.map(|c| self.apply(i, c))
+                }
+                None => self.first_read(i).await,
+            };
+            match (result, self.scopes[i].workspace.clone()) {
+                (Ok((n, read)), _) => {
+                    requests += n;
+                    runs_read += read;
+                }
+                (Err(e), Some(w)) => failed.push((w, e)),
+                (Err(e), None) => return Err(e),
             }
         }
-        // Runs we hold as running that neither search returned ended with an end time before the
-        // cursor (a client that backdated it): read them by id, when the running runs were searched.
-        let seen: HashSet<RunKey> = changed.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<String> = match running_due {
-            true => snap
-                .runs
-                .iter()
-                .filter(|(k, r)| {
-                    r.status == RunStatus::Running && !r.hashed_id && !seen.contains(k)
-                })
-                .map(|(k, _)| format!("'{}'", run_id(k)))
-                .collect(),
-            false => Vec::new(),
-        };
-        for batch in stale.chunks(100) {
-            let filter = format!("attributes.run_id IN ({})", batch.join(","));
-            let (n, pages) = fetch_runs(&self.client, ex, &ids, &filter).await?;
-            requests += n;
-            runs_read += merge(pages, &mut snap.strings, &mut changed);
-        }
-        let (versions, n) = versions;
-        requests += n;
-        let versions = version_records(ex, &mut snap.strings, &versions);
-        let models = models.map(|(list, n)| {
-            requests += n;
-            model_records(ex, &mut snap.strings, &list)
-        });
-
-        // Everything is read: apply.
-        snap.experiments = experiment_records;
-        self.experiment_ids = ids;
-        snap.runs.extend(changed);
-        snap.versions.extend(versions);
-        if let Some(models) = models {
-            snap.models = models;
-            let models = &snap.models;
-            snap.versions.retain(|(m, _), _| models.contains_key(m));
+        if models_due {
             self.last_models_ms = Some(now_ms);
         }
         if running_due {
@@ -294,7 +333,288 @@ impl Syncer {
             requests,
             runs_read,
             seconds: started.elapsed().as_secs_f64(),
+            workspaces: self.workspaces().len(),
+            failed,
         })
+    }
+
+    /// The whole part of a workspace first seen since the last full cycle, read and then added.
+    /// Returns (requests, runs read).
+    async fn first_read(&mut self, i: usize) -> Result<(usize, usize), MlflowError> {
+        let scope = &self.scopes[i];
+        // Read into a snapshot of its own, so that a failure leaves nothing behind.
+        let mut part = Snapshot::default();
+        let read = read_part(
+            &scope.client,
+            &self.extractor,
+            scope.workspace.as_deref(),
+            &mut part,
+            &mut HashSet::new(),
+        )
+        .await?;
+        let snap = &mut self.snapshot;
+        let remap = snap.strings.absorb(&part.strings);
+        for (id, mut e) in part.experiments {
+            remap.experiment(&mut e);
+            snap.experiments.insert(remap.sym(id), e);
+        }
+        for (k, mut r) in part.runs.iter().map(|(k, r)| (k, r.clone())) {
+            remap.run(&mut r);
+            snap.runs.insert(k, r);
+        }
+        for (m, mut rec) in part.models {
+            remap.model(&mut rec);
+            snap.models.insert(remap.sym(m), rec);
+        }
+        for ((m, n), mut v) in part.versions {
+            remap.version(&mut v);
+            snap.versions.insert((remap.sym(m), n), v);
+        }
+        self.scopes[i].experiment_ids = Some(read.ids);
+        Ok((read.requests, read.runs_read))
+    }
+
+    /// What can have changed in one scope since the cursor, read but not applied.
+    async fn changes(
+        &self,
+        scope: &Scope,
+        known_ids: &[String],
+        due: &Due,
+    ) -> Result<Changes, MlflowError> {
+        let client = &scope.client;
+        let ex = &self.extractor;
+        let workspace = scope.workspace.as_deref();
+        // Runs that ended since the cursor, and every run still running: together with the periodic
+        // full read this sees each run's start and end (MLflow has no last-update time for runs).
+        // Between searches of the running runs (`mlflow.running_interval`), runs started since the
+        // cursor instead: new runs are seen as soon, for less of MLflow's time.
+        // The requests go out together, `mlflow.concurrency` at a time (MLflow answers each runs
+        // search by scanning its runs table; one after another they were most of the cycle), the
+        // runs searches over the experiments known at the last cycle.
+        let ended = format!("attributes.end_time >= {}", due.since);
+        let new_since = format!("attributes.start_time >= {}", due.since);
+        let current = if due.running { RUNNING } else { &new_since };
+        let filters = [ended.as_str(), current];
+        let gate = tokio::sync::Semaphore::new(client.concurrency());
+        let search = |filter| gated(&gate, fetch_runs(client, ex, known_ids, filter));
+        let (running, ended_runs, experiments, versions, models) = tokio::try_join!(
+            search(filters[1]),
+            search(filters[0]),
+            gated(&gate, client.experiments()),
+            gated(&gate, client.model_versions(Some(due.since))),
+            gated(&gate, async {
+                match due.models {
+                    true => client.registered_models().await.map(Some),
+                    false => Ok(None),
+                }
+            }),
+        )?;
+        let (experiments, mut requests) = experiments;
+        // Names are interned into a table of this read's own, renamed into the snapshot's when
+        // applied: the snapshot is not touched until then.
+        let mut strings = self.snapshot.strings.clone();
+        let mut runs: Vec<(RunKey, RunRecord)> = Vec::new();
+        let mut runs_read = 0;
+        for (n, pages) in [running, ended_runs] {
+            requests += n;
+            runs_read += merge(pages, &mut strings, &mut runs);
+        }
+        let (experiment_records, ids) =
+            experiment_records(ex, &mut strings, &experiments, workspace);
+        // Experiments created since the last cycle: the same two searches over them alone.
+        let known: HashSet<&String> = known_ids.iter().collect();
+        let new_ids: Vec<String> = ids
+            .iter()
+            .filter(|id| !known.contains(id))
+            .cloned()
+            .collect();
+        if !new_ids.is_empty() {
+            for filter in filters {
+                let (n, pages) = fetch_runs(client, ex, &new_ids, filter).await?;
+                requests += n;
+                runs_read += merge(pages, &mut strings, &mut runs);
+            }
+        }
+        // Runs of this scope we hold as running that neither search returned ended with an end time
+        // before the cursor (a client that backdated it): read them by id, when the running runs
+        // were searched.
+        let seen: HashSet<RunKey> = runs.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<String> = match due.running {
+            true => self
+                .snapshot
+                .runs
+                .iter()
+                .filter(|(k, r)| {
+                    r.status == RunStatus::Running
+                        && !r.hashed_id
+                        && !seen.contains(k)
+                        && experiment_records.contains_key(&r.experiment)
+                })
+                .map(|(k, _)| format!("'{}'", run_id(k)))
+                .collect(),
+            false => Vec::new(),
+        };
+        for batch in stale.chunks(100) {
+            let filter = format!("attributes.run_id IN ({})", batch.join(","));
+            let (n, pages) = fetch_runs(client, ex, &ids, &filter).await?;
+            requests += n;
+            runs_read += merge(pages, &mut strings, &mut runs);
+        }
+        let (versions, n) = versions;
+        requests += n;
+        let versions = version_records(ex, &mut strings, &versions, workspace);
+        let models = models.map(|(list, n)| {
+            requests += n;
+            model_records(ex, &mut strings, &list, workspace)
+        });
+        Ok(Changes {
+            strings,
+            experiments: experiment_records,
+            ids,
+            runs,
+            versions,
+            models,
+            requests,
+            runs_read,
+        })
+    }
+
+    /// Applies what [`Syncer::changes`] read of scope `i`: its experiments and (when read) its
+    /// models replace the scope's, runs and versions are added. Returns (requests, runs read).
+    fn apply(&mut self, i: usize, c: Changes) -> (usize, usize) {
+        let snap = &mut self.snapshot;
+        // The read's table began as a copy of the snapshot's: its symbols are the snapshot's.
+        snap.strings = c.strings;
+        let workspace = self.scopes[i]
+            .workspace
+            .as_deref()
+            .and_then(|w| snap.strings.lookup(w));
+        snap.experiments.retain(|_, e| e.workspace != workspace);
+        snap.experiments.extend(c.experiments);
+        self.scopes[i].experiment_ids = Some(c.ids);
+        snap.runs.extend(c.runs);
+        snap.versions.extend(c.versions);
+        if let Some(models) = c.models {
+            snap.models.retain(|_, m| m.workspace != workspace);
+            snap.models.extend(models);
+            let models = &snap.models;
+            snap.versions.retain(|(m, _), _| models.contains_key(m));
+        }
+        (c.requests, c.runs_read)
+    }
+}
+
+/// What an incremental cycle reads of each scope.
+struct Due {
+    /// The cursor less the overlap.
+    since: i64,
+    /// The registered models are read (`mlflow.registry_interval`).
+    models: bool,
+    /// Every running run is searched (`mlflow.running_interval`).
+    running: bool,
+}
+
+/// What changed in one scope since the cursor, named in `strings` (the snapshot's table and what
+/// the read added to it).
+struct Changes {
+    strings: Interner,
+    experiments: HashMap<Sym, ExperimentRecord>,
+    ids: Vec<String>,
+    runs: Vec<(RunKey, RunRecord)>,
+    versions: HashMap<(Sym, u32), VersionRecord>,
+    models: Option<BTreeMap<Sym, ModelRecord>>,
+    requests: usize,
+    runs_read: usize,
+}
+
+/// What [`read_part`] read.
+struct Part {
+    ids: Vec<String>,
+    requests: usize,
+    runs_read: usize,
+}
+
+/// Reads the whole of one scope into `next`: its runs as they come (the experiments they belong
+/// to are put in `read_here`, so that a failure can take them out again), its experiments, models
+/// and versions once everything is read.
+async fn read_part(
+    client: &MlflowClient,
+    ex: &Arc<Extractor>,
+    workspace: Option<&str>,
+    next: &mut Snapshot,
+    read_here: &mut HashSet<Sym>,
+) -> Result<Part, MlflowError> {
+    let (experiments, mut requests) = client.experiments().await?;
+    let (records, ids) = experiment_records(ex, &mut next.strings, &experiments, workspace);
+    read_here.extend(records.keys().copied());
+    let (n, runs_read) = read_runs(
+        client,
+        ex,
+        &ids,
+        RunsQuery::All,
+        &mut next.strings,
+        &mut next.runs,
+    )
+    .await?;
+    requests += n;
+    let (models, n) = client.registered_models().await?;
+    requests += n;
+    let (versions, n) = client.model_versions(None).await?;
+    requests += n;
+    next.experiments.extend(records);
+    next.models
+        .extend(model_records(ex, &mut next.strings, &models, workspace));
+    next.versions
+        .extend(version_records(ex, &mut next.strings, &versions, workspace));
+    Ok(Part {
+        ids,
+        requests,
+        runs_read,
+    })
+}
+
+/// Copies what workspace `w` had in `old` (its experiments, their runs, its models and their
+/// versions) into `next`, renamed to `next`'s strings: its part of this cycle failed.
+fn carry_workspace(old: &Snapshot, w: &str, next: &mut Snapshot) {
+    let Some(ws) = old.strings.lookup(w) else {
+        return;
+    };
+    let remap = next.strings.absorb(&old.strings);
+    let mut experiments = HashSet::new();
+    for (id, e) in old
+        .experiments
+        .iter()
+        .filter(|(_, e)| e.workspace == Some(ws))
+    {
+        let mut e = e.clone();
+        remap.experiment(&mut e);
+        experiments.insert(*id);
+        next.experiments.insert(remap.sym(*id), e);
+    }
+    for (k, r) in old
+        .runs
+        .iter()
+        .filter(|(_, r)| experiments.contains(&r.experiment))
+    {
+        let mut r = r.clone();
+        remap.run(&mut r);
+        next.runs.insert(k, r);
+    }
+    for (m, rec) in old.models.iter().filter(|(_, m)| m.workspace == Some(ws)) {
+        let mut rec = rec.clone();
+        remap.model(&mut rec);
+        next.models.insert(remap.sym(*m), rec);
+    }
+    for ((m, n), v) in &old.versions {
+        if old
+            .models
+            .get(m)
+            .is_some_and(|rec| rec.workspace == Some(ws))
+        {
+            let mut v = v.clone();
+            remap.version(&mut v);
+            next.versions.insert((remap.sym(*m), *n), v);
+        }
     }
 }
 
@@ -361,19 +681,38 @@ async fn read_runs(
     Ok((requests, read))
 }
 
+/// The name of `name` in `workspace`: `workspace/name`, as records of a workspace are named
+/// (names are unique only inside a workspace; workspace names hold no `/`).
+fn scoped(strings: &mut Interner, workspace: Option<&str>, name: Sym) -> Sym {
+    match workspace {
+        None => name,
+        Some(w) => {
+            let qualified = format!("{w}/{}", strings.get(name));
+            strings.intern(&qualified)
+        }
+    }
+}
+
 /// Experiments as records by id, with the ids as MLflow spells them (for runs searches).
 fn experiment_records(
     ex: &Extractor,
     strings: &mut Interner,
     experiments: &[Experiment],
+    workspace: Option<&str>,
 ) -> (HashMap<Sym, ExperimentRecord>, Vec<String>) {
     let ids = experiments
         .iter()
         .map(|e| e.experiment_id.clone())
         .collect();
+    let ws = workspace.map(|w| strings.intern(w));
     let records = experiments
         .iter()
-        .map(|e| ex.experiment(strings, e))
+        .map(|e| {
+            let (id, mut rec) = ex.experiment(strings, e);
+            rec.name = scoped(strings, workspace, rec.name);
+            rec.workspace = ws;
+            (id, rec)
+        })
         .collect();
     (records, ids)
 }
@@ -384,8 +723,17 @@ fn model_records(
     ex: &Extractor,
     strings: &mut Interner,
     models: &[RegisteredModel],
+    workspace: Option<&str>,
 ) -> BTreeMap<Sym, ModelRecord> {
-    models.iter().map(|m| ex.model(strings, m)).collect()
+    let ws = workspace.map(|w| strings.intern(w));
+    models
+        .iter()
+        .map(|m| {
+            let (name, mut rec) = ex.model(strings, m);
+            rec.workspace = ws;
+            (scoped(strings, workspace, name), rec)
+        })
+        .collect()
 }
 
 /// Model versions as records; versions the extractor cannot read are left out.
@@ -393,9 +741,13 @@ fn version_records(
     ex: &Extractor,
     strings: &mut Interner,
     versions: &[ModelVersion],
+    workspace: Option<&str>,
 ) -> HashMap<(Sym, u32), VersionRecord> {
     versions
         .iter()
-        .filter_map(|v| ex.version(strings, v))
+        .filter_map(|v| {
+            let ((name, n), rec) = ex.version(strings, v)?;
+            Some(((scoped(strings, workspace, name), n), rec))
+        })
         .collect()
 }

@@ -124,6 +124,28 @@ impl Remap {
         self.syms[s.index() - 1]
     }
 
+    /// Renames the symbols of an experiment record made with the absorbed table.
+    pub fn experiment(&self, e: &mut ExperimentRecord) {
+        e.name = self.sym(e.name);
+        e.team = e.team.map(|s| self.sym(s));
+        e.workspace = e.workspace.map(|s| self.sym(s));
+    }
+
+    /// Renames the symbols of a model record made with the absorbed table.
+    pub fn model(&self, m: &mut ModelRecord) {
+        for (alias, _) in &mut m.aliases {
+            *alias = self.sym(*alias);
+        }
+        m.team = m.team.map(|s| self.sym(s));
+        m.workspace = m.workspace.map(|s| self.sym(s));
+    }
+
+    /// Renames the symbols of a version record made with the absorbed table.
+    pub fn version(&self, v: &mut VersionRecord) {
+        v.stage = self.sym(v.stage);
+        v.status = self.sym(v.status);
+    }
+
     /// Renames the symbols of a record made with the absorbed table.
     pub fn run(&self, r: &mut RunRecord) {
         let opt = |s: Option<Sym>| s.map(|s| self.sym(s));
@@ -309,7 +331,11 @@ impl RunRecord {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExperimentRecord {
+    /// Its name; on a server with workspaces, `workspace/name` (names are unique only inside a
+    /// workspace).
     pub name: Sym,
+    /// The workspace it belongs to, on a server with workspaces.
+    pub workspace: Option<Sym>,
     pub deleted: bool,
     pub team: Option<Sym>,
 }
@@ -320,6 +346,9 @@ pub struct ModelRecord {
     pub aliases: Vec<(Sym, u32)>,
     /// The model's own team tag.
     pub team: Option<Sym>,
+    /// The workspace it belongs to, on a server with workspaces (its key is then
+    /// `workspace/name`).
+    pub workspace: Option<Sym>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -447,6 +476,19 @@ impl Runs {
         self.index.reserve(additional, |&i| hash(keys[i as usize]));
         self.keys.reserve(additional);
         self.records.reserve(additional);
+    }
+
+    /// Keeps only the runs `keep` says yes to (a workspace's part of a read that failed is
+    /// dropped).
+    pub fn retain(&mut self, mut keep: impl FnMut(RunKey, &RunRecord) -> bool) {
+        let keys = std::mem::take(&mut self.keys);
+        let records = std::mem::take(&mut self.records);
+        self.index.clear();
+        for (k, r) in keys.into_iter().zip(records) {
+            if keep(k, &r) {
+                self.insert(k, r);
+            }
+        }
     }
 
     /// Drops the spare capacity a full read leaves in the vectors.

@@ -364,6 +364,7 @@ mod tests {
                     name,
                     deleted: false,
                     team: None,
+                    workspace: None,
                 },
             );
             for j in 0..*n {

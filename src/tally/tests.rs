@@ -14,6 +14,7 @@ fn experiment(snap: &mut Snapshot, id: &str, name: &str, team: Option<&str>) -> 
         name: s.intern(name),
         deleted: false,
         team: team.map(|t| s.intern(t)),
+        workspace: None,
     };
     let id = s.intern(id);
     snap.experiments.insert(id, rec);

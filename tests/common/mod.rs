@@ -158,6 +158,21 @@ pub struct MlflowServer {
     pub addr: String,
     pub dir: tempfile::TempDir,
     child: Child,
+    /// The virtualenv it runs from; its Python seeds it.
+    venv: PathBuf,
+}
+
+/// The virtualenv of the last MLflow 2 (scripts/test installs it into .venv-mlflow2).
+pub fn venv2() -> PathBuf {
+    let venv = std::env::var_os("MLFLOW_EXPORTER_TEST_VENV2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_dir().join(".venv-mlflow2"));
+    assert!(
+        venv.join("bin/mlflow").exists(),
+        "{} has no MLflow 2: run scripts/test, which installs it (or set MLFLOW_EXPORTER_TEST_VENV2)",
+        venv.display()
+    );
+    venv
 }
 
 impl MlflowServer {
@@ -173,10 +188,43 @@ impl MlflowServer {
     /// A server on `dir/mlflow.db` (created empty by MLflow if missing, or a store loaded beforehand,
     /// as benches/mlflow_real.rs does) with `workers` worker processes; its log is `dir/mlflow.log`.
     pub fn start_on(dir: tempfile::TempDir, workers: u32, env: &[(&str, &str)]) -> MlflowServer {
+        MlflowServer::start_with(dir, workers, &[], env)
+    }
+
+    /// The last MLflow 2 release, one worker, from its own virtualenv ([`venv2`]).
+    pub fn start_mlflow2() -> MlflowServer {
+        let venv = venv2();
+        MlflowServer::start_from(&venv, tempfile::tempdir().unwrap(), 1, &[], &[])
+    }
+
+    /// As [`MlflowServer::start_on`], with more arguments to `mlflow server` (e.g.
+    /// `--enable-workspaces`).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        workers: u32,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> MlflowServer {
+        let venv = venv_bin("mlflow")
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        MlflowServer::start_from(&venv, dir, workers, args, env)
+    }
+
+    fn start_from(
+        venv: &Path,
+        dir: tempfile::TempDir,
+        workers: u32,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> MlflowServer {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("mlflow.log")).unwrap();
-        let mut cmd = Command::new(venv_bin("mlflow"));
+        let mut cmd = Command::new(venv.join("bin/mlflow"));
         cmd.args(["server", "--backend-store-uri"])
             .arg(format!(
                 "sqlite:///{}",
@@ -192,9 +240,18 @@ impl MlflowServer {
                 "--workers",
                 &workers.to_string(),
             ])
+            .args(args)
             // On 2 cores the job-runner processes only slow the tests down.
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-            .env("PATH", path_with_venv())
+            // Its workers (gunicorn, uvicorn) are found on PATH: this virtualenv's.
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    venv.join("bin").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -205,6 +262,7 @@ impl MlflowServer {
             addr,
             dir,
             child,
+            venv: venv.to_path_buf(),
         };
         let start = Instant::now();
         loop {
@@ -236,7 +294,7 @@ impl MlflowServer {
 
     /// Runs tests/fixtures/seed.py against this server (`initial` or `incremental`), times relative to `t_ms`.
     pub fn seed(&self, t_ms: i64, phase: &str) {
-        let out = Command::new(venv_bin("python"))
+        let out = Command::new(self.venv.join("bin/python"))
             .arg(project_dir().join("tests/fixtures/seed.py"))
             .args(["--now-ms", &t_ms.to_string(), "--state"])
             .arg(self.dir.path().join("seed-state.json"))

@@ -32,9 +32,19 @@ const EXPERIMENT_BATCH: usize = 5_000;
 /// Fewer experiments than this are searched together: splitting a small install only adds requests.
 const MIN_GROUP: usize = 25;
 
+/// Header that names the workspace a request reads on a workspace-enabled MLflow 3.
+pub const WORKSPACE_HEADER: &str = "X-MLFLOW-WORKSPACE";
+
+/// Cheap to clone (the connection pool is shared): [`MlflowClient::in_workspace`] makes one per
+/// workspace.
+#[derive(Clone)]
 pub struct MlflowClient {
     http: reqwest::Client,
     api: String,
+    /// MLflow 3's API root, for the server's info and its workspaces.
+    api3: String,
+    /// The workspace every request names, if any.
+    workspace: Option<std::sync::Arc<str>>,
     auth: Option<Auth>,
     timeout: Duration,
     max_retries: u32,
@@ -77,6 +87,8 @@ impl MlflowClient {
         Ok(MlflowClient {
             http,
             api: format!("{}/api/2.0/mlflow/", s.tracking_uri.trim_end_matches('/')),
+            api3: format!("{}/api/3.0/mlflow/", s.tracking_uri.trim_end_matches('/')),
+            workspace: None,
             auth,
             timeout: s.timeout,
             max_retries: s.max_retries,
@@ -87,6 +99,35 @@ impl MlflowClient {
             keep_alive: s.keep_alive,
             latency,
         })
+    }
+
+    /// The same client, its requests naming `workspace` (`X-MLFLOW-WORKSPACE`).
+    pub fn in_workspace(&self, workspace: &str) -> MlflowClient {
+        MlflowClient {
+            workspace: Some(workspace.into()),
+            ..self.clone()
+        }
+    }
+
+    /// The workspace this client's requests name.
+    pub fn workspace(&self) -> Option<&str> {
+        self.workspace.as_deref()
+    }
+
+    /// What the server supports (MLflow 3); `None` from a server without the endpoint (MLflow 2
+    /// answers 404), which then has no workspaces.
+    pub async fn server_info(&self) -> Result<Option<ServerInfo>, MlflowError> {
+        match self.call("server-info", &Request::Get(Vec::new())).await {
+            Ok(info) => Ok(Some(info)),
+            Err(MlflowError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every workspace of a workspace-enabled server, by name.
+    pub async fn workspaces(&self) -> Result<Vec<String>, MlflowError> {
+        let r: ListWorkspacesResponse = self.call("workspaces", &Request::Get(Vec::new())).await?;
+        Ok(r.workspaces.into_iter().map(|w| w.name).collect())
     }
 
     /// `mlflow.concurrency`: requests in flight at once.
@@ -409,7 +450,12 @@ impl MlflowClient {
         req: &Request,
         fresh: bool,
     ) -> Result<Bytes, (MlflowError, Option<Duration>)> {
-        let url = format!("{}{}", self.api, endpoint);
+        // MLflow 3's own endpoints live under /api/3.0; everything else is the 2.0 API.
+        let root = match endpoint {
+            "server-info" | "workspaces" => &self.api3,
+            _ => &self.api,
+        };
+        let url = format!("{root}{endpoint}");
         let mut builder = match req {
             Request::Get(q) => self.http.request(Method::GET, &url).query(q),
             Request::Post(body) => self.http.request(Method::POST, &url).json(body),
@@ -421,6 +467,9 @@ impl MlflowClient {
         };
         if fresh || !self.keep_alive {
             builder = builder.header(CONNECTION, "close");
+        }
+        if let Some(w) = &self.workspace {
+            builder = builder.header(WORKSPACE_HEADER, &**w);
         }
         let mut resp = builder
             .send()
@@ -549,6 +598,7 @@ pub fn experiment_groups(ids: &[String], concurrency: usize) -> Vec<&[String]> {
 }
 
 /// Credentials, sent on every request; reqwest marks the header sensitive so it is never logged.
+#[derive(Clone)]
 enum Auth {
     Basic(String, Secret),
     Bearer(Secret),

@@ -216,6 +216,27 @@ pub struct SearchModelVersionsResponse {
     pub next_page_token: Option<String>,
 }
 
+/// `GET /api/3.0/mlflow/server-info` (MLflow 3): what the server supports.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ServerInfo {
+    /// Started with `--enable-workspaces`: each request reads the workspace its
+    /// `X-MLFLOW-WORKSPACE` header names (`default` without one).
+    #[serde(default)]
+    pub workspaces_enabled: bool,
+}
+
+/// `GET /api/3.0/mlflow/workspaces`: every workspace (not paged).
+#[derive(Debug, Default, Deserialize)]
+pub struct ListWorkspacesResponse {
+    #[serde(default)]
+    pub workspaces: Vec<Workspace>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Workspace {
+    pub name: String,
+}
+
 /// MLflow's error body.
 #[derive(Debug, Default, Deserialize)]
 pub struct ErrorBody {

@@ -1,0 +1,370 @@
+//! A real MLflow 3 with `--enable-workspaces`: the client finds the workspaces and reads each one's
+//! experiments through the `X-MLFLOW-WORKSPACE` header; the exporter publishes every selected
+//! workspace's figures under a `workspace` label and the platform's distinct users apart, picks up
+//! a workspace created later, and a server without workspaces says so.
+
+use mlflow_exporter::app::Pipeline;
+use mlflow_exporter::config::{FlagOverrides, Settings};
+use mlflow_exporter::source::mlflow::MlflowClient;
+use mlflow_exporter::sync::Mode;
+use serde_json::{json, Value};
+
+mod common;
+use common::{example_config, http_post, now_ms, scrape, MlflowServer};
+
+/// One REST call to MLflow in `workspace`; its JSON answer, with its status.
+fn rest(server: &MlflowServer, workspace: &str, path: &str, body: Value) -> (u16, Value) {
+    let body = body.to_string();
+    let r = http_post(
+        &server.addr,
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-MLFLOW-WORKSPACE", workspace),
+        ],
+        body.as_bytes(),
+    )
+    .unwrap();
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+fn client(server: &MlflowServer) -> MlflowClient {
+    let mut s = Settings::default();
+    s.mlflow.tracking_uri = server.url.clone();
+    MlflowClient::new(&s.mlflow, None).unwrap()
+}
+
+async fn experiment_names(c: &MlflowClient) -> Vec<String> {
+    let mut names: Vec<String> = c
+        .experiments()
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn each_workspace_is_listed_and_read_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MlflowServer::start_with(dir, 1, &["--enable-workspaces"], &[]);
+    let (status, _) = rest(
+        &server,
+        "default",
+        "/api/3.0/mlflow/workspaces",
+        json!({"name": "team-b"}),
+    );
+    assert_eq!(status, 201, "{}", server.log());
+    let create = |ws: &str, name: &str| {
+        let (status, answer) = rest(
+            &server,
+            ws,
+            "/api/2.0/mlflow/experiments/create",
+            json!({ "name": name }),
+        );
+        assert_eq!(status, 200, "{answer}");
+    };
+    // The same name in two workspaces: names are unique only inside one.
+    create("default", "exp-shared");
+    create("team-b", "exp-shared");
+    create("team-b", "exp-b");
+
+    let c = client(&server);
+    assert!(c.server_info().await.unwrap().unwrap().workspaces_enabled);
+    assert_eq!(c.workspaces().await.unwrap(), ["default", "team-b"]);
+    assert_eq!(
+        experiment_names(&c.in_workspace("team-b")).await,
+        ["exp-b", "exp-shared"]
+    );
+    // No header reads `default`, as naming it does.
+    assert_eq!(experiment_names(&c).await, ["Default", "exp-shared"]);
+    assert_eq!(
+        experiment_names(&c.in_workspace("default")).await,
+        ["Default", "exp-shared"]
+    );
+    let err = c.in_workspace("nope").experiments().await.unwrap_err();
+    assert_eq!(err.reason(), "client_error");
+    assert!(
+        err.to_string().contains("Workspace 'nope' not found"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_without_workspaces_says_so() {
+    let server = MlflowServer::start();
+    let info = client(&server).server_info().await.unwrap().unwrap();
+    assert!(!info.workspaces_enabled);
+}
+
+/// One REST call that must succeed; its answer.
+fn ok(server: &MlflowServer, workspace: &str, path: &str, body: Value) -> Value {
+    let (status, answer) = rest(server, workspace, path, body);
+    assert!(status == 200 || status == 201, "{path}: {status} {answer}");
+    answer
+}
+
+/// An experiment in `workspace` with a finished run of an hour by each of `users`, the last one
+/// registered as version 1 of `model` with alias `champion`. Returns the experiment's id.
+fn seed(
+    server: &MlflowServer,
+    workspace: &str,
+    experiment: &str,
+    users: &[&str],
+    t: i64,
+) -> String {
+    let api = "/api/2.0/mlflow";
+    let id = ok(
+        server,
+        workspace,
+        &format!("{api}/experiments/create"),
+        json!({"name": experiment}),
+    )["experiment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut last = String::new();
+    for (i, user) in users.iter().enumerate() {
+        let start = t - 3 * HOUR + i as i64 * 60_000;
+        let run = ok(
+            server,
+            workspace,
+            &format!("{api}/runs/create"),
+            json!({"experiment_id": id, "user_id": user, "start_time": start}),
+        );
+        last = run["run"]["info"]["run_id"].as_str().unwrap().to_string();
+        ok(
+            server,
+            workspace,
+            &format!("{api}/runs/update"),
+            json!({"run_id": last, "status": "FINISHED", "end_time": start + HOUR}),
+        );
+    }
+    ok(
+        server,
+        workspace,
+        &format!("{api}/registered-models/create"),
+        json!({"name": "churn"}),
+    );
+    ok(
+        server,
+        workspace,
+        &format!("{api}/model-versions/create"),
+        json!({"name": "churn", "source": format!("runs:/{last}/model"), "run_id": last}),
+    );
+    ok(
+        server,
+        workspace,
+        &format!("{api}/registered-models/alias"),
+        json!({"name": "churn", "alias": "champion", "version": "1"}),
+    );
+    id
+}
+
+const HOUR: i64 = 3_600_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_selected_workspace_is_published_under_its_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| {
+        MlflowServer::start_with(dir, 1, &["--enable-workspaces"], &[])
+    });
+    let t = now_ms() / 1000 * 1000;
+    let workspaces = "/api/3.0/mlflow/workspaces";
+    for w in ["team-b", "sandbox"] {
+        ok(&server, "default", workspaces, json!({ "name": w }));
+    }
+    // carol works in two workspaces; zed only in the excluded one.
+    seed(
+        &server,
+        "default",
+        "exp-shared",
+        &["alice", "bob", "carol"],
+        t,
+    );
+    seed(
+        &server,
+        "team-b",
+        "exp-shared",
+        &["carol", "dave", "erin"],
+        t,
+    );
+    seed(&server, "sandbox", "exp-s", &["zed"], t);
+
+    let store = tempfile::tempdir().unwrap();
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let flags = FlagOverrides {
+        storage_path: Some(store.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let mut settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    settings.mlflow.workspaces.exclude = vec!["sandbox".into()];
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    let report = pipeline.cycle(t).await.unwrap();
+    assert_eq!((report.mode, report.workspaces), (Mode::Full, 2));
+    assert!(report.failed.is_empty());
+    let s = scrape(&pipeline.publisher);
+
+    // Distinct users per workspace, and the platform's: carol is one person.
+    let ws = |w: &'static str| ("workspace", w);
+    assert_eq!(s.get("mlflow_users", &[ws("default")]), 3.0);
+    assert_eq!(s.get("mlflow_users", &[ws("team-b")]), 3.0);
+    assert_eq!(s.get("mlflow_platform_users", &[]), 5.0);
+    assert_eq!(
+        s.get("mlflow_active_users", &[ws("team-b"), ("window", "1d")]),
+        3.0
+    );
+    assert_eq!(
+        s.get("mlflow_platform_active_users", &[("window", "1d")]),
+        5.0
+    );
+    // Activation: the last user of each workspace registered a version.
+    assert_eq!(s.get("mlflow_activated_users", &[ws("default")]), 1.0);
+    assert_eq!(s.get("mlflow_activated_users", &[ws("team-b")]), 1.0);
+    assert_eq!(s.get("mlflow_platform_activated_users", &[]), 2.0);
+    // Same-named experiments and models stay apart.
+    for w in ["default", "team-b"] {
+        let labels = [ws(w), ("experiment", "exp-shared"), ("status", "FINISHED")];
+        assert_eq!(s.get("mlflow_runs", &labels), 3.0, "{w}");
+        // The example config's extra label, empty: these runs set no estimator.
+        let labels = [labels[0], labels[1], labels[2], ("estimator", "")];
+        assert_eq!(s.get("mlflow_runs_ended_total", &labels), 3.0, "{w}");
+        let labels = [ws(w), ("model", "churn"), ("alias", "champion")];
+        assert_eq!(s.get("mlflow_model_alias_version", &labels), 1.0, "{w}");
+        let labels = [ws(w), ("reason", "auth")];
+        assert_eq!(s.get("mlflow_exporter_sync_errors_total", &labels), 0.0);
+    }
+    // Nothing of the excluded workspace.
+    assert!(!format!("{:?}", s.family("mlflow_runs")).contains("sandbox"));
+    assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 6.0);
+
+    // A workspace created since is read at the next cycle, without a restart.
+    ok(&server, "default", workspaces, json!({"name": "team-c"}));
+    seed(&server, "team-c", "exp-c", &["carol", "frank"], t);
+    let report = pipeline.cycle(t + 60_000).await.unwrap();
+    assert_eq!((report.mode, report.workspaces), (Mode::Incremental, 3));
+    let s = scrape(&pipeline.publisher);
+    assert_eq!(s.get("mlflow_users", &[ws("team-c")]), 2.0);
+    assert_eq!(s.get("mlflow_platform_users", &[]), 6.0);
+    let labels = [
+        ws("team-c"),
+        ("experiment", "exp-c"),
+        ("status", "FINISHED"),
+        ("estimator", ""),
+    ];
+    assert_eq!(s.get("mlflow_runs_ended_total", &labels), 2.0);
+}
+
+const SECRET: &str = "whsec-ws-never-print";
+
+/// MLflow's webhook of a second workspace: its alias move is recorded as that workspace's model,
+/// not as the same-named model of `default`.
+#[test]
+fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlflow = MlflowServer::start_with(
+        dir,
+        1,
+        &["--enable-workspaces"],
+        &[
+            ("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true"),
+            ("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https"),
+            ("MLFLOW_WEBHOOK_CACHE_TTL", "0"),
+        ],
+    );
+    let t = now_ms() / 1000 * 1000;
+    ok(
+        &mlflow,
+        "default",
+        "/api/3.0/mlflow/workspaces",
+        json!({"name": "team-b"}),
+    );
+    seed(&mlflow, "default", "exp", &["alice"], t);
+    let exp_b = seed(&mlflow, "team-b", "exp", &["bob"], t);
+    let config = common::write_file(
+        mlflow.dir.path(),
+        "exporter.yaml",
+        &format!("webhooks:\n  mlflow: {{enabled: true, secret: {SECRET}}}\n"),
+    );
+    let mut exporter = common::ExporterProcess::start(
+        mlflow.dir.path(),
+        &[
+            "--config.file",
+            config.to_str().unwrap(),
+            "--mlflow.sync-interval=1h",
+        ],
+        &[("MLFLOW_TRACKING_URI", &mlflow.url)],
+    );
+    exporter.wait_ready();
+    let receiver = format!("http://{}/api/v1/webhooks/mlflow", exporter.addr);
+    ok(
+        &mlflow,
+        "team-b",
+        "/api/2.0/mlflow/webhooks",
+        json!({
+            "name": "exporter", "url": receiver, "secret": SECRET, "status": "ACTIVE",
+            "events": [{"entity": "MODEL_VERSION_ALIAS", "action": "CREATED"}],
+        }),
+    );
+    // A new version of team-b's churn, made from a run of an hour, becomes its champion.
+    let api = "/api/2.0/mlflow";
+    let start = t - 2 * HOUR;
+    let run = ok(
+        &mlflow,
+        "team-b",
+        &format!("{api}/runs/create"),
+        json!({"experiment_id": exp_b, "user_id": "bob", "start_time": start}),
+    );
+    let run_id = run["run"]["info"]["run_id"].as_str().unwrap().to_string();
+    ok(
+        &mlflow,
+        "team-b",
+        &format!("{api}/runs/update"),
+        json!({"run_id": run_id, "status": "FINISHED", "end_time": start + HOUR}),
+    );
+    ok(
+        &mlflow,
+        "team-b",
+        &format!("{api}/model-versions/create"),
+        json!({"name": "churn", "source": format!("runs:/{run_id}/model"), "run_id": run_id}),
+    );
+    ok(
+        &mlflow,
+        "team-b",
+        &format!("{api}/registered-models/alias"),
+        json!({"name": "churn", "alias": "champion", "version": "2"}),
+    );
+    let target =
+        |w| common::to_labels(&[("workspace", w), ("model", "churn"), ("alias", "champion")]);
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "team-b's deployment in /metrics",
+        || {
+            exporter
+                .scrape()
+                .family("mlflow_model_deployments_total")
+                .get(&target("team-b"))
+                == Some(&1.0)
+        },
+    );
+    let s = exporter.scrape();
+    let deployments = s.family("mlflow_model_deployments_total");
+    assert_eq!(deployments.get(&target("default")), Some(&0.0));
+    // The version was read from team-b's registry: its lead time is the run's start to the move.
+    let lead = s.get(
+        "mlflow_model_last_lead_time_seconds",
+        &[
+            ("workspace", "team-b"),
+            ("model", "churn"),
+            ("alias", "champion"),
+        ],
+    );
+    // From the run's start (two hours before T) to MLflow's time of the move, within this test.
+    assert!((7200.0..7200.0 + 60.0).contains(&lead), "{lead}");
+}

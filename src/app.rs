@@ -96,6 +96,7 @@ impl Pipeline {
         };
         self.publisher
             .set_workspaces(self.syncer.workspaces_enabled());
+        self.publisher.set_mlflow3(self.syncer.is_mlflow3());
         for w in self.syncer.workspaces() {
             self.publisher.exporter.workspace_seen(w);
         }

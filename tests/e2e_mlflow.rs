@@ -55,14 +55,24 @@ async fn exact_metrics(server: MlflowServer, mlflow3: bool) {
     let report = pipeline.cycle(s1).await.unwrap();
     assert_eq!(report.mode, Mode::Full);
     // The server's info (MLflow 3: no workspaces; MLflow 2 has none, a 404), then experiments,
-    // runs, registered models, model versions: one page each.
-    assert_eq!(report.requests, 4 + usize::from(mlflow3));
+    // runs, registered models, model versions and (MLflow 3) logged models: one page each.
+    assert_eq!(report.requests, 4 + 2 * usize::from(mlflow3));
     assert_eq!(report.runs_read, 15);
     let s = scrape(&publisher);
 
     assert_eq!(s.get("mlflow_up", &[]), 1.0);
     let errors = s.family("mlflow_exporter_sync_errors_total");
     assert_eq!(errors.values().sum::<f64>(), 0.0, "{errors:?}");
+    // What only MLflow 3 has: at 0 from the start there (this history logs no model), absent
+    // from an MLflow 2.
+    let registrations = s
+        .family("mlflow_logged_model_time_to_registration_seconds_count")
+        .into_values()
+        .collect::<Vec<_>>();
+    assert_eq!(registrations, if mlflow3 { vec![0.0] } else { vec![] });
+    if !mlflow3 {
+        assert!(s.family("mlflow_logged_models_created_total").is_empty());
+    }
     assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 15.0);
     assert_eq!(
         s.get(

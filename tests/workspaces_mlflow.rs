@@ -1,7 +1,8 @@
 //! A real MLflow 3 with `--enable-workspaces`: the client finds the workspaces and reads each one's
 //! experiments through the `X-MLFLOW-WORKSPACE` header; the exporter publishes every selected
 //! workspace's figures under a `workspace` label and the platform's distinct users apart, picks up
-//! a workspace created later, and a server without workspaces says so.
+//! a workspace created later, and a server without workspaces says so. MLflow 3's logged models
+//! are counted by experiment and status, with their time to registration.
 
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
@@ -367,4 +368,72 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
     );
     // From the run's start (two hours before T) to MLflow's time of the move, within this test.
     assert!((7200.0..7200.0 + 60.0).contains(&lead), "{lead}");
+}
+
+/// MLflow 3's logged models: by experiment and status, created, and each one's time from its
+/// creation to its first registration as a model version, against what MLflow recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logged_models_by_status_and_their_time_to_registration() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    let script = "import warnings; warnings.simplefilter('ignore'); import mlflow\n\
+        from mlflow.entities import LoggedModelStatus\n\
+        c = mlflow.MlflowClient()\n\
+        e = c.create_experiment('lm')\n\
+        r = c.create_run(e)\n\
+        ready = c.create_logged_model(e, name='ready', source_run_id=r.info.run_id)\n\
+        c.finalize_logged_model(ready.model_id, LoggedModelStatus.READY)\n\
+        c.create_logged_model(e, name='pending')\n\
+        failed = c.create_logged_model(e, name='failed')\n\
+        c.finalize_logged_model(failed.model_id, LoggedModelStatus.FAILED)\n\
+        c.create_registered_model('reg')\n\
+        v = c.create_model_version('reg', source='models:/' + ready.model_id, run_id=r.info.run_id, model_id=ready.model_id)\n\
+        print('TIMES', ready.creation_timestamp, v.creation_timestamp)\n";
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(common::venv_bin("python"))
+            .args(["-c", script])
+            .env("MLFLOW_TRACKING_URI", &server.url)
+            .output()
+            .unwrap()
+    });
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let times: Vec<i64> = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("TIMES "))
+        .unwrap_or_else(|| panic!("no TIMES line in {printed:?}"))
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+
+    let store = tempfile::tempdir().unwrap();
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let flags = FlagOverrides {
+        storage_path: Some(store.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let t = now_ms();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    pipeline.cycle(t).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    for status in ["READY", "PENDING", "FAILED_UPLOAD"] {
+        let labels = [("experiment", "lm"), ("status", status)];
+        assert_eq!(s.get("mlflow_logged_models", &labels), 1.0, "{status}");
+    }
+    let created = [("experiment", "lm")];
+    assert_eq!(s.get("mlflow_logged_models_created_total", &created), 3.0);
+    let h = "mlflow_logged_model_time_to_registration_seconds";
+    assert_eq!(s.get(&format!("{h}_count"), &[]), 1.0);
+    let want = (times[1] - times[0]) as f64 / 1000.0;
+    assert_eq!(s.get(&format!("{h}_sum"), &[]), want);
+    // Counted once: another cycle observes nothing more.
+    pipeline.syncer.full(t + 60_000).await.unwrap();
+    pipeline.publish(t + 60_000).await;
+    let s = scrape(&pipeline.publisher);
+    assert_eq!(s.get(&format!("{h}_count"), &[]), 1.0);
+    assert_eq!(s.get("mlflow_logged_models_created_total", &created), 3.0);
 }

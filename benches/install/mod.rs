@@ -149,6 +149,7 @@ pub fn install(runs: usize) -> Snapshot {
                     created_ms: created,
                     last_updated_ms: created,
                     run: Some(run),
+                    logged_model: None,
                 },
             );
         }

@@ -234,6 +234,12 @@ pub struct MlflowSettings {
     /// is seen up to this late. Runs that end are seen every cycle either way.
     #[serde(with = "humantime_serde")]
     pub running_interval: Duration,
+    /// Time between reads of MLflow 3's logged models (every experiment's, 50 to a page) in
+    /// incremental cycles; full cycles always read them. Logged models carry no time of their
+    /// last change MLflow can search by, so each read is whole: between reads a nothing-changed
+    /// cycle costs no request more than before. `0s` reads them every cycle.
+    #[serde(with = "humantime_serde")]
+    pub logged_models_interval: Duration,
     /// Reuse a connection to MLflow for the next request. Off by default: MLflow 3's server with
     /// several workers (its default is 4) leaves Nagle's algorithm on, so on a reused connection a
     /// small answer waits about 40 ms for the client's delayed ACK; a new connection is answered at
@@ -309,6 +315,7 @@ impl Default for MlflowSettings {
             sync_overlap: Duration::from_secs(300),
             registry_interval: Duration::ZERO,
             running_interval: Duration::ZERO,
+            logged_models_interval: Duration::from_secs(600),
             keep_alive: false,
             workspaces: WorkspaceSelection::default(),
         }

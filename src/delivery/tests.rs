@@ -51,6 +51,7 @@ fn registry(n: u32, aliases: &[(&str, u32)], production: &[u32]) -> Snapshot {
                 created_ms: start + H / 3,
                 last_updated_ms: start + H / 3,
                 run: Some(key),
+                logged_model: None,
             },
         );
     }

@@ -1,6 +1,8 @@
 //! What exists in MLflow: experiments by lifecycle stage, registered models, versions by stage and
 //! status, the version each alias points at; and from the tally, counters of everything ever
 //! created (deleted experiments included), which charts of creations over time are built from.
+//! MLflow 3's logged models: by experiment and status, created, and how long until each was first
+//! registered as a model version (the last step of time to value).
 
 use std::collections::BTreeMap;
 
@@ -43,6 +45,21 @@ pub const VERSIONS_CREATED: Spec = Spec::counter(
     "Model versions created, by model",
     &["model"],
 );
+pub const LOGGED_MODELS: Spec = Spec::gauge(
+    "mlflow_logged_models",
+    "Logged models (MLflow 3) by experiment and status (PENDING, READY, FAILED_UPLOAD)",
+    &["experiment", "status"],
+);
+pub const LOGGED_MODELS_CREATED: Spec = Spec::counter(
+    "mlflow_logged_models_created_total",
+    "Logged models (MLflow 3) created, by experiment, counted once when first seen",
+    &["experiment"],
+);
+pub const TIME_TO_REGISTRATION: Spec = Spec::histogram(
+    "mlflow_logged_model_time_to_registration_seconds",
+    "Per logged model, observed once: from its creation to the first model version registered from it",
+    &[],
+);
 pub const SPECS: &[Spec] = &[
     EXPERIMENTS,
     REGISTERED_MODELS,
@@ -51,6 +68,9 @@ pub const SPECS: &[Spec] = &[
     EXPERIMENTS_CREATED,
     MODELS_CREATED,
     VERSIONS_CREATED,
+    LOGGED_MODELS,
+    LOGGED_MODELS_CREATED,
+    TIME_TO_REGISTRATION,
 ];
 
 pub fn gauges(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
@@ -88,11 +108,25 @@ pub fn gauges(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
         }
     }
 
+    // Every experiment with a logged model has a series of each status.
+    let mut logged: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for l in snap.logged_models.values() {
+        let experiment = folds.experiment(snap, l.experiment);
+        for st in crate::sync::snapshot::LoggedStatus::ALL {
+            *logged.entry((experiment, st.as_str())).or_default() += u64::from(st == l.status);
+        }
+    }
+    let mut logged_f = Family::new(&LOGGED_MODELS);
+    for ((e, st), n) in logged {
+        logged_f.add(&[e, st], n as f64);
+    }
+
     vec![
         exp.finish(),
         models.finish(),
         versions.finish(),
         aliases.finish(),
+        logged_f.finish(),
     ]
 }
 
@@ -105,6 +139,7 @@ pub fn counters(tally: &Tally) -> Vec<TextFamily> {
         (&VERSIONS_CREATED, &tally.versions_created),
     ]
     .into_iter()
+    .chain([(&LOGGED_MODELS_CREATED, &tally.logged_models_created)])
     .map(|(spec, series)| {
         let mut f = Family::new(spec);
         for (key, n) in series {
@@ -112,5 +147,21 @@ pub fn counters(tally: &Tally) -> Vec<TextFamily> {
         }
         f.finish()
     })
+    .chain([time_to_registration(tally)])
     .collect()
+}
+
+/// Exported from the start, empty before any logged model is registered.
+fn time_to_registration(tally: &Tally) -> TextFamily {
+    let bounds = &tally.settings.reg_bounds;
+    let h = &tally.time_to_registration;
+    let zeros = vec![0; bounds.len() + 1];
+    let counts = if h.counts.is_empty() {
+        &zeros
+    } else {
+        &h.counts
+    };
+    let mut f = Family::new(&TIME_TO_REGISTRATION);
+    f.add_histogram(&[], bounds, counts, h.sum_ms as f64 / 1000.0);
+    f.finish()
 }

@@ -135,8 +135,15 @@ pub fn gauges(
     out
 }
 
+/// Families of what only MLflow 3 has: not published for an MLflow 2.
+pub const MLFLOW3_ONLY: &[&str] = &[
+    inventory::LOGGED_MODELS.name,
+    inventory::LOGGED_MODELS_CREATED.name,
+    inventory::TIME_TO_REGISTRATION.name,
+];
+
 /// How many families [`counters`] returns.
-pub const COUNTER_FAMILIES: usize = 14;
+pub const COUNTER_FAMILIES: usize = 16;
 
 /// The counters (and histograms) of the tally: everything counted once, from MLflow's history.
 pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {

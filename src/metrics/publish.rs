@@ -278,6 +278,9 @@ pub struct Publisher {
     history_events: std::sync::atomic::AtomicU64,
     /// MLflow has workspaces: `workspace/name` values become a `workspace` label as published.
     workspaces: std::sync::atomic::AtomicBool,
+    /// MLflow is an MLflow 3 (it answers server-info): the families of what only MLflow 3 has
+    /// (logged models) are published; an MLflow 2 has none of them, not even at 0.
+    mlflow3: std::sync::atomic::AtomicBool,
     /// The encoded families of the delivery history.
     history_encoded: Mutex<Arc<Derived>>,
     derivation: Derivation,
@@ -317,6 +320,7 @@ impl Publisher {
             history: Mutex::default(),
             history_events: std::sync::atomic::AtomicU64::new(u64::MAX),
             workspaces: std::sync::atomic::AtomicBool::new(false),
+            mlflow3: std::sync::atomic::AtomicBool::new(false),
             history_encoded: Mutex::default(),
             derivation,
             exporter,
@@ -386,6 +390,12 @@ impl Publisher {
         self.workspaces.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Says whether MLflow is an MLflow 3, from the next publish on.
+    pub fn set_mlflow3(&self, mlflow3: bool) {
+        self.mlflow3
+            .store(mlflow3, std::sync::atomic::Ordering::Release);
+    }
+
     fn in_workspaces(&self, families: Vec<TextFamily>) -> Vec<TextFamily> {
         match self.workspaces.load(std::sync::atomic::Ordering::Acquire) {
             true => families.into_iter().map(super::workspace::split).collect(),
@@ -395,6 +405,18 @@ impl Publisher {
 
     /// Publishes families derived from a snapshot and its tally (and the history, if it changed).
     pub fn publish_families(&self, families: &[TextFamily], delivery: &Delivery) {
+        let kept;
+        let families = match self.mlflow3.load(std::sync::atomic::Ordering::Acquire) {
+            true => families,
+            false => {
+                kept = families
+                    .iter()
+                    .filter(|f| !super::MLFLOW3_ONLY.contains(&f.name()))
+                    .cloned()
+                    .collect::<Vec<_>>();
+                &kept[..]
+            }
+        };
         *lock(&self.derived_lines) = lines_by_family(families);
         let split;
         let families = match self.workspaces.load(std::sync::atomic::Ordering::Acquire) {

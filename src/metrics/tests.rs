@@ -319,6 +319,7 @@ fn the_cardinality_cap_folds_the_least_used_values() {
                     created_ms: 0,
                     last_updated_ms: 0,
                     run: None,
+                    logged_model: None,
                 },
             );
         }
@@ -546,6 +547,7 @@ fn version(b: &mut Build, model: &str, number: u32, run: Option<RunKey>, created
             created_ms,
             last_updated_ms: created_ms,
             run,
+            logged_model: None,
         },
     );
 }

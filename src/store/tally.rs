@@ -243,6 +243,8 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
         names::MODELS_CREATED => json!({"n": t.models_created.get(key)?}),
         names::VERSIONS_CREATED => json!({"n": t.versions_created.get(key)?}),
         names::TIME_TO_FIRST_MODEL => hist_ms(&t.time_to_first_model, &t.settings.ttfm_bounds_ms),
+        names::LOGGED_MODELS_CREATED => json!({"n": t.logged_models_created.get(key)?}),
+        names::TIME_TO_REGISTRATION => hist_ms(&t.time_to_registration, &t.settings.reg_bounds_ms),
         CORRECTIONS => json!({"v": t.corrections.get(key.first().map(|k| &**k)?)?}),
         _ => return None,
     };
@@ -304,6 +306,12 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         }
         names::TIME_TO_FIRST_MODEL => {
             t.time_to_first_model = hist_ms(v, &t.settings.ttfm_bounds_ms)?;
+        }
+        names::LOGGED_MODELS_CREATED => {
+            t.logged_models_created.insert(key, n()?);
+        }
+        names::TIME_TO_REGISTRATION => {
+            t.time_to_registration = hist_ms(v, &t.settings.reg_bounds_ms)?;
         }
         CORRECTIONS => {
             let family = names::ALL

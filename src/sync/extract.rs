@@ -339,6 +339,7 @@ impl Extractor {
                 created_ms: v.creation_timestamp.unwrap_or(NO_TIME),
                 last_updated_ms: v.last_updated_timestamp.unwrap_or(NO_TIME),
                 run: (!v.run_id.is_empty()).then(|| run_key(&v.run_id)),
+                logged_model: v.logged_model().map(Box::from),
             },
         ))
     }

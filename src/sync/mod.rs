@@ -16,13 +16,13 @@ use std::time::Instant;
 use crate::config::{Settings, WorkspaceSelection};
 use crate::error::MlflowError;
 use crate::source::mlflow::client::RunsQuery;
-use crate::source::mlflow::model::{Experiment, ModelVersion, RegisteredModel};
+use crate::source::mlflow::model::{Experiment, LoggedModelInfo, ModelVersion, RegisteredModel};
 use crate::source::mlflow::MlflowClient;
 pub use extract::{Extractor, PageRecords, RateCard};
 pub use snapshot::Snapshot;
 use snapshot::{
-    run_id, ExperimentRecord, Interner, ModelRecord, RunKey, RunRecord, RunStatus, Sym,
-    VersionRecord,
+    run_id, ExperimentRecord, Interner, LoggedModelRecord, LoggedStatus, ModelRecord, RunKey,
+    RunRecord, RunStatus, Sym, VersionRecord, NO_TIME,
 };
 
 /// Which kind of cycle ran.
@@ -81,6 +81,7 @@ pub struct Syncer {
     overlap_ms: i64,
     registry_every_ms: i64,
     running_every_ms: i64,
+    logged_every_ms: i64,
     snapshot: Snapshot,
     /// `now` of the last successful cycle and of the last successful full one.
     cursor_ms: Option<i64>,
@@ -89,6 +90,8 @@ pub struct Syncer {
     last_models_ms: Option<i64>,
     /// `now` of the last cycle that searched every running run.
     last_running_ms: Option<i64>,
+    /// `now` of the last cycle that read the logged models.
+    last_logged_ms: Option<i64>,
     /// Runs the last full read no longer found (removed for good, e.g. by `mlflow gc`), with their
     /// last records, until the tally takes them.
     gone: Vec<(RunKey, RunRecord)>,
@@ -109,11 +112,13 @@ impl Syncer {
             overlap_ms: settings.mlflow.sync_overlap.as_millis() as i64,
             registry_every_ms: settings.mlflow.registry_interval.as_millis() as i64,
             running_every_ms: settings.mlflow.running_interval.as_millis() as i64,
+            logged_every_ms: settings.mlflow.logged_models_interval.as_millis() as i64,
             snapshot: Snapshot::default(),
             cursor_ms: None,
             last_full_ms: None,
             last_models_ms: None,
             last_running_ms: None,
+            last_logged_ms: None,
             gone: Vec::new(),
             full_uncounted: false,
         }
@@ -143,6 +148,11 @@ impl Syncer {
     pub fn take_gone(&mut self) -> (Vec<(RunKey, RunRecord)>, bool) {
         let full = std::mem::take(&mut self.full_uncounted);
         (std::mem::take(&mut self.gone), full)
+    }
+
+    /// True when the server is an MLflow 3 (it answered server-info at the last full cycle).
+    pub fn is_mlflow3(&self) -> bool {
+        self.has_server_info == Some(true)
     }
 
     /// True when the server has workspaces (as of the last full cycle).
@@ -231,6 +241,7 @@ impl Syncer {
     pub async fn full(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
         let started = Instant::now();
         let mut requests = self.refresh_scopes(true).await?;
+        let mlflow3 = self.has_server_info == Some(true);
         let mut next = Snapshot::default();
         let mut runs_read = 0;
         let mut failed = Vec::new();
@@ -242,6 +253,7 @@ impl Syncer {
                 &scope.client,
                 &self.extractor,
                 workspace.as_deref(),
+                mlflow3,
                 &mut next,
                 &mut read_here,
             )
@@ -270,6 +282,7 @@ impl Syncer {
         self.last_full_ms = Some(now_ms);
         self.last_models_ms = Some(now_ms);
         self.last_running_ms = Some(now_ms);
+        self.last_logged_ms = Some(now_ms);
         Ok(CycleReport {
             mode: Mode::Full,
             requests,
@@ -296,10 +309,15 @@ impl Syncer {
         let running_due = self
             .last_running_ms
             .is_none_or(|last| now_ms - last >= self.running_every_ms);
+        let logged_due = self.has_server_info == Some(true)
+            && self
+                .last_logged_ms
+                .is_none_or(|last| now_ms - last >= self.logged_every_ms);
         let due = Due {
             since,
             models: models_due,
             running: running_due,
+            logged: logged_due,
         };
         let mut runs_read = 0;
         let mut failed = Vec::new();
@@ -327,6 +345,9 @@ impl Syncer {
         if running_due {
             self.last_running_ms = Some(now_ms);
         }
+        if logged_due {
+            self.last_logged_ms = Some(now_ms);
+        }
         self.cursor_ms = Some(now_ms);
         Ok(CycleReport {
             mode: Mode::Incremental,
@@ -348,6 +369,7 @@ impl Syncer {
             &scope.client,
             &self.extractor,
             scope.workspace.as_deref(),
+            self.has_server_info == Some(true),
             &mut part,
             &mut HashSet::new(),
         )
@@ -369,6 +391,10 @@ impl Syncer {
         for ((m, n), mut v) in part.versions {
             remap.version(&mut v);
             snap.versions.insert((remap.sym(m), n), v);
+        }
+        for (id, mut l) in part.logged_models {
+            l.experiment = remap.sym(l.experiment);
+            snap.logged_models.insert(id, l);
         }
         self.scopes[i].experiment_ids = Some(read.ids);
         Ok((read.requests, read.runs_read))
@@ -467,7 +493,16 @@ impl Syncer {
             requests += n;
             model_records(ex, &mut strings, &list, workspace)
         });
+        let logged_models = match due.logged {
+            true => {
+                let (list, n) = logged_models(client, &ids).await?;
+                requests += n;
+                Some(logged_records(&mut strings, list))
+            }
+            false => None,
+        };
         Ok(Changes {
+            logged_models,
             strings,
             experiments: experiment_records,
             ids,
@@ -489,6 +524,15 @@ impl Syncer {
             .workspace
             .as_deref()
             .and_then(|w| snap.strings.lookup(w));
+        if let Some(logged) = c.logged_models {
+            let experiments = &snap.experiments;
+            snap.logged_models.retain(|_, l| {
+                experiments
+                    .get(&l.experiment)
+                    .is_some_and(|e| e.workspace != workspace)
+            });
+            snap.logged_models.extend(logged);
+        }
         snap.experiments.retain(|_, e| e.workspace != workspace);
         snap.experiments.extend(c.experiments);
         self.scopes[i].experiment_ids = Some(c.ids);
@@ -512,6 +556,8 @@ struct Due {
     models: bool,
     /// Every running run is searched (`mlflow.running_interval`).
     running: bool,
+    /// The logged models are read (`mlflow.logged_models_interval`, MLflow 3 only).
+    logged: bool,
 }
 
 /// What changed in one scope since the cursor, named in `strings` (the snapshot's table and what
@@ -523,6 +569,7 @@ struct Changes {
     runs: Vec<(RunKey, RunRecord)>,
     versions: HashMap<(Sym, u32), VersionRecord>,
     models: Option<BTreeMap<Sym, ModelRecord>>,
+    logged_models: Option<HashMap<Box<str>, LoggedModelRecord>>,
     requests: usize,
     runs_read: usize,
 }
@@ -541,6 +588,7 @@ async fn read_part(
     client: &MlflowClient,
     ex: &Arc<Extractor>,
     workspace: Option<&str>,
+    mlflow3: bool,
     next: &mut Snapshot,
     read_here: &mut HashSet<Sym>,
 ) -> Result<Part, MlflowError> {
@@ -561,6 +609,12 @@ async fn read_part(
     requests += n;
     let (versions, n) = client.model_versions(None).await?;
     requests += n;
+    if mlflow3 {
+        let (list, n) = logged_models(client, &ids).await?;
+        requests += n;
+        let logged = logged_records(&mut next.strings, list);
+        next.logged_models.extend(logged);
+    }
     next.experiments.extend(records);
     next.models
         .extend(model_records(ex, &mut next.strings, &models, workspace));
@@ -604,6 +658,13 @@ fn carry_workspace(old: &Snapshot, w: &str, next: &mut Snapshot) {
         let mut rec = rec.clone();
         remap.model(&mut rec);
         next.models.insert(remap.sym(*m), rec);
+    }
+    for (id, l) in old.logged_models.iter() {
+        if experiments.contains(&l.experiment) {
+            let mut l = l.clone();
+            l.experiment = remap.sym(l.experiment);
+            next.logged_models.insert(id.clone(), l);
+        }
     }
     for ((m, n), v) in &old.versions {
         if old
@@ -679,6 +740,35 @@ async fn read_runs(
         )
         .await?;
     Ok((requests, read))
+}
+
+/// The logged models of these experiments; none from a server without the endpoint (an MLflow 3
+/// before logged models answers 404).
+async fn logged_models(
+    client: &MlflowClient,
+    ids: &[String],
+) -> Result<(Vec<LoggedModelInfo>, usize), MlflowError> {
+    match client.logged_models(ids).await {
+        Err(MlflowError::Status { status: 404, .. }) => Ok((Vec::new(), 0)),
+        other => other,
+    }
+}
+
+/// Logged models as records by id.
+fn logged_records(
+    strings: &mut Interner,
+    list: Vec<LoggedModelInfo>,
+) -> HashMap<Box<str>, LoggedModelRecord> {
+    list.into_iter()
+        .map(|m| {
+            let record = LoggedModelRecord {
+                experiment: strings.intern(&m.experiment_id),
+                status: LoggedStatus::parse(&m.status),
+                created_ms: m.creation_timestamp_ms.unwrap_or(NO_TIME),
+            };
+            (m.model_id.into_boxed_str(), record)
+        })
+        .collect()
 }
 
 /// The name of `name` in `workspace`: `workspace/name`, as records of a workspace are named

@@ -360,6 +360,51 @@ pub struct VersionRecord {
     pub last_updated_ms: i64,
     /// The run that produced the version, when MLflow knows it.
     pub run: Option<RunKey>,
+    /// The logged model (MLflow 3) it was registered from.
+    pub logged_model: Option<Box<str>>,
+}
+
+/// A logged model's status, as MLflow 3 reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LoggedStatus {
+    Pending,
+    Ready,
+    FailedUpload,
+}
+
+impl LoggedStatus {
+    pub const ALL: [LoggedStatus; 3] = [
+        LoggedStatus::Pending,
+        LoggedStatus::Ready,
+        LoggedStatus::FailedUpload,
+    ];
+
+    /// MLflow's `LOGGED_MODEL_*` names (and the short ones); unknown ones are pending.
+    pub fn parse(s: &str) -> LoggedStatus {
+        match s.strip_prefix("LOGGED_MODEL_").unwrap_or(s) {
+            "READY" => LoggedStatus::Ready,
+            "UPLOAD_FAILED" | "FAILED_UPLOAD" => LoggedStatus::FailedUpload,
+            _ => LoggedStatus::Pending,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoggedStatus::Pending => "PENDING",
+            LoggedStatus::Ready => "READY",
+            LoggedStatus::FailedUpload => "FAILED_UPLOAD",
+        }
+    }
+}
+
+/// A logged model (MLflow 3): a model logged from a run or an app, before any registration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedModelRecord {
+    /// The experiment's id.
+    pub experiment: Sym,
+    pub status: LoggedStatus,
+    /// Ms since the epoch, or [`NO_TIME`].
+    pub created_ms: i64,
 }
 
 /// Runs by id: the records sit in one vector and a hash table holds only their 4-byte positions
@@ -517,6 +562,8 @@ pub struct Snapshot {
     pub models: BTreeMap<Sym, ModelRecord>,
     /// By model name and version number.
     pub versions: HashMap<(Sym, u32), VersionRecord>,
+    /// Logged models (MLflow 3) by id.
+    pub logged_models: HashMap<Box<str>, LoggedModelRecord>,
 }
 
 #[cfg(test)]

@@ -57,7 +57,9 @@ pub mod names {
     pub const MODELS_CREATED: &str = "mlflow_registered_models_created_total";
     pub const VERSIONS_CREATED: &str = "mlflow_model_versions_created_total";
     pub const TIME_TO_FIRST_MODEL: &str = "mlflow_user_time_to_first_model_seconds";
-    pub const ALL: [&str; 12] = [
+    pub const LOGGED_MODELS_CREATED: &str = "mlflow_logged_models_created_total";
+    pub const TIME_TO_REGISTRATION: &str = "mlflow_logged_model_time_to_registration_seconds";
+    pub const ALL: [&str; 14] = [
         RUNS_ENDED,
         RUN_DURATION,
         RUNS_STARTED,
@@ -70,6 +72,8 @@ pub mod names {
         MODELS_CREATED,
         VERSIONS_CREATED,
         TIME_TO_FIRST_MODEL,
+        LOGGED_MODELS_CREATED,
+        TIME_TO_REGISTRATION,
     ];
 }
 
@@ -85,6 +89,9 @@ pub struct TallySettings {
     pub gpu_bounds: Vec<f64>,
     pub ttfm_bounds: Vec<f64>,
     pub ttfm_bounds_ms: Vec<u64>,
+    /// `delivery.time_to_register_buckets`, for a logged model's time to registration.
+    pub reg_bounds: Vec<f64>,
+    pub reg_bounds_ms: Vec<u64>,
 }
 
 impl TallySettings {
@@ -99,6 +106,8 @@ impl TallySettings {
             gpu_bounds: m.gpu_utilization_buckets.clone(),
             ttfm_bounds: m.time_to_first_model_buckets.clone(),
             ttfm_bounds_ms: bounds_ms(&m.time_to_first_model_buckets),
+            reg_bounds: s.delivery.time_to_register_buckets.clone(),
+            reg_bounds_ms: bounds_ms(&s.delivery.time_to_register_buckets),
         }
     }
 }
@@ -179,6 +188,9 @@ pub mod kinds {
     pub const MODEL: &str = "model";
     pub const VERSION: &str = "version";
     pub const ACTIVATED: &str = "activated_user";
+    /// MLflow 3's logged models, by id; those observed registered.
+    pub const LOGGED_MODEL: &str = "logged_model";
+    pub const REGISTERED_LOGGED_MODEL: &str = "registered_logged_model";
 }
 
 /// What changed since the store last saved the tally.
@@ -240,6 +252,10 @@ pub struct Tally {
     /// `[model]`.
     pub versions_created: Series<u64>,
     pub time_to_first_model: HistogramAcc,
+    /// `[experiment]`: logged models (MLflow 3) created.
+    pub logged_models_created: Series<u64>,
+    /// Per logged model, once: its creation to the first model version registered from it.
+    pub time_to_registration: HistogramAcc,
     /// By family name: what the family holds that MLflow's current data no longer supports.
     pub corrections: BTreeMap<&'static str, f64>,
     objects: HashMap<&'static str, Objects>,
@@ -286,6 +302,8 @@ impl Tally {
             models_created: Series::new(),
             versions_created: Series::new(),
             time_to_first_model: HistogramAcc::default(),
+            logged_models_created: Series::new(),
+            time_to_registration: HistogramAcc::default(),
             corrections: names::ALL.iter().map(|n| (*n, 0.0)).collect(),
             objects: HashMap::new(),
             pending: HashMap::new(),
@@ -318,6 +336,8 @@ impl Tally {
             kinds::MODEL,
             kinds::VERSION,
             kinds::ACTIVATED,
+            kinds::LOGGED_MODEL,
+            kinds::REGISTERED_LOGGED_MODEL,
         ]
         .into_iter()
         .find(|k| *k == kind) else {
@@ -343,6 +363,8 @@ impl Tally {
             + self.models_created.len()
             + self.versions_created.len()
             + histogram_lines(&s.ttfm_bounds)
+            + self.logged_models_created.len()
+            + histogram_lines(&s.reg_bounds)
             + self.corrections.len()
     }
 
@@ -381,6 +403,7 @@ impl Tally {
         let mut room = room;
         self.apply(snap, folds, deltas, full, &mut room, &mut report);
         self.count_activations(snap);
+        self.count_registrations(snap);
         report
     }
 
@@ -586,7 +609,7 @@ impl Tally {
             slot.0 += n;
             slot.1.merge(&delta);
         }
-        let [exps, models, versions] = self.objects_seen(snap, folds, full);
+        let [exps, models, versions, logged] = self.objects_seen(snap, folds, full);
 
         let st = &self.settings;
         let run_h = histogram_lines(&st.run_bounds);
@@ -603,6 +626,7 @@ impl Tally {
         wanted.extend(new_keys(&exps, &self.experiments_created, EXPERIMENTS));
         wanted.extend(new_keys(&models, &self.models_created, MODELS));
         wanted.extend(new_keys(&versions, &self.versions_created, VERSIONS));
+        wanted.extend(new_keys(&logged, &self.logged_models_created, LOGGED));
         wanted.extend(new_keys(&durations, &self.durations, DURATIONS));
         wanted.extend(new_keys(&util, &self.gpu_util, UTIL));
         wanted.extend(new_keys(&cost, &self.cost, COST));
@@ -621,6 +645,7 @@ impl Tally {
             (EXPERIMENTS, other_missing(&self.experiments_created, 1)),
             (MODELS, other_missing(&self.models_created, 1)),
             (VERSIONS, other_missing(&self.versions_created, 1)),
+            (LOGGED, other_missing(&self.logged_models_created, 1)),
             (DURATIONS, other_missing(&self.durations, 1 + st.extra)),
             (UTIL, other_missing(&self.gpu_util, 2)),
             (COST, other_missing(&self.cost, 3)),
@@ -678,6 +703,12 @@ impl Tally {
                 VERSIONS,
                 names::VERSIONS_CREATED,
             ),
+            (
+                &mut self.logged_models_created,
+                logged,
+                LOGGED,
+                names::LOGGED_MODELS_CREATED,
+            ),
         ] {
             budget.merge(series, named, &admitted[fam], 1, family, |a, b| *a += b);
         }
@@ -710,7 +741,7 @@ impl Tally {
     /// Experiments, models and versions seen for the first time, named by team (versions by
     /// model): each counted once. On a full read, those counted that MLflow no longer has are
     /// counted as corrections.
-    fn objects_seen(&mut self, snap: &Snapshot, folds: &Folds, full: bool) -> [Named<u64>; 3] {
+    fn objects_seen(&mut self, snap: &Snapshot, folds: &Folds, full: bool) -> [Named<u64>; 4] {
         let s = &snap.strings;
         let mut exps: Named<u64> = BTreeMap::new();
         let mut present: HashSet<Box<str>> = HashSet::new();
@@ -758,7 +789,68 @@ impl Tally {
         if full {
             self.mark_gone(kinds::VERSION, &present, names::VERSIONS_CREATED);
         }
-        [exps, models, versions]
+        let mut logged: Named<u64> = BTreeMap::new();
+        present.clear();
+        // In id order, so that which fold into the budget's room does not depend on a hash.
+        let mut ids: Vec<(&Box<str>, Sym)> = snap
+            .logged_models
+            .iter()
+            .map(|(id, l)| (id, l.experiment))
+            .collect();
+        ids.sort_unstable();
+        for (id, experiment) in ids {
+            present.insert(id.clone());
+            if self.first_sight(kinds::LOGGED_MODEL, id) {
+                let slot = logged
+                    .entry(key(&[folds.experiment(snap, experiment)]))
+                    .or_default();
+                slot.0 += 1;
+                slot.1 += 1;
+            }
+        }
+        if full {
+            self.mark_gone(kinds::LOGGED_MODEL, &present, names::LOGGED_MODELS_CREATED);
+        }
+        [exps, models, versions, logged]
+    }
+
+    /// Logged models first seen registered: each observed once in the time-to-registration
+    /// histogram (its creation to the first model version registered from it).
+    fn count_registrations(&mut self, snap: &Snapshot) {
+        let mut first: HashMap<&str, i64> = HashMap::new();
+        for v in snap.versions.values() {
+            if let (Some(id), true) = (&v.logged_model, v.created_ms != NO_TIME) {
+                let t = first.entry(id).or_insert(v.created_ms);
+                *t = (*t).min(v.created_ms);
+            }
+        }
+        let registered = self
+            .objects
+            .entry(kinds::REGISTERED_LOGGED_MODEL)
+            .or_default();
+        let mut seen: Vec<(&str, i64)> = first
+            .into_iter()
+            .filter(|(id, _)| !registered.contains_key(*id))
+            .filter_map(|(id, at)| {
+                let created = snap.logged_models.get(id)?.created_ms;
+                (created != NO_TIME).then(|| (id, at.saturating_sub(created).max(0)))
+            })
+            .collect();
+        if seen.is_empty() {
+            return;
+        }
+        seen.sort_unstable();
+        for (id, ms) in seen {
+            registered.insert(id.into(), false);
+            self.unsaved
+                .objects
+                .push((kinds::REGISTERED_LOGGED_MODEL, id.into(), false));
+            self.time_to_registration
+                .observe_ms(&self.settings.reg_bounds_ms, ms as u64);
+        }
+        self.unsaved
+            .series
+            .insert((names::TIME_TO_REGISTRATION, key(&[])));
     }
 
     /// True the first time an object is seen (recorded then), false for one counted before.
@@ -958,7 +1050,8 @@ const VERSIONS: usize = 4;
 const DURATIONS: usize = 5;
 const UTIL: usize = 6;
 const COST: usize = 7;
-const FAMILIES: usize = 8;
+const LOGGED: usize = 8;
+const FAMILIES: usize = 9;
 /// Which new series get room first when the budget is short: counts before the histograms of the
 /// same keys, the cost families (experiment × team × instance type, the most combinations) last.
 const PRIORITY: [usize; FAMILIES] = [
@@ -967,6 +1060,7 @@ const PRIORITY: [usize; FAMILIES] = [
     EXPERIMENTS,
     MODELS,
     VERSIONS,
+    LOGGED,
     DURATIONS,
     UTIL,
     COST,

@@ -25,6 +25,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// MLflow's page-size limits per endpoint.
 const EXPERIMENTS_PAGE: u32 = 50_000;
 const MODELS_PAGE: u32 = 1_000;
+/// MLflow's page-size limit of the logged-models search.
+const LOGGED_MODELS_PAGE: u32 = 50;
+/// Experiments per logged-models search.
+const LOGGED_MODELS_BATCH: usize = 100;
 /// Page size of the versions search of an incremental cycle.
 const RECENT_VERSIONS_PAGE: u32 = 100;
 /// Runs searches take this many experiment ids at once (MLflow sets no limit; this keeps bodies small).
@@ -246,6 +250,31 @@ impl MlflowClient {
                 Some(t) => token = Some(unseen(&mut seen, ENDPOINT, t)?),
             }
         }
+    }
+
+    /// Every logged model (MLflow 3) of the given experiments, 50 to a page (MLflow's limit).
+    pub async fn logged_models(
+        &self,
+        experiment_ids: &[String],
+    ) -> Result<(Vec<LoggedModelInfo>, usize), MlflowError> {
+        let mut all = Vec::new();
+        let mut requests = 0;
+        for batch in experiment_ids.chunks(LOGGED_MODELS_BATCH) {
+            requests += self
+                .pages::<SearchLoggedModelsResponse, _>(
+                    "logged-models/search",
+                    |token| {
+                        Request::Post(json!({
+                            "experiment_ids": batch,
+                            "max_results": LOGGED_MODELS_PAGE,
+                            "page_token": token,
+                        }))
+                    },
+                    |page| all.extend(page.into_iter().map(|m| m.info)),
+                )
+                .await?;
+        }
+        Ok((all, requests))
     }
 
     /// Every registered model with its aliases.

@@ -206,6 +206,50 @@ pub struct ModelVersion {
     pub status: String,
     #[serde(default)]
     pub run_id: String,
+    /// Where the version's files are; `models:/<model id>` for a version of a logged model.
+    #[serde(default)]
+    pub source: String,
+    /// The logged model it was registered from (MLflow 3, when the server says so).
+    #[serde(default)]
+    pub model_id: String,
+}
+
+impl ModelVersion {
+    /// The logged model this version was registered from: its `model_id`, else the id its
+    /// `models:/<id>` source names.
+    pub fn logged_model(&self) -> Option<&str> {
+        if !self.model_id.is_empty() {
+            return Some(&self.model_id);
+        }
+        let id = self.source.strip_prefix("models:/")?;
+        let id = id.split('/').next().unwrap_or(id);
+        (!id.is_empty()).then_some(id)
+    }
+}
+
+/// `POST /api/2.0/mlflow/logged-models/search` (MLflow 3).
+#[derive(Debug, Default, Deserialize)]
+pub struct SearchLoggedModelsResponse {
+    #[serde(default)]
+    pub models: Vec<LoggedModel>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoggedModel {
+    pub info: LoggedModelInfo,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoggedModelInfo {
+    pub model_id: String,
+    pub experiment_id: String,
+    #[serde(default, deserialize_with = "opt_i64")]
+    pub creation_timestamp_ms: Option<i64>,
+    /// `LOGGED_MODEL_PENDING`, `LOGGED_MODEL_READY`, `LOGGED_MODEL_UPLOAD_FAILED`.
+    #[serde(default)]
+    pub status: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +307,7 @@ macro_rules! page {
     };
 }
 page!(SearchExperimentsResponse, experiments, Experiment);
+page!(SearchLoggedModelsResponse, models, LoggedModel);
 page!(
     SearchRegisteredModelsResponse,
     registered_models,

@@ -5,7 +5,9 @@
 //! (promtool) and uses only names the exporter exposes (its own families, the delivery and probe
 //! families, the process collector's) or the recording rules of deploy/prometheus/rules/, each with
 //! the labels it carries. The DORA performance bands of the North Star board are evaluated by
-//! promtool against the bands of the reference.
+//! promtool against the bands of the reference. Workspaces (MLflow 3): every board has the
+//! `workspace` variable, a grouping that keeps an experiment or a model keeps its workspace, and
+//! per-workspace people counts are not added up over workspaces.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -15,7 +17,7 @@ use std::process::Command;
 use mlflow_exporter::config::{FlagOverrides, Settings};
 use mlflow_exporter::metrics::family::Spec;
 use mlflow_exporter::metrics::publish::Publisher;
-use mlflow_exporter::metrics::{delivery, probes, specs, Derivation};
+use mlflow_exporter::metrics::{adoption, delivery, probes, specs, workspace, Derivation};
 use mlflow_exporter::sync::Mode;
 use prometheus::proto::MetricType;
 use regex::Regex;
@@ -57,6 +59,28 @@ const CONFIG: &str = "deploy/config.example.yaml";
 const RULES: &str = "deploy/prometheus/rules";
 /// Every board carries this tag: the boards' "MLflow boards" link menu lists boards by it.
 const TAG: &str = "mlflow";
+/// The workspaces of a workspace-enabled MLflow 3: every board's variable right after the data
+/// source, "All" (`.*`, which also matches series without the label) on an MLflow without them.
+const WORKSPACE_QUERY: &str = "label_values(mlflow_runs, workspace)";
+/// Families counted per workspace on a workspace-enabled MLflow 3 (people, teams): a person active
+/// in two workspaces is in both, so their series must not be added up over workspaces (the
+/// `mlflow_platform_*` families count the platform).
+const PER_WORKSPACE_PEOPLE: &[Spec] = &[
+    adoption::USERS,
+    adoption::ACTIVE_USERS,
+    adoption::NEW_USERS,
+    adoption::CHURNED_USERS,
+    adoption::TEAMS,
+    adoption::ACTIVE_TEAMS,
+    adoption::ACTIVATED_USERS,
+    adoption::FEATURE_USERS,
+];
+
+/// Whether a family's series carry a `workspace` label on a workspace-enabled MLflow 3: those with
+/// an experiment or a model, and the per-workspace people counts. Without workspaces none has it.
+fn per_workspace(name: &str) -> bool {
+    workspace::scoped_label(name).is_some() || PER_WORKSPACE_PEOPLE.iter().any(|s| s.name == name)
+}
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -166,6 +190,9 @@ fn exporter_catalogue() -> BTreeMap<String, Family> {
             scraped: true,
         });
         family.labels.extend(s.label_names(&extra));
+        if per_workspace(s.name) {
+            family.labels.insert("workspace".to_string());
+        }
     }
     out
 }
@@ -523,9 +550,14 @@ impl Lint {
                 continue;
             };
             let refs = self.refs(&q[from..to], at, &mut Vec::new());
-            for label in c[2].split(',').map(str::trim).filter(|l| !l.is_empty()) {
+            let labels: Vec<&str> = c[2]
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            for label in &labels {
                 for (_, r) in &refs {
-                    if !r.allowed.contains(label) {
+                    if !r.allowed.contains(*label) {
                         errs.push(format!(
                             "{at}: `{} ({})` on {}, which has no label {label} (labels: {:?})",
                             &c[1], &c[2], r.name, r.allowed
@@ -533,13 +565,45 @@ impl Lint {
                     }
                 }
             }
+            // Names are unique only inside a workspace: what keeps the name keeps the workspace.
+            let kept = ["experiment", "model"]
+                .into_iter()
+                .find(|l| &c[1] == "by" && labels.contains(l));
+            let scoped = refs.iter().find(|(_, r)| r.allowed.contains("workspace"));
+            if let (Some(kept), Some((_, r)), false) = (kept, scoped, labels.contains(&"workspace"))
+            {
+                errs.push(format!(
+                    "{at}: `by ({})` on {} keeps the {kept} but not its workspace: two \
+                     workspaces' same-named {kept}s would be added together",
+                    &c[2], r.name
+                ));
+            }
+        }
+        // People counted per workspace: added up over workspaces, they overcount.
+        for (_, r) in self.refs(&q, at, &mut Vec::new()) {
+            let people = PER_WORKSPACE_PEOPLE.iter().any(|s| s.name == r.name);
+            let by_workspace = self
+                .grouping
+                .captures_iter(&q)
+                .any(|c| &c[1] == "by" && c[2].split(',').any(|l| l.trim() == "workspace"));
+            if people && !by_workspace {
+                errs.push(format!(
+                    "{at}: {} is per workspace on a workspace-enabled MLflow: read \
+                     mlflow_platform_{} for the platform, or group it by workspace",
+                    r.name,
+                    r.name.trim_start_matches("mlflow_")
+                ));
+            }
         }
     }
 
+    /// Template variables a query names. `$1`, `${2}` are `label_replace` captures, which Grafana
+    /// leaves to Prometheus (a variable cannot be named by a number alone).
     fn var_names<'e>(&self, expr: &'e str) -> Vec<&'e str> {
         self.variable
             .captures_iter(expr)
             .map(|c| c.get(1).or(c.get(2)).or(c.get(3)).unwrap().as_str())
+            .filter(|name| !is_capture(name))
             .collect()
     }
 
@@ -584,6 +648,9 @@ impl Lint {
         self.variable
             .replace_all(expr, |c: &regex::Captures| {
                 let name = c.get(1).or(c.get(2)).or(c.get(3)).unwrap().as_str();
+                if is_capture(name) {
+                    return c[0].to_string();
+                }
                 BUILTIN_VARS
                     .iter()
                     .find(|(b, _)| *b == name)
@@ -593,6 +660,11 @@ impl Lint {
             })
             .into_owned()
     }
+}
+
+/// `1` in `$1`: a capture of a `label_replace` replacement, not a template variable.
+fn is_capture(name: &str) -> bool {
+    name.chars().all(|c| c.is_ascii_digit())
 }
 
 fn is_ident(c: char) -> bool {
@@ -694,6 +766,37 @@ fn lint_board(lint: &Lint, file: &str, board: &Value) -> (Vec<String>, Vec<(Stri
         errs.push(format!(
             "{file}: no templating variable `datasource` of type datasource (query prometheus)"
         ));
+    }
+    // The workspaces of a workspace-enabled MLflow 3, right after the data source; "All" (`.*`)
+    // by default, which is all there is on an MLflow without workspaces.
+    match vars.iter().position(|v| str_of(v, "name") == "workspace") {
+        None => errs.push(format!(
+            "{file}: no templating variable `workspace` ({WORKSPACE_QUERY})"
+        )),
+        Some(i) => {
+            let v = &vars[i];
+            let at = format!("{file}: variable workspace");
+            let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+            if i != 1 || str_of(&vars[0], "name") != "datasource" {
+                errs.push(format!("{at}: must come right after datasource"));
+            }
+            if str_of(v, "type") != "query" || variable_query(v) != WORKSPACE_QUERY {
+                errs.push(format!("{at}: must be the query {WORKSPACE_QUERY}"));
+            }
+            if !flag("multi") || !flag("includeAll") || str_of(v, "allValue") != ".*" {
+                errs.push(format!(
+                    "{at}: must be multi-value with All as `.*` (which matches series without the label)"
+                ));
+            }
+            if v.get("refresh").and_then(Value::as_u64) != Some(2) {
+                errs.push(format!(
+                    "{at}: must refresh on time range change (refresh 2)"
+                ));
+            }
+            if current_value(v).is_some() || str_of(v, "description").trim().is_empty() {
+                errs.push(format!("{at}: must default to All and have a description"));
+            }
+        }
     }
     let function =
         Regex::new(r"^\s*(label_values|label_names|query_result)\s*\((.*)\)\s*$").unwrap();
@@ -982,10 +1085,33 @@ fn the_catalogue_knows_every_kind_of_metric() {
     );
     assert_eq!(
         cat["mlflow_run_cost_total"].labels,
-        ["experiment", "instance_type", "team"]
+        ["experiment", "instance_type", "team", "workspace"]
             .map(String::from)
             .into()
     );
+    // Workspaces (MLflow 3): what names an experiment or a model, people per workspace, sync
+    // errors of a workspace; the platform's people counts have no workspace.
+    for name in [
+        "mlflow_runs",
+        "mlflow_model_deployments_total",
+        "mlflow_incidents_open",
+        "mlflow_model_lead_time_seconds",
+        "mlflow_active_users",
+        "mlflow_users",
+        "mlflow_exporter_sync_errors_total",
+    ] {
+        assert!(cat[name].labels.contains("workspace"), "{name}");
+    }
+    for name in [
+        "mlflow_platform_users",
+        "mlflow_platform_active_users",
+        "mlflow_experiments",
+        "mlflow_registered_models",
+        "mlflow_experiments_created_total",
+        "mlflow_probe_success",
+    ] {
+        assert!(!cat[name].labels.contains("workspace"), "{name}");
+    }
     // Families that appear only after a delivery event or once probes start.
     assert_eq!(cat["mlflow_model_lead_time_seconds"].kind, "histogram");
     assert_eq!(cat["mlflow_incidents_total"].kind, "counter");
@@ -1006,6 +1132,10 @@ fn the_catalogue_knows_every_kind_of_metric() {
         f.labels.iter().map(String::as_str).collect::<Vec<_>>()
     };
     assert_eq!(rule("mlflow:active_users:count"), ["window"]);
+    assert_eq!(
+        rule("mlflow:model_deployments:increase7d"),
+        ["model", "workspace"]
+    );
     assert_eq!(rule("mlflow:cost:increase1d"), Vec::<&str>::new());
     assert_eq!(rule("mlflow:run_cost:increase1d"), ["team"]);
     assert_eq!(rule("mlflow:probe_availability:ratio30d"), ["probe"]);
@@ -1065,6 +1195,41 @@ fn the_lint_catches_what_it_should() {
         none,
         "target labels"
     );
+    // Workspaces: the workspace goes with the experiment or the model; people are not added up.
+    assert_eq!(
+        bad(
+            r#"sum by (workspace, experiment) (increase(mlflow_runs_ended_total{workspace=~".*"}[1d]))"#
+        ),
+        none
+    );
+    assert_eq!(
+        bad("sum by (experiment) (increase(mlflow_runs_ended_total[1d]))").len(),
+        1,
+        "same-named experiments of two workspaces added together"
+    );
+    assert_eq!(
+        bad("histogram_quantile(0.5, sum by (le, model) (rate(mlflow_model_lead_time_seconds_bucket[1d])))").len(),
+        1,
+        "same-named models of two workspaces added together"
+    );
+    assert_eq!(
+        bad("sum by (le, probe, model, alias) (rate(mlflow_probe_duration_seconds_bucket[5m]))"),
+        none,
+        "probes have no workspace"
+    );
+    assert_eq!(
+        bad(r#"max(mlflow_active_users{window="1d"})"#).len(),
+        1,
+        "people overcounted"
+    );
+    assert_eq!(
+        bad(r#"max(mlflow_platform_active_users{window="1d"})"#),
+        none
+    );
+    assert_eq!(
+        bad(r#"max by (workspace) (mlflow_active_users{workspace=~".*", window="1d"})"#),
+        none
+    );
     assert_eq!(
         bad("histogram_quantile(0.5, sum by (le) (mlflow_model_lead_time_seconds_bucket))").len(),
         1,
@@ -1114,6 +1279,13 @@ fn the_lint_catches_what_it_should() {
         ),
         r#"sum by (estimator) (rate(mlflow_runs_ended_total{team=~".*"}[5m]))"#
     );
+    let capture = r#"label_replace(mlflow_runs{experiment=~"$team"}, "experiment", "$1", "experiment", "/(.*)")"#;
+    assert_eq!(
+        lint.concrete(capture, &vars),
+        capture.replace("$team", ".*"),
+        "a label_replace capture is no variable"
+    );
+    assert_eq!(lint.var_names(capture), ["team"]);
     let mut errs = Vec::new();
     lint.multi_values_by_regex(r#"mlflow_runs{experiment="$team"}"#, &vars, "t", &mut errs);
     lint.multi_values_by_regex(r#"mlflow_runs{experiment=~"$team"}"#, &vars, "t", &mut errs);
@@ -1152,6 +1324,7 @@ fn the_board_lint_catches_what_it_should() {
     });
     let (errs, _) = lint_board(&lint, "t.json", &board);
     for expected in [
+        "no templating variable `workspace`",
         "id must be null",
         "variable team: unknown metric mlflow_nope",
         "variable experiment: undefined variable $later",

@@ -1,7 +1,8 @@
 //! The shipped Grafana boards and Prometheus rules, proven against real parts: a seeded MLflow, the
 //! exporter, and a real Prometheus scraping it every second with every rule file loaded. Every
-//! query of every panel (its variables set to real label values) and every recording rule must
-//! return data, and stopping MLflow must make `MLflowDown` fire once its `for` has passed.
+//! query of every panel (its variables set to real label values, the workspace at All) and every
+//! recording rule must return data, and stopping MLflow must make `MLflowDown` fire once its `for`
+//! has passed.
 
 mod common;
 
@@ -76,8 +77,14 @@ const PREFERRED: &[(&str, &str)] = &[
     ("probe", "serving-tls"),
 ];
 
+/// Variables checked at "All", their `allValue`: the workspaces of a workspace-enabled MLflow 3, of
+/// which the seeded MLflow (started without `--enable-workspaces`) has none. `.*` also matches the
+/// series without the label, so every panel must still have data.
+const ALL: &[(&str, &str)] = &[("workspace", ".*")];
+
 /// Real values for a board's variables: the first value of each `label_values(metric, label)`
-/// (a value that is not `__other__` when there is one), the first option of a custom one.
+/// (a value that is not `__other__` when there is one), the first option of a custom one, the
+/// `allValue` of those of [`ALL`].
 fn variables(board: &Value, prom: &Prometheus) -> BTreeMap<String, String> {
     let mut vars: BTreeMap<String, String> = BUILTIN
         .iter()
@@ -88,6 +95,16 @@ fn variables(board: &Value, prom: &Prometheus) -> BTreeMap<String, String> {
         let name = v["name"].as_str().unwrap().to_string();
         let value = match v["type"].as_str() {
             Some("datasource") => continue,
+            Some("query") if ALL.iter().any(|(n, _)| *n == name) => {
+                let (_, all) = ALL.iter().find(|(n, _)| *n == name).unwrap();
+                assert_eq!(
+                    v["allValue"].as_str(),
+                    Some(*all),
+                    "variable {name}: All must stand for {all}"
+                );
+                assert_eq!(v["includeAll"], true, "variable {name}: no All");
+                all.to_string()
+            }
             Some("query") => {
                 let q = v["query"]["query"]
                     .as_str()
@@ -304,6 +321,19 @@ fn every_panel_and_rule_has_data_and_mlflow_down_fires() {
         Duration::from_secs(30),
     );
 
+    // An MLflow without workspaces: no series has a workspace label, so the boards' workspace
+    // variable offers only All (checked below).
+    assert_eq!(
+        prom.label_values("mlflow_runs", "workspace"),
+        Vec::<String>::new(),
+        "the seeded MLflow has no workspaces"
+    );
+    assert_eq!(
+        prom.label_values(r#"{__name__=~"mlflow_.+"}"#, "workspace"),
+        Vec::<String>::new(),
+        "no series has a workspace label without workspaces"
+    );
+
     let mut missing = Vec::new();
     // Every recording rule produces at least one series.
     for f in &rules {
@@ -326,6 +356,12 @@ fn every_panel_and_rule_has_data_and_mlflow_down_fires() {
         let board: Value =
             serde_json::from_str(&std::fs::read_to_string(&board_path).unwrap()).unwrap();
         let vars = variables(&board, &prom);
+        assert_eq!(
+            vars.get("workspace").map(String::as_str),
+            Some(".*"),
+            "{}: every board has the workspace variable",
+            board_path.display()
+        );
         let board_name = board_path
             .file_name()
             .unwrap()

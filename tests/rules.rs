@@ -1,8 +1,9 @@
 //! The Prometheus rules of deploy/prometheus/: `promtool check rules` on every rules file and
 //! `promtool test rules` on every unit-test file, then what promtool does not check: the recording
 //! rule names the dashboards rely on, the labels and annotations of every alert, runbook anchors
-//! that exist in docs/runbooks.md, metrics and labels the exporter really exposes, and unit tests
-//! that make every alert fire and stay quiet and pin every recording rule's value.
+//! that exist in docs/runbooks.md, metrics and labels the exporter really exposes, the workspace
+//! kept wherever an experiment or a model is (MLflow 3 workspaces), and unit tests that make every
+//! alert fire and stay quiet and pin every recording rule's value.
 
 mod common;
 
@@ -13,8 +14,9 @@ use std::process::Command;
 
 use common::project_dir;
 use mlflow_exporter::config::Settings;
+use mlflow_exporter::metrics::family::Spec;
 use mlflow_exporter::metrics::publish::Publisher;
-use mlflow_exporter::metrics::{delivery, probes, specs, Derivation};
+use mlflow_exporter::metrics::{adoption, delivery, probes, specs, workspace, Derivation};
 use mlflow_exporter::sync::Mode;
 use regex::Regex;
 use serde_yaml_ng::Value;
@@ -66,6 +68,25 @@ const ALERTS: &[&str] = &[
 
 /// Labels Prometheus adds to every scraped series.
 const TARGET_LABELS: &[&str] = &["job", "instance"];
+
+/// Families counted per workspace on a workspace-enabled MLflow 3 (people, teams): a person active
+/// in two workspaces is in both, so rules read the `mlflow_platform_*` families for the platform.
+const PER_WORKSPACE_PEOPLE: &[Spec] = &[
+    adoption::USERS,
+    adoption::ACTIVE_USERS,
+    adoption::NEW_USERS,
+    adoption::CHURNED_USERS,
+    adoption::TEAMS,
+    adoption::ACTIVE_TEAMS,
+    adoption::ACTIVATED_USERS,
+    adoption::FEATURE_USERS,
+];
+
+/// Whether a family's series carry a `workspace` label on a workspace-enabled MLflow 3: those with
+/// an experiment or a model, and the per-workspace people counts.
+fn per_workspace(name: &str) -> bool {
+    workspace::scoped_label(name).is_some() || PER_WORKSPACE_PEOPLE.iter().any(|s| s.name == name)
+}
 
 fn prometheus_dir() -> PathBuf {
     project_dir().join("deploy/prometheus")
@@ -312,9 +333,11 @@ fn exposed() -> BTreeMap<String, BTreeSet<String>> {
         .chain(delivery::HISTORY_SPECS.iter().copied())
         .chain(probes::SPECS.iter().copied());
     for s in all {
-        out.entry(s.name.to_string())
-            .or_default()
-            .extend(s.label_names(&[]));
+        let family = out.entry(s.name.to_string()).or_default();
+        family.extend(s.label_names(&[]));
+        if per_workspace(s.name) {
+            family.insert("workspace".to_string());
+        }
     }
     out
 }
@@ -387,6 +410,86 @@ fn rules_use_only_metrics_and_labels_the_exporter_exposes() {
             for l in c[1].split(',').map(str::trim).filter(|l| !l.is_empty()) {
                 if !known.contains(l) {
                     problems.push(format!("{}: no family it reads has label {l}", r.name()));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Experiment and model names are unique only inside a workspace (MLflow 3): a rule that keeps the
+/// experiment or the model (`by`, `on`, a selector in an annotation's query) keeps the workspace
+/// with it, or two workspaces' `churn` would be added together or matched with each other. People
+/// are counted from the `mlflow_platform_*` families, unless grouped by workspace.
+#[test]
+fn rules_keep_the_workspace_with_the_experiment_or_the_model() {
+    let ident = Regex::new(r"\bmlflow_[a-zA-Z0-9_]*").unwrap();
+    let grouping = Regex::new(r"\b(by|on)\s*\(([^)]*)\)").unwrap();
+    let selector = Regex::new(r"\b(mlflow_[a-zA-Z0-9_]*)\s*\{([^}]*)\}").unwrap();
+    let matcher = Regex::new(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)").unwrap();
+    let base = |name: &str| -> String {
+        ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name)
+            .to_string()
+    };
+    let mut problems = Vec::new();
+    for r in &rules() {
+        for text in promql_texts(r) {
+            let read: BTreeSet<String> = ident.find_iter(&text).map(|m| base(m.as_str())).collect();
+            let scoped: Vec<&String> = read.iter().filter(|f| per_workspace(f)).collect();
+            let groupings: Vec<Vec<&str>> = grouping
+                .captures_iter(&text)
+                .map(|c| {
+                    c.get(2)
+                        .unwrap()
+                        .as_str()
+                        .split(',')
+                        .map(str::trim)
+                        .collect()
+                })
+                .collect();
+            if !scoped.is_empty() {
+                for g in &groupings {
+                    let keeps_name = g.contains(&"experiment") || g.contains(&"model");
+                    if keeps_name && !g.contains(&"workspace") {
+                        problems.push(format!(
+                            "{}: ({}) over {scoped:?} keeps the name but not the workspace",
+                            r.name(),
+                            g.join(", ")
+                        ));
+                    }
+                }
+            }
+            for c in selector.captures_iter(&text) {
+                let names: Vec<String> = matcher
+                    .captures_iter(&c[2])
+                    .map(|m| m[1].to_string())
+                    .collect();
+                let keeps_name = names.iter().any(|n| n == "experiment" || n == "model");
+                if per_workspace(&base(&c[1]))
+                    && keeps_name
+                    && !names.iter().any(|n| n == "workspace")
+                {
+                    problems.push(format!(
+                        "{}: {}{{{}}} names the experiment or the model but not the workspace",
+                        r.name(),
+                        &c[1],
+                        &c[2]
+                    ));
+                }
+            }
+            for people in read
+                .iter()
+                .filter(|f| PER_WORKSPACE_PEOPLE.iter().any(|s| s.name == *f))
+            {
+                if !groupings.iter().any(|g| g.contains(&"workspace")) {
+                    problems.push(format!(
+                        "{}: {people} is per workspace with workspaces (a person in two counts twice): read mlflow_platform_{}",
+                        r.name(),
+                        people.trim_start_matches("mlflow_")
+                    ));
                 }
             }
         }

@@ -1099,6 +1099,8 @@ fn the_catalogue_knows_every_kind_of_metric() {
         "mlflow_active_users",
         "mlflow_users",
         "mlflow_exporter_sync_errors_total",
+        // A probe of a workspace's model (`probes.targets[].workspace`).
+        "mlflow_probe_success",
     ] {
         assert!(cat[name].labels.contains("workspace"), "{name}");
     }
@@ -1108,7 +1110,7 @@ fn the_catalogue_knows_every_kind_of_metric() {
         "mlflow_experiments",
         "mlflow_registered_models",
         "mlflow_experiments_created_total",
-        "mlflow_probe_success",
+        "mlflow_probe_failures_total",
     ] {
         assert!(!cat[name].labels.contains("workspace"), "{name}");
     }
@@ -1117,7 +1119,9 @@ fn the_catalogue_knows_every_kind_of_metric() {
     assert_eq!(cat["mlflow_incidents_total"].kind, "counter");
     assert_eq!(
         cat["mlflow_probe_duration_seconds"].labels,
-        ["alias", "model", "probe"].map(String::from).into()
+        ["alias", "model", "probe", "workspace"]
+            .map(String::from)
+            .into()
     );
     assert!(cat.contains_key("mlflow_probe_tls_cert_expiry_timestamp_seconds"));
     #[cfg(target_os = "linux")]
@@ -1141,7 +1145,7 @@ fn the_catalogue_knows_every_kind_of_metric() {
     assert_eq!(rule("mlflow:probe_availability:ratio30d"), ["probe"]);
     assert_eq!(
         rule("mlflow:probe_duration_seconds:p99_5m"),
-        ["alias", "model", "probe"]
+        ["alias", "model", "probe", "workspace"]
     );
 }
 
@@ -1213,9 +1217,10 @@ fn the_lint_catches_what_it_should() {
         "same-named models of two workspaces added together"
     );
     assert_eq!(
-        bad("sum by (le, probe, model, alias) (rate(mlflow_probe_duration_seconds_bucket[5m]))"),
-        none,
-        "probes have no workspace"
+        bad("sum by (le, probe, model, alias) (rate(mlflow_probe_duration_seconds_bucket[5m]))")
+            .len(),
+        1,
+        "a probe of a workspace's model has its workspace"
     );
     assert_eq!(
         bad(r#"max(mlflow_active_users{window="1d"})"#).len(),

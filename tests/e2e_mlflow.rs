@@ -694,6 +694,8 @@ fn north_star(s: &Scrape, server: &MlflowServer, t: i64, phase: Phase) {
         ("git", [2.0, 2.0, 2.0]),
         ("nested_runs", [2.0, 2.0, 2.0]),
         ("datasets", [1.0, 1.0, 1.0]),
+        // This history loads no prompt (tests/workspaces_mlflow.rs does).
+        ("prompts", [0.0, 0.0, 0.0]),
     ];
     let rows: Vec<([(&str, &str); 2], f64)> = features
         .iter()

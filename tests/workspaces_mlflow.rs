@@ -291,7 +291,11 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
     let config = common::write_file(
         mlflow.dir.path(),
         "exporter.yaml",
-        &format!("webhooks:\n  mlflow: {{enabled: true, secret: {SECRET}}}\n"),
+        &format!(
+            "webhooks:\n  mlflow: {{enabled: true, secret: {SECRET}}}\n\
+             probes:\n  interval: 2s\n  timeout: 1s\n  targets:\n  - {{name: churn-b, url: {}/health, method: GET, model: churn, alias: champion, workspace: team-b}}\n",
+            mlflow.url
+        ),
     );
     let mut exporter = common::ExporterProcess::start(
         mlflow.dir.path(),
@@ -355,6 +359,24 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
         },
     );
     let s = exporter.scrape();
+    // A probe of team-b's churn carries its workspace, as the registry's series do.
+    let probed = [
+        ("probe", "churn-b"),
+        ("workspace", "team-b"),
+        ("model", "churn"),
+        ("alias", "champion"),
+    ];
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the probe of team-b's churn",
+        || {
+            exporter
+                .scrape()
+                .family("mlflow_probe_success")
+                .get(&common::to_labels(&probed))
+                == Some(&1.0)
+        },
+    );
     let deployments = s.family("mlflow_model_deployments_total");
     assert_eq!(deployments.get(&target("default")), Some(&0.0));
     // The version was read from team-b's registry: its lead time is the run's start to the move.
@@ -387,7 +409,11 @@ async fn logged_models_by_status_and_their_time_to_registration() {
         c.finalize_logged_model(failed.model_id, LoggedModelStatus.FAILED)\n\
         c.create_registered_model('reg')\n\
         v = c.create_model_version('reg', source='models:/' + ready.model_id, run_id=r.info.run_id, model_id=ready.model_id)\n\
-        print('TIMES', ready.creation_timestamp, v.creation_timestamp)\n";
+        print('TIMES', ready.creation_timestamp, v.creation_timestamp)\n\
+        mlflow.genai.register_prompt(name='qa', template='Answer {{q}}')\n\
+        mlflow.set_experiment('lm')\n\
+        with mlflow.start_run():\n\
+        \x20   mlflow.genai.load_prompt('prompts:/qa/1')\n";
     let out = tokio::task::block_in_place(|| {
         std::process::Command::new(common::venv_bin("python"))
             .args(["-c", script])
@@ -430,6 +456,9 @@ async fn logged_models_by_status_and_their_time_to_registration() {
     assert_eq!(s.get(&format!("{h}_count"), &[]), 1.0);
     let want = (times[1] - times[0]) as f64 / 1000.0;
     assert_eq!(s.get(&format!("{h}_sum"), &[]), want);
+    // The run that loaded a prompt: its user used the prompts feature.
+    let prompts = [("feature", "prompts"), ("window", "1d")];
+    assert_eq!(s.get("mlflow_feature_users", &prompts), 1.0);
     // Counted once: another cycle observes nothing more.
     pipeline.syncer.full(t + 60_000).await.unwrap();
     pipeline.publish(t + 60_000).await;

@@ -495,6 +495,8 @@ impl Default for MetricsSettings {
                     inputs: true,
                     ..Feature::default()
                 },
+                // MLflow 3 tags a run that loaded a prompt of its registry.
+                Feature::tag("prompts", "mlflow.linkedPrompts"),
             ],
             quality_metrics: [
                 ("accuracy", Goal::Max),

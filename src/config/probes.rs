@@ -91,6 +91,10 @@ pub struct Probe {
     /// Alias the endpoint serves (the `alias` label).
     #[serde(default)]
     pub alias: String,
+    /// On a workspace-enabled MLflow 3, the workspace of `model` (the `workspace` label, so that
+    /// the probe's series join the registry's and an alert names the workspace's model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
     #[serde(default)]
     pub tls: ProbeTls,
 }
@@ -271,6 +275,7 @@ impl Probe {
             interval: None,
             failures_before_down: None,
             model: String::new(),
+            workspace: None,
             alias: String::new(),
             tls: ProbeTls::default(),
         }

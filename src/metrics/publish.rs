@@ -525,7 +525,8 @@ impl Publisher {
             .map(|f| (f.name().to_string(), proto_lines(f)))
             .collect();
         for source in lock(&self.sources).iter() {
-            for family in source() {
+            // A probe of a workspace's model names it `workspace/model` (see `probes.workspace`).
+            for family in self.in_workspaces(source()) {
                 if family.series() > 0 {
                     text.extend_from_slice(family.text());
                     rest.push((family.name().to_string(), family.lines()));

@@ -11,6 +11,7 @@ pub fn scoped_label(family: &str) -> Option<&'static str> {
     super::specs()
         .iter()
         .chain(super::delivery::HISTORY_SPECS)
+        .chain(super::probes::SPECS)
         .find(|s| s.name == family)
         .and_then(|s| {
             ["experiment", "model"]
@@ -123,5 +124,7 @@ mod tests {
         assert_eq!(scoped_label("mlflow_runs_ended_total"), Some("experiment"));
         assert_eq!(scoped_label("mlflow_model_versions"), Some("model"));
         assert_eq!(scoped_label("mlflow_users"), None);
+        assert_eq!(scoped_label("mlflow_probe_success"), Some("model"));
+        assert_eq!(scoped_label("mlflow_probe_failures_total"), None);
     }
 }

@@ -141,7 +141,12 @@ impl Probes {
                 interval: spec.interval,
                 record: Arc::new(ProbeRecord::new(
                     &t.name,
-                    &t.model,
+                    // `workspace/model`, as the snapshot names a workspace's model: published as
+                    // a workspace label of its own.
+                    &match &t.workspace {
+                        Some(w) if !w.is_empty() => format!("{w}/{}", t.model),
+                        _ => t.model.clone(),
+                    },
                     &t.alias,
                     spec.failures_before_down,
                     totals(&t.name),

@@ -469,7 +469,8 @@ mod tests {
             ..Feature::default()
         });
         let ex = Extractor::new(&s);
-        // Defaults: registry (bit 0, never from the run), system_metrics 1, autolog 2, git 3, nested 4, datasets 5.
+        // Defaults: registry (bit 0, never from the run), system_metrics 1, autolog 2, git 3, nested 4,
+        // datasets 5, prompts 6; the one pushed here is 7.
         assert_eq!(ex.features(&run_with(&[], &[], 0)), 0);
         assert_eq!(
             ex.features(&run_with(&[], &["system/cpu_utilization_percentage"], 0)),
@@ -485,7 +486,7 @@ mod tests {
         );
         assert_eq!(
             ex.features(&run_with(&[("mlflow.autologging", "sklearn")], &[], 0)),
-            1 << 2 | 1 << 6
+            1 << 2 | 1 << 7
         );
         assert_eq!(
             ex.features(&run_with(
@@ -499,6 +500,11 @@ mod tests {
             1 << 3 | 1 << 4
         );
         assert_eq!(ex.features(&run_with(&[], &[], 2)), 1 << 5);
+        let linked = [(
+            "mlflow.linkedPrompts",
+            r#"[{"name": "qa", "version": "1"}]"#,
+        )];
+        assert_eq!(ex.features(&run_with(&linked, &[], 0)), 1 << 6);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub const EXPERIMENTS: &str = "experiments/search";
 pub const RUNS: &str = "runs/search";
 pub const MODELS: &str = "registered-models/search";
 pub const VERSIONS: &str = "model-versions/search";
+pub const LOGGED_MODELS: &str = "logged-models/search";
 
 /// The URL path of an MLflow endpoint.
 pub fn api(endpoint: &str) -> String {
@@ -21,7 +22,7 @@ pub fn api(endpoint: &str) -> String {
 /// HTTP method MLflow uses for each search.
 pub fn verb(endpoint: &str) -> &'static str {
     match endpoint {
-        EXPERIMENTS | RUNS => "POST",
+        EXPERIMENTS | RUNS | LOGGED_MODELS => "POST",
         _ => "GET",
     }
 }

@@ -55,8 +55,9 @@ async fn exact_metrics(server: MlflowServer, mlflow3: bool) {
     let report = pipeline.cycle(s1).await.unwrap();
     assert_eq!(report.mode, Mode::Full);
     // The server's info (MLflow 3: no workspaces; MLflow 2 has none, a 404), then experiments,
-    // runs, registered models, model versions and (MLflow 3) logged models: one page each.
-    assert_eq!(report.requests, 4 + 2 * usize::from(mlflow3));
+    // runs, registered models, model versions and (MLflow 3) logged models, prompts and prompt
+    // versions: one page each.
+    assert_eq!(report.requests, 4 + 4 * usize::from(mlflow3));
     assert_eq!(report.runs_read, 15);
     let s = scrape(&publisher);
 
@@ -580,9 +581,10 @@ async fn between_running_searches_new_runs_are_found_by_start_time() {
     // Ended with an end time before the cursor: not seen yet.
     assert_eq!(status(&pipeline, "r11"), "Running");
 
-    // Five minutes after the full read: the running runs are searched, and r11 read by id.
+    // Five minutes after the full read: the running runs are searched, and r11 read by id; the
+    // prompt registry is due too (`mlflow.prompts_interval`: prompts and their versions).
     let report = pipeline.cycle(t + 6 * MIN).await.unwrap();
-    assert_eq!((report.mode, report.requests), (Mode::Incremental, 6));
+    assert_eq!((report.mode, report.requests), (Mode::Incremental, 6 + 2));
     assert_eq!(status(&pipeline, "r11"), "Finished");
     let incremental = scrape(&pipeline.publisher);
 

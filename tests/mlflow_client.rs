@@ -1009,8 +1009,8 @@ async fn a_full_cycle_counts_every_experiments_page() {
     assert_eq!(syncer.snapshot().experiments.len(), 2);
     let sent = server.received_requests().await.unwrap().len();
     // The server's info + 2 experiments pages + 1 runs page + 1 models page + 1 versions page
-    // + 1 logged-models page (an MLflow 3).
-    assert_eq!(sent, 7);
+    // + (an MLflow 3) 1 logged-models page, 1 prompts page, 1 prompt versions page.
+    assert_eq!(sent, 9);
     // CycleReport.requests is documented as "HTTP requests that returned a page (retries not counted)".
     assert_eq!(report.requests, sent);
 }
@@ -1171,8 +1171,9 @@ async fn each_selected_workspace_is_read_and_one_that_fails_keeps_its_last_recor
     let report = syncer.full(NOW).await.unwrap();
     assert!(report.failed.is_empty());
     assert_eq!(report.workspaces, 2);
-    // Server info and the list, then 5 searches in each workspace (logged models too).
-    assert_eq!(report.requests, 2 + 2 * 5);
+    // Server info and the list, then 7 searches in each workspace (logged models, prompts and
+    // prompt versions too).
+    assert_eq!(report.requests, 2 + 2 * 7);
     assert!(syncer.workspaces_enabled());
     assert_eq!(syncer.workspaces(), ["default", "team-b"]);
     let both = (
@@ -1196,7 +1197,7 @@ async fn each_selected_workspace_is_read_and_one_that_fails_keeps_its_last_recor
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
     assert!(!asked.contains(&"sandbox".to_string()), "{asked:?}");
-    assert_eq!(asked.len(), 10);
+    assert_eq!(asked.len(), 14);
 
     // team-b answers 503 from now on; default gains run 3.
     server.reset().await;

@@ -466,3 +466,104 @@ async fn logged_models_by_status_and_their_time_to_registration() {
     assert_eq!(s.get(&format!("{h}_count"), &[]), 1.0);
     assert_eq!(s.get("mlflow_logged_models_created_total", &created), 3.0);
 }
+
+/// Runs `script` with the MLflow SDK against `server`; its standard output.
+fn python(server: &MlflowServer, script: &str) -> String {
+    let out = std::process::Command::new(common::venv_bin("python"))
+        .args(["-c", script])
+        .env("MLFLOW_TRACKING_URI", &server.url)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    printed
+}
+
+/// MLflow 3's prompt registry: prompts and versions by team, apart from the models, and alias
+/// moves counted once as deployments of prompts, across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_and_their_alias_moves_are_counted_apart_from_models() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    let sdk = "import warnings; warnings.simplefilter('ignore'); import mlflow\n";
+    tokio::task::block_in_place(|| {
+        python(
+            &server,
+            &format!(
+                "{sdk}mlflow.genai.register_prompt(name='qa', template='Answer {{{{q}}}}', tags={{'team': 'nlp'}})\n\
+                 mlflow.genai.register_prompt(name='qa', template='Answer well {{{{q}}}}')\n\
+                 mlflow.genai.set_prompt_alias('qa', alias='production', version=1)\n\
+                 mlflow.genai.register_prompt(name='sum', template='Sum up {{{{t}}}}')\n\
+                 mlflow.MlflowClient().create_registered_model('churn', tags={{'team': 'nlp'}})\n"
+            ),
+        )
+    });
+    let store = tempfile::tempdir().unwrap();
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let flags = FlagOverrides {
+        storage_path: Some(store.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let t = now_ms();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    pipeline.cycle(t).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    let team = |t: &'static str| [("team", t)];
+    assert_eq!(s.get("mlflow_prompts", &team("nlp")), 1.0);
+    assert_eq!(s.get("mlflow_prompts", &team("")), 1.0);
+    assert_eq!(s.get("mlflow_prompt_versions", &team("nlp")), 2.0);
+    assert_eq!(s.get("mlflow_prompt_versions", &team("")), 1.0);
+    assert_eq!(s.get("mlflow_prompts_created_total", &team("nlp")), 1.0);
+    assert_eq!(
+        s.get("mlflow_prompt_versions_created_total", &team("nlp")),
+        2.0
+    );
+    // The aliases the first count finds are where they stand; the series exist at 0.
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("nlp")), 0.0);
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("")), 0.0);
+    // Prompts are not models: the registry holds one model, churn.
+    assert_eq!(s.get("mlflow_registered_models", &[]), 1.0);
+    assert_eq!(
+        s.get("mlflow_registered_models_created_total", &team("nlp")),
+        1.0
+    );
+
+    // qa's production moves to version 2, sum gets an alias: two deployments of prompts.
+    tokio::task::block_in_place(|| {
+        python(
+            &server,
+            &format!(
+                "{sdk}mlflow.genai.set_prompt_alias('qa', alias='production', version=2)\n\
+                 mlflow.genai.set_prompt_alias('sum', alias='staging', version=1)\n"
+            ),
+        )
+    });
+    pipeline.syncer.full(t + 60_000).await.unwrap();
+    pipeline.publish(t + 60_000).await;
+    let s = scrape(&pipeline.publisher);
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("nlp")), 1.0);
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("")), 1.0);
+    // Nor deployments of models.
+    let models = format!("{:?}", s.family("mlflow_model_deployments_total"));
+    assert!(
+        !models.contains("qa") && !models.contains("sum"),
+        "{models}"
+    );
+
+    // After a restart nothing is counted again.
+    pipeline.recorder.store().close().await;
+    drop(pipeline);
+    let mut pipeline = Pipeline::open(&settings, t + 120_000).await.unwrap();
+    pipeline.cycle(t + 120_000).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("nlp")), 1.0);
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("")), 1.0);
+    assert_eq!(
+        s.get("mlflow_prompt_versions_created_total", &team("nlp")),
+        2.0
+    );
+}

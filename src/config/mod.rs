@@ -240,6 +240,11 @@ pub struct MlflowSettings {
     /// cycle costs no request more than before. `0s` reads them every cycle.
     #[serde(with = "humantime_serde")]
     pub logged_models_interval: Duration,
+    /// Time between reads of MLflow 3's prompt registry (prompts with their aliases, and their
+    /// versions: two searches) in incremental cycles; full cycles always read it. A prompt alias
+    /// moved between reads is seen at the next one.
+    #[serde(with = "humantime_serde")]
+    pub prompts_interval: Duration,
     /// Reuse a connection to MLflow for the next request. Off by default: MLflow 3's server with
     /// several workers (its default is 4) leaves Nagle's algorithm on, so on a reused connection a
     /// small answer waits about 40 ms for the client's delayed ACK; a new connection is answered at
@@ -316,6 +321,7 @@ impl Default for MlflowSettings {
             registry_interval: Duration::ZERO,
             running_interval: Duration::ZERO,
             logged_models_interval: Duration::from_secs(600),
+            prompts_interval: Duration::from_secs(300),
             keep_alive: false,
             workspaces: WorkspaceSelection::default(),
         }

@@ -60,6 +60,31 @@ pub const TIME_TO_REGISTRATION: Spec = Spec::histogram(
     "Per logged model, observed once: from its creation to the first model version registered from it",
     &[],
 );
+pub const PROMPTS: Spec = Spec::gauge(
+    "mlflow_prompts",
+    "Prompts of MLflow 3's prompt registry, by the prompt's team tag",
+    &["team"],
+);
+pub const PROMPT_VERSIONS: Spec = Spec::gauge(
+    "mlflow_prompt_versions",
+    "Versions of the prompts of MLflow 3's prompt registry, by the prompt's team tag",
+    &["team"],
+);
+pub const PROMPTS_CREATED: Spec = Spec::counter(
+    "mlflow_prompts_created_total",
+    "Prompts created in MLflow 3's prompt registry, by the prompt's team tag, counted once",
+    &["team"],
+);
+pub const PROMPT_VERSIONS_CREATED: Spec = Spec::counter(
+    "mlflow_prompt_versions_created_total",
+    "Prompt versions created, by the prompt's team tag, counted once",
+    &["team"],
+);
+pub const PROMPT_DEPLOYMENTS: Spec = Spec::counter(
+    "mlflow_prompt_deployments_total",
+    "Deployments of prompts: a prompt alias moved to another version, or set anew, counted once when seen",
+    &["team"],
+);
 pub const SPECS: &[Spec] = &[
     EXPERIMENTS,
     REGISTERED_MODELS,
@@ -71,6 +96,11 @@ pub const SPECS: &[Spec] = &[
     LOGGED_MODELS,
     LOGGED_MODELS_CREATED,
     TIME_TO_REGISTRATION,
+    PROMPTS,
+    PROMPT_VERSIONS,
+    PROMPTS_CREATED,
+    PROMPT_VERSIONS_CREATED,
+    PROMPT_DEPLOYMENTS,
 ];
 
 pub fn gauges(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
@@ -121,12 +151,34 @@ pub fn gauges(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
         logged_f.add(&[e, st], n as f64);
     }
 
+    // Prompts and their versions by team: every team of a prompt has both series.
+    let mut prompts: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+    let team = |p: &crate::sync::snapshot::ModelRecord| {
+        crate::tally::prompt_team(snap, folds, p.workspace, p.team)
+    };
+    for p in snap.prompts.values() {
+        prompts.entry(team(p)).or_default()[0] += 1;
+    }
+    for (p, _) in snap.prompt_versions.keys() {
+        if let Some(rec) = snap.prompts.get(p) {
+            prompts.entry(team(rec)).or_default()[1] += 1;
+        }
+    }
+    let mut prompts_f = Family::new(&PROMPTS);
+    let mut prompt_versions_f = Family::new(&PROMPT_VERSIONS);
+    for (team, [n, v]) in &prompts {
+        prompts_f.add(&[team], *n as f64);
+        prompt_versions_f.add(&[team], *v as f64);
+    }
+
     vec![
         exp.finish(),
         models.finish(),
         versions.finish(),
         aliases.finish(),
         logged_f.finish(),
+        prompts_f.finish(),
+        prompt_versions_f.finish(),
     ]
 }
 
@@ -139,7 +191,12 @@ pub fn counters(tally: &Tally) -> Vec<TextFamily> {
         (&VERSIONS_CREATED, &tally.versions_created),
     ]
     .into_iter()
-    .chain([(&LOGGED_MODELS_CREATED, &tally.logged_models_created)])
+    .chain([
+        (&LOGGED_MODELS_CREATED, &tally.logged_models_created),
+        (&PROMPTS_CREATED, &tally.prompts_created),
+        (&PROMPT_VERSIONS_CREATED, &tally.prompt_versions_created),
+        (&PROMPT_DEPLOYMENTS, &tally.prompt_deployments),
+    ])
     .map(|(spec, series)| {
         let mut f = Family::new(spec);
         for (key, n) in series {

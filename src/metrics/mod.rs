@@ -140,10 +140,15 @@ pub const MLFLOW3_ONLY: &[&str] = &[
     inventory::LOGGED_MODELS.name,
     inventory::LOGGED_MODELS_CREATED.name,
     inventory::TIME_TO_REGISTRATION.name,
+    inventory::PROMPTS.name,
+    inventory::PROMPT_VERSIONS.name,
+    inventory::PROMPTS_CREATED.name,
+    inventory::PROMPT_VERSIONS_CREATED.name,
+    inventory::PROMPT_DEPLOYMENTS.name,
 ];
 
 /// How many families [`counters`] returns.
-pub const COUNTER_FAMILIES: usize = 16;
+pub const COUNTER_FAMILIES: usize = 19;
 
 /// The counters (and histograms) of the tally: everything counted once, from MLflow's history.
 pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {

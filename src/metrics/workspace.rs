@@ -6,8 +6,12 @@
 
 use super::family::TextFamily;
 
-/// The label of a family whose value names a workspace's object: `experiment` or `model`.
+/// The label of a family whose value names a workspace's object: `experiment` or `model`; for
+/// the prompt families, `team` (their series are by the prompt's team in its workspace).
 pub fn scoped_label(family: &str) -> Option<&'static str> {
+    if PROMPT_FAMILIES.contains(&family) {
+        return Some("team");
+    }
     super::specs()
         .iter()
         .chain(super::delivery::HISTORY_SPECS)
@@ -19,6 +23,15 @@ pub fn scoped_label(family: &str) -> Option<&'static str> {
                 .find(|l| s.labels.contains(l))
         })
 }
+
+/// Families by a prompt's team, named `workspace/team` with workspaces.
+const PROMPT_FAMILIES: [&str; 5] = [
+    super::inventory::PROMPTS.name,
+    super::inventory::PROMPT_VERSIONS.name,
+    super::inventory::PROMPTS_CREATED.name,
+    super::inventory::PROMPT_VERSIONS_CREATED.name,
+    super::inventory::PROMPT_DEPLOYMENTS.name,
+];
 
 /// `family` with the `workspace/name` values of its scoped label split in two labels; families
 /// without such a label as they are.

@@ -244,6 +244,10 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
         names::VERSIONS_CREATED => json!({"n": t.versions_created.get(key)?}),
         names::TIME_TO_FIRST_MODEL => hist_ms(&t.time_to_first_model, &t.settings.ttfm_bounds_ms),
         names::LOGGED_MODELS_CREATED => json!({"n": t.logged_models_created.get(key)?}),
+        names::PROMPTS_CREATED => json!({"n": t.prompts_created.get(key)?}),
+        names::PROMPT_VERSIONS_CREATED => json!({"n": t.prompt_versions_created.get(key)?}),
+        names::PROMPT_DEPLOYMENTS => json!({"n": t.prompt_deployments.get(key)?}),
+        names::PROMPT_ALIASES => json!({"v": t.prompt_aliases.get(key)?}),
         names::TIME_TO_REGISTRATION => hist_ms(&t.time_to_registration, &t.settings.reg_bounds_ms),
         CORRECTIONS => json!({"v": t.corrections.get(key.first().map(|k| &**k)?)?}),
         _ => return None,
@@ -309,6 +313,19 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         }
         names::LOGGED_MODELS_CREATED => {
             t.logged_models_created.insert(key, n()?);
+        }
+        names::PROMPTS_CREATED => {
+            t.prompts_created.insert(key, n()?);
+        }
+        names::PROMPT_VERSIONS_CREATED => {
+            t.prompt_versions_created.insert(key, n()?);
+        }
+        names::PROMPT_DEPLOYMENTS => {
+            t.prompt_deployments.insert(key, n()?);
+        }
+        names::PROMPT_ALIASES => {
+            let v = u32::try_from(v["v"].as_u64()?).ok()?;
+            t.prompt_aliases.insert(key, v);
         }
         names::TIME_TO_REGISTRATION => {
             t.time_to_registration = hist_ms(v, &t.settings.reg_bounds_ms)?;

@@ -82,6 +82,7 @@ pub struct Syncer {
     registry_every_ms: i64,
     running_every_ms: i64,
     logged_every_ms: i64,
+    prompts_every_ms: i64,
     snapshot: Snapshot,
     /// `now` of the last successful cycle and of the last successful full one.
     cursor_ms: Option<i64>,
@@ -90,8 +91,9 @@ pub struct Syncer {
     last_models_ms: Option<i64>,
     /// `now` of the last cycle that searched every running run.
     last_running_ms: Option<i64>,
-    /// `now` of the last cycle that read the logged models.
+    /// `now` of the last cycle that read the logged models, and the prompt registry.
     last_logged_ms: Option<i64>,
+    last_prompts_ms: Option<i64>,
     /// Runs the last full read no longer found (removed for good, e.g. by `mlflow gc`), with their
     /// last records, until the tally takes them.
     gone: Vec<(RunKey, RunRecord)>,
@@ -113,12 +115,14 @@ impl Syncer {
             registry_every_ms: settings.mlflow.registry_interval.as_millis() as i64,
             running_every_ms: settings.mlflow.running_interval.as_millis() as i64,
             logged_every_ms: settings.mlflow.logged_models_interval.as_millis() as i64,
+            prompts_every_ms: settings.mlflow.prompts_interval.as_millis() as i64,
             snapshot: Snapshot::default(),
             cursor_ms: None,
             last_full_ms: None,
             last_models_ms: None,
             last_running_ms: None,
             last_logged_ms: None,
+            last_prompts_ms: None,
             gone: Vec::new(),
             full_uncounted: false,
         }
@@ -283,6 +287,7 @@ impl Syncer {
         self.last_models_ms = Some(now_ms);
         self.last_running_ms = Some(now_ms);
         self.last_logged_ms = Some(now_ms);
+        self.last_prompts_ms = Some(now_ms);
         Ok(CycleReport {
             mode: Mode::Full,
             requests,
@@ -313,11 +318,16 @@ impl Syncer {
             && self
                 .last_logged_ms
                 .is_none_or(|last| now_ms - last >= self.logged_every_ms);
+        let prompts_due = self.has_server_info == Some(true)
+            && self
+                .last_prompts_ms
+                .is_none_or(|last| now_ms - last >= self.prompts_every_ms);
         let due = Due {
             since,
             models: models_due,
             running: running_due,
             logged: logged_due,
+            prompts: prompts_due,
         };
         let mut runs_read = 0;
         let mut failed = Vec::new();
@@ -347,6 +357,9 @@ impl Syncer {
         }
         if logged_due {
             self.last_logged_ms = Some(now_ms);
+        }
+        if prompts_due {
+            self.last_prompts_ms = Some(now_ms);
         }
         self.cursor_ms = Some(now_ms);
         Ok(CycleReport {
@@ -395,6 +408,14 @@ impl Syncer {
         for (id, mut l) in part.logged_models {
             l.experiment = remap.sym(l.experiment);
             snap.logged_models.insert(id, l);
+        }
+        for (p, mut rec) in part.prompts {
+            remap.model(&mut rec);
+            snap.prompts.insert(remap.sym(p), rec);
+        }
+        for ((p, n), mut v) in part.prompt_versions {
+            remap.version(&mut v);
+            snap.prompt_versions.insert((remap.sym(p), n), v);
         }
         self.scopes[i].experiment_ids = Some(read.ids);
         Ok((read.requests, read.runs_read))
@@ -501,8 +522,17 @@ impl Syncer {
             }
             false => None,
         };
+        let prompts = match due.prompts {
+            true => {
+                let (p, n) = read_prompts(client, ex, &mut strings, workspace).await?;
+                requests += n;
+                Some(p)
+            }
+            false => None,
+        };
         Ok(Changes {
             logged_models,
+            prompts,
             strings,
             experiments: experiment_records,
             ids,
@@ -524,6 +554,14 @@ impl Syncer {
             .workspace
             .as_deref()
             .and_then(|w| snap.strings.lookup(w));
+        if let Some((prompts, versions)) = c.prompts {
+            snap.prompts.retain(|_, p| p.workspace != workspace);
+            snap.prompts.extend(prompts);
+            let prompts = &snap.prompts;
+            snap.prompt_versions
+                .retain(|(p, _), _| prompts.contains_key(p));
+            snap.prompt_versions.extend(versions);
+        }
         if let Some(logged) = c.logged_models {
             let experiments = &snap.experiments;
             snap.logged_models.retain(|_, l| {
@@ -558,6 +596,8 @@ struct Due {
     running: bool,
     /// The logged models are read (`mlflow.logged_models_interval`, MLflow 3 only).
     logged: bool,
+    /// The prompt registry is read (`mlflow.prompts_interval`, MLflow 3 only).
+    prompts: bool,
 }
 
 /// What changed in one scope since the cursor, named in `strings` (the snapshot's table and what
@@ -570,9 +610,16 @@ struct Changes {
     versions: HashMap<(Sym, u32), VersionRecord>,
     models: Option<BTreeMap<Sym, ModelRecord>>,
     logged_models: Option<HashMap<Box<str>, LoggedModelRecord>>,
+    prompts: Option<Prompts>,
     requests: usize,
     runs_read: usize,
 }
+
+/// A scope's prompts by name and their versions.
+type Prompts = (
+    BTreeMap<Sym, ModelRecord>,
+    HashMap<(Sym, u32), VersionRecord>,
+);
 
 /// What [`read_part`] read.
 struct Part {
@@ -609,11 +656,19 @@ async fn read_part(
     requests += n;
     let (versions, n) = client.model_versions(None).await?;
     requests += n;
+    let mut prompts = None;
     if mlflow3 {
         let (list, n) = logged_models(client, &ids).await?;
         requests += n;
         let logged = logged_records(&mut next.strings, list);
         next.logged_models.extend(logged);
+        let (p, n) = read_prompts(client, ex, &mut next.strings, workspace).await?;
+        requests += n;
+        prompts = Some(p);
+    }
+    if let Some((p, v)) = prompts {
+        next.prompts.extend(p);
+        next.prompt_versions.extend(v);
     }
     next.experiments.extend(records);
     next.models
@@ -664,6 +719,22 @@ fn carry_workspace(old: &Snapshot, w: &str, next: &mut Snapshot) {
             let mut l = l.clone();
             l.experiment = remap.sym(l.experiment);
             next.logged_models.insert(id.clone(), l);
+        }
+    }
+    for (p, rec) in old.prompts.iter().filter(|(_, p)| p.workspace == Some(ws)) {
+        let mut rec = rec.clone();
+        remap.model(&mut rec);
+        next.prompts.insert(remap.sym(*p), rec);
+    }
+    for ((p, n), v) in &old.prompt_versions {
+        if old
+            .prompts
+            .get(p)
+            .is_some_and(|rec| rec.workspace == Some(ws))
+        {
+            let mut v = v.clone();
+            remap.version(&mut v);
+            next.prompt_versions.insert((remap.sym(*p), *n), v);
         }
     }
     for ((m, n), v) in &old.versions {
@@ -752,6 +823,21 @@ async fn logged_models(
         Err(MlflowError::Status { status: 404, .. }) => Ok((Vec::new(), 0)),
         other => other,
     }
+}
+
+/// The prompt registry of a scope (MLflow 3): prompts with their aliases, and their versions,
+/// named as models are. An MLflow 3 before the prompt registry has none.
+async fn read_prompts(
+    client: &MlflowClient,
+    ex: &Extractor,
+    strings: &mut Interner,
+    workspace: Option<&str>,
+) -> Result<(Prompts, usize), MlflowError> {
+    let (prompts, n) = client.prompts().await?;
+    let (versions, m) = client.prompt_versions().await?;
+    let prompts = model_records(ex, strings, &prompts, workspace);
+    let versions = version_records(ex, strings, &versions, workspace);
+    Ok(((prompts, versions), n + m))
 }
 
 /// Logged models as records by id.

@@ -564,6 +564,11 @@ pub struct Snapshot {
     pub versions: HashMap<(Sym, u32), VersionRecord>,
     /// Logged models (MLflow 3) by id.
     pub logged_models: HashMap<Box<str>, LoggedModelRecord>,
+    /// Prompts of MLflow 3's prompt registry by name (as models are named), with their aliases:
+    /// apart from the models, so that no figure mixes the two.
+    pub prompts: BTreeMap<Sym, ModelRecord>,
+    /// Prompt versions by prompt name and version number.
+    pub prompt_versions: HashMap<(Sym, u32), VersionRecord>,
 }
 
 #[cfg(test)]

@@ -59,7 +59,13 @@ pub mod names {
     pub const TIME_TO_FIRST_MODEL: &str = "mlflow_user_time_to_first_model_seconds";
     pub const LOGGED_MODELS_CREATED: &str = "mlflow_logged_models_created_total";
     pub const TIME_TO_REGISTRATION: &str = "mlflow_logged_model_time_to_registration_seconds";
-    pub const ALL: [&str; 14] = [
+    pub const PROMPTS_CREATED: &str = "mlflow_prompts_created_total";
+    pub const PROMPT_VERSIONS_CREATED: &str = "mlflow_prompt_versions_created_total";
+    pub const PROMPT_DEPLOYMENTS: &str = "mlflow_prompt_deployments_total";
+    /// Not served: the version each prompt alias pointed at when last counted, so that a move is
+    /// counted once, across restarts too.
+    pub const PROMPT_ALIASES: &str = "prompt_alias_versions";
+    pub const ALL: [&str; 17] = [
         RUNS_ENDED,
         RUN_DURATION,
         RUNS_STARTED,
@@ -74,6 +80,9 @@ pub mod names {
         TIME_TO_FIRST_MODEL,
         LOGGED_MODELS_CREATED,
         TIME_TO_REGISTRATION,
+        PROMPTS_CREATED,
+        PROMPT_VERSIONS_CREATED,
+        PROMPT_DEPLOYMENTS,
     ];
 }
 
@@ -191,6 +200,9 @@ pub mod kinds {
     /// MLflow 3's logged models, by id; those observed registered.
     pub const LOGGED_MODEL: &str = "logged_model";
     pub const REGISTERED_LOGGED_MODEL: &str = "registered_logged_model";
+    /// Prompts of MLflow 3's prompt registry, and their versions.
+    pub const PROMPT: &str = "prompt";
+    pub const PROMPT_VERSION: &str = "prompt_version";
 }
 
 /// What changed since the store last saved the tally.
@@ -256,6 +268,13 @@ pub struct Tally {
     pub logged_models_created: Series<u64>,
     /// Per logged model, once: its creation to the first model version registered from it.
     pub time_to_registration: HistogramAcc,
+    /// `[team]` (`workspace/team` with workspaces): prompts and prompt versions created, and
+    /// prompt alias moves (deployments of prompts).
+    pub prompts_created: Series<u64>,
+    pub prompt_versions_created: Series<u64>,
+    pub prompt_deployments: Series<u64>,
+    /// `[prompt, alias]` → the version it pointed at when last counted.
+    pub prompt_aliases: BTreeMap<Key, u32>,
     /// By family name: what the family holds that MLflow's current data no longer supports.
     pub corrections: BTreeMap<&'static str, f64>,
     objects: HashMap<&'static str, Objects>,
@@ -304,6 +323,10 @@ impl Tally {
             time_to_first_model: HistogramAcc::default(),
             logged_models_created: Series::new(),
             time_to_registration: HistogramAcc::default(),
+            prompts_created: Series::new(),
+            prompt_versions_created: Series::new(),
+            prompt_deployments: Series::new(),
+            prompt_aliases: BTreeMap::new(),
             corrections: names::ALL.iter().map(|n| (*n, 0.0)).collect(),
             objects: HashMap::new(),
             pending: HashMap::new(),
@@ -338,6 +361,8 @@ impl Tally {
             kinds::ACTIVATED,
             kinds::LOGGED_MODEL,
             kinds::REGISTERED_LOGGED_MODEL,
+            kinds::PROMPT,
+            kinds::PROMPT_VERSION,
         ]
         .into_iter()
         .find(|k| *k == kind) else {
@@ -365,6 +390,9 @@ impl Tally {
             + histogram_lines(&s.ttfm_bounds)
             + self.logged_models_created.len()
             + histogram_lines(&s.reg_bounds)
+            + self.prompts_created.len()
+            + self.prompt_versions_created.len()
+            + self.prompt_deployments.len()
             + self.corrections.len()
     }
 
@@ -609,7 +637,16 @@ impl Tally {
             slot.0 += n;
             slot.1.merge(&delta);
         }
+        // Before the prompts are first seen: on the first count that sees any, their aliases are
+        // where they stand, not deployments.
+        let had_prompts = self
+            .objects
+            .get(kinds::PROMPT)
+            .is_some_and(|o| !o.is_empty())
+            || !self.prompt_aliases.is_empty();
         let [exps, models, versions, logged] = self.objects_seen(snap, folds, full);
+        let [prompts, prompt_versions] = self.prompts_seen(snap, folds, full);
+        let prompt_moves = self.prompt_moves(snap, folds, had_prompts);
 
         let st = &self.settings;
         let run_h = histogram_lines(&st.run_bounds);
@@ -627,6 +664,17 @@ impl Tally {
         wanted.extend(new_keys(&models, &self.models_created, MODELS));
         wanted.extend(new_keys(&versions, &self.versions_created, VERSIONS));
         wanted.extend(new_keys(&logged, &self.logged_models_created, LOGGED));
+        wanted.extend(new_keys(&prompts, &self.prompts_created, PROMPTS));
+        wanted.extend(new_keys(
+            &prompt_versions,
+            &self.prompt_versions_created,
+            PROMPT_VERSIONS,
+        ));
+        wanted.extend(new_keys(
+            &prompt_moves,
+            &self.prompt_deployments,
+            PROMPT_DEPLOYMENTS,
+        ));
         wanted.extend(new_keys(&durations, &self.durations, DURATIONS));
         wanted.extend(new_keys(&util, &self.gpu_util, UTIL));
         wanted.extend(new_keys(&cost, &self.cost, COST));
@@ -646,6 +694,15 @@ impl Tally {
             (MODELS, other_missing(&self.models_created, 1)),
             (VERSIONS, other_missing(&self.versions_created, 1)),
             (LOGGED, other_missing(&self.logged_models_created, 1)),
+            (PROMPTS, other_missing(&self.prompts_created, 1)),
+            (
+                PROMPT_VERSIONS,
+                other_missing(&self.prompt_versions_created, 1),
+            ),
+            (
+                PROMPT_DEPLOYMENTS,
+                other_missing(&self.prompt_deployments, 1),
+            ),
             (DURATIONS, other_missing(&self.durations, 1 + st.extra)),
             (UTIL, other_missing(&self.gpu_util, 2)),
             (COST, other_missing(&self.cost, 3)),
@@ -708,6 +765,24 @@ impl Tally {
                 logged,
                 LOGGED,
                 names::LOGGED_MODELS_CREATED,
+            ),
+            (
+                &mut self.prompts_created,
+                prompts,
+                PROMPTS,
+                names::PROMPTS_CREATED,
+            ),
+            (
+                &mut self.prompt_versions_created,
+                prompt_versions,
+                PROMPT_VERSIONS,
+                names::PROMPT_VERSIONS_CREATED,
+            ),
+            (
+                &mut self.prompt_deployments,
+                prompt_moves,
+                PROMPT_DEPLOYMENTS,
+                names::PROMPT_DEPLOYMENTS,
             ),
         ] {
             budget.merge(series, named, &admitted[fam], 1, family, |a, b| *a += b);
@@ -812,6 +887,87 @@ impl Tally {
             self.mark_gone(kinds::LOGGED_MODEL, &present, names::LOGGED_MODELS_CREATED);
         }
         [exps, models, versions, logged]
+    }
+
+    /// Prompts and prompt versions seen for the first time, named by team (in its workspace):
+    /// each counted once; on a full read, those counted that MLflow no longer has are corrections.
+    fn prompts_seen(&mut self, snap: &Snapshot, folds: &Folds, full: bool) -> [Named<u64>; 2] {
+        let s = &snap.strings;
+        let team_of = |p: Sym| {
+            let rec = snap.prompts.get(&p);
+            prompt_team(
+                snap,
+                folds,
+                rec.and_then(|r| r.workspace),
+                rec.and_then(|r| r.team),
+            )
+        };
+        let mut prompts: Named<u64> = BTreeMap::new();
+        let mut present: HashSet<Box<str>> = HashSet::new();
+        for p in snap.prompts.keys() {
+            let name = s.get(*p);
+            present.insert(name.into());
+            if self.first_sight(kinds::PROMPT, name) {
+                let slot = prompts.entry(key(&[&team_of(*p)])).or_default();
+                slot.0 += 1;
+                slot.1 += 1;
+            }
+        }
+        if full {
+            self.mark_gone(kinds::PROMPT, &present, names::PROMPTS_CREATED);
+        }
+        let mut versions: Named<u64> = BTreeMap::new();
+        present.clear();
+        let mut keys: Vec<(Sym, u32)> = snap.prompt_versions.keys().copied().collect();
+        keys.sort_unstable();
+        for (p, n) in keys {
+            let name = version_name(s.get(p), n);
+            if self.first_sight(kinds::PROMPT_VERSION, &name) {
+                let slot = versions.entry(key(&[&team_of(p)])).or_default();
+                slot.0 += 1;
+                slot.1 += 1;
+            }
+            present.insert(name.into());
+        }
+        if full {
+            self.mark_gone(
+                kinds::PROMPT_VERSION,
+                &present,
+                names::PROMPT_VERSIONS_CREATED,
+            );
+        }
+        [prompts, versions]
+    }
+
+    /// Prompt aliases that point at another version than when last counted, or that are new on
+    /// a platform whose prompts were counted before: deployments of prompts, by team.
+    fn prompt_moves(&mut self, snap: &Snapshot, folds: &Folds, had_prompts: bool) -> Named<u64> {
+        let s = &snap.strings;
+        let mut moves: Named<u64> = BTreeMap::new();
+        for (p, rec) in &snap.prompts {
+            // Every prompt's team has its series from the start, so its first move is an
+            // increase.
+            let team = prompt_team(snap, folds, rec.workspace, rec.team);
+            moves.entry(key(&[&team])).or_default();
+            for (alias, version) in &rec.aliases {
+                let k = key(&[s.get(*p), s.get(*alias)]);
+                let moved = match self.prompt_aliases.get(&k) {
+                    Some(v) if v == version => continue,
+                    Some(_) => true,
+                    None => had_prompts,
+                };
+                if moved {
+                    let slot = moves.entry(key(&[&team])).or_default();
+                    slot.0 += 1;
+                    slot.1 += 1;
+                }
+                self.unsaved
+                    .series
+                    .insert((names::PROMPT_ALIASES, k.clone()));
+                self.prompt_aliases.insert(k, *version);
+            }
+        }
+        moves
     }
 
     /// Logged models first seen registered: each observed once in the time-to-registration
@@ -1051,7 +1207,10 @@ const DURATIONS: usize = 5;
 const UTIL: usize = 6;
 const COST: usize = 7;
 const LOGGED: usize = 8;
-const FAMILIES: usize = 9;
+const PROMPTS: usize = 9;
+const PROMPT_VERSIONS: usize = 10;
+const PROMPT_DEPLOYMENTS: usize = 11;
+const FAMILIES: usize = 12;
 /// Which new series get room first when the budget is short: counts before the histograms of the
 /// same keys, the cost families (experiment × team × instance type, the most combinations) last.
 const PRIORITY: [usize; FAMILIES] = [
@@ -1061,6 +1220,9 @@ const PRIORITY: [usize; FAMILIES] = [
     MODELS,
     VERSIONS,
     LOGGED,
+    PROMPTS,
+    PROMPT_VERSIONS,
+    PROMPT_DEPLOYMENTS,
     DURATIONS,
     UTIL,
     COST,
@@ -1103,6 +1265,22 @@ fn stored(r: &RunRecord, now_ms: i64, rates: &RateCard, gone: bool) -> StoredRun
 /// A series key from label values.
 pub fn key(values: &[&str]) -> Key {
     values.iter().map(|v| Box::from(*v)).collect()
+}
+
+/// The `team` label of a prompt's series: its team tag (folded), `workspace/team` on a server
+/// with workspaces (published as a workspace label of its own, see `metrics::workspace`).
+pub fn prompt_team(
+    snap: &Snapshot,
+    folds: &Folds,
+    workspace: Option<Sym>,
+    team: Option<Sym>,
+) -> String {
+    let s = &snap.strings;
+    let team = folds.team.label(team, s);
+    match workspace {
+        Some(w) => format!("{}/{team}", s.get(w)),
+        None => team.to_string(),
+    }
 }
 
 /// How the store names a model version: `model␟version`.

@@ -25,6 +25,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// MLflow's page-size limits per endpoint.
 const EXPERIMENTS_PAGE: u32 = 50_000;
 const MODELS_PAGE: u32 = 1_000;
+/// What makes a registered model a prompt; a search without it leaves prompts out.
+const PROMPT_FILTER: &str = "tags.`mlflow.prompt.is_prompt` = 'true'";
 /// MLflow's page-size limit of the logged-models search.
 const LOGGED_MODELS_PAGE: u32 = 50;
 /// Experiments per logged-models search.
@@ -277,8 +279,43 @@ impl MlflowClient {
         Ok((all, requests))
     }
 
-    /// Every registered model with its aliases.
+    /// Every registered model with its aliases (MLflow hides prompts from this search).
     pub async fn registered_models(&self) -> Result<(Vec<RegisteredModel>, usize), MlflowError> {
+        self.registered_models_where(None).await
+    }
+
+    /// Every prompt of MLflow's prompt registry (registered models tagged as prompts), with its
+    /// aliases.
+    pub async fn prompts(&self) -> Result<(Vec<RegisteredModel>, usize), MlflowError> {
+        self.registered_models_where(Some(PROMPT_FILTER)).await
+    }
+
+    /// Every version of every prompt.
+    pub async fn prompt_versions(&self) -> Result<(Vec<ModelVersion>, usize), MlflowError> {
+        let mut all = Vec::new();
+        let requests = self
+            .pages::<SearchModelVersionsResponse, _>(
+                "model-versions/search",
+                |token| {
+                    let mut q = vec![
+                        ("max_results", self.page_size.to_string()),
+                        ("filter", PROMPT_FILTER.to_string()),
+                        ("order_by", "name ASC".to_string()),
+                        ("order_by", "version_number ASC".to_string()),
+                    ];
+                    q.extend(token.map(|t| ("page_token", t.to_string())));
+                    Request::Get(q)
+                },
+                |page| all.extend(page),
+            )
+            .await?;
+        Ok((all, requests))
+    }
+
+    async fn registered_models_where(
+        &self,
+        filter: Option<&str>,
+    ) -> Result<(Vec<RegisteredModel>, usize), MlflowError> {
         let mut all = Vec::new();
         let requests = self
             .pages::<SearchRegisteredModelsResponse, _>(
@@ -288,6 +325,7 @@ impl MlflowClient {
                         ("max_results", MODELS_PAGE.to_string()),
                         ("order_by", "name ASC".to_string()),
                     ];
+                    q.extend(filter.map(|f| ("filter", f.to_string())));
                     q.extend(token.map(|t| ("page_token", t.to_string())));
                     Request::Get(q)
                 },

@@ -17,7 +17,7 @@ use std::process::Command;
 use mlflow_exporter::config::{FlagOverrides, Settings};
 use mlflow_exporter::metrics::family::Spec;
 use mlflow_exporter::metrics::publish::Publisher;
-use mlflow_exporter::metrics::{adoption, delivery, probes, specs, workspace, Derivation};
+use mlflow_exporter::metrics::{delivery, probes, specs, workspace, Derivation};
 use mlflow_exporter::sync::Mode;
 use prometheus::proto::MetricType;
 use regex::Regex;
@@ -62,24 +62,9 @@ const TAG: &str = "mlflow";
 /// The workspaces of a workspace-enabled MLflow 3: every board's variable right after the data
 /// source, "All" (`.*`, which also matches series without the label) on an MLflow without them.
 const WORKSPACE_QUERY: &str = "label_values(mlflow_runs, workspace)";
-/// Families counted per workspace on a workspace-enabled MLflow 3 (people, teams): a person active
-/// in two workspaces is in both, so their series must not be added up over workspaces (the
-/// `mlflow_platform_*` families count the platform).
-const PER_WORKSPACE_PEOPLE: &[Spec] = &[
-    adoption::USERS,
-    adoption::ACTIVE_USERS,
-    adoption::NEW_USERS,
-    adoption::CHURNED_USERS,
-    adoption::TEAMS,
-    adoption::ACTIVE_TEAMS,
-    adoption::ACTIVATED_USERS,
-    adoption::FEATURE_USERS,
-];
-
-/// Whether a family's series carry a `workspace` label on a workspace-enabled MLflow 3: those with
-/// an experiment or a model, and the per-workspace people counts. Without workspaces none has it.
+/// Whether a family's series carry a `workspace` label on a workspace-enabled MLflow 3.
 fn per_workspace(name: &str) -> bool {
-    workspace::scoped_label(name).is_some() || PER_WORKSPACE_PEOPLE.iter().any(|s| s.name == name)
+    workspace::labelled(name)
 }
 
 fn root() -> &'static Path {
@@ -581,7 +566,7 @@ impl Lint {
         }
         // People counted per workspace: added up over workspaces, they overcount.
         for (_, r) in self.refs(&q, at, &mut Vec::new()) {
-            let people = PER_WORKSPACE_PEOPLE.iter().any(|s| s.name == r.name);
+            let people = workspace::PER_WORKSPACE_PEOPLE.contains(&r.name);
             let by_workspace = self
                 .grouping
                 .captures_iter(&q)
@@ -1101,16 +1086,19 @@ fn the_catalogue_knows_every_kind_of_metric() {
         "mlflow_exporter_sync_errors_total",
         // A probe of a workspace's model (`probes.targets[].workspace`).
         "mlflow_probe_success",
+        // What each workspace holds, and creates by team.
+        "mlflow_experiments",
+        "mlflow_registered_models",
+        "mlflow_experiments_created_total",
+        "mlflow_prompts_created_total",
     ] {
         assert!(cat[name].labels.contains("workspace"), "{name}");
     }
     for name in [
         "mlflow_platform_users",
         "mlflow_platform_active_users",
-        "mlflow_experiments",
-        "mlflow_registered_models",
-        "mlflow_experiments_created_total",
         "mlflow_probe_failures_total",
+        "mlflow_exporter_corrections_total",
     ] {
         assert!(!cat[name].labels.contains("workspace"), "{name}");
     }

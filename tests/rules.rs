@@ -14,9 +14,8 @@ use std::process::Command;
 
 use common::project_dir;
 use mlflow_exporter::config::Settings;
-use mlflow_exporter::metrics::family::Spec;
 use mlflow_exporter::metrics::publish::Publisher;
-use mlflow_exporter::metrics::{adoption, delivery, probes, specs, workspace, Derivation};
+use mlflow_exporter::metrics::{delivery, probes, specs, workspace, Derivation};
 use mlflow_exporter::sync::Mode;
 use regex::Regex;
 use serde_yaml_ng::Value;
@@ -69,23 +68,9 @@ const ALERTS: &[&str] = &[
 /// Labels Prometheus adds to every scraped series.
 const TARGET_LABELS: &[&str] = &["job", "instance"];
 
-/// Families counted per workspace on a workspace-enabled MLflow 3 (people, teams): a person active
-/// in two workspaces is in both, so rules read the `mlflow_platform_*` families for the platform.
-const PER_WORKSPACE_PEOPLE: &[Spec] = &[
-    adoption::USERS,
-    adoption::ACTIVE_USERS,
-    adoption::NEW_USERS,
-    adoption::CHURNED_USERS,
-    adoption::TEAMS,
-    adoption::ACTIVE_TEAMS,
-    adoption::ACTIVATED_USERS,
-    adoption::FEATURE_USERS,
-];
-
-/// Whether a family's series carry a `workspace` label on a workspace-enabled MLflow 3: those with
-/// an experiment or a model, and the per-workspace people counts.
+/// Whether a family's series carry a `workspace` label on a workspace-enabled MLflow 3.
 fn per_workspace(name: &str) -> bool {
-    workspace::scoped_label(name).is_some() || PER_WORKSPACE_PEOPLE.iter().any(|s| s.name == name)
+    workspace::labelled(name)
 }
 
 fn prometheus_dir() -> PathBuf {
@@ -482,7 +467,7 @@ fn rules_keep_the_workspace_with_the_experiment_or_the_model() {
             }
             for people in read
                 .iter()
-                .filter(|f| PER_WORKSPACE_PEOPLE.iter().any(|s| s.name == *f))
+                .filter(|f| workspace::PER_WORKSPACE_PEOPLE.contains(&f.as_str()))
             {
                 if !groupings.iter().any(|g| g.contains(&"workspace")) {
                     problems.push(format!(

@@ -182,14 +182,14 @@ async fn every_selected_workspace_is_published_under_its_label() {
         ok(&server, "default", workspaces, json!({ "name": w }));
     }
     // carol works in two workspaces; zed only in the excluded one.
-    seed(
+    let exp_default = seed(
         &server,
         "default",
         "exp-shared",
         &["alice", "bob", "carol"],
         t,
     );
-    seed(
+    let exp_b = seed(
         &server,
         "team-b",
         "exp-shared",
@@ -241,6 +241,17 @@ async fn every_selected_workspace_is_published_under_its_label() {
         let labels = [ws(w), ("reason", "auth")];
         assert_eq!(s.get("mlflow_exporter_sync_errors_total", &labels), 0.0);
     }
+    // What each workspace holds (default has its Default experiment too), and created by team.
+    let active = |w| [ws(w), ("lifecycle_stage", "active")];
+    assert_eq!(s.get("mlflow_experiments", &active("default")), 2.0);
+    assert_eq!(s.get("mlflow_experiments", &active("team-b")), 1.0);
+    assert_eq!(s.get("mlflow_registered_models", &[ws("team-b")]), 1.0);
+    let created = [ws("team-b"), ("team", "")];
+    assert_eq!(s.get("mlflow_experiments_created_total", &created), 1.0);
+    assert_eq!(
+        s.get("mlflow_registered_models_created_total", &created),
+        1.0
+    );
     // Nothing of the excluded workspace.
     assert!(!format!("{:?}", s.family("mlflow_runs")).contains("sandbox"));
     assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 6.0);
@@ -260,6 +271,54 @@ async fn every_selected_workspace_is_published_under_its_label() {
         ("estimator", ""),
     ];
     assert_eq!(s.get("mlflow_runs_ended_total", &labels), 2.0);
+
+    // Each workspace's churn@champion moves to a version 2 (made from its experiment's first
+    // run): two deployments, one per workspace, never of one model.
+    for (w, exp) in [("default", &exp_default), ("team-b", &exp_b)] {
+        let runs = ok(
+            &server,
+            w,
+            "/api/2.0/mlflow/runs/search",
+            json!({"experiment_ids": [exp], "max_results": 1}),
+        );
+        let run_id = runs["runs"][0]["info"]["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ok(
+            &server,
+            w,
+            "/api/2.0/mlflow/model-versions/create",
+            json!({"name": "churn", "source": format!("runs:/{run_id}/model"), "run_id": run_id}),
+        );
+        ok(
+            &server,
+            w,
+            "/api/2.0/mlflow/registered-models/alias",
+            json!({"name": "churn", "alias": "champion", "version": "2"}),
+        );
+    }
+    pipeline.cycle(t + 120_000).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    for w in ["default", "team-b"] {
+        let target = [ws(w), ("model", "churn"), ("alias", "champion")];
+        assert_eq!(s.get("mlflow_model_deployments_total", &target), 1.0, "{w}");
+        assert_eq!(s.get("mlflow_model_alias_version", &target), 2.0, "{w}");
+    }
+    // team-c and its champion were made after the exporter's first cycle: that was a deployment,
+    // and nothing moved since.
+    let c = [ws("team-c"), ("model", "churn"), ("alias", "champion")];
+    assert_eq!(s.get("mlflow_model_deployments_total", &c), 1.0);
+    // The history keeps the three churn models apart.
+    let models: std::collections::BTreeSet<String> = s
+        .family("mlflow_model_deployments_total")
+        .keys()
+        .map(|l| format!("{}/{}", l["workspace"], l["model"]))
+        .collect();
+    assert_eq!(
+        models.into_iter().collect::<Vec<_>>(),
+        ["default/churn", "team-b/churn", "team-c/churn"]
+    );
 }
 
 const SECRET: &str = "whsec-ws-never-print";

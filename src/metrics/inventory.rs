@@ -105,13 +105,33 @@ pub const SPECS: &[Spec] = &[
 
 pub fn gauges(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
     let s = &snap.strings;
-    let deleted = snap.experiments.values().filter(|e| e.deleted).count();
-    let mut exp = Family::new(&EXPERIMENTS);
-    exp.add(&["active"], (snap.experiments.len() - deleted) as f64);
-    exp.add(&["deleted"], deleted as f64);
-
-    let mut models = Family::new(&REGISTERED_MODELS);
-    models.add(&[], snap.models.len() as f64);
+    // With workspaces, experiments and models are counted per workspace (every workspace with
+    // either has both series).
+    let mut per: BTreeMap<Option<&str>, [u64; 3]> = BTreeMap::new();
+    for e in snap.experiments.values() {
+        per.entry(e.workspace.map(|w| s.get(w))).or_default()[usize::from(e.deleted)] += 1;
+    }
+    for m in snap.models.values() {
+        per.entry(m.workspace.map(|w| s.get(w))).or_default()[2] += 1;
+    }
+    let scoped = per.keys().any(Option::is_some);
+    let (mut exp, mut models) = match scoped {
+        true => (
+            Family::per_workspace(&EXPERIMENTS),
+            Family::per_workspace(&REGISTERED_MODELS),
+        ),
+        false => (Family::new(&EXPERIMENTS), Family::new(&REGISTERED_MODELS)),
+    };
+    if per.is_empty() {
+        per.insert(None, [0; 3]);
+    }
+    for (w, [active, deleted, n]) in &per {
+        let ws: Vec<&str> = w.iter().copied().collect();
+        let with = |v: &'static str| -> Vec<&str> { ws.iter().copied().chain([v]).collect() };
+        exp.add(&with("active"), *active as f64);
+        exp.add(&with("deleted"), *deleted as f64);
+        models.add(&ws, *n as f64);
+    }
 
     let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
     for ((model, _), v) in &snap.versions {

@@ -7,7 +7,8 @@
 use super::family::TextFamily;
 
 /// The label of a family whose value names a workspace's object: `experiment` or `model`; for
-/// the prompt families, `team` (their series are by the prompt's team in its workspace).
+/// the prompt families and the experiments and models created, `team` (their series are by the
+/// team of an object of a workspace).
 pub fn scoped_label(family: &str) -> Option<&'static str> {
     if PROMPT_FAMILIES.contains(&family) {
         return Some("team");
@@ -24,8 +25,39 @@ pub fn scoped_label(family: &str) -> Option<&'static str> {
         })
 }
 
-/// Families by a prompt's team, named `workspace/team` with workspaces.
-const PROMPT_FAMILIES: [&str; 5] = [
+/// Families counted per workspace on a workspace-enabled MLflow 3 (people, teams): a person active
+/// in two workspaces is in both, so their series must not be added up over workspaces (the
+/// `mlflow_platform_*` families count the platform).
+pub const PER_WORKSPACE_PEOPLE: [&str; 8] = [
+    super::adoption::USERS.name,
+    super::adoption::ACTIVE_USERS.name,
+    super::adoption::NEW_USERS.name,
+    super::adoption::CHURNED_USERS.name,
+    super::adoption::TEAMS.name,
+    super::adoption::ACTIVE_TEAMS.name,
+    super::adoption::ACTIVATED_USERS.name,
+    super::adoption::FEATURE_USERS.name,
+];
+
+/// Whether a family's series carry a `workspace` label on a workspace-enabled MLflow 3: those
+/// naming a workspace's object ([`scoped_label`]), the per-workspace people counts, the counts of
+/// experiments and registered models, and sync errors. Without workspaces none has it.
+pub fn labelled(family: &str) -> bool {
+    scoped_label(family).is_some()
+        || PER_WORKSPACE_PEOPLE.contains(&family)
+        || [
+            super::inventory::EXPERIMENTS.name,
+            super::inventory::REGISTERED_MODELS.name,
+            "mlflow_exporter_sync_errors_total",
+        ]
+        .contains(&family)
+}
+
+/// Families by the team of a workspace's object (a prompt, or an experiment or a model created),
+/// named `workspace/team` with workspaces.
+const PROMPT_FAMILIES: [&str; 7] = [
+    super::inventory::EXPERIMENTS_CREATED.name,
+    super::inventory::MODELS_CREATED.name,
     super::inventory::PROMPTS.name,
     super::inventory::PROMPT_VERSIONS.name,
     super::inventory::PROMPTS_CREATED.name,

@@ -824,7 +824,8 @@ impl Tally {
             let name = s.get(*id);
             present.insert(name.into());
             if self.first_sight(kinds::EXPERIMENT, name) {
-                let slot = exps.entry(key(&[folds.team.label(e.team, s)])).or_default();
+                let team = prompt_team(snap, folds, e.workspace, e.team);
+                let slot = exps.entry(key(&[&team])).or_default();
                 slot.0 += 1;
                 slot.1 += 1;
             }
@@ -838,9 +839,8 @@ impl Tally {
             let name = s.get(*m);
             present.insert(name.into());
             if self.first_sight(kinds::MODEL, name) {
-                let slot = models
-                    .entry(key(&[folds.team.label(rec.team, s)]))
-                    .or_default();
+                let team = prompt_team(snap, folds, rec.workspace, rec.team);
+                let slot = models.entry(key(&[&team])).or_default();
                 slot.0 += 1;
                 slot.1 += 1;
             }
@@ -1267,8 +1267,9 @@ pub fn key(values: &[&str]) -> Key {
     values.iter().map(|v| Box::from(*v)).collect()
 }
 
-/// The `team` label of a prompt's series: its team tag (folded), `workspace/team` on a server
-/// with workspaces (published as a workspace label of its own, see `metrics::workspace`).
+/// The `team` label of a series by the team of an object of a workspace (an experiment, a model,
+/// a prompt): its team tag (folded), `workspace/team` on a server with workspaces (published as a
+/// workspace label of its own, see `metrics::workspace`).
 pub fn prompt_team(
     snap: &Snapshot,
     folds: &Folds,

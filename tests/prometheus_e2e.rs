@@ -2,7 +2,7 @@
 //! exporter, and a real Prometheus scraping it every second with every rule file loaded. Every
 //! query of every panel (its variables set to real label values, the workspace at All) and every
 //! recording rule must return data, and stopping MLflow must make `MLflowDown` fire once its `for`
-//! has passed.
+//! has passed. Again on a workspace-enabled MLflow 3, the workspace variable set to `default`.
 
 mod common;
 
@@ -85,7 +85,7 @@ const ALL: &[(&str, &str)] = &[("workspace", ".*")];
 /// Real values for a board's variables: the first value of each `label_values(metric, label)`
 /// (a value that is not `__other__` when there is one), the first option of a custom one, the
 /// `allValue` of those of [`ALL`].
-fn variables(board: &Value, prom: &Prometheus) -> BTreeMap<String, String> {
+fn variables(board: &Value, prom: &Prometheus, all: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut vars: BTreeMap<String, String> = BUILTIN
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -95,8 +95,8 @@ fn variables(board: &Value, prom: &Prometheus) -> BTreeMap<String, String> {
         let name = v["name"].as_str().unwrap().to_string();
         let value = match v["type"].as_str() {
             Some("datasource") => continue,
-            Some("query") if ALL.iter().any(|(n, _)| *n == name) => {
-                let (_, all) = ALL.iter().find(|(n, _)| *n == name).unwrap();
+            Some("query") if all.iter().any(|(n, _)| *n == name) => {
+                let (_, all) = all.iter().find(|(n, _)| *n == name).unwrap();
                 assert_eq!(
                     v["allValue"].as_str(),
                     Some(*all),
@@ -248,7 +248,28 @@ fn config_with_tls_probe(dir: &std::path::Path, endpoint: &str) -> std::path::Pa
 
 #[test]
 fn every_panel_and_rule_has_data_and_mlflow_down_fires() {
-    let mut mlflow = MlflowServer::start();
+    boards_and_rules(false);
+}
+
+/// The same history in the `default` workspace of a workspace-enabled MLflow 3: every panel has
+/// data with the board's workspace variable set to it.
+#[test]
+fn every_panel_has_data_with_the_workspace_variable_set() {
+    boards_and_rules(true);
+}
+
+/// Every recording rule and every panel query has data; without workspaces, also `MLflowDown`
+/// fires once MLflow stops.
+fn boards_and_rules(workspaces: bool) {
+    let mut mlflow = match workspaces {
+        true => MlflowServer::start_with(
+            tempfile::tempdir().unwrap(),
+            1,
+            &["--enable-workspaces"],
+            &[],
+        ),
+        false => MlflowServer::start(),
+    };
     let t = now_ms() / 1000 * 1000;
     mlflow.seed(t, "initial");
     let dir = tempfile::tempdir().unwrap();
@@ -321,18 +342,27 @@ fn every_panel_and_rule_has_data_and_mlflow_down_fires() {
         Duration::from_secs(30),
     );
 
-    // An MLflow without workspaces: no series has a workspace label, so the boards' workspace
-    // variable offers only All (checked below).
-    assert_eq!(
-        prom.label_values("mlflow_runs", "workspace"),
-        Vec::<String>::new(),
-        "the seeded MLflow has no workspaces"
-    );
-    assert_eq!(
-        prom.label_values(r#"{__name__=~"mlflow_.+"}"#, "workspace"),
-        Vec::<String>::new(),
-        "no series has a workspace label without workspaces"
-    );
+    // Without workspaces no series has a workspace label, so the boards' workspace variable
+    // offers only All; with them, the history is all in `default`, which the variable is set to.
+    let (workspace, all): (&str, &[(&str, &str)]) = match workspaces {
+        true => {
+            assert_eq!(prom.label_values("mlflow_runs", "workspace"), ["default"]);
+            ("default", &[])
+        }
+        false => {
+            assert_eq!(
+                prom.label_values("mlflow_runs", "workspace"),
+                Vec::<String>::new(),
+                "the seeded MLflow has no workspaces"
+            );
+            assert_eq!(
+                prom.label_values(r#"{__name__=~"mlflow_.+"}"#, "workspace"),
+                Vec::<String>::new(),
+                "no series has a workspace label without workspaces"
+            );
+            (".*", ALL)
+        }
+    };
 
     let mut missing = Vec::new();
     // Every recording rule produces at least one series.
@@ -355,10 +385,10 @@ fn every_panel_and_rule_has_data_and_mlflow_down_fires() {
     for board_path in files("grafana/dashboards", "json") {
         let board: Value =
             serde_json::from_str(&std::fs::read_to_string(&board_path).unwrap()).unwrap();
-        let vars = variables(&board, &prom);
+        let vars = variables(&board, &prom, all);
         assert_eq!(
             vars.get("workspace").map(String::as_str),
-            Some(".*"),
+            Some(workspace),
             "{}: every board has the workspace variable",
             board_path.display()
         );
@@ -383,6 +413,9 @@ fn every_panel_and_rule_has_data_and_mlflow_down_fires() {
         missing.len(),
         missing.join("\n")
     );
+    if workspaces {
+        return;
+    }
     // Nothing is wrong yet: MLflowDown is quiet.
     assert_eq!(
         prom.query(r#"ALERTS{alertname="MLflowDown"}"#).unwrap(),

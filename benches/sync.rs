@@ -74,6 +74,11 @@ fn workspace_of(headers: &axum::http::HeaderMap) -> usize {
     }
 }
 
+/// Whether a search is of the prompt registry (a filter on MLflow's prompt tag).
+fn is_prompt_search(q: &[(String, String)]) -> bool {
+    param(q, "filter").is_some_and(|f| f.contains("mlflow.prompt.is_prompt"))
+}
+
 /// Whether object `i` (an experiment or a model) belongs to workspace `ws`.
 fn in_workspace(i: usize, ws: usize) -> bool {
     workspaces_n() == 0 || i % workspaces_n() == ws
@@ -582,7 +587,11 @@ async fn registered_models(
         return bad("Invalid page token");
     };
     let ws = workspace_of(&headers);
-    let listed: Vec<usize> = (0..MODELS).filter(|m| in_workspace(*m, ws)).collect();
+    // A store without prompts: the prompt registry's search finds none.
+    let listed: Vec<usize> = match is_prompt_search(&q) {
+        true => Vec::new(),
+        false => (0..MODELS).filter(|m| in_workspace(*m, ws)).collect(),
+    };
     let to = (from + max).min(listed.len());
     let mut out = String::from(r#"{"registered_models":["#);
     for (k, &m) in listed[from.min(to)..to].iter().enumerate() {
@@ -628,7 +637,7 @@ async fn model_versions(
     let listed: Vec<_> = d
         .versions
         .iter()
-        .filter(|v| in_workspace(v.0, ws))
+        .filter(|v| in_workspace(v.0, ws) && !is_prompt_search(&q))
         .collect();
     let to = (from + max).min(listed.len());
     let mut out = String::from(r#"{"model_versions":["#);
@@ -670,6 +679,11 @@ fn serve(now: i64) {
         let app = match workspaces_n() {
             0 => app,
             n => app
+                // An MLflow 3 without logged models.
+                .route(
+                    "/api/2.0/mlflow/logged-models/search",
+                    post(|| async { Json(serde_json::json!({"models": []})) }),
+                )
                 .route(
                     "/api/3.0/mlflow/server-info",
                     get(|| async { Json(serde_json::json!({"workspaces_enabled": true})) }),

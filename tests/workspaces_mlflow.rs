@@ -104,6 +104,16 @@ async fn a_server_without_workspaces_says_so() {
     assert!(!info.workspaces_enabled);
 }
 
+/// The example config against `server`, its store in `store`.
+fn settings(server: &MlflowServer, store: &tempfile::TempDir) -> Settings {
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let flags = FlagOverrides {
+        storage_path: Some(store.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    Settings::load(Some(&example_config()), &env, &flags).unwrap()
+}
+
 /// One REST call that must succeed; its answer.
 fn ok(server: &MlflowServer, workspace: &str, path: &str, body: Value) -> Value {
     let (status, answer) = rest(server, workspace, path, body);
@@ -199,12 +209,7 @@ async fn every_selected_workspace_is_published_under_its_label() {
     seed(&server, "sandbox", "exp-s", &["zed"], t);
 
     let store = tempfile::tempdir().unwrap();
-    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
-    let flags = FlagOverrides {
-        storage_path: Some(store.path().join("events.db").display().to_string()),
-        ..FlagOverrides::default()
-    };
-    let mut settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let mut settings = settings(&server, &store);
     settings.mlflow.workspaces.exclude = vec!["sandbox".into()];
     let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
     let report = pipeline.cycle(t).await.unwrap();
@@ -473,19 +478,7 @@ async fn logged_models_by_status_and_their_time_to_registration() {
         mlflow.set_experiment('lm')\n\
         with mlflow.start_run():\n\
         \x20   mlflow.genai.load_prompt('prompts:/qa/1')\n";
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(common::venv_bin("python"))
-            .args(["-c", script])
-            .env("MLFLOW_TRACKING_URI", &server.url)
-            .output()
-            .unwrap()
-    });
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let printed = tokio::task::block_in_place(|| python(&server, script));
     let times: Vec<i64> = printed
         .lines()
         .find_map(|l| l.strip_prefix("TIMES "))
@@ -495,12 +488,7 @@ async fn logged_models_by_status_and_their_time_to_registration() {
         .collect();
 
     let store = tempfile::tempdir().unwrap();
-    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
-    let flags = FlagOverrides {
-        storage_path: Some(store.path().join("events.db").display().to_string()),
-        ..FlagOverrides::default()
-    };
-    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let settings = settings(&server, &store);
     let t = now_ms();
     let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
     pipeline.cycle(t).await.unwrap();
@@ -561,12 +549,7 @@ async fn prompts_and_their_alias_moves_are_counted_apart_from_models() {
         )
     });
     let store = tempfile::tempdir().unwrap();
-    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
-    let flags = FlagOverrides {
-        storage_path: Some(store.path().join("events.db").display().to_string()),
-        ..FlagOverrides::default()
-    };
-    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let settings = settings(&server, &store);
     let t = now_ms();
     let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
     pipeline.cycle(t).await.unwrap();

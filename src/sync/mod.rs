@@ -308,20 +308,13 @@ impl Syncer {
         let started = Instant::now();
         let mut requests = self.refresh_scopes(false).await?;
         let since = cursor.saturating_sub(self.overlap_ms);
-        let models_due = self
-            .last_models_ms
-            .is_none_or(|last| now_ms - last >= self.registry_every_ms);
-        let running_due = self
-            .last_running_ms
-            .is_none_or(|last| now_ms - last >= self.running_every_ms);
-        let logged_due = self.has_server_info == Some(true)
-            && self
-                .last_logged_ms
-                .is_none_or(|last| now_ms - last >= self.logged_every_ms);
-        let prompts_due = self.has_server_info == Some(true)
-            && self
-                .last_prompts_ms
-                .is_none_or(|last| now_ms - last >= self.prompts_every_ms);
+        // Each read of its own interval: due when it never ran or its interval has passed.
+        let due_after = |last: Option<i64>, every: i64| last.is_none_or(|l| now_ms - l >= every);
+        let mlflow3 = self.is_mlflow3();
+        let models_due = due_after(self.last_models_ms, self.registry_every_ms);
+        let running_due = due_after(self.last_running_ms, self.running_every_ms);
+        let logged_due = mlflow3 && due_after(self.last_logged_ms, self.logged_every_ms);
+        let prompts_due = mlflow3 && due_after(self.last_prompts_ms, self.prompts_every_ms);
         let due = Due {
             since,
             models: models_due,

@@ -566,7 +566,7 @@ impl Lint {
         }
         // People counted per workspace: added up over workspaces, they overcount.
         for (_, r) in self.refs(&q, at, &mut Vec::new()) {
-            let people = workspace::PER_WORKSPACE_PEOPLE.contains(&r.name);
+            let people = workspace::counts_people(r.name);
             let by_workspace = self
                 .grouping
                 .captures_iter(&q)

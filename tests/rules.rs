@@ -465,10 +465,7 @@ fn rules_keep_the_workspace_with_the_experiment_or_the_model() {
                     ));
                 }
             }
-            for people in read
-                .iter()
-                .filter(|f| workspace::PER_WORKSPACE_PEOPLE.contains(&f.as_str()))
-            {
+            for people in read.iter().filter(|f| workspace::counts_people(f)) {
                 if !groupings.iter().any(|g| g.contains(&"workspace")) {
                     problems.push(format!(
                         "{}: {people} is per workspace with workspaces (a person in two counts twice): read mlflow_platform_{}",

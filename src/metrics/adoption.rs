@@ -8,6 +8,8 @@
 //! count the same.
 
 // foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
+use std::collections::BTreeMap;
+
 use hashbrown::{HashMap, HashSet};
 
 use super::family::TextFamily;
@@ -101,7 +103,7 @@ pub const PLATFORM_FEATURE_USERS: Spec = Spec::gauge(
 
 /// The families of one kind of count, per workspace or for the platform, in the order
 /// [`Group::write`] fills them.
-const PER_WORKSPACE: [Spec; 8] = [
+pub const PER_WORKSPACE: [Spec; 8] = [
     USERS,
     ACTIVE_USERS,
     NEW_USERS,
@@ -199,6 +201,7 @@ impl Activity {
 }
 
 /// The users and teams of one group of runs: the platform's, or one workspace's.
+#[derive(Default)]
 struct Group<'a> {
     users: Vec<&'a Activity>,
     teams: Vec<&'a Activity>,
@@ -252,7 +255,7 @@ pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<TextFamily>
     let mut ws_teams: HashMap<(Sym, Sym), Activity> = HashMap::new();
     let new = || Activity::new(windows.len());
     for (key, r) in snap.runs.iter() {
-        let ws = workspace_of(&r.experiment).filter(|_| scoped);
+        let ws = workspace_of(&r.experiment);
         let user = r.user.map(|u| {
             if let Some(w) = ws {
                 ws_users.entry((w, u)).or_insert_with(new);
@@ -308,56 +311,29 @@ pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<TextFamily>
     } else {
         // A user activates in a workspace with a version of that workspace's registry made from
         // a run of theirs there.
-        let mut activated: HashSet<(Sym, Sym)> = HashSet::new();
-        for v in snap.versions.values() {
-            let run = v.run.and_then(|k| snap.runs.get(&k));
-            if let Some((r, u)) = run.and_then(|r| Some((r, r.user?))) {
-                if let Some(w) = workspace_of(&r.experiment) {
-                    if v.created_ms != NO_TIME {
-                        activated.insert((w, u));
-                    }
-                }
-            }
-        }
-        // Every workspace read has its series, runs or not.
-        let mut names: Vec<(&str, Sym)> = snap
+        let activated: HashSet<(Sym, Sym)> = crate::tally::registrations(snap)
+            .filter_map(|(r, _)| Some((workspace_of(&r.experiment)?, r.user?)))
+            .collect();
+        // Every workspace read has its series, runs or not; by name, as published.
+        let mut groups: BTreeMap<&str, Group> = snap
             .experiments
             .values()
             .filter_map(|e| e.workspace)
-            .collect::<HashSet<Sym>>()
-            .into_iter()
-            .map(|w| (snap.strings.get(w), w))
+            .map(|w| (snap.strings.get(w), Group::default()))
             .collect();
-        names.sort_unstable();
-        let mut groups: HashMap<Sym, Group> = names
-            .iter()
-            .map(|(_, w)| {
-                let empty = Group {
-                    users: Vec::new(),
-                    teams: Vec::new(),
-                    activated: 0,
-                };
-                (*w, empty)
-            })
-            .collect();
+        let ws = |w: Sym| snap.strings.get(w);
         for ((w, _), a) in &ws_users {
-            if let Some(g) = groups.get_mut(w) {
-                g.users.push(a);
-            }
+            groups.entry(ws(*w)).or_default().users.push(a);
         }
         for ((w, _), a) in &ws_teams {
-            if let Some(g) = groups.get_mut(w) {
-                g.teams.push(a);
-            }
+            groups.entry(ws(*w)).or_default().teams.push(a);
         }
         for (w, _) in &activated {
-            if let Some(g) = groups.get_mut(w) {
-                g.activated += 1;
-            }
+            groups.entry(ws(*w)).or_default().activated += 1;
         }
         let mut f = PER_WORKSPACE.map(|s| Family::per_workspace(&s));
-        for (name, w) in names {
-            groups[&w].write(&mut f, Some(name), d, now_ms);
+        for (name, group) in &groups {
+            group.write(&mut f, Some(name), d, now_ms);
         }
         out.extend(f.into_iter().map(Family::finish));
     }

@@ -265,6 +265,18 @@ impl TextFamily {
         TextFamily { text, ..self }
     }
 
+    /// A copy of the family with another text (the same samples, relabelled): its own text is
+    /// not copied first.
+    pub fn clone_with_text(&self, text: Vec<u8>) -> TextFamily {
+        TextFamily {
+            name: self.name,
+            kind: self.kind,
+            text,
+            series: self.series,
+            lines: self.lines,
+        }
+    }
+
     /// The exposition text, header lines included.
     pub fn text(&self) -> &[u8] {
         &self.text

@@ -6,6 +6,7 @@
 //! exporter's own metrics, probes) is re-encoded on a scrape when it changed or is a second old.
 //! The gzip body is one deflate stream made of the parts' flushed segments.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -261,9 +262,10 @@ fn check_specs(specs: &[Spec], extra: &[String]) -> prometheus::Result<()> {
 
 /// The texts of the families that have series: a family without any is left out, as the registry's
 /// gather leaves out its own.
-fn texts(families: &[TextFamily]) -> Vec<&[u8]> {
+fn texts<F: std::borrow::Borrow<TextFamily>>(families: &[F]) -> Vec<&[u8]> {
     families
         .iter()
+        .map(|f| f.borrow())
         .filter(|f| f.series() > 0)
         .map(TextFamily::text)
         .collect()
@@ -403,29 +405,27 @@ impl Publisher {
         }
     }
 
+    /// The derived families as served, in one pass: without what only an MLflow 3 has when the
+    /// server is older, and with workspace labels when it has workspaces. Only the text of a
+    /// family that gets the label is written anew; the others are borrowed.
+    fn servable<'a>(&self, families: &'a [TextFamily]) -> Vec<Cow<'a, TextFamily>> {
+        let mlflow3 = self.mlflow3.load(std::sync::atomic::Ordering::Acquire);
+        let workspaces = self.workspaces.load(std::sync::atomic::Ordering::Acquire);
+        families
+            .iter()
+            .filter(|f| mlflow3 || !super::MLFLOW3_ONLY.contains(&f.name()))
+            .map(|f| match workspaces {
+                true => super::workspace::split_ref(f),
+                false => Cow::Borrowed(f),
+            })
+            .collect()
+    }
+
     /// Publishes families derived from a snapshot and its tally (and the history, if it changed).
     pub fn publish_families(&self, families: &[TextFamily], delivery: &Delivery) {
-        let kept;
-        let families = match self.mlflow3.load(std::sync::atomic::Ordering::Acquire) {
-            true => families,
-            false => {
-                kept = families
-                    .iter()
-                    .filter(|f| !super::MLFLOW3_ONLY.contains(&f.name()))
-                    .cloned()
-                    .collect::<Vec<_>>();
-                &kept[..]
-            }
-        };
+        let families = self.servable(families);
+        let families = &families[..];
         *lock(&self.derived_lines) = lines_by_family(families);
-        let split;
-        let families = match self.workspaces.load(std::sync::atomic::Ordering::Acquire) {
-            true => {
-                split = self.in_workspaces(families.to_vec());
-                &split[..]
-            }
-            false => families,
-        };
         // The lock is not held while compressing: a scrape re-encoding the rest reads it.
         let previous = lock(&self.derived).clone();
         let chunks = compress_chunks(&texts(families), &previous.chunks);
@@ -576,8 +576,13 @@ pub const SERIES_LIMIT: Spec = Spec::gauge(
 );
 
 /// Samples of each family.
-fn lines_by_family(families: &[TextFamily]) -> Vec<(&'static str, usize)> {
-    families.iter().map(|f| (f.name(), f.lines())).collect()
+fn lines_by_family<F: std::borrow::Borrow<TextFamily>>(
+    families: &[F],
+) -> Vec<(&'static str, usize)> {
+    families
+        .iter()
+        .map(|f| (f.borrow().name(), f.borrow().lines()))
+        .collect()
 }
 
 /// Samples the text encoder writes for a gathered family.

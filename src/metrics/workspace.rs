@@ -7,44 +7,44 @@
 use super::family::TextFamily;
 
 /// The label of a family whose value names a workspace's object: `experiment` or `model`; for
-/// the prompt families and the experiments and models created, `team` (their series are by the
-/// team of an object of a workspace).
+/// the families by the team of a workspace's object ([`BY_TEAM_IN_WORKSPACE`]), `team`. Looked up
+/// in a table made once: it is asked for every family published.
 pub fn scoped_label(family: &str) -> Option<&'static str> {
-    if PROMPT_FAMILIES.contains(&family) {
-        return Some("team");
-    }
-    super::specs()
-        .iter()
-        .chain(super::delivery::HISTORY_SPECS)
-        .chain(super::probes::SPECS)
-        .find(|s| s.name == family)
-        .and_then(|s| {
-            ["experiment", "model"]
-                .into_iter()
-                .find(|l| s.labels.contains(l))
-        })
+    static TABLE: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static str>> =
+        std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t: std::collections::HashMap<_, _> = super::specs()
+            .iter()
+            .chain(super::delivery::HISTORY_SPECS)
+            .chain(super::probes::SPECS)
+            .filter_map(|s| {
+                ["experiment", "model"]
+                    .into_iter()
+                    .find(|l| s.labels.contains(l))
+                    .map(|l| (s.name, l))
+            })
+            .collect();
+        t.extend(BY_TEAM_IN_WORKSPACE.map(|f| (f, "team")));
+        t
+    });
+    table.get(family).copied()
 }
 
-/// Families counted per workspace on a workspace-enabled MLflow 3 (people, teams): a person active
-/// in two workspaces is in both, so their series must not be added up over workspaces (the
-/// `mlflow_platform_*` families count the platform).
-pub const PER_WORKSPACE_PEOPLE: [&str; 8] = [
-    super::adoption::USERS.name,
-    super::adoption::ACTIVE_USERS.name,
-    super::adoption::NEW_USERS.name,
-    super::adoption::CHURNED_USERS.name,
-    super::adoption::TEAMS.name,
-    super::adoption::ACTIVE_TEAMS.name,
-    super::adoption::ACTIVATED_USERS.name,
-    super::adoption::FEATURE_USERS.name,
-];
+/// Whether a family counts people per workspace on a workspace-enabled MLflow 3 (users, teams):
+/// a person active in two workspaces is in both, so their series must not be added up over
+/// workspaces (the `mlflow_platform_*` families count the platform).
+pub fn counts_people(family: &str) -> bool {
+    super::adoption::PER_WORKSPACE
+        .iter()
+        .any(|s| s.name == family)
+}
 
 /// Whether a family's series carry a `workspace` label on a workspace-enabled MLflow 3: those
 /// naming a workspace's object ([`scoped_label`]), the per-workspace people counts, the counts of
 /// experiments and registered models, and sync errors. Without workspaces none has it.
 pub fn labelled(family: &str) -> bool {
     scoped_label(family).is_some()
-        || PER_WORKSPACE_PEOPLE.contains(&family)
+        || counts_people(family)
         || [
             super::inventory::EXPERIMENTS.name,
             super::inventory::REGISTERED_MODELS.name,
@@ -55,7 +55,7 @@ pub fn labelled(family: &str) -> bool {
 
 /// Families by the team of a workspace's object (a prompt, or an experiment or a model created),
 /// named `workspace/team` with workspaces.
-const PROMPT_FAMILIES: [&str; 7] = [
+const BY_TEAM_IN_WORKSPACE: [&str; 7] = [
     super::inventory::EXPERIMENTS_CREATED.name,
     super::inventory::MODELS_CREATED.name,
     super::inventory::PROMPTS.name,
@@ -68,11 +68,24 @@ const PROMPT_FAMILIES: [&str; 7] = [
 /// `family` with the `workspace/name` values of its scoped label split in two labels; families
 /// without such a label as they are.
 pub fn split(family: TextFamily) -> TextFamily {
-    let Some(label) = scoped_label(family.name()) else {
-        return family;
-    };
-    let text = split_text(family.text(), label);
-    family.with_text(text)
+    match scoped_label(family.name()) {
+        Some(label) => {
+            let text = split_text(family.text(), label);
+            family.with_text(text)
+        }
+        None => family,
+    }
+}
+
+/// As [`split`], from a borrowed family: a family with a scoped label gets a new text, the
+/// others stay borrowed.
+pub fn split_ref(family: &TextFamily) -> std::borrow::Cow<'_, TextFamily> {
+    match scoped_label(family.name()) {
+        Some(label) => {
+            std::borrow::Cow::Owned(family.clone_with_text(split_text(family.text(), label)))
+        }
+        None => std::borrow::Cow::Borrowed(family),
+    }
 }
 
 /// Rewrites every sample line of `text` whose `label` holds `ws/name` (`ws` a workspace name:

@@ -201,7 +201,6 @@ async fn times_of(
         }
         false => &**client,
     };
-    let model = key;
     match tokio::time::timeout(
         FETCH_TIMEOUT,
         fetch_times(client, &ingest.team_tag, name, version),
@@ -210,11 +209,11 @@ async fn times_of(
     {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            tracing::warn!(model, version, reason = e.reason(), error = %e, "cannot read a deployed version from MLflow; its lead time is not observed");
+            tracing::warn!(model = key, version, reason = e.reason(), error = %e, "cannot read a deployed version from MLflow; its lead time is not observed");
             VersionTimes::default()
         }
         Err(_) => {
-            tracing::warn!(model, version, "MLflow did not say in time what a deployed version is; its lead time is not observed");
+            tracing::warn!(model = key, version, "MLflow did not say in time what a deployed version is; its lead time is not observed");
             VersionTimes::default()
         }
     }

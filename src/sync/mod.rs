@@ -280,7 +280,10 @@ impl Syncer {
         next.runs.shrink_to_fit();
         let gone = next.runs.carry_from(&self.snapshot.runs);
         self.gone.extend(gone);
-        self.full_uncounted = true;
+        // Only a read of every part says what is gone: a workspace that failed here may hold
+        // runs and objects the tally counted that no snapshot carried over (at the first full
+        // read after a start), and they are not gone.
+        self.full_uncounted = failed.is_empty();
         self.snapshot = next;
         self.cursor_ms = Some(now_ms);
         self.last_full_ms = Some(now_ms);

@@ -1083,16 +1083,21 @@ impl Tally {
 /// run of theirs), by user.
 pub fn first_models(snap: &Snapshot) -> HashMap<Sym, i64> {
     let mut first: HashMap<Sym, i64> = HashMap::new();
-    for v in snap.versions.values() {
-        let Some(user) = v.run.and_then(|k| snap.runs.get(&k)).and_then(|r| r.user) else {
-            continue;
-        };
-        if v.created_ms != NO_TIME {
-            let t = first.entry(user).or_insert(v.created_ms);
-            *t = (*t).min(v.created_ms);
+    for (run, created) in registrations(snap) {
+        if let Some(user) = run.user {
+            let t = first.entry(user).or_insert(created);
+            *t = (*t).min(created);
         }
     }
     first
+}
+
+/// Model versions made from a run the snapshot holds, with a time of creation: (the run, when).
+pub fn registrations(snap: &Snapshot) -> impl Iterator<Item = (&RunRecord, i64)> {
+    snap.versions.values().filter_map(|v| {
+        let run = snap.runs.get(&v.run?)?;
+        (v.created_ms != NO_TIME).then_some((run, v.created_ms))
+    })
 }
 
 /// Admits deltas into one family's series within the room left.

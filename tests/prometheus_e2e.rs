@@ -272,6 +272,7 @@ fn boards_and_rules(workspaces: bool) {
     };
     let t = now_ms() / 1000 * 1000;
     mlflow.seed(t, "initial");
+    mlflow.seed(t, "prompts");
     let dir = tempfile::tempdir().unwrap();
     let endpoint = TlsEndpoint::start(dir.path());
     let config = config_with_tls_probe(dir.path(), &endpoint.url);
@@ -290,12 +291,16 @@ fn boards_and_rules(workspaces: bool) {
             ("MLFLOW_EXPORTER_WEBHOOKS__EVENTS__TOKEN", token),
             ("MLFLOW_EXPORTER_PROBES__INTERVAL", "1s"),
             ("MLFLOW_EXPORTER_PROBES__TIMEOUT", "1s"),
+            // Every cycle reads the prompt registry.
+            ("MLFLOW_EXPORTER_MLFLOW__PROMPTS_INTERVAL", "1s"),
         ],
     );
     let mut exporter = exporter;
     exporter.wait_ready();
-    // After the baseline: a deployment (the champion alias moves), and an incident opened and resolved.
+    // After the baseline: deployments (the champion alias moves, and the prompt's production), and an
+    // incident opened and resolved.
     mlflow.seed(t, "incremental");
+    mlflow.seed(t, "prompts_move");
     let auth = format!("Bearer {token}");
     for body in [
         r#"{"type":"incident_opened","model":"churn-model","id":"inc-1","severity":"critical"}"#,
@@ -313,13 +318,11 @@ fn boards_and_rules(workspaces: bool) {
         .unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    wait_until(Duration::from_secs(30), "the deployment", || {
-        exporter
-            .scrape()
-            .family("mlflow_model_deployments_total")
-            .values()
-            .sum::<f64>()
-            >= 1.0
+    wait_until(Duration::from_secs(30), "the deployments", || {
+        let s = exporter.scrape();
+        let sum = |f: &str| s.family(f).values().sum::<f64>();
+        sum("mlflow_model_deployments_total") >= 1.0
+            && sum("mlflow_prompt_deployments_total") >= 1.0
     });
 
     let rules = files("deploy/prometheus/rules", "yml");

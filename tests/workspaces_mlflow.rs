@@ -329,7 +329,8 @@ async fn every_selected_workspace_is_published_under_its_label() {
 const SECRET: &str = "whsec-ws-never-print";
 
 /// MLflow's webhook of a second workspace: its alias move is recorded as that workspace's model,
-/// not as the same-named model of `default`.
+/// not as the same-named model of `default`; a prompt's alias move there, as a deployment of that
+/// workspace's prompt.
 #[test]
 fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
     let dir = tempfile::tempdir().unwrap();
@@ -378,7 +379,10 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
         "/api/2.0/mlflow/webhooks",
         json!({
             "name": "exporter", "url": receiver, "secret": SECRET, "status": "ACTIVE",
-            "events": [{"entity": "MODEL_VERSION_ALIAS", "action": "CREATED"}],
+            "events": [
+                {"entity": "MODEL_VERSION_ALIAS", "action": "CREATED"},
+                {"entity": "PROMPT_ALIAS", "action": "CREATED"},
+            ],
         }),
     );
     // A new version of team-b's churn, made from a run of an hour, becomes its champion.
@@ -454,6 +458,70 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
     );
     // From the run's start (two hours before T) to MLflow's time of the move, within this test.
     assert!((7200.0..7200.0 + 60.0).contains(&lead), "{lead}");
+
+    // A prompt of team-b (registered as prompts are: a tagged model) gets a serving alias: MLflow sends
+    // `prompt_alias.created`, a deployment of the prompt, not of a model.
+    let tag = |k: &str, v: &str| json!({"key": k, "value": v});
+    ok(
+        &mlflow,
+        "team-b",
+        &format!("{api}/registered-models/create"),
+        json!({"name": "qa", "tags": [tag("mlflow.prompt.is_prompt", "true"), tag("team", "nlp")]}),
+    );
+    let version = ok(
+        &mlflow,
+        "team-b",
+        &format!("{api}/model-versions/create"),
+        json!({"name": "qa", "source": "s3://prompts/qa", "tags": [tag("mlflow.prompt.text", "Answer {{q}}")]}),
+    );
+    let created: f64 = version["model_version"]["creation_timestamp"]
+        .as_str()
+        .map_or_else(
+            || {
+                version["model_version"]["creation_timestamp"]
+                    .as_f64()
+                    .unwrap()
+            },
+            |v| v.parse().unwrap(),
+        );
+    ok(
+        &mlflow,
+        "team-b",
+        &format!("{api}/registered-models/alias"),
+        json!({"name": "qa", "alias": "champion", "version": "1"}),
+    );
+    let prompt = common::to_labels(&[
+        ("workspace", "team-b"),
+        ("prompt", "qa"),
+        ("alias", "champion"),
+    ]);
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "team-b's prompt deployment in /metrics",
+        || {
+            exporter
+                .scrape()
+                .family("mlflow_prompt_deployments_total")
+                .get(&prompt)
+                == Some(&1.0)
+        },
+    );
+    let s = exporter.scrape();
+    let models = format!("{:?}", s.family("mlflow_model_deployments_total"));
+    assert!(!models.contains("qa"), "{models}");
+    // Its lead time: the version's creation (read from team-b's registry) to MLflow's time of the
+    // move, within this test.
+    let by_team = [("workspace", "team-b"), ("team", "nlp"), ("prompt", "qa")];
+    assert_eq!(
+        s.get("mlflow_prompt_lead_time_seconds_count", &by_team),
+        1.0
+    );
+    let lead = s.get("mlflow_prompt_lead_time_seconds_sum", &by_team);
+    let since = now_ms() as f64 - created;
+    assert!(
+        lead >= 0.0 && lead * 1000.0 <= since,
+        "{lead} s, {since} ms"
+    );
 }
 
 /// MLflow 3's logged models: by experiment and status, created, and each one's time from its
@@ -530,27 +598,39 @@ fn python(server: &MlflowServer, script: &str) -> String {
     printed
 }
 
-/// MLflow 3's prompt registry: prompts and versions by team, apart from the models, and alias
-/// moves counted once as deployments of prompts, across a restart.
+/// MLflow 3's prompt registry: prompts and versions by team, apart from the models, and moves of
+/// their serving aliases recorded in the delivery history as deployments of prompts: rollbacks,
+/// lead time from the version's creation and time to restore, exact, across a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_and_their_alias_moves_are_counted_apart_from_models() {
     let server = tokio::task::block_in_place(MlflowServer::start);
     let sdk = "import warnings; warnings.simplefilter('ignore'); import mlflow\n";
-    tokio::task::block_in_place(|| {
+    let printed = tokio::task::block_in_place(|| {
         python(
             &server,
             &format!(
                 "{sdk}mlflow.genai.register_prompt(name='qa', template='Answer {{{{q}}}}', tags={{'team': 'nlp'}})\n\
-                 mlflow.genai.register_prompt(name='qa', template='Answer well {{{{q}}}}')\n\
+                 qa2 = mlflow.genai.register_prompt(name='qa', template='Answer well {{{{q}}}}')\n\
                  mlflow.genai.set_prompt_alias('qa', alias='production', version=1)\n\
-                 mlflow.genai.register_prompt(name='sum', template='Sum up {{{{t}}}}')\n\
-                 mlflow.MlflowClient().create_registered_model('churn', tags={{'team': 'nlp'}})\n"
+                 sum1 = mlflow.genai.register_prompt(name='sum', template='Sum up {{{{t}}}}')\n\
+                 mlflow.MlflowClient().create_registered_model('churn', tags={{'team': 'nlp'}})\n\
+                 print('CREATED', mlflow.genai.load_prompt('prompts:/qa/1').creation_timestamp, \
+                 qa2.creation_timestamp, sum1.creation_timestamp)\n"
             ),
         )
     });
+    let created: Vec<i64> = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("CREATED "))
+        .unwrap_or_else(|| panic!("no CREATED line in {printed:?}"))
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
     let store = tempfile::tempdir().unwrap();
-    let settings = settings(&server, &store);
-    let t = now_ms();
+    let mut settings = settings(&server, &store);
+    // Every cycle below reads the prompt registry.
+    settings.mlflow.prompts_interval = std::time::Duration::from_secs(1);
+    let t = now_ms() / 1000 * 1000;
     let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
     pipeline.cycle(t).await.unwrap();
     let s = scrape(&pipeline.publisher);
@@ -564,9 +644,21 @@ async fn prompts_and_their_alias_moves_are_counted_apart_from_models() {
         s.get("mlflow_prompt_versions_created_total", &team("nlp")),
         2.0
     );
-    // The aliases the first count finds are where they stand; the series exist at 0.
-    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("nlp")), 0.0);
-    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("")), 0.0);
+    // The serving alias the first cycle finds is where it stands: its series exist at 0, and it
+    // was deployed at the latest when its version was created.
+    let qa = [("prompt", "qa"), ("alias", "production")];
+    let sum = [("prompt", "sum"), ("alias", "production")];
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &qa), 0.0);
+    assert_eq!(s.get("mlflow_prompt_rollbacks_total", &qa), 0.0);
+    assert_eq!(
+        s.get("mlflow_prompt_deployed_timestamp_seconds", &qa),
+        created[0] as f64 / 1000.0
+    );
+    let qa_team = [("team", "nlp"), ("prompt", "qa")];
+    let sum_team = [("team", ""), ("prompt", "sum")];
+    let lead = "mlflow_prompt_lead_time_seconds";
+    assert_eq!(s.get(&format!("{lead}_count"), &qa_team), 0.0);
+    assert!(s.family("mlflow_prompt_deployments_total").len() == 1);
     // Prompts are not models: the registry holds one model, churn.
     assert_eq!(s.get("mlflow_registered_models", &[]), 1.0);
     assert_eq!(
@@ -574,21 +666,39 @@ async fn prompts_and_their_alias_moves_are_counted_apart_from_models() {
         1.0
     );
 
-    // qa's production moves to version 2, sum gets an alias: two deployments of prompts.
+    // qa's production moves to version 2 and sum gets one: two deployments of prompts. An alias
+    // that does not serve (`staging`) is no deployment.
     tokio::task::block_in_place(|| {
         python(
             &server,
             &format!(
                 "{sdk}mlflow.genai.set_prompt_alias('qa', alias='production', version=2)\n\
+                 mlflow.genai.set_prompt_alias('sum', alias='production', version=1)\n\
                  mlflow.genai.set_prompt_alias('sum', alias='staging', version=1)\n"
             ),
         )
     });
-    pipeline.syncer.full(t + 60_000).await.unwrap();
-    pipeline.publish(t + 60_000).await;
+    let t1 = t + 60_000;
+    pipeline.cycle(t1).await.unwrap();
     let s = scrape(&pipeline.publisher);
-    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("nlp")), 1.0);
-    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("")), 1.0);
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &qa), 1.0);
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &sum), 1.0);
+    assert_eq!(s.family("mlflow_prompt_deployments_total").len(), 2);
+    assert_eq!(
+        s.get("mlflow_prompt_deployed_timestamp_seconds", &qa),
+        t1 as f64 / 1000.0
+    );
+    // Lead time: the version's creation to the cycle that saw it serving.
+    assert_eq!(s.get(&format!("{lead}_count"), &qa_team), 1.0);
+    assert_eq!(
+        s.get(&format!("{lead}_sum"), &qa_team),
+        (t1 - created[1]) as f64 / 1000.0
+    );
+    assert_eq!(s.get(&format!("{lead}_count"), &sum_team), 1.0);
+    assert_eq!(
+        s.get(&format!("{lead}_sum"), &sum_team),
+        (t1 - created[2]) as f64 / 1000.0
+    );
     // Nor deployments of models.
     let models = format!("{:?}", s.family("mlflow_model_deployments_total"));
     assert!(
@@ -596,14 +706,35 @@ async fn prompts_and_their_alias_moves_are_counted_apart_from_models() {
         "{models}"
     );
 
+    // qa's production goes back to version 1: a rollback, restoring service after a minute.
+    tokio::task::block_in_place(|| {
+        python(
+            &server,
+            &format!("{sdk}mlflow.genai.set_prompt_alias('qa', alias='production', version=1)\n"),
+        )
+    });
+    let t2 = t1 + 60_000;
+    pipeline.cycle(t2).await.unwrap();
+    let check = |s: &common::Scrape| {
+        assert_eq!(s.get("mlflow_prompt_deployments_total", &qa), 2.0);
+        assert_eq!(s.get("mlflow_prompt_rollbacks_total", &qa), 1.0);
+        assert_eq!(s.get("mlflow_prompt_rollbacks_total", &sum), 0.0);
+        // A rollback is no change: lead time observes nothing more.
+        assert_eq!(s.get(&format!("{lead}_count"), &qa_team), 1.0);
+        let restore = "mlflow_prompt_rollback_recovery_seconds";
+        assert_eq!(s.get(&format!("{restore}_count"), &qa_team), 1.0);
+        assert_eq!(s.get(&format!("{restore}_sum"), &qa_team), 60.0);
+    };
+    check(&scrape(&pipeline.publisher));
+
     // After a restart nothing is counted again.
     pipeline.recorder.store().close().await;
     drop(pipeline);
-    let mut pipeline = Pipeline::open(&settings, t + 120_000).await.unwrap();
-    pipeline.cycle(t + 120_000).await.unwrap();
+    let mut pipeline = Pipeline::open(&settings, t2 + 60_000).await.unwrap();
+    pipeline.cycle(t2 + 60_000).await.unwrap();
     let s = scrape(&pipeline.publisher);
-    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("nlp")), 1.0);
-    assert_eq!(s.get("mlflow_prompt_deployments_total", &team("")), 1.0);
+    check(&s);
+    assert_eq!(s.get("mlflow_prompt_deployments_total", &sum), 1.0);
     assert_eq!(
         s.get("mlflow_prompt_versions_created_total", &team("nlp")),
         2.0

@@ -94,6 +94,31 @@ impl Source {
     }
 }
 
+/// What a change is of. Prompts of MLflow 3's prompt registry are registered models underneath,
+/// but their alias moves are deployments of prompts: folded apart, never in a model's figure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subject {
+    #[default]
+    Model,
+    Prompt,
+}
+
+impl Subject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subject::Model => "model",
+            Subject::Prompt => "prompt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Subject> {
+        [Subject::Model, Subject::Prompt]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
 /// How the history names a model: by its name, or on a workspace-enabled MLflow by
 /// `workspace/name` (names are unique only inside a workspace; the snapshot names them so too),
 /// `default` when a source names no workspace.
@@ -107,14 +132,16 @@ pub fn model_key(workspaces: bool, workspace: Option<&str>, name: &str) -> Strin
     }
 }
 
-/// One change of what a model's alias (or `Production` stage) serves.
+/// One change of what a model's (or a prompt's) alias, or a model's `Production` stage, serves.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Event {
-    /// `model␟target␟n`: the n-th change of that target. Two sources that see the same change
-    /// compute the same key, so the store keeps it once.
+    /// `model␟target␟n`: the n-th change of that target (`prompt␟name␟alias␟n` for a prompt's).
+    /// Two sources that see the same change compute the same key, so the store keeps it once.
     pub dedup_key: String,
     pub kind: Kind,
     pub source: Source,
+    /// A model's change, or a prompt's (then `model` names the prompt); incidents are of models.
+    pub subject: Subject,
     pub model: String,
     pub target: String,
     pub version: Option<u32>,
@@ -152,6 +179,7 @@ impl Event {
             dedup_key: format!("incident\u{1f}{}\u{1f}{id}\u{1f}{verb}", source.as_str()),
             kind,
             source,
+            subject: Subject::Model,
             model: model.to_string(),
             target: String::new(),
             version: None,
@@ -193,17 +221,41 @@ impl VersionTimes {
         }
     }
 
-    /// Every version's times in a snapshot, by model name and number.
-    pub fn index(snap: &Snapshot) -> HashMap<(String, u32), VersionTimes> {
-        snap.versions
-            .iter()
-            .map(|((m, n), v)| {
-                (
-                    (snap.strings.get(*m).to_string(), *n),
-                    VersionTimes::of(snap, *m, v),
-                )
-            })
-            .collect()
+    /// The times of a prompt's version in a snapshot (a prompt has no training run), and the
+    /// prompt's team tag.
+    pub fn of_prompt(snap: &Snapshot, prompt: &str, number: u32) -> VersionTimes {
+        let Some(p) = snap.strings.lookup(prompt) else {
+            return VersionTimes::default();
+        };
+        VersionTimes {
+            created_ms: snap
+                .prompt_versions
+                .get(&(p, number))
+                .and_then(|v| (v.created_ms != NO_TIME).then_some(v.created_ms)),
+            team: snap
+                .prompts
+                .get(&p)
+                .and_then(|r| r.team)
+                .map(|t| snap.strings.get(t).to_string()),
+            ..VersionTimes::default()
+        }
+    }
+
+    /// Every model version's and prompt version's times in a snapshot, by what it is of, its name
+    /// and number.
+    pub fn index(snap: &Snapshot) -> HashMap<(Subject, String, u32), VersionTimes> {
+        let name = |m: Sym| snap.strings.get(m).to_string();
+        let models = snap.versions.iter().map(|((m, n), v)| {
+            (
+                (Subject::Model, name(*m), *n),
+                VersionTimes::of(snap, *m, v),
+            )
+        });
+        let prompts = snap.prompt_versions.keys().map(|(p, n)| {
+            let times = VersionTimes::of_prompt(snap, snap.strings.get(*p), *n);
+            ((Subject::Prompt, name(*p), *n), times)
+        });
+        models.chain(prompts).collect()
     }
 }
 
@@ -331,8 +383,12 @@ pub struct Delivery {
     teams: HashMap<String, String>,
     /// Models the histograms show apart.
     detailed: BTreeSet<String>,
-    /// Events folded in so far.
+    /// Events folded in so far (of prompts too).
     pub events: u64,
+    /// What this history's targets are: models, or (in the history of the prompts) prompts.
+    subject: Subject,
+    /// The history of the prompts' alias moves: folded alike, apart from the models'.
+    prompts: Option<Box<Delivery>>,
 }
 
 impl Delivery {
@@ -341,7 +397,17 @@ impl Delivery {
     }
 
     pub fn with_labelling(bounds: Bounds, labelling: Labelling) -> Delivery {
+        let prompts = Delivery::bare(bounds.clone(), labelling.clone(), Subject::Prompt);
         Delivery {
+            prompts: Some(Box::new(prompts)),
+            ..Delivery::bare(bounds, labelling, Subject::Model)
+        }
+    }
+
+    fn bare(bounds: Bounds, labelling: Labelling, subject: Subject) -> Delivery {
+        Delivery {
+            subject,
+            prompts: None,
             bounds,
             detailed: labelling.detailed_models.iter().cloned().collect(),
             labelling,
@@ -359,6 +425,12 @@ impl Delivery {
     /// An empty history with the same buckets and labelling.
     pub fn empty(&self) -> Delivery {
         Delivery::with_labelling(self.bounds.clone(), self.labelling.clone())
+    }
+
+    /// The history of the prompts' alias moves (in that history, itself). Its `change` and
+    /// `deletion` make prompts' events, which [`Delivery::apply`] folds there.
+    pub fn prompts(&self) -> &Delivery {
+        self.prompts.as_deref().unwrap_or(self)
     }
 
     /// A model's team, as the history knows it (empty when none).
@@ -386,6 +458,12 @@ impl Delivery {
     /// Folds one event in. Events must come in the order they were recorded.
     pub fn apply(&mut self, e: &Event) {
         self.events += 1;
+        if e.subject != self.subject {
+            if let Some(prompts) = self.prompts.as_deref_mut() {
+                prompts.apply(e);
+            }
+            return;
+        }
         if matches!(e.kind, Kind::IncidentOpened | Kind::IncidentResolved) {
             self.apply_incident(e);
             return;
@@ -534,9 +612,15 @@ impl Delivery {
             return None;
         }
         Some(Event {
-            dedup_key: dedup_key(model, target, known.map_or(0, |t| t.changes) + 1),
+            dedup_key: dedup_key(
+                self.subject,
+                model,
+                target,
+                known.map_or(0, |t| t.changes) + 1,
+            ),
             kind,
             source,
+            subject: self.subject,
             model: model.to_string(),
             target: target.to_string(),
             version: Some(version),
@@ -555,9 +639,10 @@ impl Delivery {
         let t = self.targets.get(&(model.to_string(), target.to_string()))?;
         t.current?;
         Some(Event {
-            dedup_key: dedup_key(model, target, t.changes + 1),
+            dedup_key: dedup_key(self.subject, model, target, t.changes + 1),
             kind: Kind::AliasDeleted,
             source,
+            subject: self.subject,
             model: model.to_string(),
             target: target.to_string(),
             version: None,
@@ -591,8 +676,9 @@ impl Delivery {
     }
 
     /// Compares a snapshot's serving aliases (those named in `aliases`) and `Production` stage with
-    /// the history and returns the events that explain the difference. On the first poll after
-    /// start-up a target the history has never seen is a baseline; later, a deployment.
+    /// the history, and its prompts' serving aliases with the prompts' history, and returns the
+    /// events that explain the difference. On the first poll after start-up a target the history
+    /// has never seen is a baseline; later, a deployment.
     pub fn detect(
         &self,
         snap: &Snapshot,
@@ -601,15 +687,14 @@ impl Delivery {
         now_ms: i64,
     ) -> Vec<Event> {
         let s = &snap.strings;
+        let serving = |alias: Sym| aliases.iter().any(|a| a == s.get(alias));
         let mut now: HashMap<(String, String), u32> = HashMap::new();
         for (model, rec) in &snap.models {
-            for (alias, version) in &rec.aliases {
-                if aliases.iter().any(|a| a == s.get(*alias)) {
-                    now.insert(
-                        (s.get(*model).to_string(), s.get(*alias).to_string()),
-                        *version,
-                    );
-                }
+            for (alias, version) in rec.aliases.iter().filter(|(a, _)| serving(*a)) {
+                now.insert(
+                    (s.get(*model).to_string(), s.get(*alias).to_string()),
+                    *version,
+                );
             }
         }
         for ((model, number), v) in &snap.versions {
@@ -620,7 +705,46 @@ impl Delivery {
                 *slot = (*slot).max(*number);
             }
         }
+        let mut events = self.explain(
+            &now,
+            |model, n| {
+                s.lookup(model)
+                    .and_then(|m| snap.versions.get(&(m, n)).map(|v| (m, v)))
+                    .map(|(m, v)| VersionTimes::of(snap, m, v))
+                    .unwrap_or_default()
+            },
+            first_poll,
+            now_ms,
+        );
+        if self.subject == Subject::Model {
+            let mut prompts: HashMap<(String, String), u32> = HashMap::new();
+            for (prompt, rec) in &snap.prompts {
+                for (alias, version) in rec.aliases.iter().filter(|(a, _)| serving(*a)) {
+                    prompts.insert(
+                        (s.get(*prompt).to_string(), s.get(*alias).to_string()),
+                        *version,
+                    );
+                }
+            }
+            events.extend(self.prompts().explain(
+                &prompts,
+                |prompt, n| VersionTimes::of_prompt(snap, prompt, n),
+                first_poll,
+                now_ms,
+            ));
+        }
+        events
+    }
 
+    /// The events that take this history's targets to what `now` says they serve: changes in
+    /// the order of their targets, then deletions of those no longer served.
+    fn explain(
+        &self,
+        now: &HashMap<(String, String), u32>,
+        times: impl Fn(&str, u32) -> VersionTimes,
+        first_poll: bool,
+        now_ms: i64,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
         let mut keys: Vec<&(String, String)> = now.keys().collect();
         keys.sort();
@@ -631,12 +755,9 @@ impl Delivery {
             } else {
                 Kind::Deployment
             };
-            let times = s
-                .lookup(model)
-                .and_then(|m| snap.versions.get(&(m, now[key])).map(|v| (m, v)))
-                .map(|(m, v)| VersionTimes::of(snap, m, v))
-                .unwrap_or_default();
-            events.extend(self.change(kind, Source::Poll, model, target, now[key], now_ms, times));
+            let version = now[key];
+            let times = times(model, version);
+            events.extend(self.change(kind, Source::Poll, model, target, version, now_ms, times));
         }
         let mut gone: Vec<&(String, String)> = self
             .targets
@@ -667,12 +788,19 @@ struct Checkpoint {
     teams: Vec<(String, String)>,
     detailed: Vec<String>,
     events: u64,
+    /// The prompts' history (none in a checkpoint written before prompts were).
+    #[serde(default)]
+    prompts: Option<Box<Checkpoint>>,
 }
 
 impl Delivery {
     /// The state as JSON, for [`Delivery::from_checkpoint`].
     pub fn checkpoint(&self) -> String {
-        let c = Checkpoint {
+        serde_json::to_string(&self.to_checkpoint()).unwrap_or_default()
+    }
+
+    fn to_checkpoint(&self) -> Checkpoint {
+        Checkpoint {
             bounds: self.bounds.clone(),
             targets: sorted(
                 self.targets
@@ -719,15 +847,23 @@ impl Delivery {
             },
             detailed: self.detailed.iter().cloned().collect(),
             events: self.events,
-        };
-        serde_json::to_string(&c).unwrap_or_default()
+            prompts: self.prompts.as_ref().map(|p| Box::new(p.to_checkpoint())),
+        }
     }
 
     /// `fresh` (made with the current settings) holding the state of a checkpoint; histograms
     /// counted with other buckets keep every observation, moved to the first bucket at least as
     /// large. `None` when the text is not a checkpoint.
-    pub fn from_checkpoint(mut fresh: Delivery, text: &str) -> Option<Delivery> {
-        let c: Checkpoint = serde_json::from_str(text).ok()?;
+    pub fn from_checkpoint(fresh: Delivery, text: &str) -> Option<Delivery> {
+        Delivery::restore(fresh, serde_json::from_str(text).ok()?)
+    }
+
+    fn restore(mut fresh: Delivery, c: Checkpoint) -> Option<Delivery> {
+        if let Some(p) = c.prompts {
+            if let Some(fresh_p) = fresh.prompts.take() {
+                fresh.prompts = Some(Box::new(Delivery::restore(*fresh_p, *p)?));
+            }
+        }
         let (old, new) = (&c.bounds, fresh.bounds.clone());
         let re = |h: HistogramAcc, from: &[u64], to: &[u64]| -> Option<HistogramAcc> {
             Some(HistogramAcc {
@@ -778,8 +914,12 @@ fn sorted<K: Ord, L: Ord, V>(it: impl Iterator<Item = (K, L, V)>) -> Vec<(K, L, 
     v
 }
 
-fn dedup_key(model: &str, target: &str, n: u64) -> String {
-    format!("{model}\u{1f}{target}\u{1f}{n}")
+/// A model's keys are as they always were; a prompt's have a field more, so none equals a model's.
+fn dedup_key(subject: Subject, model: &str, target: &str, n: u64) -> String {
+    match subject {
+        Subject::Model => format!("{model}\u{1f}{target}\u{1f}{n}"),
+        Subject::Prompt => format!("prompt\u{1f}{model}\u{1f}{target}\u{1f}{n}"),
+    }
 }
 
 /// `to − from` in ms, never negative (clocks of clients and the exporter disagree).

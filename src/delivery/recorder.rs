@@ -57,7 +57,7 @@ impl Recorder {
             }
         };
         for e in &added {
-            tracing::info!(kind = e.kind.as_str(), source = e.source.as_str(), model = %e.model, target = %e.target, version = ?e.version, "delivery event recorded");
+            tracing::info!(kind = e.kind.as_str(), source = e.source.as_str(), subject = e.subject.as_str(), model = %e.model, target = %e.target, version = ?e.version, "delivery event recorded");
             delivery.apply(e);
         }
         let outcome = Outcome {

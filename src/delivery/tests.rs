@@ -438,3 +438,107 @@ fn a_pushed_model_is_named_as_the_snapshot_names_it() {
     assert_eq!(model_key(true, None, "churn"), "default/churn");
     assert_eq!(model_key(true, Some(""), "a/b"), "default/a/b");
 }
+
+/// Adds prompt `m` (named as the model is, on purpose) with versions 1..=n, version i created at
+/// T0 + i h, and its serving `aliases`.
+fn with_prompt(snap: &mut Snapshot, n: u32, aliases: &[(&str, u32)]) {
+    let s = &mut snap.strings;
+    let (p, ready, none) = (s.intern("m"), s.intern("READY"), s.intern("None"));
+    let team = Some(s.intern("nlp"));
+    let aliases = aliases.iter().map(|(a, v)| (s.intern(a), *v)).collect();
+    snap.prompts.insert(
+        p,
+        ModelRecord {
+            aliases,
+            team,
+            workspace: None,
+        },
+    );
+    for i in 1..=n {
+        let created = T0 + i64::from(i) * H;
+        snap.prompt_versions.insert(
+            (p, i),
+            VersionRecord {
+                stage: none,
+                status: ready,
+                created_ms: created,
+                last_updated_ms: created,
+                run: None,
+                logged_model: None,
+            },
+        );
+    }
+}
+
+/// A prompt's alias moves are deployments in the prompts' history, with their own numbering and
+/// figures: a model of the same name is not touched, and the two survive a checkpoint apart.
+#[test]
+fn prompt_alias_moves_are_deployments_of_prompts_apart_from_models() {
+    let mut d = Delivery::new(bounds());
+    let mut snap = registry(2, &[("champion", 1)], &[]);
+    with_prompt(&mut snap, 3, &[("champion", 1), ("staging", 2)]);
+    let events = poll(&mut d, &snap, true, T0 + 10 * H);
+    let subjects: Vec<_> = events.iter().map(|e| (e.subject, e.kind)).collect();
+    assert_eq!(
+        subjects,
+        [
+            (Subject::Model, Kind::Baseline),
+            (Subject::Prompt, Kind::Baseline)
+        ]
+    );
+    assert_eq!(events[1].dedup_key, "prompt\u{1f}m\u{1f}champion\u{1f}1");
+    assert_eq!(events[1].team.as_deref(), Some("nlp"));
+
+    // The prompt moves to 3, then back to 1; the model stays.
+    let at = T0 + 11 * H;
+    snap.prompts.values_mut().next().unwrap().aliases =
+        [(snap.strings.intern("champion"), 3)].into_iter().collect();
+    let events = poll(&mut d, &snap, false, at);
+    assert_eq!(kinds(&events), [(Kind::Deployment, "champion", Some(3))]);
+    assert_eq!(events[0].subject, Subject::Prompt);
+    assert_eq!(events[0].version_created_ms, Some(T0 + 3 * H));
+    assert_eq!(events[0].run_start_ms, None);
+    snap.prompts.values_mut().next().unwrap().aliases =
+        [(snap.strings.intern("champion"), 1)].into_iter().collect();
+    poll(&mut d, &snap, false, at + H);
+
+    let key = ("m".to_string(), "champion".to_string());
+    let model = &d.figures[&key];
+    assert_eq!((model.deployments, model.rollbacks), (0, 0));
+    let check = |d: &Delivery| {
+        let p = &d.prompts().figures[&key];
+        assert_eq!((p.deployments, p.rollbacks), (2, 1));
+        assert_eq!(p.last_deployed_ms, at + H);
+        let h = &d.prompts().histograms[&("nlp".to_string(), "m".to_string())];
+        // Version 3, created at T0 + 3 h, deployed at T0 + 11 h: 8 h, within a day.
+        assert_eq!(h.time_to_deploy.counts, [0, 0, 1, 0]);
+        assert_eq!(h.time_to_deploy.sum_ms, 8 * H as u64);
+        assert_eq!(h.lead_time.counts, Vec::<u64>::new());
+        // Version 3 served 1 h before the rollback restored 1.
+        assert_eq!(h.rollback_recovery.counts, [0, 1, 0, 0]);
+        assert_eq!(d.prompts().serving("m", "champion"), Some(1));
+        assert_eq!(d.serving("m", "champion"), Some(1));
+        assert_eq!(d.events, 4);
+    };
+    check(&d);
+    let back = Delivery::from_checkpoint(d.empty(), &d.checkpoint()).unwrap();
+    check(&back);
+    // The prompt's alias deleted: a deletion in the prompts' history only.
+    snap.prompts.clear();
+    let events = poll(&mut d, &snap, false, at + 2 * H);
+    assert_eq!(kinds(&events), [(Kind::AliasDeleted, "champion", None)]);
+    assert_eq!(events[0].subject, Subject::Prompt);
+    assert_eq!(d.prompts().serving("m", "champion"), None);
+    assert_eq!(d.serving("m", "champion"), Some(1));
+}
+
+/// A checkpoint written before prompts were has none: it is read, with an empty prompts' history.
+#[test]
+fn a_checkpoint_without_prompts_is_read() {
+    let d = Delivery::new(bounds());
+    let mut v: serde_json::Value = serde_json::from_str(&d.checkpoint()).unwrap();
+    v.as_object_mut().unwrap().remove("prompts");
+    let back = Delivery::from_checkpoint(d.empty(), &v.to_string()).unwrap();
+    assert_eq!(back.prompts().targets().count(), 0);
+    assert!(back.prompts.is_some());
+}

@@ -81,6 +81,33 @@ pub const INCIDENT_RECOVERY: Spec = Spec::histogram(
     "Incident opened to resolved: time to restore, by the model's team",
     &["team", "model", "severity"],
 );
+const PROMPT_TARGET: &[&str] = &["prompt", "alias"];
+const PROMPT_BY_TEAM: &[&str] = &["team", "prompt"];
+pub const PROMPT_DEPLOYMENTS: Spec = Spec::counter(
+    "mlflow_prompt_deployments_total",
+    "Deployments of prompts: a serving alias of a prompt moved to another version, or set anew; prompts not shown apart are __other__",
+    PROMPT_TARGET,
+);
+pub const PROMPT_ROLLBACKS: Spec = Spec::counter(
+    "mlflow_prompt_rollbacks_total",
+    "Deployments of a prompt to a lower version than the one replaced, or to one the alias served before",
+    PROMPT_TARGET,
+);
+pub const PROMPT_DEPLOYED_TIMESTAMP: Spec = Spec::gauge(
+    "mlflow_prompt_deployed_timestamp_seconds",
+    "Time of the prompt alias's last deployment; for an alias only seen serving since start-up, the creation of the version it served then",
+    PROMPT_TARGET,
+);
+pub const PROMPT_LEAD_TIME: Spec = Spec::histogram(
+    "mlflow_prompt_lead_time_seconds",
+    "Creation of the deployed prompt version to its deployment (rollbacks excluded), by the prompt's team",
+    PROMPT_BY_TEAM,
+);
+pub const PROMPT_ROLLBACK_RECOVERY: Spec = Spec::histogram(
+    "mlflow_prompt_rollback_recovery_seconds",
+    "Deployment of the prompt version a rollback replaced to the rollback: time to restore",
+    PROMPT_BY_TEAM,
+);
 /// Families derived from the snapshot (what the served versions' runs logged).
 pub const SPECS: &[Spec] = &[MODEL_METRIC, REPLACED_METRIC];
 /// Families derived from the event history alone.
@@ -96,6 +123,11 @@ pub const HISTORY_SPECS: &[Spec] = &[
     INCIDENTS,
     INCIDENTS_OPEN,
     INCIDENT_RECOVERY,
+    PROMPT_DEPLOYMENTS,
+    PROMPT_ROLLBACKS,
+    PROMPT_DEPLOYED_TIMESTAMP,
+    PROMPT_LEAD_TIME,
+    PROMPT_ROLLBACK_RECOVERY,
 ];
 
 fn histogram(f: &mut Family, values: &[&str], bounds: &[f64], acc: &HistogramAcc) {
@@ -156,44 +188,15 @@ pub fn goal(g: Goal) -> &'static str {
     }
 }
 
-/// The families of the event history: deployments, rollbacks, lead time, incidents. `fold` names
+/// The families of the event history: deployments, rollbacks, lead time, incidents, and the
+/// prompts' deployments ([`prompt_families`]). `fold` names
 /// the models that keep a `model` label of their own (as the snapshot's families do); the others'
 /// figures are summed under `__other__`. Every target seen has its series from its first sight,
 /// and every served model its incident series of each configured severity, zeros included.
 pub fn history_families(delivery: &Delivery, d: &Derivation, fold: &ModelFold) -> Vec<TextFamily> {
     let b = &d.delivery;
-    // Per target, folded: deployments, rollbacks, last deployment, and (its time, lead time) of
-    // the last deployment with one.
-    #[derive(Default)]
-    struct Folded {
-        deployments: u64,
-        rollbacks: u64,
-        last_ms: Option<i64>,
-        lead: Option<(i64, i64)>,
-    }
-    let mut per: BTreeMap<(&str, &str), Folded> = BTreeMap::new();
-    let empty = TargetFigures::default();
-    let mut served: BTreeSet<&str> = BTreeSet::new();
-    for (model, target) in delivery.targets() {
-        served.insert(model);
-        let f = delivery
-            .figures
-            .get(&(model.clone(), target.clone()))
-            .unwrap_or(&empty);
-        let slot = per.entry((fold.label(model), target)).or_default();
-        slot.deployments += f.deployments;
-        slot.rollbacks += f.rollbacks;
-        if f.last_deployed_ms != NO_TIME {
-            slot.last_ms = Some(
-                slot.last_ms
-                    .map_or(f.last_deployed_ms, |t| t.max(f.last_deployed_ms)),
-            );
-        }
-        if f.last_lead_time_ms != NO_TIME && slot.lead.is_none_or(|(at, _)| at < f.last_deployed_ms)
-        {
-            slot.lead = Some((f.last_deployed_ms, f.last_lead_time_ms));
-        }
-    }
+    let per = per_target(delivery, |model| fold.label(model));
+    let served: BTreeSet<&str> = delivery.targets().map(|(m, _)| m.as_str()).collect();
     let mut deployments = Family::new(&DEPLOYMENTS);
     let mut rollbacks = Family::new(&ROLLBACKS);
     let mut deployed = Family::new(&DEPLOYED_TIMESTAMP);
@@ -282,5 +285,92 @@ pub fn history_families(delivery: &Delivery, d: &Derivation, fold: &ModelFold) -
         incidents.finish(),
         open.finish(),
         incident_recovery.finish(),
+    ]
+    .into_iter()
+    .chain(prompt_families(delivery.prompts(), d))
+    .collect()
+}
+
+/// Per target, folded: deployments, rollbacks, last deployment, and (its time, lead time) of the
+/// last deployment with one.
+#[derive(Default)]
+struct Folded {
+    deployments: u64,
+    rollbacks: u64,
+    last_ms: Option<i64>,
+    lead: Option<(i64, i64)>,
+}
+
+/// Every target's figures, summed by the label `label` gives its model (or prompt) and by alias.
+fn per_target<'a>(
+    delivery: &'a Delivery,
+    label: impl Fn(&'a str) -> &'a str,
+) -> BTreeMap<(&'a str, &'a str), Folded> {
+    let mut per: BTreeMap<(&str, &str), Folded> = BTreeMap::new();
+    let empty = TargetFigures::default();
+    for (model, target) in delivery.targets() {
+        let f = delivery
+            .figures
+            .get(&(model.clone(), target.clone()))
+            .unwrap_or(&empty);
+        let slot = per.entry((label(model), target)).or_default();
+        slot.deployments += f.deployments;
+        slot.rollbacks += f.rollbacks;
+        if f.last_deployed_ms != NO_TIME {
+            slot.last_ms = Some(
+                slot.last_ms
+                    .map_or(f.last_deployed_ms, |t| t.max(f.last_deployed_ms)),
+            );
+        }
+        if f.last_lead_time_ms != NO_TIME && slot.lead.is_none_or(|(at, _)| at < f.last_deployed_ms)
+        {
+            slot.lead = Some((f.last_deployed_ms, f.last_lead_time_ms));
+        }
+    }
+    per
+}
+
+/// The families of the prompts' history, apart from the models': deployments, rollbacks and the
+/// last deployment of each serving alias, and lead time (a prompt version's creation to its
+/// deployment: a prompt has no training run) and time to restore by team. Prompts the history
+/// does not show apart ([`Delivery::histogram_model`]) are summed under `__other__`, in every
+/// family, so that a registry of thousands of prompts stays within the series budget.
+fn prompt_families(prompts: &Delivery, d: &Derivation) -> Vec<TextFamily> {
+    let b = &d.delivery;
+    let mut deployments = Family::new(&PROMPT_DEPLOYMENTS);
+    let mut rollbacks = Family::new(&PROMPT_ROLLBACKS);
+    let mut deployed = Family::new(&PROMPT_DEPLOYED_TIMESTAMP);
+    for ((prompt, alias), f) in &per_target(prompts, |p| prompts.histogram_model(p)) {
+        let labels = [*prompt, *alias];
+        deployments.add(&labels, f.deployments as f64);
+        rollbacks.add(&labels, f.rollbacks as f64);
+        if let Some(t) = f.last_ms {
+            deployed.add(&labels, t as f64 / 1000.0);
+        }
+    }
+    let mut lead = Family::new(&PROMPT_LEAD_TIME);
+    let mut recovery = Family::new(&PROMPT_ROLLBACK_RECOVERY);
+    for ((team, prompt), h) in &prompts.histograms {
+        let labels = [team.as_str(), prompt.as_str()];
+        // Counted as the models' time from version to deployment, with its buckets.
+        histogram(
+            &mut lead,
+            &labels,
+            &b.time_to_deploy_buckets,
+            &h.time_to_deploy,
+        );
+        histogram(
+            &mut recovery,
+            &labels,
+            &b.recovery_buckets,
+            &h.rollback_recovery,
+        );
+    }
+    vec![
+        deployments.finish(),
+        rollbacks.finish(),
+        deployed.finish(),
+        lead.finish(),
+        recovery.finish(),
     ]
 }

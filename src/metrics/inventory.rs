@@ -80,11 +80,6 @@ pub const PROMPT_VERSIONS_CREATED: Spec = Spec::counter(
     "Prompt versions created, by the prompt's team tag, counted once",
     &["team"],
 );
-pub const PROMPT_DEPLOYMENTS: Spec = Spec::counter(
-    "mlflow_prompt_deployments_total",
-    "Deployments of prompts: a prompt alias moved to another version, or set anew, counted once when seen",
-    &["team"],
-);
 pub const SPECS: &[Spec] = &[
     EXPERIMENTS,
     REGISTERED_MODELS,
@@ -100,7 +95,6 @@ pub const SPECS: &[Spec] = &[
     PROMPT_VERSIONS,
     PROMPTS_CREATED,
     PROMPT_VERSIONS_CREATED,
-    PROMPT_DEPLOYMENTS,
 ];
 
 pub fn gauges(snap: &Snapshot, folds: &Folds) -> Vec<TextFamily> {
@@ -215,7 +209,6 @@ pub fn counters(tally: &Tally) -> Vec<TextFamily> {
         (&LOGGED_MODELS_CREATED, &tally.logged_models_created),
         (&PROMPTS_CREATED, &tally.prompts_created),
         (&PROMPT_VERSIONS_CREATED, &tally.prompt_versions_created),
-        (&PROMPT_DEPLOYMENTS, &tally.prompt_deployments),
     ])
     .map(|(spec, series)| {
         let mut f = Family::new(spec);

@@ -144,11 +144,10 @@ pub const MLFLOW3_ONLY: &[&str] = &[
     inventory::PROMPT_VERSIONS.name,
     inventory::PROMPTS_CREATED.name,
     inventory::PROMPT_VERSIONS_CREATED.name,
-    inventory::PROMPT_DEPLOYMENTS.name,
 ];
 
 /// How many families [`counters`] returns.
-pub const COUNTER_FAMILIES: usize = 19;
+pub const COUNTER_FAMILIES: usize = 18;
 
 /// The counters (and histograms) of the tally: everything counted once, from MLflow's history.
 pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {

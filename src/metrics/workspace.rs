@@ -6,7 +6,8 @@
 
 use super::family::TextFamily;
 
-/// The label of a family whose value names a workspace's object: `experiment` or `model`; for
+/// The label of a family whose value names a workspace's object: `experiment`, `model` or
+/// `prompt`; for
 /// the families by the team of a workspace's object ([`BY_TEAM_IN_WORKSPACE`]), `team`. Looked up
 /// in a table made once: it is asked for every family published.
 pub fn scoped_label(family: &str) -> Option<&'static str> {
@@ -18,7 +19,7 @@ pub fn scoped_label(family: &str) -> Option<&'static str> {
             .chain(super::delivery::HISTORY_SPECS)
             .chain(super::probes::SPECS)
             .filter_map(|s| {
-                ["experiment", "model"]
+                ["experiment", "model", "prompt"]
                     .into_iter()
                     .find(|l| s.labels.contains(l))
                     .map(|l| (s.name, l))
@@ -55,14 +56,13 @@ pub fn labelled(family: &str) -> bool {
 
 /// Families by the team of a workspace's object (a prompt, or an experiment or a model created),
 /// named `workspace/team` with workspaces.
-const BY_TEAM_IN_WORKSPACE: [&str; 7] = [
+const BY_TEAM_IN_WORKSPACE: [&str; 6] = [
     super::inventory::EXPERIMENTS_CREATED.name,
     super::inventory::MODELS_CREATED.name,
     super::inventory::PROMPTS.name,
     super::inventory::PROMPT_VERSIONS.name,
     super::inventory::PROMPTS_CREATED.name,
     super::inventory::PROMPT_VERSIONS_CREATED.name,
-    super::inventory::PROMPT_DEPLOYMENTS.name,
 ];
 
 /// `family` with the `workspace/name` values of its scoped label split in two labels; families

@@ -22,14 +22,14 @@ use serde_json::json;
 
 use crate::config::{Receiver, WebhookSettings};
 use crate::delivery::recorder::Recorder;
-use crate::delivery::{Event, Kind, Source, VersionTimes};
+use crate::delivery::{Event, Kind, Source, Subject, VersionTimes};
 use crate::metrics::publish::Publisher;
 use crate::source::events_api::{ApiEvent, ApiKind};
 use crate::source::mlflow::MlflowClient;
 use crate::source::{alertmanager, mlflow_webhook};
 
 /// Times of every version in the last snapshot, for the lead time of pushed deployments.
-pub type VersionIndex = Arc<ArcSwap<HashMap<(String, u32), VersionTimes>>>;
+pub type VersionIndex = Arc<ArcSwap<HashMap<(Subject, String, u32), VersionTimes>>>;
 
 pub struct Ingest {
     pub recorder: Arc<Recorder>,
@@ -182,12 +182,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// in `workspace`.
 async fn times_of(
     ingest: &Ingest,
+    subject: Subject,
     key: &str,
     workspace: Option<&str>,
     name: &str,
     version: u32,
 ) -> VersionTimes {
-    if let Some(t) = ingest.versions.load().get(&(key.to_string(), version)) {
+    if let Some(t) = ingest
+        .versions
+        .load()
+        .get(&(subject, key.to_string(), version))
+    {
         return t.clone();
     }
     let Some(client) = &ingest.mlflow else {
@@ -368,8 +373,13 @@ async fn mlflow_webhook(
         }
     };
     let at = alertmanager::parse_time(&payload.timestamp).unwrap_or(sent_ms);
+    // A prompt's alias moves are deployments of the prompt, in the prompts' history.
+    let subject = match payload.entity.as_str() {
+        "prompt_alias" => Subject::Prompt,
+        _ => Subject::Model,
+    };
     let alias = match (payload.entity.as_str(), payload.action.as_str()) {
-        ("model_version_alias", "created" | "deleted") => {
+        ("model_version_alias" | "prompt_alias", "created" | "deleted") => {
             match serde_json::from_value::<mlflow_webhook::AliasData>(payload.data.clone()) {
                 Ok(a) => Some(a),
                 Err(e) => {
@@ -405,9 +415,9 @@ async fn mlflow_webhook(
                 "alias event without a numeric version".into(),
             );
         };
-        let times = times_of(&ingest, &model, workspace, &a.name, version).await;
+        let times = times_of(&ingest, subject, &model, workspace, &a.name, version).await;
         commit_change(&ingest, source, now, |d| {
-            d.change(
+            history(d, subject).change(
                 Kind::Deployment,
                 source,
                 &model,
@@ -420,7 +430,7 @@ async fn mlflow_webhook(
         .await
     } else {
         commit_change(&ingest, source, now, |d| {
-            d.deletion(source, &model, &a.alias, at)
+            history(d, subject).deletion(source, &model, &a.alias, at)
         })
         .await
     };
@@ -428,6 +438,14 @@ async fn mlflow_webhook(
         remember(&ingest, delivery.id, now);
     }
     resp
+}
+
+/// The history a subject's changes are recorded in: the models', or the prompts'.
+fn history(d: &crate::delivery::Delivery, subject: Subject) -> &crate::delivery::Delivery {
+    match subject {
+        Subject::Model => d,
+        Subject::Prompt => d.prompts(),
+    }
 }
 
 /// Marks a delivery as taken; a failed one is not, so MLflow's retry of it is accepted.
@@ -531,7 +549,15 @@ async fn api_event(
                 event.alias.clone().unwrap_or_default(),
                 event.version.unwrap_or(0),
             );
-            let times = times_of(&ingest, &model, workspace, &event.model, version).await;
+            let times = times_of(
+                &ingest,
+                Subject::Model,
+                &model,
+                workspace,
+                &event.model,
+                version,
+            )
+            .await;
             commit_change(&ingest, source, now, |d| {
                 d.change(Kind::Deployment, source, &model, &alias, version, at, times)
             })

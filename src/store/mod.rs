@@ -8,7 +8,7 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-use crate::delivery::{Delivery, Event, Kind, Source};
+use crate::delivery::{Delivery, Event, Kind, Source, Subject};
 
 pub mod probes;
 pub mod tally;
@@ -105,8 +105,8 @@ impl EventStore {
         for e in events {
             let done = sqlx::query(
                 "INSERT OR IGNORE INTO events (dedup_key, kind, source, model, target, version, at_ms, \
-                 recorded_ms, run_start_ms, run_end_ms, version_created_ms, incident, severity, team) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 recorded_ms, run_start_ms, run_end_ms, version_created_ms, incident, severity, team, subject) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&e.dedup_key)
             .bind(e.kind.as_str())
@@ -122,6 +122,7 @@ impl EventStore {
             .bind(&e.incident)
             .bind(&e.severity)
             .bind(&e.team)
+            .bind(e.subject.as_str())
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
@@ -262,14 +263,17 @@ fn fold_rows<T>(
 ) -> Result<T, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT dedup_key, kind, source, model, target, version, at_ms, run_start_ms, run_end_ms, \
-         version_created_ms, incident, severity, team FROM events WHERE id > ?1 AND id <= ?2 ORDER BY id",
+         version_created_ms, incident, severity, team, subject FROM events WHERE id > ?1 AND id <= ?2 ORDER BY id",
     )?;
     let mut rows = stmt.query([after_id, upto.unwrap_or(i64::MAX)])?;
     while let Some(r) = rows.next()? {
         let kind = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
         let source = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
         let version: Option<i64> = r.get(5)?;
+        let subject = r.get_ref(13)?.as_str().map_err(rusqlite::Error::from)?;
         let event = Event {
+            subject: Subject::parse(subject)
+                .ok_or_else(|| StoreError::Corrupt(format!("subject {subject:?}")))?,
             dedup_key: r.get(0)?,
             kind: Kind::parse(kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
             source: Source::parse(source)
@@ -303,6 +307,7 @@ mod tests {
                 Kind::Deployment
             },
             source: Source::Poll,
+            subject: Subject::Model,
             model: "m".into(),
             target: "champion".into(),
             version: Some(n as u32),
@@ -344,6 +349,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(times, vec![100, 200, 300]);
+    }
+
+    /// A prompt's change is stored as one: read back a prompt's, beside the model's of the same
+    /// name and number, and folded into the prompts' history.
+    #[tokio::test]
+    async fn a_prompt_change_is_read_back_as_a_prompt_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = EventStore::open(&path).await.unwrap();
+        let fresh = || Delivery::new(crate::delivery::Bounds::new(&Default::default()));
+        let times = crate::delivery::VersionTimes::default();
+        let prompt = fresh()
+            .prompts()
+            .change(
+                Kind::Deployment,
+                Source::Poll,
+                "m",
+                "champion",
+                1,
+                100,
+                times,
+            )
+            .unwrap();
+        assert_eq!(prompt.subject, Subject::Prompt);
+        let added = store.append(&[event(1, 100), prompt.clone()], 1).await;
+        assert_eq!(added.unwrap().len(), 2);
+        store.close().await;
+
+        let store = EventStore::open(&path).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![event(1, 100), prompt]);
+        let d = store.load_delivery(fresh()).await.unwrap();
+        assert_eq!(d.serving("m", "champion"), Some(1));
+        assert_eq!(d.prompts().serving("m", "champion"), Some(1));
+        let deployments = |d: &Delivery| d.figures[&("m".into(), "champion".into())].deployments;
+        assert_eq!((deployments(&d), deployments(d.prompts())), (0, 1));
     }
 
     /// Retention folds the old events into the checkpoint before deleting them: the history read

@@ -246,8 +246,6 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
         names::LOGGED_MODELS_CREATED => json!({"n": t.logged_models_created.get(key)?}),
         names::PROMPTS_CREATED => json!({"n": t.prompts_created.get(key)?}),
         names::PROMPT_VERSIONS_CREATED => json!({"n": t.prompt_versions_created.get(key)?}),
-        names::PROMPT_DEPLOYMENTS => json!({"n": t.prompt_deployments.get(key)?}),
-        names::PROMPT_ALIASES => json!({"v": t.prompt_aliases.get(key)?}),
         names::TIME_TO_REGISTRATION => hist_ms(&t.time_to_registration, &t.settings.reg_bounds_ms),
         CORRECTIONS => json!({"v": t.corrections.get(key.first().map(|k| &**k)?)?}),
         _ => return None,
@@ -320,21 +318,19 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         names::PROMPT_VERSIONS_CREATED => {
             t.prompt_versions_created.insert(key, n()?);
         }
-        names::PROMPT_DEPLOYMENTS => {
-            t.prompt_deployments.insert(key, n()?);
-        }
-        names::PROMPT_ALIASES => {
-            let v = u32::try_from(v["v"].as_u64()?).ok()?;
-            t.prompt_aliases.insert(key, v);
-        }
         names::TIME_TO_REGISTRATION => {
             t.time_to_registration = hist_ms(v, &t.settings.reg_bounds_ms)?;
         }
         CORRECTIONS => {
-            let family = names::ALL
+            let value = v["v"].as_f64()?;
+            // Corrections of a family this version does not count (a later one's, or one that
+            // left the tally) are left alone, as its series are.
+            if let Some(family) = names::ALL
                 .into_iter()
-                .find(|f| Some(*f) == key.first().map(|k| &**k))?;
-            t.corrections.insert(family, v["v"].as_f64()?);
+                .find(|f| Some(*f) == key.first().map(|k| &**k))
+            {
+                t.corrections.insert(family, value);
+            }
         }
         // A family of a later version: left alone.
         _ => {}
@@ -399,5 +395,36 @@ mod tests {
         assert_eq!(rebucket(&[1, 10], &[2, 1, 1], &[3]), Some(vec![2, 2]));
         assert_eq!(rebucket(&[1, 10], &[2, 1], &[3]), None);
         assert_eq!(rebucket::<u64>(&[], &[], &[3]), Some(vec![]));
+    }
+
+    /// Rows of a family this version does not count, and corrections of one, are left alone:
+    /// the tally still loads.
+    #[tokio::test]
+    async fn rows_of_families_not_counted_here_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = crate::store::EventStore::open(&path).await.unwrap();
+        let conn = connect(&path).unwrap();
+        for (family, labels, data) in [
+            ("mlflow_later_total", r#"["a"]"#, r#"{"n": 3}"#),
+            (CORRECTIONS, r#"["mlflow_later_total"]"#, r#"{"v": 2.0}"#),
+            (
+                CORRECTIONS,
+                r#"["mlflow_runs_ended_total"]"#,
+                r#"{"v": 1.0}"#,
+            ),
+        ] {
+            conn.execute(
+                "INSERT INTO tally_series (family, labels, data) VALUES (?1, ?2, ?3)",
+                [family, labels, data],
+            )
+            .unwrap();
+        }
+        let settings = crate::config::Settings::default();
+        let tally = store.load_tally(Tally::new(&settings)).await.unwrap();
+        // Every family counted here has its corrections (at 0 but the one stored), no other.
+        assert_eq!(tally.corrections.get(names::RUNS_ENDED), Some(&1.0));
+        assert_eq!(tally.corrections.values().sum::<f64>(), 1.0);
+        assert_eq!(tally.corrections.len(), names::ALL.len());
     }
 }

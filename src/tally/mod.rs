@@ -61,11 +61,7 @@ pub mod names {
     pub const TIME_TO_REGISTRATION: &str = "mlflow_logged_model_time_to_registration_seconds";
     pub const PROMPTS_CREATED: &str = "mlflow_prompts_created_total";
     pub const PROMPT_VERSIONS_CREATED: &str = "mlflow_prompt_versions_created_total";
-    pub const PROMPT_DEPLOYMENTS: &str = "mlflow_prompt_deployments_total";
-    /// Not served: the version each prompt alias pointed at when last counted, so that a move is
-    /// counted once, across restarts too.
-    pub const PROMPT_ALIASES: &str = "prompt_alias_versions";
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 16] = [
         RUNS_ENDED,
         RUN_DURATION,
         RUNS_STARTED,
@@ -82,7 +78,6 @@ pub mod names {
         TIME_TO_REGISTRATION,
         PROMPTS_CREATED,
         PROMPT_VERSIONS_CREATED,
-        PROMPT_DEPLOYMENTS,
     ];
 }
 
@@ -268,13 +263,10 @@ pub struct Tally {
     pub logged_models_created: Series<u64>,
     /// Per logged model, once: its creation to the first model version registered from it.
     pub time_to_registration: HistogramAcc,
-    /// `[team]` (`workspace/team` with workspaces): prompts and prompt versions created, and
-    /// prompt alias moves (deployments of prompts).
+    /// `[team]` (`workspace/team` with workspaces): prompts and prompt versions created (their
+    /// alias moves are deployments, in the delivery history).
     pub prompts_created: Series<u64>,
     pub prompt_versions_created: Series<u64>,
-    pub prompt_deployments: Series<u64>,
-    /// `[prompt, alias]` → the version it pointed at when last counted.
-    pub prompt_aliases: BTreeMap<Key, u32>,
     /// By family name: what the family holds that MLflow's current data no longer supports.
     pub corrections: BTreeMap<&'static str, f64>,
     objects: HashMap<&'static str, Objects>,
@@ -325,8 +317,6 @@ impl Tally {
             time_to_registration: HistogramAcc::default(),
             prompts_created: Series::new(),
             prompt_versions_created: Series::new(),
-            prompt_deployments: Series::new(),
-            prompt_aliases: BTreeMap::new(),
             corrections: names::ALL.iter().map(|n| (*n, 0.0)).collect(),
             objects: HashMap::new(),
             pending: HashMap::new(),
@@ -392,7 +382,6 @@ impl Tally {
             + histogram_lines(&s.reg_bounds)
             + self.prompts_created.len()
             + self.prompt_versions_created.len()
-            + self.prompt_deployments.len()
             + self.corrections.len()
     }
 
@@ -637,16 +626,8 @@ impl Tally {
             slot.0 += n;
             slot.1.merge(&delta);
         }
-        // Before the prompts are first seen: on the first count that sees any, their aliases are
-        // where they stand, not deployments.
-        let had_prompts = self
-            .objects
-            .get(kinds::PROMPT)
-            .is_some_and(|o| !o.is_empty())
-            || !self.prompt_aliases.is_empty();
         let [exps, models, versions, logged] = self.objects_seen(snap, folds, full);
         let [prompts, prompt_versions] = self.prompts_seen(snap, folds, full);
-        let prompt_moves = self.prompt_moves(snap, folds, had_prompts);
 
         let st = &self.settings;
         let run_h = histogram_lines(&st.run_bounds);
@@ -669,11 +650,6 @@ impl Tally {
             &prompt_versions,
             &self.prompt_versions_created,
             PROMPT_VERSIONS,
-        ));
-        wanted.extend(new_keys(
-            &prompt_moves,
-            &self.prompt_deployments,
-            PROMPT_DEPLOYMENTS,
         ));
         wanted.extend(new_keys(&durations, &self.durations, DURATIONS));
         wanted.extend(new_keys(&util, &self.gpu_util, UTIL));
@@ -698,10 +674,6 @@ impl Tally {
             (
                 PROMPT_VERSIONS,
                 other_missing(&self.prompt_versions_created, 1),
-            ),
-            (
-                PROMPT_DEPLOYMENTS,
-                other_missing(&self.prompt_deployments, 1),
             ),
             (DURATIONS, other_missing(&self.durations, 1 + st.extra)),
             (UTIL, other_missing(&self.gpu_util, 2)),
@@ -777,12 +749,6 @@ impl Tally {
                 prompt_versions,
                 PROMPT_VERSIONS,
                 names::PROMPT_VERSIONS_CREATED,
-            ),
-            (
-                &mut self.prompt_deployments,
-                prompt_moves,
-                PROMPT_DEPLOYMENTS,
-                names::PROMPT_DEPLOYMENTS,
             ),
         ] {
             budget.merge(series, named, &admitted[fam], 1, family, |a, b| *a += b);
@@ -937,37 +903,6 @@ impl Tally {
             );
         }
         [prompts, versions]
-    }
-
-    /// Prompt aliases that point at another version than when last counted, or that are new on
-    /// a platform whose prompts were counted before: deployments of prompts, by team.
-    fn prompt_moves(&mut self, snap: &Snapshot, folds: &Folds, had_prompts: bool) -> Named<u64> {
-        let s = &snap.strings;
-        let mut moves: Named<u64> = BTreeMap::new();
-        for (p, rec) in &snap.prompts {
-            // Every prompt's team has its series from the start, so its first move is an
-            // increase.
-            let team = prompt_team(snap, folds, rec.workspace, rec.team);
-            moves.entry(key(&[&team])).or_default();
-            for (alias, version) in &rec.aliases {
-                let k = key(&[s.get(*p), s.get(*alias)]);
-                let moved = match self.prompt_aliases.get(&k) {
-                    Some(v) if v == version => continue,
-                    Some(_) => true,
-                    None => had_prompts,
-                };
-                if moved {
-                    let slot = moves.entry(key(&[&team])).or_default();
-                    slot.0 += 1;
-                    slot.1 += 1;
-                }
-                self.unsaved
-                    .series
-                    .insert((names::PROMPT_ALIASES, k.clone()));
-                self.prompt_aliases.insert(k, *version);
-            }
-        }
-        moves
     }
 
     /// Logged models first seen registered: each observed once in the time-to-registration
@@ -1214,8 +1149,7 @@ const COST: usize = 7;
 const LOGGED: usize = 8;
 const PROMPTS: usize = 9;
 const PROMPT_VERSIONS: usize = 10;
-const PROMPT_DEPLOYMENTS: usize = 11;
-const FAMILIES: usize = 12;
+const FAMILIES: usize = 11;
 /// Which new series get room first when the budget is short: counts before the histograms of the
 /// same keys, the cost families (experiment × team × instance type, the most combinations) last.
 const PRIORITY: [usize; FAMILIES] = [
@@ -1227,7 +1161,6 @@ const PRIORITY: [usize; FAMILIES] = [
     LOGGED,
     PROMPTS,
     PROMPT_VERSIONS,
-    PROMPT_DEPLOYMENTS,
     DURATIONS,
     UTIL,
     COST,

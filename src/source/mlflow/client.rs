@@ -403,7 +403,7 @@ impl MlflowClient {
         Ok(r.run.info)
     }
 
-    /// Registers a webhook that sends alias moves to `url`, signed with `secret`; returns MLflow's
+    /// Registers a webhook that sends alias moves (of models and of prompts) to `url`, signed with `secret`; returns MLflow's
     /// answer (the webhook with its id).
     pub async fn create_webhook(
         &self,
@@ -420,6 +420,8 @@ impl MlflowClient {
             "events": [
                 {"entity": "MODEL_VERSION_ALIAS", "action": "CREATED"},
                 {"entity": "MODEL_VERSION_ALIAS", "action": "DELETED"},
+                {"entity": "PROMPT_ALIAS", "action": "CREATED"},
+                {"entity": "PROMPT_ALIAS", "action": "DELETED"},
             ],
         });
         self.call("webhooks", &Request::Post(body)).await

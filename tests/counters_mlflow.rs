@@ -185,6 +185,12 @@ const LATE: &[&str] = &[
     // Nothing was deployed yet: no version was replaced, no lead time measured.
     "mlflow_model_replaced_metric",
     "mlflow_model_last_lead_time_seconds",
+    // MLflow 3's prompt registry holds no prompt yet: nothing for a prompt series to count.
+    "mlflow_prompts",
+    "mlflow_prompt_versions_created_total",
+    "mlflow_prompt_deployments_total",
+    "mlflow_prompt_rollbacks_total",
+    "mlflow_prompt_lead_time_seconds",
 ];
 
 /// Every `mlflow_…` family a board's queries or a rule reads (recording rules' names, with a `:`,

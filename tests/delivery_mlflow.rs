@@ -334,6 +334,7 @@ fn event(n: u64, kind: &str, (model, target): (&str, &str), at: i64, s: Option<&
         "dedup_key": format!("{model}\u{1f}{target}\u{1f}{n}"),
         "kind": kind,
         "source": "poll",
+        "subject": "model",
         "model": model,
         "target": target,
         "version": s.map(|s| s.version),

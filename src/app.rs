@@ -85,6 +85,8 @@ impl Pipeline {
     /// Runs one cycle at reference time `now_ms` and publishes the result; a failed sync keeps the
     /// last good figures served and says so through `mlflow_up`.
     pub async fn cycle(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
+        // The traces' reads start where the tally's count of them ended.
+        self.syncer.trace_cursors = self.tally.trace_state.cursors.clone();
         let report = match self.syncer.cycle(now_ms).await {
             Ok(r) => r,
             Err(e) => {
@@ -103,6 +105,11 @@ impl Pipeline {
         for (workspace, e) in &report.failed {
             self.publisher.exporter.workspace_sync_failed(workspace, e);
             tracing::warn!(workspace = %workspace, reason = e.reason(), error = %e, "sync of a workspace failed; it keeps its last good figures, the others go on");
+        }
+        for (workspace, e) in &report.traces_failed {
+            let workspace = workspace.as_deref().unwrap_or("");
+            self.publisher.exporter.trace_read_failed(workspace, e);
+            tracing::warn!(workspace, reason = e.reason(), error = %e, "reading MLflow's traces failed; the next cycle reads them again from the same point");
         }
         let phase = std::time::Instant::now();
         self.record_changes(now_ms).await;
@@ -149,6 +156,7 @@ impl Pipeline {
             mode = report.mode.as_str(),
             requests = report.requests,
             runs_read = report.runs_read,
+            traces_read = report.traces_read,
             workspaces = report.workspaces,
             failed_workspaces = report.failed.len(),
             runs,

@@ -55,9 +55,9 @@ async fn exact_metrics(server: MlflowServer, mlflow3: bool) {
     let report = pipeline.cycle(s1).await.unwrap();
     assert_eq!(report.mode, Mode::Full);
     // The server's info (MLflow 3: no workspaces; MLflow 2 has none, a 404), then experiments,
-    // runs, registered models, model versions and (MLflow 3) logged models, prompts and prompt
-    // versions: one page each.
-    assert_eq!(report.requests, 4 + 4 * usize::from(mlflow3));
+    // runs, registered models, model versions and (MLflow 3) logged models, prompts, prompt
+    // versions and traces: one page each.
+    assert_eq!(report.requests, 4 + 5 * usize::from(mlflow3));
     assert_eq!(report.runs_read, 15);
     let s = scrape(&publisher);
 
@@ -370,8 +370,9 @@ async fn exact_metrics(server: MlflowServer, mlflow3: bool) {
     let s2 = t + 2 * MIN;
     let report = pipeline.cycle(s2).await.unwrap();
     assert_eq!(report.mode, Mode::Incremental);
-    // experiments, ended runs, running runs, r11 read by id, registered models, model versions.
-    assert_eq!(report.requests, 6);
+    // experiments, ended runs, running runs, r11 read by id, registered models, model versions
+    // (and on MLflow 3 the traces).
+    assert_eq!(report.requests, 6 + usize::from(mlflow3));
     let s = scrape(&publisher);
     assert_eq!(s.get("mlflow_exporter_snapshot_runs", &[]), 17.0);
     assert_eq!(
@@ -571,9 +572,9 @@ async fn between_running_searches_new_runs_are_found_by_start_time() {
         let snap = p.syncer.snapshot();
         format!("{:?}", snap.runs.get(&run_key(id)).unwrap().status)
     };
-    // Experiments, runs ended and runs started since the cursor, models, versions.
+    // Experiments, runs ended and runs started since the cursor, models, versions, traces.
     let report = pipeline.cycle(t + 2 * MIN).await.unwrap();
-    assert_eq!((report.mode, report.requests), (Mode::Incremental, 5));
+    assert_eq!((report.mode, report.requests), (Mode::Incremental, 6));
     assert_eq!(pipeline.syncer.snapshot().runs.len(), 17);
     assert_eq!(status(&pipeline, "r16"), "Finished");
     assert_eq!(status(&pipeline, "r17"), "Running");
@@ -584,7 +585,7 @@ async fn between_running_searches_new_runs_are_found_by_start_time() {
     // Five minutes after the full read: the running runs are searched, and r11 read by id; the
     // prompt registry is due too (`mlflow.prompts_interval`: prompts and their versions).
     let report = pipeline.cycle(t + 6 * MIN).await.unwrap();
-    assert_eq!((report.mode, report.requests), (Mode::Incremental, 6 + 2));
+    assert_eq!((report.mode, report.requests), (Mode::Incremental, 7 + 2));
     assert_eq!(status(&pipeline, "r11"), "Finished");
     let incremental = scrape(&pipeline.publisher);
 

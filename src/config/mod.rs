@@ -245,6 +245,18 @@ pub struct MlflowSettings {
     /// moved between reads is seen at the next one.
     #[serde(with = "humantime_serde")]
     pub prompts_interval: Duration,
+    /// Read MLflow 3's traces (GenAI apps) every cycle: the traces that started since the last
+    /// read, less `traces_overlap`.
+    pub read_traces: bool,
+    /// How far each traces read looks back before the latest start it read: MLflow writes a
+    /// trace when it ends, with the time it started, so this covers the longest trace and the
+    /// delay of its export. A trace written later than this after its start is not counted.
+    #[serde(with = "humantime_serde")]
+    pub traces_overlap: Duration,
+    /// A trace still in progress holds the reads back at its start this long; one in progress
+    /// longer is given up (`mlflow_exporter_traces_given_up_total`).
+    #[serde(with = "humantime_serde")]
+    pub traces_max_in_progress: Duration,
     /// Reuse a connection to MLflow for the next request. Off by default: MLflow 3's server with
     /// several workers (its default is 4) leaves Nagle's algorithm on, so on a reused connection a
     /// small answer waits about 40 ms for the client's delayed ACK; a new connection is answered at
@@ -322,6 +334,9 @@ impl Default for MlflowSettings {
             running_interval: Duration::ZERO,
             logged_models_interval: Duration::from_secs(600),
             prompts_interval: Duration::from_secs(300),
+            read_traces: true,
+            traces_overlap: Duration::from_secs(900),
+            traces_max_in_progress: Duration::from_secs(3600),
             keep_alive: false,
             workspaces: WorkspaceSelection::default(),
         }
@@ -416,6 +431,8 @@ pub struct MetricsSettings {
     pub time_to_first_model_buckets: Vec<f64>,
     /// Buckets of `mlflow_run_gpu_utilization_ratio`.
     pub gpu_utilization_buckets: Vec<f64>,
+    /// Buckets of `mlflow_trace_duration_seconds`, in seconds.
+    pub trace_duration_buckets: Vec<f64>,
 }
 
 /// A platform feature, used by a run when its one predicate holds, e.g. `{name: git, tag:
@@ -524,6 +541,10 @@ impl Default for MetricsSettings {
             .map(|hours| hours * 3600.0)
             .collect(),
             gpu_utilization_buckets: (1..=10).map(|i| f64::from(i) / 10.0).collect(),
+            // 10 ms to 5 min: a chat turn to a long agent run.
+            trace_duration_buckets: vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            ],
         }
     }
 }
@@ -893,6 +914,10 @@ impl Settings {
             (
                 "metrics.gpu_utilization_buckets",
                 &self.metrics.gpu_utilization_buckets,
+            ),
+            (
+                "metrics.trace_duration_buckets",
+                &self.metrics.trace_duration_buckets,
             ),
             ("probes.duration_buckets", &self.probes.duration_buckets),
         ] {

@@ -19,6 +19,7 @@ pub struct ExporterMetrics {
     pub last_sync: Gauge,
     pub sync_duration: GaugeVec,
     pub sync_errors: IntCounterVec,
+    pub trace_read_errors: IntCounterVec,
     pub api_latency: HistogramVec,
     pub snapshot_runs: IntGauge,
     pub events: IntCounterVec,
@@ -84,6 +85,17 @@ impl ExporterMetrics {
         r.register(Box::new(last_sync.clone()))?;
         r.register(Box::new(sync_duration.clone()))?;
         r.register(Box::new(sync_errors.clone()))?;
+        let trace_read_errors = IntCounterVec::new(
+            Opts::new(
+                "mlflow_exporter_trace_read_errors_total",
+                "Reads of MLflow 3's traces that failed, by reason and workspace (empty without workspaces); the next cycle reads them again from where the last good one ended",
+            ),
+            &["reason", "workspace"],
+        )?;
+        for reason in MlflowError::REASONS {
+            trace_read_errors.with_label_values(&[reason, ""]).inc_by(0);
+        }
+        r.register(Box::new(trace_read_errors.clone()))?;
         r.register(Box::new(api_latency.clone()))?;
         let events = IntCounterVec::new(
             Opts::new(
@@ -139,6 +151,7 @@ impl ExporterMetrics {
             last_sync,
             sync_duration,
             sync_errors,
+            trace_read_errors,
             api_latency,
             snapshot_runs,
             events,
@@ -174,9 +187,19 @@ impl ExporterMetrics {
             .inc();
     }
 
+    /// A read of a scope's traces failed (`workspace` empty without workspaces).
+    pub fn trace_read_failed(&self, workspace: &str, err: &MlflowError) {
+        self.trace_read_errors
+            .with_label_values(&[err.reason(), workspace])
+            .inc();
+    }
+
     /// Every reason of `workspace`'s errors at 0, so that its first failure is an increase.
     pub fn workspace_seen(&self, workspace: &str) {
         for reason in MlflowError::REASONS {
+            self.trace_read_errors
+                .with_label_values(&[reason, workspace])
+                .inc_by(0);
             self.sync_errors
                 .with_label_values(&[reason, workspace])
                 .inc_by(0);

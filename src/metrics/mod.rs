@@ -2,7 +2,8 @@
 //! family: [`inventory`] (experiments, models, versions, aliases, and their creation counters),
 //! [`runs`] (throughput, durations, runs started), [`adoption`] (users, teams, activation, time to
 //! value, feature use), [`cost`] (compute time, money, GPU time and utilization), [`quality`] (best
-//! model metrics), [`corrections`] (what the counters hold that MLflow no longer shows). Gauges
+//! model metrics), [`traces`] (GenAI apps), [`corrections`] (what the counters hold that MLflow no
+//! longer shows). Gauges
 //! follow the snapshot; counters are read from the tally, which counted each thing once.
 //! [`exporter`] holds the exporter's own health metrics and [`publish`] encodes everything once per
 //! snapshot.
@@ -19,6 +20,7 @@ pub mod probes;
 pub mod publish;
 pub mod quality;
 pub mod runs;
+pub mod traces;
 pub mod workspace;
 
 use std::time::Duration;
@@ -144,10 +146,16 @@ pub const MLFLOW3_ONLY: &[&str] = &[
     inventory::PROMPT_VERSIONS.name,
     inventory::PROMPTS_CREATED.name,
     inventory::PROMPT_VERSIONS_CREATED.name,
+    traces::TRACES.name,
+    traces::DURATION.name,
+    traces::TOKENS.name,
+    traces::COST.name,
+    traces::ERRORS.name,
+    traces::GIVEN_UP.name,
 ];
 
 /// How many families [`counters`] returns.
-pub const COUNTER_FAMILIES: usize = 18;
+pub const COUNTER_FAMILIES: usize = 24;
 
 /// The counters (and histograms) of the tally: everything counted once, from MLflow's history.
 pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
@@ -156,6 +164,7 @@ pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
     let (mut out, cost) = in_parallel(|| runs::counters(tally, d), || cost::counters(tally, d));
     out.extend(cost);
     out.extend(inventory::counters(tally));
+    out.extend(traces::counters(tally, d));
     out.push(adoption::time_to_first_model(tally, d));
     out.push(corrections::family(tally));
     out
@@ -201,6 +210,7 @@ pub fn specs() -> Vec<Spec> {
     v.extend_from_slice(cost::SPECS);
     v.extend_from_slice(quality::SPECS);
     v.extend_from_slice(delivery::SPECS);
+    v.extend_from_slice(traces::SPECS);
     v.push(labels::FOLDED);
     v.push(corrections::CORRECTIONS);
     v

@@ -50,6 +50,7 @@ pub fn labelled(family: &str) -> bool {
             super::inventory::EXPERIMENTS.name,
             super::inventory::REGISTERED_MODELS.name,
             "mlflow_exporter_sync_errors_total",
+            "mlflow_exporter_trace_read_errors_total",
         ]
         .contains(&family)
 }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::{EventStore, StoreError};
 use crate::metrics::family::{FloatHistogramAcc, HistogramAcc};
 use crate::sync::snapshot::RunKey;
+use crate::tally::traces::Seen;
 use crate::tally::{names, CostSeries, Key, StoredRun, Tally};
 
 /// The family name the corrections are stored under.
@@ -25,6 +26,9 @@ struct Rows {
     series: Vec<(&'static str, String, String)>,
     objects: Vec<(&'static str, Box<str>, bool)>,
     labels: Vec<(String, Box<str>)>,
+    /// Traces remembered (or forgotten: `None`), and every scope's cursor when one moved.
+    traces: Vec<(u128, Option<Seen>)>,
+    cursors: Option<Vec<(Box<str>, i64)>>,
 }
 
 impl EventStore {
@@ -62,8 +66,25 @@ impl EventStore {
                 .collect(),
             objects: unsaved.objects.clone(),
             labels,
+            traces: {
+                let mut v: Vec<_> = unsaved.traces.seen.iter().map(|(k, s)| (*k, *s)).collect();
+                v.sort_unstable_by_key(|(k, _)| *k);
+                v
+            },
+            cursors: unsaved.traces.cursors.then(|| {
+                tally
+                    .trace_state
+                    .cursors
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            }),
         };
-        let n = rows.runs.len() + rows.series.len() + rows.objects.len() + rows.labels.len();
+        let n = rows.runs.len()
+            + rows.series.len()
+            + rows.objects.len()
+            + rows.labels.len()
+            + rows.traces.len();
         let path = self.path.clone();
         let (rows, result) = tokio::task::spawn_blocking(move || {
             let r = write_rows(&path, &rows);
@@ -142,6 +163,28 @@ fn write_rows(path: &Path, rows: &Rows) -> Result<(), StoreError> {
         for (name, value) in &rows.labels {
             label.execute(rusqlite::params![name, &**value])?;
         }
+        let mut put = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tally_traces (trace_id, start_ms, in_progress) VALUES (?, ?, ?)",
+        )?;
+        let mut forget = tx.prepare_cached("DELETE FROM tally_traces WHERE trace_id = ?")?;
+        for (id, seen) in &rows.traces {
+            let id = id.to_be_bytes();
+            match seen {
+                Some(s) => {
+                    put.execute(rusqlite::params![id.as_slice(), s.start_ms, s.in_progress])?
+                }
+                None => forget.execute([id.as_slice()])?,
+            };
+        }
+        if let Some(cursors) = &rows.cursors {
+            tx.execute("DELETE FROM tally_trace_cursors", [])?;
+            let mut cursor = tx.prepare_cached(
+                "INSERT INTO tally_trace_cursors (scope, since_ms) VALUES (?, ?)",
+            )?;
+            for (scope, since) in cursors {
+                cursor.execute(rusqlite::params![&**scope, since])?;
+            }
+        }
     }
     tx.commit()?;
     Ok(())
@@ -201,6 +244,25 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
         let name: String = r.get(1)?;
         tally.restore_object(&kind, &name, r.get(2)?);
     }
+    let mut stmt = conn.prepare("SELECT scope, since_ms FROM tally_trace_cursors")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let scope: String = r.get(0)?;
+        tally.trace_state.cursors.insert(scope.into(), r.get(1)?);
+    }
+    let mut stmt = conn.prepare("SELECT trace_id, start_ms, in_progress FROM tally_traces")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: Vec<u8> = r.get(0)?;
+        let id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("a trace id is not 16 bytes".into()))?;
+        let seen = Seen {
+            start_ms: r.get(1)?,
+            in_progress: r.get(2)?,
+        };
+        tally.trace_state.seen.insert(u128::from_be_bytes(id), seen);
+    }
     let mut stmt = conn.prepare("SELECT label, value FROM tally_labels")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -247,6 +309,22 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
         names::PROMPTS_CREATED => json!({"n": t.prompts_created.get(key)?}),
         names::PROMPT_VERSIONS_CREATED => json!({"n": t.prompt_versions_created.get(key)?}),
         names::TIME_TO_REGISTRATION => hist_ms(&t.time_to_registration, &t.settings.reg_bounds_ms),
+        names::TRACES => json!({"n": t.traces.get(key)?}),
+        names::TRACE_DURATION => {
+            let b = &t.settings.trace_bounds_ms;
+            let h = t.trace_durations.get(key)?;
+            json!({"h": h.iter().map(|h| hist_ms(h, b)).collect::<Vec<_>>()})
+        }
+        names::TRACE_TOKENS => json!({"n": t.trace_tokens.get(key)?}),
+        names::TRACE_COST => json!({"v": t.trace_cost.get(key)?}),
+        names::TRACE_ERRORS => {
+            let part = key.first()?;
+            let i = crate::sync::traces::malformed::KEYS
+                .iter()
+                .position(|(_, k)| **k == **part)?;
+            json!({"n": t.trace_errors[i]})
+        }
+        names::TRACES_GIVEN_UP => json!({"n": t.traces_given_up}),
         CORRECTIONS => json!({"v": t.corrections.get(key.first().map(|k| &**k)?)?}),
         _ => return None,
     };
@@ -320,6 +398,40 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         }
         names::TIME_TO_REGISTRATION => {
             t.time_to_registration = hist_ms(v, &t.settings.reg_bounds_ms)?;
+        }
+        names::TRACES => {
+            t.traces
+                .insert(key, serde_json::from_value(v["n"].clone()).ok()?);
+        }
+        names::TRACE_DURATION => {
+            let mut h: [HistogramAcc; 2] = Default::default();
+            for (i, slot) in h.iter_mut().enumerate() {
+                let stored = &v["h"][i];
+                if stored["c"].as_array().is_some_and(|c| !c.is_empty()) {
+                    *slot = hist_ms(stored, &t.settings.trace_bounds_ms)?;
+                }
+            }
+            t.trace_durations.insert(key, h);
+        }
+        names::TRACE_TOKENS => {
+            t.trace_tokens
+                .insert(key, serde_json::from_value(v["n"].clone()).ok()?);
+        }
+        names::TRACE_COST => {
+            t.trace_cost.insert(key, v["v"].as_f64()?);
+        }
+        names::TRACE_ERRORS => {
+            // A part this version does not read is left alone.
+            let part = key.first()?;
+            if let Some(i) = crate::sync::traces::malformed::KEYS
+                .iter()
+                .position(|(_, k)| **k == **part)
+            {
+                t.trace_errors[i] = n()?;
+            }
+        }
+        names::TRACES_GIVEN_UP => {
+            t.traces_given_up = n()?;
         }
         CORRECTIONS => {
             let value = v["v"].as_f64()?;

@@ -569,6 +569,8 @@ pub struct Snapshot {
     pub prompts: BTreeMap<Sym, ModelRecord>,
     /// Prompt versions by prompt name and version number.
     pub prompt_versions: HashMap<(Sym, u32), VersionRecord>,
+    /// Traces (MLflow 3) read since the tally last counted, by scope; it takes them.
+    pub traces: Vec<super::traces::TraceBatch>,
 }
 
 #[cfg(test)]

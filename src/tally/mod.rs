@@ -12,6 +12,7 @@
 //! combination that does not fit is folded into `__other__`, its last label first.
 
 pub mod labels;
+pub mod traces;
 
 use std::collections::BTreeMap;
 
@@ -61,7 +62,15 @@ pub mod names {
     pub const TIME_TO_REGISTRATION: &str = "mlflow_logged_model_time_to_registration_seconds";
     pub const PROMPTS_CREATED: &str = "mlflow_prompts_created_total";
     pub const PROMPT_VERSIONS_CREATED: &str = "mlflow_prompt_versions_created_total";
-    pub const ALL: [&str; 16] = [
+    /// MLflow 3's traces: finished, their durations, tokens and recorded cost.
+    pub const TRACES: &str = "mlflow_traces_total";
+    pub const TRACE_DURATION: &str = "mlflow_trace_duration_seconds";
+    pub const TRACE_TOKENS: &str = "mlflow_trace_tokens_total";
+    pub const TRACE_COST: &str = "mlflow_trace_cost_total";
+    /// Traces counted with a part unreadable (by the part), and traces given up in progress.
+    pub const TRACE_ERRORS: &str = "mlflow_exporter_trace_errors_total";
+    pub const TRACES_GIVEN_UP: &str = "mlflow_exporter_traces_given_up_total";
+    pub const ALL: [&str; 20] = [
         RUNS_ENDED,
         RUN_DURATION,
         RUNS_STARTED,
@@ -78,6 +87,10 @@ pub mod names {
         TIME_TO_REGISTRATION,
         PROMPTS_CREATED,
         PROMPT_VERSIONS_CREATED,
+        TRACES,
+        TRACE_DURATION,
+        TRACE_TOKENS,
+        TRACE_COST,
     ];
 }
 
@@ -96,6 +109,10 @@ pub struct TallySettings {
     /// `delivery.time_to_register_buckets`, for a logged model's time to registration.
     pub reg_bounds: Vec<f64>,
     pub reg_bounds_ms: Vec<u64>,
+    /// `metrics.trace_duration_buckets`, and the reads' window of traces.
+    pub trace_bounds: Vec<f64>,
+    pub trace_bounds_ms: Vec<u64>,
+    pub trace_window: traces::Window,
 }
 
 impl TallySettings {
@@ -112,6 +129,12 @@ impl TallySettings {
             ttfm_bounds_ms: bounds_ms(&m.time_to_first_model_buckets),
             reg_bounds: s.delivery.time_to_register_buckets.clone(),
             reg_bounds_ms: bounds_ms(&s.delivery.time_to_register_buckets),
+            trace_bounds: m.trace_duration_buckets.clone(),
+            trace_bounds_ms: bounds_ms(&m.trace_duration_buckets),
+            trace_window: traces::Window {
+                overlap_ms: s.mlflow.traces_overlap.as_millis() as i64,
+                max_in_progress_ms: s.mlflow.traces_max_in_progress.as_millis() as i64,
+            },
         }
     }
 }
@@ -207,11 +230,15 @@ pub struct Unsaved {
     /// (family, labels) of series that changed.
     pub series: HashSet<(&'static str, Key)>,
     pub objects: Vec<(&'static str, Box<str>, bool)>,
+    pub traces: traces::UnsavedTraces,
 }
 
 impl Unsaved {
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.series.is_empty() && self.objects.is_empty()
+        self.runs.is_empty()
+            && self.series.is_empty()
+            && self.objects.is_empty()
+            && self.traces.is_empty()
     }
 
     /// Takes back what a failed save did not write; what changed since wins.
@@ -223,6 +250,7 @@ impl Unsaved {
         let mut objects = older.objects;
         objects.append(&mut self.objects);
         self.objects = objects;
+        self.traces.merge_back(older.traces);
     }
 }
 
@@ -267,6 +295,18 @@ pub struct Tally {
     /// alias moves are deployments, in the delivery history).
     pub prompts_created: Series<u64>,
     pub prompt_versions_created: Series<u64>,
+    /// `[experiment]`: traces of MLflow 3's GenAI apps that finished, per state (in
+    /// [`crate::sync::traces::TraceState::FINISHED`] order), and their durations.
+    pub traces: Series<[u64; 2]>,
+    pub trace_durations: Series<[HistogramAcc; 2]>,
+    /// `[experiment]`: input and output tokens of the traces, and what MLflow recorded they cost.
+    pub trace_tokens: Series<[u64; 2]>,
+    pub trace_cost: Series<f64>,
+    /// Per [`crate::sync::traces::malformed::KEYS`]: traces counted with that part unreadable.
+    pub trace_errors: [u64; crate::sync::traces::malformed::KEYS.len()],
+    pub traces_given_up: u64,
+    /// The traces' cursors and the traces read after them.
+    pub trace_state: traces::TraceLedger,
     /// By family name: what the family holds that MLflow's current data no longer supports.
     pub corrections: BTreeMap<&'static str, f64>,
     objects: HashMap<&'static str, Objects>,
@@ -288,6 +328,7 @@ struct Deltas {
     started: HashMap<(Sym, Option<Sym>), u64>,
     cost: HashMap<CostKey, (u64, CostSeries)>,
     util: HashMap<(Sym, Option<Sym>), (u64, FloatHistogramAcc)>,
+    traces: traces::TraceDeltas,
 }
 
 /// One family's new deltas by exported key: (runs behind them, delta).
@@ -317,6 +358,13 @@ impl Tally {
             time_to_registration: HistogramAcc::default(),
             prompts_created: Series::new(),
             prompt_versions_created: Series::new(),
+            traces: Series::new(),
+            trace_durations: Series::new(),
+            trace_tokens: Series::new(),
+            trace_cost: Series::new(),
+            trace_errors: Default::default(),
+            traces_given_up: 0,
+            trace_state: traces::TraceLedger::default(),
             corrections: names::ALL.iter().map(|n| (*n, 0.0)).collect(),
             objects: HashMap::new(),
             pending: HashMap::new(),
@@ -382,6 +430,12 @@ impl Tally {
             + histogram_lines(&s.reg_bounds)
             + self.prompts_created.len()
             + self.prompt_versions_created.len()
+            + self.traces.len() * 2
+            + self.trace_durations.len() * 2 * histogram_lines(&s.trace_bounds)
+            + self.trace_tokens.len() * 2
+            + self.trace_cost.len()
+            + self.trace_errors.len()
+            + 1
             + self.corrections.len()
     }
 
@@ -416,6 +470,19 @@ impl Tally {
         for (key, rec) in gone {
             self.correct_gone(key, &rec, now_ms);
             report.gone += 1;
+        }
+        let batches = std::mem::take(&mut snap.traces);
+        if !batches.is_empty() {
+            let strings = &mut snap.strings;
+            deltas.traces = self.trace_state.count(
+                batches,
+                |id| strings.intern(id),
+                &self.settings.trace_bounds_ms,
+                self.settings.trace_window,
+                now_ms,
+                &mut self.unsaved.traces,
+            );
+            self.count_trace_errors(&deltas.traces);
         }
         let mut room = room;
         self.apply(snap, folds, deltas, full, &mut room, &mut report);
@@ -524,6 +591,21 @@ impl Tally {
     }
 
     /// Compute time counted beyond what MLflow now says, priced and times GPUs as counted.
+    /// The traces a count found with unreadable parts, and those given up in progress.
+    fn count_trace_errors(&mut self, d: &traces::TraceDeltas) {
+        for (n, (_, part)) in crate::sync::traces::malformed::KEYS.iter().enumerate() {
+            // Every part has its series from the first traces on, at 0.
+            self.trace_errors[n] += d.malformed[n];
+            self.unsaved
+                .series
+                .insert((names::TRACE_ERRORS, key(&[part])));
+        }
+        self.traces_given_up += d.given_up;
+        self.unsaved
+            .series
+            .insert((names::TRACES_GIVEN_UP, key(&[])));
+    }
+
     fn correct_compute(&mut self, ms: u64, rate: f64, gpus: u64) {
         self.correct(names::COMPUTE, ms as f64 / 1000.0);
         self.correct(names::GPU, (ms * gpus) as f64 / 1000.0);
@@ -628,14 +710,39 @@ impl Tally {
         }
         let [exps, models, versions, logged] = self.objects_seen(snap, folds, full);
         let [prompts, prompt_versions] = self.prompts_seen(snap, folds, full);
+        let mut traces: Named<[u64; 2]> = BTreeMap::new();
+        let mut trace_durations: Named<[HistogramAcc; 2]> = BTreeMap::new();
+        let mut trace_tokens: Named<[u64; 2]> = BTreeMap::new();
+        let mut trace_cost: Named<f64> = BTreeMap::new();
+        for (e, t) in d.traces.by_experiment {
+            let k = key(&[exp(e)]);
+            let n = t.count.iter().sum::<u64>();
+            let slot = traces.entry(k.clone()).or_default();
+            slot.0 += n;
+            add_pair(&mut slot.1, &t.count);
+            let slot = trace_durations.entry(k.clone()).or_default();
+            slot.0 += n;
+            for (a, b) in slot.1.iter_mut().zip(&t.durations) {
+                a.merge(b);
+            }
+            let slot = trace_tokens.entry(k.clone()).or_default();
+            slot.0 += n;
+            add_pair(&mut slot.1, &t.tokens);
+            let slot = trace_cost.entry(k).or_default();
+            slot.0 += n;
+            slot.1 += t.cost;
+        }
 
         let st = &self.settings;
         let run_h = histogram_lines(&st.run_bounds);
+        let trace_h = histogram_lines(&st.trace_bounds);
         let cost_of = |fam: usize| match fam {
             DURATIONS => 3 * run_h,
             COST => 4,
             UTIL => histogram_lines(&st.gpu_bounds),
             ENDED => 3,
+            TRACES | TRACE_TOKENS => 2,
+            TRACE_DURATIONS => 2 * trace_h,
             _ => 1,
         };
         let mut wanted: Vec<(usize, u64, &Key)> = Vec::new();
@@ -650,6 +757,14 @@ impl Tally {
             &prompt_versions,
             &self.prompt_versions_created,
             PROMPT_VERSIONS,
+        ));
+        wanted.extend(new_keys(&traces, &self.traces, TRACES));
+        wanted.extend(new_keys(&trace_tokens, &self.trace_tokens, TRACE_TOKENS));
+        wanted.extend(new_keys(&trace_cost, &self.trace_cost, TRACE_COST));
+        wanted.extend(new_keys(
+            &trace_durations,
+            &self.trace_durations,
+            TRACE_DURATIONS,
         ));
         wanted.extend(new_keys(&durations, &self.durations, DURATIONS));
         wanted.extend(new_keys(&util, &self.gpu_util, UTIL));
@@ -675,6 +790,10 @@ impl Tally {
                 PROMPT_VERSIONS,
                 other_missing(&self.prompt_versions_created, 1),
             ),
+            (TRACES, other_missing(&self.traces, 1)),
+            (TRACE_TOKENS, other_missing(&self.trace_tokens, 1)),
+            (TRACE_COST, other_missing(&self.trace_cost, 1)),
+            (TRACE_DURATIONS, other_missing(&self.trace_durations, 1)),
             (DURATIONS, other_missing(&self.durations, 1 + st.extra)),
             (UTIL, other_missing(&self.gpu_util, 2)),
             (COST, other_missing(&self.cost, 3)),
@@ -753,6 +872,37 @@ impl Tally {
         ] {
             budget.merge(series, named, &admitted[fam], 1, family, |a, b| *a += b);
         }
+        for (series, named, fam, family) in [
+            (&mut self.traces, traces, TRACES, names::TRACES),
+            (
+                &mut self.trace_tokens,
+                trace_tokens,
+                TRACE_TOKENS,
+                names::TRACE_TOKENS,
+            ),
+        ] {
+            budget.merge(series, named, &admitted[fam], 2, family, add_pair);
+        }
+        budget.merge(
+            &mut self.trace_cost,
+            trace_cost,
+            &admitted[TRACE_COST],
+            1,
+            names::TRACE_COST,
+            |a, b| *a += b,
+        );
+        budget.merge(
+            &mut self.trace_durations,
+            trace_durations,
+            &admitted[TRACE_DURATIONS],
+            cost_of(TRACE_DURATIONS),
+            names::TRACE_DURATION,
+            |a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    x.merge(y);
+                }
+            },
+        );
         budget.merge(
             &mut self.durations,
             durations,
@@ -1123,6 +1273,11 @@ fn fold_chain(k: &Key) -> Vec<Key> {
     out
 }
 
+fn add_pair(a: &mut [u64; 2], b: &[u64; 2]) {
+    a[0] += b[0];
+    a[1] += b[1];
+}
+
 fn add_counts(a: &mut [u64; 3], b: &[u64; 3]) {
     for i in 0..3 {
         a[i] += b[i];
@@ -1149,7 +1304,11 @@ const COST: usize = 7;
 const LOGGED: usize = 8;
 const PROMPTS: usize = 9;
 const PROMPT_VERSIONS: usize = 10;
-const FAMILIES: usize = 11;
+const TRACES: usize = 11;
+const TRACE_TOKENS: usize = 12;
+const TRACE_COST: usize = 13;
+const TRACE_DURATIONS: usize = 14;
+const FAMILIES: usize = 15;
 /// Which new series get room first when the budget is short: counts before the histograms of the
 /// same keys, the cost families (experiment × team × instance type, the most combinations) last.
 const PRIORITY: [usize; FAMILIES] = [
@@ -1161,6 +1320,10 @@ const PRIORITY: [usize; FAMILIES] = [
     LOGGED,
     PROMPTS,
     PROMPT_VERSIONS,
+    TRACES,
+    TRACE_TOKENS,
+    TRACE_COST,
+    TRACE_DURATIONS,
     DURATIONS,
     UTIL,
     COST,

@@ -31,6 +31,10 @@ const PROMPT_FILTER: &str = "tags.`mlflow.prompt.is_prompt` = 'true'";
 const LOGGED_MODELS_PAGE: u32 = 50;
 /// Experiments per logged-models search.
 const LOGGED_MODELS_BATCH: usize = 100;
+/// MLflow's largest page of a traces search.
+const TRACES_PAGE: u32 = 500;
+/// Experiments named in one traces search (each is a location of the request).
+const TRACES_BATCH: usize = 100;
 /// Page size of the versions search of an incremental cycle.
 const RECENT_VERSIONS_PAGE: u32 = 100;
 /// Runs searches take this many experiment ids at once (MLflow sets no limit; this keeps bodies small).
@@ -279,6 +283,41 @@ impl MlflowClient {
         Ok((all, requests))
     }
 
+    /// The traces of `experiment_ids` that started at `since_ms` or later (all of them without
+    /// it), oldest first, 500 (MLflow's maximum) to a page; each page goes to `sink` as it comes.
+    /// Returns the requests made.
+    pub async fn traces(
+        &self,
+        experiment_ids: &[String],
+        since_ms: Option<i64>,
+        mut sink: impl FnMut(Vec<TraceInfo>),
+    ) -> Result<usize, MlflowError> {
+        let mut requests = 0;
+        for batch in experiment_ids.chunks(TRACES_BATCH) {
+            let locations: Vec<_> = batch
+                .iter()
+                .map(|id| json!({"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": id}}))
+                .collect();
+            let filter = since_ms.map(|t| format!("trace.timestamp_ms >= {t}"));
+            requests += self
+                .pages::<SearchTracesResponse, _>(
+                    "traces/search",
+                    |token| {
+                        Request::Post(json!({
+                            "locations": locations,
+                            "filter": filter,
+                            "max_results": TRACES_PAGE,
+                            "order_by": ["timestamp_ms ASC"],
+                            "page_token": token,
+                        }))
+                    },
+                    &mut sink,
+                )
+                .await?;
+        }
+        Ok(requests)
+    }
+
     /// Every registered model with its aliases (MLflow hides prompts from this search).
     pub async fn registered_models(&self) -> Result<(Vec<RegisteredModel>, usize), MlflowError> {
         self.registered_models_where(None).await
@@ -521,7 +560,7 @@ impl MlflowClient {
     ) -> Result<Bytes, (MlflowError, Option<Duration>)> {
         // MLflow 3's own endpoints live under /api/3.0; everything else is the 2.0 API.
         let root = match endpoint {
-            "server-info" | "workspaces" => &self.api3,
+            "server-info" | "workspaces" | "traces/search" => &self.api3,
             _ => &self.api,
         };
         let url = format!("{root}{endpoint}");

@@ -252,6 +252,77 @@ pub struct LoggedModelInfo {
     pub status: String,
 }
 
+/// `POST /api/3.0/mlflow/traces/search`: traces (`TraceInfoV3`) of MLflow 3's GenAI apps.
+#[derive(Debug, Default, Deserialize)]
+pub struct SearchTracesResponse {
+    #[serde(default)]
+    pub traces: Vec<TraceInfo>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
+}
+
+/// One trace, as much of it as the exporter reads: the previews, inputs and outputs MLflow sends
+/// along are skipped unread (serde ignores what no field names). Any JSON is taken where a text
+/// is expected (as its JSON text), so one odd trace is read as malformed, never a failed page.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TraceInfo {
+    #[serde(default, deserialize_with = "text")]
+    pub trace_id: String,
+    #[serde(default)]
+    pub trace_location: TraceLocation,
+    /// RFC 3339, e.g. `2026-12-03T17:13:10.767Z`.
+    #[serde(default, deserialize_with = "text")]
+    pub request_time: String,
+    /// Protobuf duration, e.g. `0.049s`.
+    #[serde(default, deserialize_with = "text")]
+    pub execution_duration: String,
+    /// `OK`, `ERROR`, `IN_PROGRESS` (or `STATE_UNSPECIFIED`).
+    #[serde(default, deserialize_with = "text")]
+    pub state: String,
+    #[serde(default)]
+    pub trace_metadata: TraceMetadata,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TraceLocation {
+    #[serde(default)]
+    pub mlflow_experiment: TraceExperiment,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TraceExperiment {
+    #[serde(default, deserialize_with = "text")]
+    pub experiment_id: String,
+}
+
+/// The metadata keys the exporter reads, as MLflow writes them (JSON text for the token usage
+/// and the cost; an object is taken as its text); every other key is skipped.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TraceMetadata {
+    #[serde(
+        default,
+        rename = "mlflow.trace.tokenUsage",
+        deserialize_with = "opt_text"
+    )]
+    pub token_usage: Option<String>,
+    #[serde(default, rename = "mlflow.trace.cost", deserialize_with = "opt_text")]
+    pub cost: Option<String>,
+}
+
+/// A string as it is; any other JSON value as its JSON text; null as empty.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(opt_text(d)?.unwrap_or_default())
+}
+
+/// As [`text`], with null as `None`.
+fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    })
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct SearchModelVersionsResponse {
     #[serde(default)]
@@ -314,6 +385,7 @@ page!(
     RegisteredModel
 );
 page!(SearchModelVersionsResponse, model_versions, ModelVersion);
+page!(SearchTracesResponse, traces, TraceInfo);
 
 /// int64 fields arrive as JSON numbers, or as strings from proto-JSON encoders. A visitor rather
 /// than an untagged enum: that would buffer every timestamp of a million runs before trying each form.

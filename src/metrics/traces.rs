@@ -1,0 +1,92 @@
+//! GenAI apps (MLflow 3's traces): traces finished by state and their durations, tokens and the
+//! cost MLflow recorded, by experiment (an app logs its traces to one); and the traces the
+//! exporter could not read whole, or gave up waiting for. All counted once by the tally.
+
+use super::family::{Family, Spec, TextFamily};
+use super::Derivation;
+use crate::sync::traces::{malformed, TraceState};
+use crate::tally::Tally;
+
+pub const TRACES: Spec = Spec::counter(
+    "mlflow_traces_total",
+    "Traces of GenAI apps that finished, by experiment and state (OK, ERROR); a trace in progress is counted when it ends",
+    &["experiment", "state"],
+);
+pub const DURATION: Spec = Spec::histogram(
+    "mlflow_trace_duration_seconds",
+    "Execution duration of finished traces, by experiment and state",
+    &["experiment", "state"],
+);
+pub const TOKENS: Spec = Spec::counter(
+    "mlflow_trace_tokens_total",
+    "Tokens of finished traces (mlflow.trace.tokenUsage), by experiment and token_type (input, output)",
+    &["experiment", "token_type"],
+);
+pub const COST: Spec = Spec::counter(
+    "mlflow_trace_cost_total",
+    "What MLflow recorded finished traces cost (mlflow.trace.cost, total_cost; MLflow prices models in US dollars), by experiment",
+    &["experiment"],
+);
+pub const ERRORS: Spec = Spec::counter(
+    "mlflow_exporter_trace_errors_total",
+    "Traces counted with a part that could not be read (malformed metadata, a time or state MLflow does not write), by the part; that part is left out",
+    &["part"],
+);
+pub const GIVEN_UP: Spec = Spec::counter(
+    "mlflow_exporter_traces_given_up_total",
+    "Traces still in progress past mlflow.traces_max_in_progress: no longer waited for, never counted",
+    &[],
+);
+pub const SPECS: &[Spec] = &[TRACES, DURATION, TOKENS, COST, ERRORS, GIVEN_UP];
+
+/// The traces' families, from the tally.
+pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
+    let mut traces = Family::new(&TRACES);
+    for (key, counts) in &tally.traces {
+        for st in TraceState::FINISHED {
+            traces.add(&[&key[0], st.as_str()], counts[st.index()] as f64);
+        }
+    }
+    let mut duration = Family::new(&DURATION);
+    let bounds = &d.settings.trace_duration_buckets;
+    let zeros = vec![0; bounds.len() + 1];
+    for (key, hists) in &tally.trace_durations {
+        for st in TraceState::FINISHED {
+            let h = &hists[st.index()];
+            let counts = if h.counts.is_empty() {
+                &zeros
+            } else {
+                &h.counts
+            };
+            duration.add_histogram(
+                &[&key[0], st.as_str()],
+                bounds,
+                counts,
+                h.sum_ms as f64 / 1000.0,
+            );
+        }
+    }
+    let mut tokens = Family::new(&TOKENS);
+    for (key, n) in &tally.trace_tokens {
+        tokens.add(&[&key[0], "input"], n[0] as f64);
+        tokens.add(&[&key[0], "output"], n[1] as f64);
+    }
+    let mut cost = Family::new(&COST);
+    for (key, v) in &tally.trace_cost {
+        cost.add(&[&key[0]], *v);
+    }
+    let mut errors = Family::new(&ERRORS);
+    for ((_, part), n) in malformed::KEYS.iter().zip(&tally.trace_errors) {
+        errors.add(&[part], *n as f64);
+    }
+    let mut given_up = Family::new(&GIVEN_UP);
+    given_up.add(&[], tally.traces_given_up as f64);
+    vec![
+        traces.finish(),
+        duration.finish(),
+        tokens.finish(),
+        cost.finish(),
+        errors.finish(),
+        given_up.finish(),
+    ]
+}

@@ -1,0 +1,440 @@
+//! MLflow 3's traces (GenAI apps), read incrementally: each cycle searches the traces that started
+//! at or after the scope's cursor, which the tally keeps (it counts each trace once, by id, and
+//! holds the cursor back for traces still in progress). A trace is kept as a lean record: what
+//! the counters need, never its previews, inputs, outputs or spans.
+
+use std::collections::HashMap;
+
+use crate::source::mlflow::model::TraceInfo;
+
+/// A trace's state, as the counters label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceState {
+    Ok,
+    Error,
+    /// Not counted until it ends: re-read while the cursor is held at it.
+    InProgress,
+}
+
+impl TraceState {
+    /// The finished states, in the order of the tally's arrays.
+    pub const FINISHED: [TraceState; 2] = [TraceState::Ok, TraceState::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceState::Ok => "OK",
+            TraceState::Error => "ERROR",
+            TraceState::InProgress => "IN_PROGRESS",
+        }
+    }
+
+    /// Index in [`TraceState::FINISHED`].
+    pub fn index(self) -> usize {
+        usize::from(self == TraceState::Error)
+    }
+}
+
+/// Bits of [`TraceRecord::malformed`]: what of a trace could not be read (and was left out).
+pub mod malformed {
+    pub const TOKEN_USAGE: u8 = 1;
+    pub const COST: u8 = 2;
+    pub const REQUEST_TIME: u8 = 4;
+    pub const EXECUTION_DURATION: u8 = 8;
+    pub const STATE: u8 = 16;
+    /// The metadata key (or field) each bit names, as `mlflow_exporter_trace_errors_total` labels it.
+    pub const KEYS: [(u8, &str); 5] = [
+        (TOKEN_USAGE, "mlflow.trace.tokenUsage"),
+        (COST, "mlflow.trace.cost"),
+        (REQUEST_TIME, "request_time"),
+        (EXECUTION_DURATION, "execution_duration"),
+        (STATE, "state"),
+    ];
+}
+
+/// What the counters need of one trace (64 bytes), held only from a read to its count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceRecord {
+    /// The 128 bits of a `tr-<32 hex>` id; any other id hashed to as many.
+    pub id: u128,
+    /// When the request started (ms); for a trace whose time cannot be read, the latest time of
+    /// its page, so that it stays in the window of traces already counted as long as they do.
+    pub start_ms: i64,
+    pub duration_ms: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// What MLflow recorded it cost (`mlflow.trace.cost`, `total_cost`), NaN when it did not.
+    pub cost: f64,
+    pub state: TraceState,
+    /// [`malformed`] bits.
+    pub malformed: u8,
+}
+
+/// Token counts past this are not a trace's: read as malformed rather than counted.
+pub const MAX_TOKENS: u64 = 1 << 40;
+
+/// The traces one read found, by experiment id as MLflow spells it.
+#[derive(Debug, Clone, Default)]
+pub struct TraceBatch {
+    /// The workspace the read was of (none without workspaces).
+    pub workspace: Option<String>,
+    pub by_experiment: HashMap<String, Vec<TraceRecord>>,
+    /// The latest start among the traces read, if any.
+    pub latest_ms: Option<i64>,
+}
+
+impl TraceBatch {
+    /// Adds one page of traces.
+    pub fn add(&mut self, page: Vec<TraceInfo>) {
+        let records: Vec<(String, TraceRecord)> = page
+            .into_iter()
+            .map(|t| {
+                (
+                    t.trace_location.mlflow_experiment.experiment_id.clone(),
+                    record(&t),
+                )
+            })
+            .collect();
+        // A trace whose start cannot be read takes the page's latest readable one.
+        let page_latest = records
+            .iter()
+            .filter(|(_, r)| r.malformed & malformed::REQUEST_TIME == 0)
+            .map(|(_, r)| r.start_ms)
+            .max();
+        for (experiment, mut r) in records {
+            if r.malformed & malformed::REQUEST_TIME != 0 {
+                r.start_ms = page_latest.or(self.latest_ms).unwrap_or(0);
+            }
+            self.latest_ms = Some(self.latest_ms.map_or(r.start_ms, |t| t.max(r.start_ms)));
+            self.by_experiment.entry(experiment).or_default().push(r);
+        }
+    }
+
+    /// How many traces the batch holds.
+    pub fn len(&self) -> usize {
+        self.by_experiment.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The lean record of a trace; what cannot be read is left out and flagged.
+pub fn record(t: &TraceInfo) -> TraceRecord {
+    let mut bad = 0;
+    let start_ms = chrono::DateTime::parse_from_rfc3339(&t.request_time)
+        .map(|d| d.timestamp_millis())
+        .unwrap_or_else(|_| {
+            bad |= malformed::REQUEST_TIME;
+            0
+        });
+    let duration_ms = duration_ms(&t.execution_duration).unwrap_or_else(|| {
+        bad |= malformed::EXECUTION_DURATION;
+        0
+    });
+    let state = match t.state.as_str() {
+        "OK" => TraceState::Ok,
+        "ERROR" => TraceState::Error,
+        "IN_PROGRESS" => TraceState::InProgress,
+        // An unknown state is counted as an error: the app did not say it succeeded.
+        _ => {
+            bad |= malformed::STATE;
+            TraceState::Error
+        }
+    };
+    let (input_tokens, output_tokens) = match t.trace_metadata.token_usage.as_deref() {
+        None => (0, 0),
+        Some(text) => tokens(text).unwrap_or_else(|| {
+            bad |= malformed::TOKEN_USAGE;
+            (0, 0)
+        }),
+    };
+    let cost = match t.trace_metadata.cost.as_deref() {
+        None => f64::NAN,
+        Some(text) => total_cost(text).unwrap_or_else(|| {
+            bad |= malformed::COST;
+            f64::NAN
+        }),
+    };
+    TraceRecord {
+        id: trace_id(&t.trace_id),
+        start_ms,
+        duration_ms,
+        input_tokens,
+        output_tokens,
+        cost,
+        state,
+        malformed: bad,
+    }
+}
+
+/// `tr-<32 hex>` as its 128 bits; another id (MLflow 2's request ids, a client's own) hashed.
+pub fn trace_id(id: &str) -> u128 {
+    if let Some(hex) = id.strip_prefix("tr-").filter(|h| h.len() == 32) {
+        if let Ok(n) = u128::from_str_radix(hex, 16) {
+            return n;
+        }
+    }
+    let mut hash = [0u8; 16];
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(id.as_bytes());
+    hash.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(hash)
+}
+
+/// A protobuf JSON duration (`"0.049s"`, `"12s"`) in ms; `None` if it is not one.
+fn duration_ms(text: &str) -> Option<u64> {
+    let secs: f64 = text.strip_suffix('s')?.parse().ok()?;
+    (0.0..1e9)
+        .contains(&secs)
+        .then(|| (secs * 1000.0).round() as u64)
+}
+
+/// `{"input_tokens": …, "output_tokens": …}`: whole, not negative, not absurd; one missing is 0.
+/// A usage with neither (a total alone says nothing of the split) is malformed.
+fn tokens(text: &str) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        input_tokens: Option<serde_json::Number>,
+        output_tokens: Option<serde_json::Number>,
+    }
+    let u: Usage = serde_json::from_str(text).ok()?;
+    let count = |n: Option<serde_json::Number>| -> Option<u64> {
+        match n {
+            None => Some(0),
+            Some(n) => n.as_u64().filter(|v| *v <= MAX_TOKENS),
+        }
+    };
+    if u.input_tokens.is_none() && u.output_tokens.is_none() {
+        return None;
+    }
+    Some((count(u.input_tokens)?, count(u.output_tokens)?))
+}
+
+/// `{"total_cost": …}` (or input plus output cost), finite and not negative.
+fn total_cost(text: &str) -> Option<f64> {
+    #[derive(serde::Deserialize)]
+    struct Cost {
+        total_cost: Option<f64>,
+        input_cost: Option<f64>,
+        output_cost: Option<f64>,
+    }
+    let c: Cost = serde_json::from_str(text).ok()?;
+    let total = match (c.total_cost, c.input_cost, c.output_cost) {
+        (Some(t), _, _) => t,
+        (None, None, None) => return None,
+        (None, i, o) => i.unwrap_or(0.0) + o.unwrap_or(0.0),
+    };
+    (0.0..1e12).contains(&total).then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::mlflow::model::TraceMetadata;
+
+    fn info(
+        time: &str,
+        duration: &str,
+        state: &str,
+        usage: Option<&str>,
+        cost: Option<&str>,
+    ) -> TraceInfo {
+        TraceInfo {
+            trace_id: "tr-51f984dbe6fba1e2c2ba7492042c82ad".into(),
+            request_time: time.into(),
+            execution_duration: duration.into(),
+            state: state.into(),
+            trace_metadata: TraceMetadata {
+                token_usage: usage.map(String::from),
+                cost: cost.map(String::from),
+            },
+            ..TraceInfo::default()
+        }
+    }
+
+    /// As MLflow 3.17.2 wrote one (`traces/search` of a trace logged by the SDK).
+    #[test]
+    fn a_trace_as_mlflow_writes_it() {
+        let r = record(&info(
+            "2026-12-03T17:13:10.767Z",
+            "0.049s",
+            "OK",
+            Some(r#"{"input_tokens": 10, "output_tokens": 22, "total_tokens": 32}"#),
+            Some(r#"{"input_cost": 2.5e-05, "output_cost": 0.00022, "total_cost": 0.000245}"#),
+        ));
+        assert_eq!(
+            r,
+            TraceRecord {
+                id: 0x51f984dbe6fba1e2c2ba7492042c82ad,
+                start_ms: 1_796_317_990_767,
+                duration_ms: 49,
+                input_tokens: 10,
+                output_tokens: 22,
+                cost: 0.000245,
+                state: TraceState::Ok,
+                malformed: 0,
+            }
+        );
+        assert_eq!(std::mem::size_of::<TraceRecord>(), 64);
+    }
+
+    /// Whatever is wrong with a trace's metadata is left out and flagged, never a panic; the
+    /// rest of it still counts.
+    #[test]
+    fn malformed_metadata_is_flagged_and_left_out() {
+        // (request time, duration, state, token usage, cost, the bits flagged)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            u8,
+        );
+        let cases: [Case; 9] = [
+            ("x", "1s", "OK", None, None, malformed::REQUEST_TIME),
+            (
+                "2026-12-03T17:13:10Z",
+                "-1s",
+                "OK",
+                None,
+                None,
+                malformed::EXECUTION_DURATION,
+            ),
+            (
+                "2026-12-03T17:13:10Z",
+                "1",
+                "OK",
+                None,
+                None,
+                malformed::EXECUTION_DURATION,
+            ),
+            (
+                "2026-12-03T17:13:10Z",
+                "1s",
+                "DONE",
+                None,
+                None,
+                malformed::STATE,
+            ),
+            (
+                "2026-12-03T17:13:10Z",
+                "1s",
+                "OK",
+                Some("{not json"),
+                None,
+                malformed::TOKEN_USAGE,
+            ),
+            (
+                "2026-12-03T17:13:10Z",
+                "1s",
+                "OK",
+                Some(r#"{"input_tokens": -3}"#),
+                None,
+                malformed::TOKEN_USAGE,
+            ),
+            (
+                "2026-12-03T17:13:10Z",
+                "1s",
+                "OK",
+                Some(r#"{"input_tokens": 1e300, "output_tokens": 1}"#),
+                None,
+                malformed::TOKEN_USAGE,
+            ),
+            (
+                "2026-12-03T17:13:10Z",
+                "1s",
+                "OK",
+                Some(r#"{"total_tokens": 5}"#),
+                Some("[]"),
+                malformed::TOKEN_USAGE | malformed::COST,
+            ),
+            (
+                "2026-12-03T17:13:10Z",
+                "1s",
+                "OK",
+                None,
+                Some(r#"{"total_cost": -1}"#),
+                malformed::COST,
+            ),
+        ];
+        for (time, duration, state, usage, cost, bits) in cases {
+            let r = record(&info(time, duration, state, usage, cost));
+            assert_eq!(
+                r.malformed, bits,
+                "{time} {duration} {state} {usage:?} {cost:?}"
+            );
+            assert_eq!((r.input_tokens, r.output_tokens), (0, 0));
+        }
+        // Only an output count: the input is 0.
+        let r = record(&info(
+            "2026-12-03T17:13:10Z",
+            "2.5s",
+            "ERROR",
+            Some(r#"{"output_tokens": 7}"#),
+            None,
+        ));
+        assert_eq!(
+            (r.input_tokens, r.output_tokens, r.duration_ms, r.malformed),
+            (0, 7, 2500, 0)
+        );
+        assert_eq!(r.state, TraceState::Error);
+        assert!(r.cost.is_nan());
+    }
+
+    /// A trace whose start cannot be read takes its page's latest start.
+    #[test]
+    fn a_trace_without_a_readable_start_takes_its_pages_latest() {
+        let mut batch = TraceBatch::default();
+        let mut a = info("2026-12-03T17:13:10Z", "1s", "OK", None, None);
+        a.trace_location.mlflow_experiment.experiment_id = "1".into();
+        let mut b = a.clone();
+        b.request_time = "yesterday".into();
+        b.trace_id = "client-id".into();
+        batch.add(vec![b, a]);
+        let got = &batch.by_experiment["1"];
+        assert_eq!(got[0].start_ms, got[1].start_ms);
+        assert_eq!(got[0].malformed, malformed::REQUEST_TIME);
+        assert_ne!(got[0].id, got[1].id);
+        assert_eq!(batch.latest_ms, Some(got[1].start_ms));
+        assert_eq!(batch.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use crate::source::mlflow::model::SearchTracesResponse;
+
+    /// A page where one trace's fields have the wrong JSON types still decodes: that trace is
+    /// read as malformed (an object for the token usage is read as the usage), the others whole.
+    #[test]
+    fn a_page_with_odd_types_decodes() {
+        let page = r#"{"traces": [
+            {"trace_id": 7, "request_time": 12, "execution_duration": null, "state": ["OK"],
+             "trace_location": {"mlflow_experiment": {"experiment_id": 1}},
+             "trace_metadata": {"mlflow.trace.tokenUsage": {"input_tokens": 3, "output_tokens": 4},
+                                "mlflow.trace.cost": 5, "mlflow.traceInputs": {"q": "x"}},
+             "request_preview": "long text"},
+            {"trace_id": "tr-00000000000000000000000000000abc", "request_time": "2026-12-03T17:24:16Z",
+             "execution_duration": "2s", "state": "OK",
+             "trace_location": {"mlflow_experiment": {"experiment_id": "1"}}}
+        ], "next_page_token": null}"#;
+        let p: SearchTracesResponse = serde_json::from_str(page).unwrap();
+        let odd = super::record(&p.traces[0]);
+        assert_eq!(
+            p.traces[0].trace_location.mlflow_experiment.experiment_id,
+            "1"
+        );
+        assert_eq!((odd.input_tokens, odd.output_tokens), (3, 4));
+        use super::malformed::*;
+        assert_eq!(
+            odd.malformed,
+            REQUEST_TIME | EXECUTION_DURATION | STATE | COST
+        );
+        let fine = super::record(&p.traces[1]);
+        assert_eq!(
+            (fine.id, fine.duration_ms, fine.malformed),
+            (0xabc, 2000, 0)
+        );
+    }
+}

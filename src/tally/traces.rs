@@ -1,0 +1,288 @@
+//! Traces counted once each, by id. Each scope's reads start at its cursor: the latest start read
+//! less `mlflow.traces_overlap` (MLflow writes a trace when it ends, with its start time), held at
+//! the start of a trace still in progress for up to `mlflow.traces_max_in_progress`. The traces
+//! read at or after the lowest cursor are remembered (24 bytes each, with the map's room), so the
+//! overlap re-read counts none twice, across restarts too (the store keeps them with the counts).
+
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
+
+use crate::metrics::family::HistogramAcc;
+use crate::sync::snapshot::Sym;
+use crate::sync::traces::{malformed, TraceBatch, TraceState};
+
+/// A trace remembered: when it started, and whether it was still in progress (not counted yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub start_ms: i64,
+    pub in_progress: bool,
+}
+
+/// What is known of the traces read so far.
+#[derive(Debug, Clone, Default)]
+pub struct TraceLedger {
+    /// By scope (the workspace, `""` without workspaces): the start the next read begins at.
+    pub cursors: BTreeMap<Box<str>, i64>,
+    /// The traces read at or after the lowest cursor, by id.
+    pub seen: HashMap<u128, Seen>,
+}
+
+/// What one count adds, by experiment (as the snapshot names its id).
+#[derive(Debug, Default)]
+pub struct TraceDeltas {
+    pub by_experiment: HashMap<Sym, ExperimentTraces>,
+    /// Per [`malformed::KEYS`]: traces counted with that part unreadable.
+    pub malformed: [u64; malformed::KEYS.len()],
+    /// Traces in progress past `mlflow.traces_max_in_progress`, no longer waited for.
+    pub given_up: u64,
+}
+
+/// The traces of one experiment a count adds: per finished state (in [`TraceState::FINISHED`]
+/// order) how many and their durations, input and output tokens, and the cost MLflow recorded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExperimentTraces {
+    pub count: [u64; 2],
+    pub durations: [HistogramAcc; 2],
+    pub tokens: [u64; 2],
+    pub cost: f64,
+}
+
+/// What changed of the state since the store last saved it.
+#[derive(Debug, Clone, Default)]
+pub struct UnsavedTraces {
+    /// Remembered (or changed) traces, and forgotten ones (`None`).
+    pub seen: HashMap<u128, Option<Seen>>,
+    pub cursors: bool,
+}
+
+impl UnsavedTraces {
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty() && !self.cursors
+    }
+
+    /// Takes back what a failed save did not write; what changed since wins.
+    pub fn merge_back(&mut self, older: UnsavedTraces) {
+        for (id, s) in older.seen {
+            self.seen.entry(id).or_insert(s);
+        }
+        self.cursors |= older.cursors;
+    }
+}
+
+/// The timing settings of the reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub overlap_ms: i64,
+    pub max_in_progress_ms: i64,
+}
+
+impl TraceLedger {
+    /// The start the next read of `scope` begins at; `None` before its first (which reads every
+    /// trace there is).
+    pub fn since(&self, scope: Option<&str>) -> Option<i64> {
+        self.cursors.get(scope.unwrap_or("")).copied()
+    }
+
+    /// Counts the traces of `batches` not counted yet: a finished trace once, a trace in progress
+    /// when it ends. `experiment` names an experiment id as the snapshot does. Moves each scope's
+    /// cursor and forgets what no later read can return.
+    pub fn count(
+        &mut self,
+        batches: Vec<TraceBatch>,
+        mut experiment: impl FnMut(&str) -> Sym,
+        bounds_ms: &[u64],
+        w: Window,
+        now_ms: i64,
+        unsaved: &mut UnsavedTraces,
+    ) -> TraceDeltas {
+        let mut d = TraceDeltas::default();
+        for batch in batches {
+            let mut held: Option<i64> = None;
+            for (exp, records) in batch.by_experiment {
+                let sym = experiment(&exp);
+                // Every experiment with traces has its series, at 0 from the start.
+                let slot = d.by_experiment.entry(sym).or_default();
+                for r in records {
+                    let known = self.seen.get(&r.id).copied();
+                    if known.is_some_and(|s| !s.in_progress) {
+                        continue;
+                    }
+                    if r.state == TraceState::InProgress {
+                        let waited = now_ms.saturating_sub(r.start_ms) <= w.max_in_progress_ms;
+                        if waited {
+                            held = Some(held.map_or(r.start_ms, |h| h.min(r.start_ms)));
+                        } else {
+                            // Given up once: remembered as done, never counted.
+                            d.given_up += 1;
+                        }
+                        let s = Seen {
+                            start_ms: r.start_ms,
+                            in_progress: waited,
+                        };
+                        if known != Some(s) {
+                            self.seen.insert(r.id, s);
+                            unsaved.seen.insert(r.id, Some(s));
+                        }
+                        continue;
+                    }
+                    let i = r.state.index();
+                    slot.count[i] += 1;
+                    slot.durations[i].observe_ms(bounds_ms, r.duration_ms);
+                    slot.tokens[0] += r.input_tokens;
+                    slot.tokens[1] += r.output_tokens;
+                    if r.cost.is_finite() {
+                        slot.cost += r.cost;
+                    }
+                    for (n, (bit, _)) in malformed::KEYS.iter().enumerate() {
+                        if r.malformed & bit != 0 {
+                            d.malformed[n] += 1;
+                        }
+                    }
+                    let s = Seen {
+                        start_ms: r.start_ms,
+                        in_progress: false,
+                    };
+                    self.seen.insert(r.id, s);
+                    unsaved.seen.insert(r.id, Some(s));
+                }
+            }
+            let scope: Box<str> = batch.workspace.as_deref().unwrap_or("").into();
+            let old = self.cursors.get(&scope).copied();
+            // Past the latest start read, less the overlap; never back; held at a trace that is
+            // still in progress.
+            let mut next = match (batch.latest_ms, old) {
+                (Some(latest), Some(old)) => (latest - w.overlap_ms).max(old),
+                (Some(latest), None) => latest - w.overlap_ms,
+                (None, Some(old)) => old,
+                (None, None) => now_ms - w.overlap_ms,
+            };
+            if let Some(h) = held {
+                next = next.min(h);
+            }
+            if old != Some(next) {
+                self.cursors.insert(scope, next);
+                unsaved.cursors = true;
+            }
+        }
+        self.forget(unsaved);
+        d
+    }
+
+    /// Forgets the traces that started before every cursor: no read returns them again.
+    fn forget(&mut self, unsaved: &mut UnsavedTraces) {
+        let Some(lowest) = self.cursors.values().min().copied() else {
+            return;
+        };
+        self.seen.retain(|id, s| {
+            let keep = s.start_ms >= lowest;
+            if !keep {
+                unsaved.seen.insert(*id, None);
+            }
+            keep
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::traces::TraceRecord;
+
+    const W: Window = Window {
+        overlap_ms: 1_000,
+        max_in_progress_ms: 10_000,
+    };
+
+    fn trace(id: u128, start_ms: i64, state: TraceState) -> TraceRecord {
+        TraceRecord {
+            id,
+            start_ms,
+            duration_ms: 5,
+            input_tokens: 1,
+            output_tokens: 2,
+            cost: 0.5,
+            state,
+            malformed: 0,
+        }
+    }
+
+    fn batch(records: Vec<TraceRecord>) -> TraceBatch {
+        let mut b = TraceBatch {
+            latest_ms: records.iter().map(|r| r.start_ms).max(),
+            ..TraceBatch::default()
+        };
+        b.by_experiment.insert("1".into(), records);
+        b
+    }
+
+    /// The experiment's symbol: the first of a table, the same each time.
+    fn exp() -> Sym {
+        crate::sync::snapshot::Interner::default().intern("1")
+    }
+
+    fn count(s: &mut TraceLedger, records: Vec<TraceRecord>, now: i64) -> TraceDeltas {
+        let mut unsaved = UnsavedTraces::default();
+        s.count(vec![batch(records)], |_| exp(), &[10], W, now, &mut unsaved)
+    }
+
+    /// The overlap re-reads what was counted: counted once. A trace in progress is counted when
+    /// it ends and holds the cursor until then; what is before every cursor is forgotten.
+    #[test]
+    fn each_trace_counts_once_and_one_in_progress_when_it_ends() {
+        let mut s = TraceLedger::default();
+        let (ok, running) = (TraceState::Ok, TraceState::InProgress);
+        let d = count(
+            &mut s,
+            vec![
+                trace(1, 100, ok),
+                trace(2, 200, running),
+                trace(4, 5_000, ok),
+            ],
+            6_000,
+        );
+        let e = &d.by_experiment[&exp()];
+        assert_eq!((e.count, e.tokens, e.cost), ([2, 0], [2, 4], 1.0));
+        // Held at the trace in progress (200), not at 5 000 - 1 000.
+        assert_eq!(s.since(None), Some(200));
+        // Read again with the trace in progress ended in error, and a new one: those two count.
+        let d = count(
+            &mut s,
+            vec![
+                trace(2, 200, TraceState::Error),
+                trace(4, 5_000, ok),
+                trace(3, 6_000, ok),
+            ],
+            7_000,
+        );
+        let e = &d.by_experiment[&exp()];
+        assert_eq!(e.count, [1, 1]);
+        // Its 5 ms in the first bucket (10 ms).
+        assert_eq!(e.durations[1].counts, [1, 0]);
+        assert_eq!(s.since(None), Some(5_000));
+        // 1 and 2 started before the cursor: forgotten.
+        let mut kept: Vec<u128> = s.seen.keys().copied().collect();
+        kept.sort();
+        assert_eq!(kept, [3, 4]);
+        let d = count(&mut s, vec![trace(3, 6_000, ok)], 8_000);
+        assert_eq!(d.by_experiment[&exp()].count, [0, 0]);
+        assert_eq!(s.since(None), Some(5_000));
+    }
+
+    /// A trace in progress longer than the wait is given up: the cursor moves on without it.
+    #[test]
+    fn a_trace_in_progress_too_long_is_given_up() {
+        let mut s = TraceLedger::default();
+        let d = count(
+            &mut s,
+            vec![
+                trace(1, 100, TraceState::InProgress),
+                trace(2, 20_000, TraceState::Ok),
+            ],
+            20_500,
+        );
+        assert_eq!(d.given_up, 1);
+        assert_eq!(s.since(None), Some(19_000));
+        assert!(!s.seen.contains_key(&1));
+    }
+}

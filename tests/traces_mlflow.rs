@@ -1,0 +1,260 @@
+//! MLflow 3's traces of GenAI apps, written by the MLflow SDK into a real MLflow 3.17.2: counted
+//! once each by experiment and state, with their durations, tokens and the cost MLflow recorded;
+//! a trace in progress is counted when it ends; an incremental cycle and a restart neither lose
+//! nor count one twice.
+
+use mlflow_exporter::app::Pipeline;
+use mlflow_exporter::config::{FlagOverrides, Settings};
+use serde_json::{json, Value};
+
+mod common;
+use common::{example_config, http_post, now_ms, scrape, MlflowServer, Scrape};
+
+/// The SDK's part: `n` chat turns of an app in `genai-chat` (an LLM span of gpt-4o with 10 input
+/// and 22 output tokens each), and on the first call one turn that fails and one untracked call in
+/// `genai-other`. Prints, per finished trace it wrote, `TRACE <experiment> <state> <duration ms>
+/// <total cost or ->`.
+fn sdk(server: &MlflowServer, n: usize, first: bool) -> Vec<(String, String, i64, Option<f64>)> {
+    let script = format!(
+        r#"
+import os, json, warnings
+warnings.simplefilter("ignore")
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+import mlflow
+from mlflow.entities import SpanType
+
+@mlflow.trace(span_type=SpanType.LLM)
+def llm(q, model="gpt-4o", provider="openai"):
+    usage = {{"input_tokens": 10, "output_tokens": 22, "total_tokens": 32}}
+    mlflow.get_current_active_span().set_attributes({{"mlflow.chat.tokenUsage": usage}})
+    return "a"
+
+@mlflow.trace
+def chat(q):
+    return llm(q)
+
+@mlflow.trace
+def broken(q):
+    raise ValueError("boom")
+
+@mlflow.trace
+def plain(q):
+    return q
+
+ids = []
+mlflow.set_experiment("genai-chat")
+for _ in range({n}):
+    chat("hi")
+    ids.append(mlflow.get_last_active_trace_id())
+if {first}:
+    try:
+        broken("x")
+    except ValueError:
+        pass
+    ids.append(mlflow.get_last_active_trace_id())
+    mlflow.set_experiment("genai-other")
+    plain("y")
+    ids.append(mlflow.get_last_active_trace_id())
+c = mlflow.MlflowClient()
+for i in ids:
+    t = c.get_trace(i).info
+    e = c.get_experiment(t.experiment_id).name
+    cost = json.loads(t.trace_metadata.get("mlflow.trace.cost", "null") or "null")
+    print("TRACE", e, t.state.value if hasattr(t.state, "value") else t.state, t.execution_duration,
+          cost["total_cost"] if cost else "-")
+"#,
+        first = if first { "True" } else { "False" }
+    );
+    let out = std::process::Command::new(common::venv_bin("python"))
+        .args(["-c", &script])
+        .env("MLFLOW_TRACKING_URI", &server.url)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("TRACE "))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (
+                w[0].to_string(),
+                w[1].to_string(),
+                w[2].parse().unwrap(),
+                w[3].parse().ok(),
+            )
+        })
+        .collect()
+}
+
+/// A trace written as an app that logs its spans as they come does: first in progress, then
+/// finished (MLflow's `StartTraceV3` again, with its state and duration).
+fn start_trace(server: &MlflowServer, experiment_id: &str, state: &str, start_ms: i64) {
+    let time = chrono::DateTime::from_timestamp_millis(start_ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut info = json!({
+        "trace_id": "tr-0000000000000000000000000000abcd",
+        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
+        "request_time": time,
+        "state": state,
+    });
+    if state != "IN_PROGRESS" {
+        info["execution_duration"] = json!("2s");
+    }
+    let body = json!({"trace": {"trace_info": info}}).to_string();
+    let addr = server.url.trim_start_matches("http://");
+    let r = http_post(
+        addr,
+        "/api/3.0/mlflow/traces",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn experiment_id(server: &MlflowServer, name: &str) -> String {
+    let addr = server.url.trim_start_matches("http://");
+    let r = common::http_get(
+        addr,
+        &format!("/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}"),
+        &[],
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    v["experiment"]["experiment_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// What the SDK wrote, summed as the exporter must: per (experiment, state) the traces, their
+/// durations in ms and (genai-chat) what MLflow recorded they cost, in the order written.
+#[derive(Default, Debug)]
+struct Expected {
+    count: std::collections::BTreeMap<(String, String), (u64, i64)>,
+    cost: Vec<f64>,
+}
+
+impl Expected {
+    fn add(&mut self, traces: &[(String, String, i64, Option<f64>)]) {
+        for (e, st, ms, cost) in traces {
+            let slot = self.count.entry((e.clone(), st.clone())).or_default();
+            slot.0 += 1;
+            slot.1 += ms;
+            if let Some(c) = cost {
+                self.cost.push(*c);
+            }
+        }
+    }
+
+    fn check(&self, s: &Scrape) {
+        for ((e, st), (n, ms)) in &self.count {
+            let l = [("experiment", e.as_str()), ("state", st.as_str())];
+            assert_eq!(s.get("mlflow_traces_total", &l), *n as f64, "{e} {st}");
+            let h = "mlflow_trace_duration_seconds";
+            assert_eq!(s.get(&format!("{h}_count"), &l), *n as f64, "{e} {st}");
+            assert_eq!(
+                s.get(&format!("{h}_sum"), &l),
+                *ms as f64 / 1000.0,
+                "{e} {st}"
+            );
+        }
+        let cost: f64 = self.cost.iter().sum();
+        assert_eq!(
+            s.get("mlflow_trace_cost_total", &[("experiment", "genai-chat")]),
+            cost
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_count_once_by_experiment_and_state_across_cycles_and_a_restart() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    let mut expected = Expected::default();
+    let first = tokio::task::block_in_place(|| sdk(&server, 3, true));
+    assert_eq!(first.len(), 5, "{first:?}");
+    expected.add(&first);
+    // MLflow priced gpt-4o's tokens: each chat turn has a cost, the others none.
+    assert_eq!(expected.cost.len(), 3, "{first:?}");
+    let other = tokio::task::block_in_place(|| experiment_id(&server, "genai-other"));
+    let t = now_ms() / 1000 * 1000;
+    tokio::task::block_in_place(|| start_trace(&server, &other, "IN_PROGRESS", t - 1_000));
+
+    let store = tempfile::tempdir().unwrap();
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let flags = FlagOverrides {
+        storage_path: Some(store.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    let report = pipeline.cycle(t).await.unwrap();
+    // Five finished, one in progress: read, not counted.
+    assert_eq!(report.traces_read, 6);
+    assert!(
+        report.traces_failed.is_empty(),
+        "{:?}",
+        report.traces_failed
+    );
+    let s = scrape(&pipeline.publisher);
+    expected.check(&s);
+    let chat = |kind: &'static str| [("experiment", "genai-chat"), ("token_type", kind)];
+    assert_eq!(s.get("mlflow_trace_tokens_total", &chat("input")), 30.0);
+    assert_eq!(s.get("mlflow_trace_tokens_total", &chat("output")), 66.0);
+    let plain = [("experiment", "genai-other"), ("token_type", "input")];
+    assert_eq!(s.get("mlflow_trace_tokens_total", &plain), 0.0);
+    // Every experiment with traces has both states' series from the start.
+    let failed = [("experiment", "genai-other"), ("state", "ERROR")];
+    assert_eq!(s.get("mlflow_traces_total", &failed), 0.0);
+    assert_eq!(
+        s.get(
+            "mlflow_traces_total",
+            &[("experiment", "genai-other"), ("state", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.family("mlflow_exporter_trace_errors_total")
+            .values()
+            .sum::<f64>(),
+        0.0
+    );
+    assert_eq!(s.get("mlflow_exporter_traces_given_up_total", &[]), 0.0);
+
+    // The trace in progress ends (2 s), and two more chat turns: the next cycle counts those
+    // three, and nothing of what it read again.
+    tokio::task::block_in_place(|| start_trace(&server, &other, "OK", t - 1_000));
+    let more = tokio::task::block_in_place(|| sdk(&server, 2, false));
+    expected.add(&more);
+    expected.add(&[("genai-other".into(), "OK".into(), 2_000, None)]);
+    let report = pipeline.cycle(t + 60_000).await.unwrap();
+    assert_eq!(report.mode, mlflow_exporter::sync::Mode::Incremental);
+    let s = scrape(&pipeline.publisher);
+    expected.check(&s);
+    assert_eq!(
+        s.get(
+            "mlflow_traces_total",
+            &[("experiment", "genai-other"), ("state", "OK")]
+        ),
+        2.0
+    );
+    assert_eq!(s.get("mlflow_trace_tokens_total", &chat("input")), 50.0);
+
+    // After a restart the traces read again (the overlap) are not counted again.
+    pipeline.recorder.store().close().await;
+    drop(pipeline);
+    let mut pipeline = Pipeline::open(&settings, t + 120_000).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    assert!(s.family("mlflow_traces_total").is_empty());
+    let report = pipeline.cycle(t + 120_000).await.unwrap();
+    assert_eq!(report.traces_read, 8);
+    let s = scrape(&pipeline.publisher);
+    expected.check(&s);
+    assert_eq!(s.get("mlflow_trace_tokens_total", &chat("output")), 110.0);
+}

@@ -191,6 +191,11 @@ const LATE: &[&str] = &[
     "mlflow_prompt_deployments_total",
     "mlflow_prompt_rollbacks_total",
     "mlflow_prompt_lead_time_seconds",
+    // No GenAI app has logged a trace yet.
+    "mlflow_traces_total",
+    "mlflow_trace_duration_seconds",
+    "mlflow_trace_tokens_total",
+    "mlflow_trace_cost_total",
 ];
 
 /// Every `mlflow_…` family a board's queries or a rule reads (recording rules' names, with a `:`,

@@ -273,6 +273,7 @@ fn boards_and_rules(workspaces: bool) {
     let t = now_ms() / 1000 * 1000;
     mlflow.seed(t, "initial");
     mlflow.seed(t, "prompts");
+    mlflow.seed(t, "traces");
     let dir = tempfile::tempdir().unwrap();
     let endpoint = TlsEndpoint::start(dir.path());
     let config = config_with_tls_probe(dir.path(), &endpoint.url);

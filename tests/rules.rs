@@ -46,6 +46,10 @@ const RECORDING_RULES: &[&str] = &[
     "mlflow:runs_ended:increase1d",
     "mlflow:run_failure:ratio1d",
     "mlflow:active_users:count",
+    "mlflow:trace_error:ratio5m",
+    "mlflow:traces:rate5m",
+    "mlflow:trace_duration_seconds:p99_5m",
+    "mlflow:trace_cost:increase1d",
 ];
 
 const ALERTS: &[&str] = &[
@@ -63,6 +67,9 @@ const ALERTS: &[&str] = &[
     "MLflowProbeDown",
     "MLflowProbeCertificateExpiring",
     "MLflowProbeLatencyHigh",
+    "MLflowGenAIErrorRatioHigh",
+    "MLflowGenAILatencyHigh",
+    "MLflowGenAICostSpike",
 ];
 
 /// Labels Prometheus adds to every scraped series.
@@ -357,6 +364,16 @@ fn rules_use_only_metrics_and_labels_the_exporter_exposes() {
                 .find_map(|s| name.strip_suffix(s).and_then(|b| exposed.get_key_value(b)))
         })
     };
+    // The labels a recording rule's series can carry: those of the families it reads.
+    let mut rule_labels: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for r in rules.iter().filter(|r| !r.is_alert()) {
+        let labels = rule_labels.entry(r.name()).or_default();
+        for m in ident.find_iter(r.expr()) {
+            if let Some((_, l)) = family_of(m.as_str()) {
+                labels.extend(l.iter().cloned());
+            }
+        }
+    }
     let mut problems = Vec::new();
     for r in &rules {
         let texts = promql_texts(r);
@@ -370,6 +387,7 @@ fn rules_use_only_metrics_and_labels_the_exporter_exposes() {
                     if !recorded.contains(name) {
                         problems.push(format!("{}: {name} is not a recording rule", r.name()));
                     }
+                    known.extend(rule_labels.get(name).into_iter().flatten().cloned());
                 } else if let Some((_, labels)) = family_of(name) {
                     known.extend(labels.iter().cloned());
                 } else {

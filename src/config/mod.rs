@@ -433,6 +433,10 @@ pub struct MetricsSettings {
     pub gpu_utilization_buckets: Vec<f64>,
     /// Buckets of `mlflow_trace_duration_seconds`, in seconds.
     pub trace_duration_buckets: Vec<f64>,
+    /// The p99 trace duration the GenAI apps should stay within: exported as
+    /// `mlflow_trace_latency_budget_seconds`, which `MLflowGenAILatencyHigh` compares with.
+    #[serde(with = "humantime_serde")]
+    pub trace_latency_budget: Duration,
 }
 
 /// A platform feature, used by a run when its one predicate holds, e.g. `{name: git, tag:
@@ -545,6 +549,7 @@ impl Default for MetricsSettings {
             trace_duration_buckets: vec![
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
             ],
+            trace_latency_budget: Duration::from_secs(10),
         }
     }
 }

@@ -152,10 +152,11 @@ pub const MLFLOW3_ONLY: &[&str] = &[
     traces::COST.name,
     traces::ERRORS.name,
     traces::GIVEN_UP.name,
+    traces::LATENCY_BUDGET.name,
 ];
 
 /// How many families [`counters`] returns.
-pub const COUNTER_FAMILIES: usize = 24;
+pub const COUNTER_FAMILIES: usize = 25;
 
 /// The counters (and histograms) of the tally: everything counted once, from MLflow's history.
 pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {

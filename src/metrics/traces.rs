@@ -37,7 +37,20 @@ pub const GIVEN_UP: Spec = Spec::counter(
     "Traces still in progress past mlflow.traces_max_in_progress: no longer waited for, never counted",
     &[],
 );
-pub const SPECS: &[Spec] = &[TRACES, DURATION, TOKENS, COST, ERRORS, GIVEN_UP];
+pub const LATENCY_BUDGET: Spec = Spec::gauge(
+    "mlflow_trace_latency_budget_seconds",
+    "The p99 trace duration GenAI apps should stay within (metrics.trace_latency_budget), for MLflowGenAILatencyHigh",
+    &[],
+);
+pub const SPECS: &[Spec] = &[
+    TRACES,
+    DURATION,
+    TOKENS,
+    COST,
+    ERRORS,
+    GIVEN_UP,
+    LATENCY_BUDGET,
+];
 
 /// The traces' families, from the tally.
 pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
@@ -81,6 +94,8 @@ pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
     }
     let mut given_up = Family::new(&GIVEN_UP);
     given_up.add(&[], tally.traces_given_up as f64);
+    let mut budget = Family::new(&LATENCY_BUDGET);
+    budget.add(&[], d.settings.trace_latency_budget.as_secs_f64());
     vec![
         traces.finish(),
         duration.finish(),
@@ -88,5 +103,6 @@ pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
         cost.finish(),
         errors.finish(),
         given_up.finish(),
+        budget.finish(),
     ]
 }

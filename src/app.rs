@@ -293,7 +293,7 @@ pub fn count_and_derive(
     // later, and the history's families of models served later, take their series from it.
     let room = (d.settings.max_series - d.settings.max_series / 20).saturating_sub(used);
     let report = tally.count(snap, &folds, gone, full, now_ms, room);
-    families.extend(crate::metrics::counters(tally, d));
+    families.extend(crate::metrics::counters(tally, d, now_ms));
     (families, report)
 }
 

@@ -10,11 +10,16 @@ use serde_json::{json, Value};
 mod common;
 use common::{example_config, http_post, now_ms, scrape, MlflowServer, Scrape};
 
-/// The SDK's part: `n` chat turns of an app in `genai-chat` (an LLM span of gpt-4o with 10 input
-/// and 22 output tokens each), and on the first call one turn that fails and one untracked call in
-/// `genai-other`. Prints, per finished trace it wrote, `TRACE <experiment> <state> <duration ms>
-/// <total cost or ->`.
-fn sdk(server: &MlflowServer, n: usize, first: bool) -> Vec<(String, String, i64, Option<f64>)> {
+/// The SDK's part: a chat turn of an app in `genai-chat` for each (user, session) of `turns` (an
+/// LLM span of gpt-4o with 10 input and 22 output tokens each), and on the first call one turn
+/// that fails and one call in `genai-other` that names no user. Prints, per finished trace it
+/// wrote, `TRACE <experiment> <state> <duration ms> <total cost or ->`.
+fn sdk(
+    server: &MlflowServer,
+    turns: &[(&str, &str)],
+    first: bool,
+) -> Vec<(String, String, i64, Option<f64>)> {
+    let turns = serde_json::to_string(turns).unwrap();
     let script = format!(
         r#"
 import os, json, warnings
@@ -30,7 +35,8 @@ def llm(q, model="gpt-4o", provider="openai"):
     return "a"
 
 @mlflow.trace
-def chat(q):
+def chat(q, user, session):
+    mlflow.update_current_trace(metadata={{"mlflow.trace.user": user, "mlflow.trace.session": session}})
     return llm(q)
 
 @mlflow.trace
@@ -43,8 +49,8 @@ def plain(q):
 
 ids = []
 mlflow.set_experiment("genai-chat")
-for _ in range({n}):
-    chat("hi")
+for user, session in json.loads({turns:?}):
+    chat("hi", user, session)
     ids.append(mlflow.get_last_active_trace_id())
 if {first}:
     try:
@@ -177,7 +183,13 @@ impl Expected {
 async fn traces_count_once_by_experiment_and_state_across_cycles_and_a_restart() {
     let server = tokio::task::block_in_place(MlflowServer::start);
     let mut expected = Expected::default();
-    let first = tokio::task::block_in_place(|| sdk(&server, 3, true));
+    let first = tokio::task::block_in_place(|| {
+        sdk(
+            &server,
+            &[("ann", "s1"), ("ann", "s1"), ("bob", "s2")],
+            true,
+        )
+    });
     assert_eq!(first.len(), 5, "{first:?}");
     expected.add(&first);
     // MLflow priced gpt-4o's tokens: each chat turn has a cost, the others none.
@@ -226,11 +238,29 @@ async fn traces_count_once_by_experiment_and_state_across_cycles_and_a_restart()
         0.0
     );
     assert_eq!(s.get("mlflow_exporter_traces_given_up_total", &[]), 0.0);
+    // The app's own users and sessions, at every window; the other app names none.
+    let people = |s: &Scrape, app: &str, users: f64, sessions: f64| {
+        for window in ["1d", "7d", "30d"] {
+            let l = [("experiment", app), ("window", window)];
+            assert_eq!(
+                s.get("mlflow_app_active_users", &l),
+                users,
+                "{app} {window}"
+            );
+            assert_eq!(
+                s.get("mlflow_app_active_sessions", &l),
+                sessions,
+                "{app} {window}"
+            );
+        }
+    };
+    people(&s, "genai-chat", 2.0, 2.0);
+    people(&s, "genai-other", 0.0, 0.0);
 
     // The trace in progress ends (2 s), and two more chat turns: the next cycle counts those
     // three, and nothing of what it read again.
     tokio::task::block_in_place(|| start_trace(&server, &other, "OK", t - 1_000));
-    let more = tokio::task::block_in_place(|| sdk(&server, 2, false));
+    let more = tokio::task::block_in_place(|| sdk(&server, &[("cid", "s3"), ("ann", "s4")], false));
     expected.add(&more);
     expected.add(&[("genai-other".into(), "OK".into(), 2_000, None)]);
     let report = pipeline.cycle(t + 60_000).await.unwrap();
@@ -245,6 +275,7 @@ async fn traces_count_once_by_experiment_and_state_across_cycles_and_a_restart()
         2.0
     );
     assert_eq!(s.get("mlflow_trace_tokens_total", &chat("input")), 50.0);
+    people(&s, "genai-chat", 3.0, 4.0);
 
     // After a restart the traces read again (the overlap) are not counted again.
     pipeline.recorder.store().close().await;
@@ -257,4 +288,14 @@ async fn traces_count_once_by_experiment_and_state_across_cycles_and_a_restart()
     let s = scrape(&pipeline.publisher);
     expected.check(&s);
     assert_eq!(s.get("mlflow_trace_tokens_total", &chat("output")), 110.0);
+    people(&s, "genai-chat", 3.0, 4.0);
+    // Eight days later nobody was active in the last day or week; the 30-day window still holds
+    // them.
+    let later = t + 8 * 86_400_000;
+    pipeline.publish(later).await;
+    let s = scrape(&pipeline.publisher);
+    for (window, n) in [("1d", 0.0), ("7d", 0.0), ("30d", 3.0)] {
+        let l = [("experiment", "genai-chat"), ("window", window)];
+        assert_eq!(s.get("mlflow_app_active_users", &l), n, "{window}");
+    }
 }

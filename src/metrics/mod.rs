@@ -107,7 +107,7 @@ pub fn derive(
 ) -> Vec<TextFamily> {
     let folds = tally.labels.folds(snap);
     let mut out = gauges(snap, &folds, delivery, d, now_ms);
-    out.extend(counters(tally, d));
+    out.extend(counters(tally, d, now_ms));
     out
 }
 
@@ -153,19 +153,22 @@ pub const MLFLOW3_ONLY: &[&str] = &[
     traces::ERRORS.name,
     traces::GIVEN_UP.name,
     traces::LATENCY_BUDGET.name,
+    traces::APP_USERS.name,
+    traces::APP_SESSIONS.name,
 ];
 
 /// How many families [`counters`] returns.
-pub const COUNTER_FAMILIES: usize = 25;
+pub const COUNTER_FAMILIES: usize = 27;
 
-/// The counters (and histograms) of the tally: everything counted once, from MLflow's history.
-pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
+/// The counters (and histograms) of the tally: everything counted once, from MLflow's history;
+/// and the GenAI apps' active users and sessions at `now_ms`, which the tally keeps.
+pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
     // The runs' and the cost's series are about as many (a key each per experiment, team or
     // instance type): each half on its own core, as the gauges are.
     let (mut out, cost) = in_parallel(|| runs::counters(tally, d), || cost::counters(tally, d));
     out.extend(cost);
     out.extend(inventory::counters(tally));
-    out.extend(traces::counters(tally, d));
+    out.extend(traces::counters(tally, d, now_ms));
     out.push(adoption::time_to_first_model(tally, d));
     out.push(corrections::family(tally));
     out

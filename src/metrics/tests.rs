@@ -524,7 +524,7 @@ fn every_family_is_declared_with_its_labels() {
 fn the_number_of_counter_families_is_what_the_budget_reserves() {
     let tally = crate::tally::Tally::new(&Settings::default());
     let d = settings(|_| {});
-    assert_eq!(counters(&tally, &d).len(), COUNTER_FAMILIES);
+    assert_eq!(counters(&tally, &d, 0).len(), COUNTER_FAMILIES);
 }
 
 #[test]

@@ -42,7 +42,20 @@ pub const LATENCY_BUDGET: Spec = Spec::gauge(
     "The p99 trace duration GenAI apps should stay within (metrics.trace_latency_budget), for MLflowGenAILatencyHigh",
     &[],
 );
+const PEOPLE: &[&str] = &["experiment", "window"];
+pub const APP_USERS: Spec = Spec::gauge(
+    "mlflow_app_active_users",
+    "End users of a GenAI app (mlflow.trace.user of its traces; the app's users, not the platform's) with a finished trace that started within the window, by experiment",
+    PEOPLE,
+);
+pub const APP_SESSIONS: Spec = Spec::gauge(
+    "mlflow_app_active_sessions",
+    "Sessions of a GenAI app (mlflow.trace.session of its traces) with a finished trace that started within the window, by experiment",
+    PEOPLE,
+);
 pub const SPECS: &[Spec] = &[
+    APP_USERS,
+    APP_SESSIONS,
     TRACES,
     DURATION,
     TOKENS,
@@ -52,8 +65,23 @@ pub const SPECS: &[Spec] = &[
     LATENCY_BUDGET,
 ];
 
-/// The traces' families, from the tally.
-pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
+/// The traces' families, from the tally, at reference time `now_ms` (of the active users and
+/// sessions).
+pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
+    // Every app with traces has its users and sessions at each window, 0 included.
+    let mut users = Family::new(&APP_USERS);
+    let mut sessions = Family::new(&APP_SESSIONS);
+    let none = Default::default();
+    for key in tally.traces.keys() {
+        let people: &[hashbrown::HashMap<u64, i64>; 2] = tally.app_people.get(key).unwrap_or(&none);
+        for (window_ms, label) in &d.windows {
+            let since = now_ms.saturating_sub(*window_ms);
+            for (family, seen) in [(&mut users, &people[0]), (&mut sessions, &people[1])] {
+                let n = seen.values().filter(|last| **last >= since).count();
+                family.add(&[&key[0], label], n as f64);
+            }
+        }
+    }
     let mut traces = Family::new(&TRACES);
     for (key, counts) in &tally.traces {
         for st in TraceState::FINISHED {
@@ -97,6 +125,8 @@ pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
     let mut budget = Family::new(&LATENCY_BUDGET);
     budget.add(&[], d.settings.trace_latency_budget.as_secs_f64());
     vec![
+        users.finish(),
+        sessions.finish(),
         traces.finish(),
         duration.finish(),
         tokens.finish(),

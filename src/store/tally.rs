@@ -29,6 +29,8 @@ struct Rows {
     /// Traces remembered (or forgotten: `None`), and every scope's cursor when one moved.
     traces: Vec<(u128, Option<Seen>)>,
     cursors: Option<Vec<(Box<str>, i64)>>,
+    /// Apps' users and sessions: (labels, kind, person, last activity or `None`: forgotten).
+    app_people: Vec<(String, u8, u64, Option<i64>)>,
 }
 
 impl EventStore {
@@ -79,8 +81,14 @@ impl EventStore {
                     .map(|(k, v)| (k.clone(), *v))
                     .collect()
             }),
+            app_people: unsaved
+                .app_people
+                .iter()
+                .map(|((k, kind, who), last)| (labels_json(k), *kind, *who, *last))
+                .collect(),
         };
         let n = rows.runs.len()
+            + rows.app_people.len()
             + rows.series.len()
             + rows.objects.len()
             + rows.labels.len()
@@ -176,6 +184,20 @@ fn write_rows(path: &Path, rows: &Rows) -> Result<(), StoreError> {
                 None => forget.execute([id.as_slice()])?,
             };
         }
+        let mut active = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tally_app_people (labels, kind, person, last_ms) VALUES (?, ?, ?, ?)",
+        )?;
+        let mut gone = tx.prepare_cached(
+            "DELETE FROM tally_app_people WHERE labels = ? AND kind = ? AND person = ?",
+        )?;
+        for (labels, kind, who, last) in &rows.app_people {
+            // SQLite's integers are signed: the 64 bits as they are.
+            let who = *who as i64;
+            match last {
+                Some(at) => active.execute(rusqlite::params![labels, kind, who, at])?,
+                None => gone.execute(rusqlite::params![labels, kind, who])?,
+            };
+        }
         if let Some(cursors) = &rows.cursors {
             tx.execute("DELETE FROM tally_trace_cursors", [])?;
             let mut cursor = tx.prepare_cached(
@@ -262,6 +284,25 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
             in_progress: r.get(2)?,
         };
         tally.trace_state.seen.insert(u128::from_be_bytes(id), seen);
+    }
+    let mut stmt = conn.prepare("SELECT labels, kind, person, last_ms FROM tally_app_people")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let labels: String = r.get(0)?;
+        let key: Vec<String> = serde_json::from_str(&labels).map_err(|_| {
+            StoreError::Corrupt(format!("an app's user is stored under labels {labels}"))
+        })?;
+        let key: Key = key.into_iter().map(String::into_boxed_str).collect();
+        let kind: u8 = r.get(1)?;
+        let who: i64 = r.get(2)?;
+        if let Some(seen) = tally
+            .app_people
+            .entry(key)
+            .or_default()
+            .get_mut(usize::from(kind))
+        {
+            seen.insert(who as u64, r.get(3)?);
+        }
     }
     let mut stmt = conn.prepare("SELECT label, value FROM tally_labels")?;
     let mut rows = stmt.query([])?;

@@ -51,7 +51,7 @@ pub mod malformed {
     ];
 }
 
-/// What the counters need of one trace (64 bytes), held only from a read to its count.
+/// What the counters need of one trace (80 bytes), held only from a read to its count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TraceRecord {
     /// The 128 bits of a `tr-<32 hex>` id; any other id hashed to as many.
@@ -67,6 +67,10 @@ pub struct TraceRecord {
     pub state: TraceState,
     /// [`malformed`] bits.
     pub malformed: u8,
+    /// The app's end user and session ([`person`] of `mlflow.trace.user` and
+    /// `mlflow.trace.session`), 0 when the trace names none.
+    pub user: u64,
+    pub session: u64,
 }
 
 /// Token counts past this are not a trace's: read as malformed rather than counted.
@@ -165,7 +169,21 @@ pub fn record(t: &TraceInfo) -> TraceRecord {
         cost,
         state,
         malformed: bad,
+        user: person(t.trace_metadata.user.as_deref()),
+        session: person(t.trace_metadata.session.as_deref()),
     }
+}
+
+/// An app's user or session as 64 bits of its name's SHA-256: stable across restarts (the store
+/// keeps when each was last active), never the name itself; 0 for none.
+pub fn person(name: Option<&str>) -> u64 {
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return 0;
+    };
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 /// `tr-<32 hex>` as its 128 bits; another id (MLflow 2's request ids, a client's own) hashed.
@@ -247,6 +265,7 @@ mod tests {
             trace_metadata: TraceMetadata {
                 token_usage: usage.map(String::from),
                 cost: cost.map(String::from),
+                ..TraceMetadata::default()
             },
             ..TraceInfo::default()
         }
@@ -273,9 +292,11 @@ mod tests {
                 cost: 0.000245,
                 state: TraceState::Ok,
                 malformed: 0,
+                user: 0,
+                session: 0,
             }
         );
-        assert_eq!(std::mem::size_of::<TraceRecord>(), 64);
+        assert_eq!(std::mem::size_of::<TraceRecord>(), 80);
     }
 
     /// Whatever is wrong with a trace's metadata is left out and flagged, never a panic; the

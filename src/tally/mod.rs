@@ -113,6 +113,11 @@ pub struct TallySettings {
     pub trace_bounds: Vec<f64>,
     pub trace_bounds_ms: Vec<u64>,
     pub trace_window: traces::Window,
+    /// The longest of `metrics.user_windows`: an app's user or session last active before it is
+    /// forgotten.
+    pub max_window_ms: i64,
+    /// How many windows (`metrics.user_windows`) the apps' users and sessions are counted in.
+    pub windows: usize,
 }
 
 impl TallySettings {
@@ -135,6 +140,13 @@ impl TallySettings {
                 overlap_ms: s.mlflow.traces_overlap.as_millis() as i64,
                 max_in_progress_ms: s.mlflow.traces_max_in_progress.as_millis() as i64,
             },
+            max_window_ms: m
+                .user_windows
+                .iter()
+                .map(|w| w.as_millis() as i64)
+                .max()
+                .unwrap_or(0),
+            windows: m.user_windows.len(),
         }
     }
 }
@@ -231,6 +243,8 @@ pub struct Unsaved {
     pub series: HashSet<(&'static str, Key)>,
     pub objects: Vec<(&'static str, Box<str>, bool)>,
     pub traces: traces::UnsavedTraces,
+    /// Apps' users and sessions whose last activity changed (`None`: forgotten).
+    pub app_people: HashMap<(Key, u8, u64), Option<i64>>,
 }
 
 impl Unsaved {
@@ -239,6 +253,7 @@ impl Unsaved {
             && self.series.is_empty()
             && self.objects.is_empty()
             && self.traces.is_empty()
+            && self.app_people.is_empty()
     }
 
     /// Takes back what a failed save did not write; what changed since wins.
@@ -251,6 +266,9 @@ impl Unsaved {
         objects.append(&mut self.objects);
         self.objects = objects;
         self.traces.merge_back(older.traces);
+        for (k, v) in older.app_people {
+            self.app_people.entry(k).or_insert(v);
+        }
     }
 }
 
@@ -307,6 +325,9 @@ pub struct Tally {
     pub traces_given_up: u64,
     /// The traces' cursors and the traces read after them.
     pub trace_state: traces::TraceLedger,
+    /// `[experiment]`: each app's end users and sessions (index 0 and 1, by
+    /// [`crate::sync::traces::person`]) with their last activity, within the longest user window.
+    pub app_people: BTreeMap<Key, [HashMap<u64, i64>; 2]>,
     /// By family name: what the family holds that MLflow's current data no longer supports.
     pub corrections: BTreeMap<&'static str, f64>,
     objects: HashMap<&'static str, Objects>,
@@ -365,6 +386,7 @@ impl Tally {
             trace_errors: Default::default(),
             traces_given_up: 0,
             trace_state: traces::TraceLedger::default(),
+            app_people: BTreeMap::new(),
             corrections: names::ALL.iter().map(|n| (*n, 0.0)).collect(),
             objects: HashMap::new(),
             pending: HashMap::new(),
@@ -434,6 +456,8 @@ impl Tally {
             + self.trace_durations.len() * 2 * histogram_lines(&s.trace_bounds)
             + self.trace_tokens.len() * 2
             + self.trace_cost.len()
+            // The apps' active users and sessions: every app with traces, at each window.
+            + self.traces.len() * 2 * s.windows
             + self.trace_errors.len()
             + 1
             + self.corrections.len()
@@ -486,6 +510,7 @@ impl Tally {
         }
         let mut room = room;
         self.apply(snap, folds, deltas, full, &mut room, &mut report);
+        self.forget_app_people(now_ms);
         self.count_activations(snap);
         self.count_registrations(snap);
         report
@@ -591,6 +616,23 @@ impl Tally {
     }
 
     /// Compute time counted beyond what MLflow now says, priced and times GPUs as counted.
+    /// Forgets the apps' users and sessions last active before the longest user window.
+    fn forget_app_people(&mut self, now_ms: i64) {
+        let before = now_ms.saturating_sub(self.settings.max_window_ms);
+        for (k, people) in self.app_people.iter_mut() {
+            for (kind, seen) in people.iter_mut().enumerate() {
+                seen.retain(|who, last| {
+                    let keep = *last >= before;
+                    if !keep {
+                        let id = (k.clone(), kind as u8, *who);
+                        self.unsaved.app_people.insert(id, None);
+                    }
+                    keep
+                });
+            }
+        }
+    }
+
     /// The traces a count found with unreadable parts, and those given up in progress.
     fn count_trace_errors(&mut self, d: &traces::TraceDeltas) {
         for (n, (_, part)) in crate::sync::traces::malformed::KEYS.iter().enumerate() {
@@ -716,6 +758,17 @@ impl Tally {
         let mut trace_cost: Named<f64> = BTreeMap::new();
         for (e, t) in d.traces.by_experiment {
             let k = key(&[exp(e)]);
+            let people = self.app_people.entry(k.clone()).or_default();
+            for (kind, seen) in t.people.iter().enumerate() {
+                for (who, at) in seen {
+                    let last = people[kind].entry(*who).or_insert(i64::MIN);
+                    if *at > *last {
+                        *last = *at;
+                        let id = (k.clone(), kind as u8, *who);
+                        self.unsaved.app_people.insert(id, Some(*at));
+                    }
+                }
+            }
             let n = t.count.iter().sum::<u64>();
             let slot = traces.entry(k.clone()).or_default();
             slot.0 += n;

@@ -46,6 +46,9 @@ pub struct ExperimentTraces {
     pub durations: [HistogramAcc; 2],
     pub tokens: [u64; 2],
     pub cost: f64,
+    /// The app's users and sessions (as [`crate::sync::traces::person`]) the traces were for,
+    /// with the latest start of each.
+    pub people: [HashMap<u64, i64>; 2],
 }
 
 /// What changed of the state since the store last saved it.
@@ -134,6 +137,12 @@ impl TraceLedger {
                     if r.cost.is_finite() {
                         slot.cost += r.cost;
                     }
+                    for (kind, who) in [r.user, r.session].into_iter().enumerate() {
+                        if who != 0 {
+                            let last = slot.people[kind].entry(who).or_insert(r.start_ms);
+                            *last = (*last).max(r.start_ms);
+                        }
+                    }
                     for (n, (bit, _)) in malformed::KEYS.iter().enumerate() {
                         if r.malformed & bit != 0 {
                             d.malformed[n] += 1;
@@ -204,6 +213,8 @@ mod tests {
             cost: 0.5,
             state,
             malformed: 0,
+            user: id as u64 % 2 + 1,
+            session: id as u64,
         }
     }
 
@@ -243,6 +254,15 @@ mod tests {
         );
         let e = &d.by_experiment[&exp()];
         assert_eq!((e.count, e.tokens, e.cost), ([2, 0], [2, 4], 1.0));
+        // Their users (id % 2 + 1) and sessions (the id), each at its latest start; the trace in
+        // progress names none yet.
+        let people = |m: &HashMap<u64, i64>| {
+            let mut v: Vec<(u64, i64)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(people(&e.people[0]), [(1, 5_000), (2, 100)]);
+        assert_eq!(people(&e.people[1]), [(1, 100), (4, 5_000)]);
         // Held at the trace in progress (200), not at 5 000 - 1 000.
         assert_eq!(s.since(None), Some(200));
         // Read again with the trace in progress ended in error, and a new one: those two count.

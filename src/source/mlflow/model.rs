@@ -307,6 +307,15 @@ pub struct TraceMetadata {
     pub token_usage: Option<String>,
     #[serde(default, rename = "mlflow.trace.cost", deserialize_with = "opt_text")]
     pub cost: Option<String>,
+    /// The app's end user and session the request was for (not a platform user).
+    #[serde(default, rename = "mlflow.trace.user", deserialize_with = "opt_text")]
+    pub user: Option<String>,
+    #[serde(
+        default,
+        rename = "mlflow.trace.session",
+        deserialize_with = "opt_text"
+    )]
+    pub session: Option<String>,
 }
 
 /// A string as it is; any other JSON value as its JSON text; null as empty.

@@ -196,6 +196,8 @@ const LATE: &[&str] = &[
     "mlflow_trace_duration_seconds",
     "mlflow_trace_tokens_total",
     "mlflow_trace_cost_total",
+    "mlflow_app_active_users",
+    "mlflow_app_active_sessions",
 ];
 
 /// Every `mlflow_…` family a board's queries or a rule reads (recording rules' names, with a `:`,

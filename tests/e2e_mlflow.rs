@@ -58,6 +58,12 @@ async fn exact_metrics(server: MlflowServer, mlflow3: bool) {
     // runs, registered models, model versions and (MLflow 3) logged models, prompts, prompt
     // versions and traces: one page each.
     assert_eq!(report.requests, 4 + 5 * usize::from(mlflow3));
+    // Traces of every experiment, the deleted one's too, read without an error.
+    assert!(
+        report.traces_failed.is_empty(),
+        "{:?}",
+        report.traces_failed
+    );
     assert_eq!(report.runs_read, 15);
     let s = scrape(&publisher);
 

@@ -1003,14 +1003,15 @@ async fn a_full_cycle_counts_every_experiments_page() {
         .mount(&server)
         .await;
     mount(&server, LOGGED_MODELS, json!({})).await;
+    mount(&server, TRACES, json!({})).await;
     let s = settings(&server.uri());
     let mut syncer = Syncer::new(client(&s), &s);
     let report = syncer.full(NOW).await.unwrap();
     assert_eq!(syncer.snapshot().experiments.len(), 2);
     let sent = server.received_requests().await.unwrap().len();
     // The server's info + 2 experiments pages + 1 runs page + 1 models page + 1 versions page
-    // + (an MLflow 3) 1 logged-models page, 1 prompts page, 1 prompt versions page.
-    assert_eq!(sent, 9);
+    // + (an MLflow 3) 1 logged-models page, 1 prompts page, 1 prompt versions page, 1 traces page.
+    assert_eq!(sent, 10);
     // CycleReport.requests is documented as "HTTP requests that returned a page (retries not counted)".
     assert_eq!(report.requests, sent);
 }
@@ -1134,6 +1135,7 @@ async fn mount_part(server: &MockServer, ws: &str, id: &str, runs: &[u32]) {
     let version = json!({"model_versions": [{"name": "m", "version": "1", "creation_timestamp": 5, "last_updated_timestamp": 5}]});
     mount_in(server, ws, VERSIONS, ok(version)).await;
     mount_in(server, ws, LOGGED_MODELS, ok(json!({}))).await;
+    mount_in(server, ws, TRACES, ok(json!({}))).await;
 }
 
 /// Names of the snapshot's experiments, models and versions, and its runs, sorted.
@@ -1171,9 +1173,9 @@ async fn each_selected_workspace_is_read_and_one_that_fails_keeps_its_last_recor
     let report = syncer.full(NOW).await.unwrap();
     assert!(report.failed.is_empty());
     assert_eq!(report.workspaces, 2);
-    // Server info and the list, then 7 searches in each workspace (logged models, prompts and
-    // prompt versions too).
-    assert_eq!(report.requests, 2 + 2 * 7);
+    // Server info and the list, then 8 searches in each workspace (logged models, prompts,
+    // prompt versions and traces too).
+    assert_eq!(report.requests, 2 + 2 * 8);
     assert!(syncer.workspaces_enabled());
     assert_eq!(syncer.workspaces(), ["default", "team-b"]);
     let both = (
@@ -1197,7 +1199,7 @@ async fn each_selected_workspace_is_read_and_one_that_fails_keeps_its_last_recor
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
     assert!(!asked.contains(&"sandbox".to_string()), "{asked:?}");
-    assert_eq!(asked.len(), 14);
+    assert_eq!(asked.len(), 16);
 
     // team-b answers 503 from now on; default gains run 3.
     server.reset().await;

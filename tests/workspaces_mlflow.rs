@@ -740,3 +740,96 @@ async fn prompts_and_their_alias_moves_are_counted_apart_from_models() {
         2.0
     );
 }
+
+/// A finished trace of `experiment_id` in `workspace`, logged as MLflow's SDK logs one
+/// (`StartTraceV3`), with token usage and an end user.
+fn log_trace(server: &MlflowServer, workspace: &str, experiment_id: &str, n: u128, state: &str) {
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let info = json!({
+        "trace_id": format!("tr-{n:032x}"),
+        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
+        "request_time": time,
+        "execution_duration": "0.250s",
+        "state": state,
+        "trace_metadata": {
+            "mlflow.trace.tokenUsage": "{\"input_tokens\": 3, \"output_tokens\": 4, \"total_tokens\": 7}",
+            "mlflow.trace.user": format!("user-{}", n % 2),
+        },
+    });
+    ok(
+        server,
+        workspace,
+        "/api/3.0/mlflow/traces",
+        json!({"trace": {"trace_info": info}}),
+    );
+}
+
+/// Two workspaces' GenAI apps of the same name: each workspace's traces are read with its header
+/// and counted under its own `workspace` label, never added together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_of_two_workspaces_are_counted_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| {
+        MlflowServer::start_with(dir, 1, &["--enable-workspaces"], &[])
+    });
+    ok(
+        &server,
+        "default",
+        "/api/3.0/mlflow/workspaces",
+        json!({"name": "team-b"}),
+    );
+    let create = |workspace: &str| {
+        ok(
+            &server,
+            workspace,
+            "/api/2.0/mlflow/experiments/create",
+            json!({"name": "chat"}),
+        )["experiment_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (create("default"), create("team-b"));
+    tokio::task::block_in_place(|| {
+        log_trace(&server, "default", &a, 1, "OK");
+        log_trace(&server, "default", &a, 2, "ERROR");
+        log_trace(&server, "team-b", &b, 3, "OK");
+    });
+    let store = tempfile::tempdir().unwrap();
+    let settings = settings(&server, &store);
+    let t = now_ms();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    let report = pipeline.cycle(t).await.unwrap();
+    assert_eq!(report.traces_read, 3);
+    let s = scrape(&pipeline.publisher);
+    let traces = |w: &'static str, state: &'static str| {
+        [("workspace", w), ("experiment", "chat"), ("state", state)]
+    };
+    assert_eq!(s.get("mlflow_traces_total", &traces("default", "OK")), 1.0);
+    assert_eq!(
+        s.get("mlflow_traces_total", &traces("default", "ERROR")),
+        1.0
+    );
+    assert_eq!(s.get("mlflow_traces_total", &traces("team-b", "OK")), 1.0);
+    assert_eq!(
+        s.get("mlflow_traces_total", &traces("team-b", "ERROR")),
+        0.0
+    );
+    let tokens = |w: &'static str| {
+        [
+            ("workspace", w),
+            ("experiment", "chat"),
+            ("token_type", "output"),
+        ]
+    };
+    assert_eq!(s.get("mlflow_trace_tokens_total", &tokens("default")), 8.0);
+    assert_eq!(s.get("mlflow_trace_tokens_total", &tokens("team-b")), 4.0);
+    let users = |w: &'static str| [("workspace", w), ("experiment", "chat"), ("window", "1d")];
+    assert_eq!(s.get("mlflow_app_active_users", &users("default")), 2.0);
+    assert_eq!(s.get("mlflow_app_active_users", &users("team-b")), 1.0);
+    // Read again a minute later: nothing counted twice.
+    pipeline.cycle(t + 60_000).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    assert_eq!(s.get("mlflow_traces_total", &traces("default", "OK")), 1.0);
+    assert_eq!(s.get("mlflow_traces_total", &traces("team-b", "OK")), 1.0);
+}

@@ -13,16 +13,20 @@ pub const RUNS: &str = "runs/search";
 pub const MODELS: &str = "registered-models/search";
 pub const VERSIONS: &str = "model-versions/search";
 pub const LOGGED_MODELS: &str = "logged-models/search";
+pub const TRACES: &str = "traces/search";
 
-/// The URL path of an MLflow endpoint.
+/// The URL path of an MLflow endpoint (MLflow 3's traces under /api/3.0).
 pub fn api(endpoint: &str) -> String {
-    format!("/api/2.0/mlflow/{endpoint}")
+    match endpoint {
+        TRACES => format!("/api/3.0/mlflow/{endpoint}"),
+        _ => format!("/api/2.0/mlflow/{endpoint}"),
+    }
 }
 
 /// HTTP method MLflow uses for each search.
 pub fn verb(endpoint: &str) -> &'static str {
     match endpoint {
-        EXPERIMENTS | RUNS | LOGGED_MODELS => "POST",
+        EXPERIMENTS | RUNS | LOGGED_MODELS | TRACES => "POST",
         _ => "GET",
     }
 }

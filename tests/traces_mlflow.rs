@@ -71,18 +71,8 @@ for i in ids:
 "#,
         first = if first { "True" } else { "False" }
     );
-    let out = std::process::Command::new(common::venv_bin("python"))
-        .args(["-c", &script])
-        .env("MLFLOW_TRACKING_URI", &server.url)
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    printed
+    server
+        .python(&script)
         .lines()
         .filter_map(|l| l.strip_prefix("TRACE "))
         .map(|l| {

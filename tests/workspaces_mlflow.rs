@@ -584,18 +584,7 @@ async fn logged_models_by_status_and_their_time_to_registration() {
 
 /// Runs `script` with the MLflow SDK against `server`; its standard output.
 fn python(server: &MlflowServer, script: &str) -> String {
-    let out = std::process::Command::new(common::venv_bin("python"))
-        .args(["-c", script])
-        .env("MLFLOW_TRACKING_URI", &server.url)
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    printed
+    server.python(script)
 }
 
 /// MLflow 3's prompt registry: prompts and versions by team, apart from the models, and moves of

@@ -291,13 +291,7 @@ impl Syncer {
             }
         }
         next.runs.shrink_to_fit();
-        let read_scopes: Vec<usize> = (0..self.scopes.len())
-            .filter(|i| {
-                let w = self.scopes[*i].workspace.as_deref();
-                !failed.iter().any(|(f, _)| Some(f.as_str()) == w)
-            })
-            .collect();
-        let traces = self.read_traces(mlflow3, &read_scopes).await;
+        let traces = self.read_traces(mlflow3, &failed).await;
         requests += traces.requests;
         next.traces = std::mem::take(&mut self.snapshot.traces);
         next.traces.extend(traces.batches);
@@ -382,13 +376,7 @@ impl Syncer {
         if prompts_due {
             self.last_prompts_ms = Some(now_ms);
         }
-        let read_scopes: Vec<usize> = (0..self.scopes.len())
-            .filter(|i| {
-                let w = self.scopes[*i].workspace.as_deref();
-                !failed.iter().any(|(f, _)| Some(f.as_str()) == w)
-            })
-            .collect();
-        let traces = self.read_traces(mlflow3, &read_scopes).await;
+        let traces = self.read_traces(mlflow3, &failed).await;
         requests += traces.requests;
         self.snapshot.traces.extend(traces.batches);
         self.cursor_ms = Some(now_ms);
@@ -404,16 +392,19 @@ impl Syncer {
         })
     }
 
-    /// Reads the traces of the scopes `which` (those whose part of the cycle was read) that
-    /// started at or after each one's cursor, on an MLflow 3 with `mlflow.read_traces`. A scope
+    /// Reads the traces that started at or after each scope's cursor, on an MLflow 3 with
+    /// `mlflow.read_traces`, but of the workspaces whose part of this cycle `failed`. A scope
     /// whose read fails gives nothing this cycle: its cursor stays, so the next reads it again.
-    async fn read_traces(&self, mlflow3: bool, which: &[usize]) -> TracesRead {
+    async fn read_traces(&self, mlflow3: bool, failed: &[(String, MlflowError)]) -> TracesRead {
         let mut out = TracesRead::default();
         if !(mlflow3 && self.read_traces) {
             return out;
         }
-        for &i in which {
-            let scope = &self.scopes[i];
+        let read = |s: &&Scope| {
+            let w = s.workspace.as_deref();
+            !failed.iter().any(|(f, _)| Some(f.as_str()) == w)
+        };
+        for scope in self.scopes.iter().filter(read) {
             let Some(ids) = &scope.experiment_ids else {
                 continue;
             };

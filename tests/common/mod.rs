@@ -292,6 +292,22 @@ impl MlflowServer {
         self.child.id()
     }
 
+    /// Runs `script` with the MLflow SDK against this server; its standard output.
+    pub fn python(&self, script: &str) -> String {
+        let out = Command::new(self.venv.join("bin/python"))
+            .args(["-c", script])
+            .env("MLFLOW_TRACKING_URI", &self.url)
+            .output()
+            .expect("run python");
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{printed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed
+    }
+
     /// Runs tests/fixtures/seed.py against this server (`initial` or `incremental`), times relative to `t_ms`.
     pub fn seed(&self, t_ms: i64, phase: &str) {
         let out = Command::new(self.venv.join("bin/python"))

@@ -283,7 +283,7 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
             start_ms: r.get(1)?,
             in_progress: r.get(2)?,
         };
-        tally.trace_state.seen.insert(u128::from_be_bytes(id), seen);
+        tally.trace_state.remember(u128::from_be_bytes(id), seen);
     }
     let mut stmt = conn.prepare("SELECT labels, kind, person, last_ms FROM tally_app_people")?;
     let mut rows = stmt.query([])?;

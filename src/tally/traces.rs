@@ -1,8 +1,9 @@
 //! Traces counted once each, by id. Each scope's reads start at its cursor: the latest start read
 //! less `mlflow.traces_overlap` (MLflow writes a trace when it ends, with its start time), held at
 //! the start of a trace still in progress for up to `mlflow.traces_max_in_progress`. The traces
-//! read at or after the lowest cursor are remembered (24 bytes each, with the map's room), so the
-//! overlap re-read counts none twice, across restarts too (the store keeps them with the counts).
+//! read at or after the lowest cursor are remembered (24 bytes each, 28 to 50 with the map's
+//! room), so the overlap re-read counts none twice, across restarts too (the store keeps them
+//! with the counts).
 
 use std::collections::BTreeMap;
 
@@ -24,8 +25,29 @@ pub struct Seen {
 pub struct TraceLedger {
     /// By scope (the workspace, `""` without workspaces): the start the next read begins at.
     pub cursors: BTreeMap<Box<str>, i64>,
-    /// The traces read at or after the lowest cursor, by id.
-    pub seen: HashMap<u128, Seen>,
+    /// The traces read at or after the lowest cursor: by id (as two words, so that an entry is
+    /// 24 bytes: a `u128` key would align it to 32), the start shifted left once with the
+    /// in-progress bit below it.
+    seen: HashMap<[u64; 2], i64>,
+}
+
+fn key(id: u128) -> [u64; 2] {
+    [(id >> 64) as u64, id as u64]
+}
+
+fn id(key: &[u64; 2]) -> u128 {
+    u128::from(key[0]) << 64 | u128::from(key[1])
+}
+
+fn pack(s: Seen) -> i64 {
+    s.start_ms << 1 | i64::from(s.in_progress)
+}
+
+fn unpack(v: i64) -> Seen {
+    Seen {
+        start_ms: v >> 1,
+        in_progress: v & 1 == 1,
+    }
 }
 
 /// What one count adds, by experiment (as the snapshot names its id).
@@ -87,6 +109,26 @@ impl TraceLedger {
         self.cursors.get(scope.unwrap_or("")).copied()
     }
 
+    /// What is remembered of a trace.
+    pub fn seen(&self, trace: u128) -> Option<Seen> {
+        self.seen.get(&key(trace)).copied().map(unpack)
+    }
+
+    /// Remembers a trace (read back from the store, or read now).
+    pub fn remember(&mut self, trace: u128, s: Seen) {
+        self.seen.insert(key(trace), pack(s));
+    }
+
+    /// The traces remembered.
+    pub fn remembered(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The ids remembered, in no order.
+    pub fn ids(&self) -> impl Iterator<Item = u128> + '_ {
+        self.seen.keys().map(id)
+    }
+
     /// Counts the traces of `batches` not counted yet: a finished trace once, a trace in progress
     /// when it ends. `experiment` names an experiment id as the snapshot does. Moves each scope's
     /// cursor and forgets what no later read can return.
@@ -102,12 +144,29 @@ impl TraceLedger {
         let mut d = TraceDeltas::default();
         for batch in batches {
             let mut held: Option<i64> = None;
+            // No later read of this scope starts before the look-back from its latest trace, or
+            // the start of a trace in progress it waits for: what started before is counted and
+            // not remembered (the first read of a large history remembers only its last minutes).
+            let waiting = batch
+                .by_experiment
+                .values()
+                .flatten()
+                .filter(|r| r.state == TraceState::InProgress)
+                .filter(|r| now_ms.saturating_sub(r.start_ms) <= w.max_in_progress_ms)
+                .map(|r| r.start_ms)
+                .min();
+            let floor = match batch.latest_ms {
+                Some(latest) => {
+                    waiting.map_or(latest - w.overlap_ms, |h| h.min(latest - w.overlap_ms))
+                }
+                None => i64::MIN,
+            };
             for (exp, records) in batch.by_experiment {
                 let sym = experiment(&exp);
                 // Every experiment with traces has its series, at 0 from the start.
                 let slot = d.by_experiment.entry(sym).or_default();
                 for r in records {
-                    let known = self.seen.get(&r.id).copied();
+                    let known = self.seen(r.id);
                     if known.is_some_and(|s| !s.in_progress) {
                         continue;
                     }
@@ -123,10 +182,7 @@ impl TraceLedger {
                             start_ms: r.start_ms,
                             in_progress: waited,
                         };
-                        if known != Some(s) {
-                            self.seen.insert(r.id, s);
-                            unsaved.seen.insert(r.id, Some(s));
-                        }
+                        self.note(r.id, known, s, floor, unsaved);
                         continue;
                     }
                     let i = r.state.index();
@@ -152,8 +208,7 @@ impl TraceLedger {
                         start_ms: r.start_ms,
                         in_progress: false,
                     };
-                    self.seen.insert(r.id, s);
-                    unsaved.seen.insert(r.id, Some(s));
+                    self.note(r.id, known, s, floor, unsaved);
                 }
             }
             let scope: Box<str> = batch.workspace.as_deref().unwrap_or("").into();
@@ -178,18 +233,44 @@ impl TraceLedger {
         d
     }
 
-    /// Forgets the traces that started before every cursor: no read returns them again.
+    /// Remembers what a read found of a trace if a later read can return it (it started at
+    /// `floor` or later); else forgets it, if it was remembered.
+    fn note(
+        &mut self,
+        trace: u128,
+        known: Option<Seen>,
+        s: Seen,
+        floor: i64,
+        unsaved: &mut UnsavedTraces,
+    ) {
+        if s.start_ms >= floor {
+            if known != Some(s) {
+                self.remember(trace, s);
+                unsaved.seen.insert(trace, Some(s));
+            }
+        } else if known.is_some() {
+            self.seen.remove(&key(trace));
+            unsaved.seen.insert(trace, None);
+        }
+    }
+
+    /// Forgets the traces that started before every cursor: no read returns them again. The
+    /// map gives back its room once it holds far fewer than it had room for (after the first
+    /// read of a large history, most of it).
     fn forget(&mut self, unsaved: &mut UnsavedTraces) {
         let Some(lowest) = self.cursors.values().min().copied() else {
             return;
         };
-        self.seen.retain(|id, s| {
-            let keep = s.start_ms >= lowest;
+        self.seen.retain(|k, v| {
+            let keep = unpack(*v).start_ms >= lowest;
             if !keep {
-                unsaved.seen.insert(*id, None);
+                unsaved.seen.insert(id(k), None);
             }
             keep
         });
+        if self.seen.capacity() > 4 * self.seen.len().max(256) {
+            self.seen.shrink_to_fit();
+        }
     }
 }
 
@@ -281,7 +362,7 @@ mod tests {
         assert_eq!(e.durations[1].counts, [1, 0]);
         assert_eq!(s.since(None), Some(5_000));
         // 1 and 2 started before the cursor: forgotten.
-        let mut kept: Vec<u128> = s.seen.keys().copied().collect();
+        let mut kept: Vec<u128> = s.ids().collect();
         kept.sort();
         assert_eq!(kept, [3, 4]);
         let d = count(&mut s, vec![trace(3, 6_000, ok)], 8_000);
@@ -303,6 +384,7 @@ mod tests {
         );
         assert_eq!(d.given_up, 1);
         assert_eq!(s.since(None), Some(19_000));
-        assert!(!s.seen.contains_key(&1));
+        assert_eq!(s.seen(1), None);
+        assert_eq!(s.remembered(), 1);
     }
 }

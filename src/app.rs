@@ -106,6 +106,16 @@ impl Pipeline {
             self.publisher.exporter.workspace_sync_failed(workspace, e);
             tracing::warn!(workspace = %workspace, reason = e.reason(), error = %e, "sync of a workspace failed; it keeps its last good figures, the others go on");
         }
+        if self.syncer.is_mlflow3() {
+            let scopes: Vec<&str> = match self.syncer.workspaces_enabled() {
+                true => self.syncer.workspaces(),
+                false => vec![""],
+            };
+            let tally = &mut self.tally;
+            tally
+                .trace_state
+                .keep_scopes(&scopes, &mut tally.unsaved.traces);
+        }
         for (workspace, e) in &report.traces_failed {
             let workspace = workspace.as_deref().unwrap_or("");
             self.publisher.exporter.trace_read_failed(workspace, e);

@@ -233,6 +233,18 @@ impl TraceLedger {
         d
     }
 
+    /// Forgets the cursors of scopes no longer read (a workspace deleted, or excluded by
+    /// `mlflow.workspaces`): a stale one would hold the lowest cursor back, and with it every
+    /// trace read since.
+    pub fn keep_scopes(&mut self, scopes: &[&str], unsaved: &mut UnsavedTraces) {
+        let before = self.cursors.len();
+        self.cursors.retain(|k, _| scopes.contains(&&**k));
+        if self.cursors.len() != before {
+            unsaved.cursors = true;
+            self.forget(unsaved);
+        }
+    }
+
     /// Remembers what a read found of a trace if a later read can return it (it started at
     /// `floor` or later); else forgets it, if it was remembered.
     fn note(
@@ -368,6 +380,27 @@ mod tests {
         let d = count(&mut s, vec![trace(3, 6_000, ok)], 8_000);
         assert_eq!(d.by_experiment[&exp()].count, [0, 0]);
         assert_eq!(s.since(None), Some(5_000));
+    }
+
+    /// A workspace no longer read loses its cursor, and the traces only it held back are
+    /// forgotten.
+    #[test]
+    fn a_scope_no_longer_read_holds_nothing_back() {
+        let mut s = TraceLedger::default();
+        let mut unsaved = UnsavedTraces::default();
+        let mut old = batch(vec![trace(1, 100, TraceState::Ok)]);
+        old.workspace = Some("gone".into());
+        let mut new = batch(vec![trace(2, 9_000, TraceState::Ok)]);
+        new.workspace = Some("kept".into());
+        s.count(vec![old, new], |_| exp(), &[10], W, 9_500, &mut unsaved);
+        // The old scope's cursor (100 - 1 000) holds trace 2 of the other in memory.
+        assert_eq!(s.remembered(), 2);
+        s.keep_scopes(&["kept"], &mut unsaved);
+        assert_eq!(s.since(Some("gone")), None);
+        assert_eq!(s.since(Some("kept")), Some(8_000));
+        assert_eq!(s.ids().collect::<Vec<_>>(), [2]);
+        assert!(unsaved.cursors);
+        assert_eq!(unsaved.seen[&1], None);
     }
 
     /// A trace in progress longer than the wait is given up: the cursor moves on without it.

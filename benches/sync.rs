@@ -17,12 +17,11 @@ mod heap;
 mod procfs;
 use procfs::cpu_seconds;
 mod rt;
+mod server;
 
 use rt::runtime;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -701,35 +700,12 @@ fn serve(now: i64) {
                     }),
                 ),
         };
-        let app = app.with_state(data);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("{}", listener.local_addr().unwrap().port());
-        // The parent closes our stdin (or dies): stop.
-        let stop = tokio::task::spawn_blocking(|| {
-            let mut s = String::new();
-            let _ = std::io::stdin().read_line(&mut s);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.await;
-            })
-            .await
-            .unwrap();
+        server::serve(app.with_state(data)).await;
     });
 }
 
 // ---------------------------------------------------------------------------------------------
 // The measured side (this process).
-
-/// Kills the server process when dropped, whatever happens to the bench.
-struct ServerGuard(Child);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -742,18 +718,8 @@ fn main() {
     }
     let now = now_ms();
     let t = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(SERVER, now.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = ServerGuard(child);
+    let (server, port) = server::spawn(SERVER, &now.to_string());
     let server_pid = server.0.id().to_string();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let port: u16 = line.trim().parse().expect("the server's port");
     let base = format!("http://127.0.0.1:{port}");
     let generated_s = t.elapsed().as_secs_f64();
 

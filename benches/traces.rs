@@ -11,10 +11,9 @@
 mod heap;
 mod procfs;
 mod rt;
+mod server;
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -194,29 +193,8 @@ fn serve(now: i64) {
                 }),
             )
             .with_state(data);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("{}", listener.local_addr().unwrap().port());
-        let stop = tokio::task::spawn_blocking(|| {
-            let mut s = String::new();
-            let _ = std::io::stdin().read_line(&mut s);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.await;
-            })
-            .await
-            .unwrap();
+        server::serve(app).await;
     });
-}
-
-/// Kills the server process when dropped, whatever happens to the bench.
-struct ServerGuard(Child);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn now_ms() -> i64 {
@@ -229,17 +207,7 @@ fn main() {
         return;
     }
     let now = now_ms();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(SERVER, now.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = ServerGuard(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let port: u16 = line.trim().parse().expect("the server's port");
+    let (server, port) = server::spawn(SERVER, &now.to_string());
     let base = format!("http://127.0.0.1:{port}");
 
     let dir = tempfile::tempdir().unwrap();

@@ -34,7 +34,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use heap::{live_mib, PEAK};
 use mlflow_exporter::app::Pipeline;
-use mlflow_exporter::config::Settings;
 
 const EXPERIMENTS: usize = 1_000;
 /// `SYNC_RUNS`, default 1 000 000.
@@ -724,11 +723,7 @@ fn main() {
     let generated_s = t.elapsed().as_secs_f64();
 
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::default();
-    settings.mlflow.tracking_uri = base.clone();
-    settings.storage.path = dir.path().join("events.db");
-    settings.probes.mlflow_health = false;
-    settings.validate().expect("valid settings");
+    let settings = server::settings(&base, dir.path());
     let rt = runtime(2);
     let rss_start = procfs::status_mib("self", "VmRSS:");
     let mut pipeline = rt.block_on(Pipeline::open(&settings, now)).unwrap();

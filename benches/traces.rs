@@ -26,7 +26,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use heap::{live_mib, PEAK};
 use mlflow_exporter::app::Pipeline;
-use mlflow_exporter::config::Settings;
 use rt::runtime;
 
 #[global_allocator]
@@ -211,11 +210,7 @@ fn main() {
     let base = format!("http://127.0.0.1:{port}");
 
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::default();
-    settings.mlflow.tracking_uri = base.clone();
-    settings.storage.path = dir.path().join("events.db");
-    settings.probes.mlflow_health = false;
-    settings.validate().expect("valid settings");
+    let settings = server::settings(&base, dir.path());
     let rt = runtime(2);
     let mut pipeline = rt.block_on(Pipeline::open(&settings, now)).unwrap();
     let live_open = live_mib();

@@ -49,3 +49,14 @@ pub async fn serve(app: axum::Router) {
         .await
         .unwrap();
 }
+
+/// The exporter's default settings against the server at `base`, its store in `dir`, without
+/// the probe of MLflow's `/health` (which the synthetic servers do not serve).
+pub fn settings(base: &str, dir: &std::path::Path) -> mlflow_exporter::config::Settings {
+    let mut settings = mlflow_exporter::config::Settings::default();
+    settings.mlflow.tracking_uri = base.to_string();
+    settings.storage.path = dir.join("events.db");
+    settings.probes.mlflow_health = false;
+    settings.validate().expect("valid settings");
+    settings
+}

@@ -635,17 +635,21 @@ impl Tally {
 
     /// The traces a count found with unreadable parts, and those given up in progress.
     fn count_trace_errors(&mut self, d: &traces::TraceDeltas) {
+        // Only what changed is saved: the families are served whole (at 0) whatever is stored.
         for (n, (_, part)) in crate::sync::traces::malformed::KEYS.iter().enumerate() {
-            // Every part has its series from the first traces on, at 0.
-            self.trace_errors[n] += d.malformed[n];
+            if d.malformed[n] > 0 {
+                self.trace_errors[n] += d.malformed[n];
+                self.unsaved
+                    .series
+                    .insert((names::TRACE_ERRORS, key(&[part])));
+            }
+        }
+        if d.given_up > 0 {
+            self.traces_given_up += d.given_up;
             self.unsaved
                 .series
-                .insert((names::TRACE_ERRORS, key(&[part])));
+                .insert((names::TRACES_GIVEN_UP, key(&[])));
         }
-        self.traces_given_up += d.given_up;
-        self.unsaved
-            .series
-            .insert((names::TRACES_GIVEN_UP, key(&[])));
     }
 
     fn correct_compute(&mut self, ms: u64, rate: f64, gpus: u64) {

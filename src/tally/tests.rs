@@ -388,3 +388,51 @@ async fn a_failed_save_keeps_every_change_for_the_next_one() {
     assert_eq!(back.cost, t.cost);
     store.close().await;
 }
+
+/// A count of traces saves the trace-error series only when one changed: a cycle of good traces
+/// writes none of them (every cycle wrote all six before), a malformed one writes its part's.
+#[test]
+fn trace_errors_are_saved_only_when_they_change() {
+    use crate::sync::traces::{malformed, TraceBatch, TraceRecord, TraceState};
+    let settings = Settings::default();
+    let mut snap = Snapshot::default();
+    let trace = |id: u128, bad: u8| TraceRecord {
+        id,
+        start_ms: NOW - 1_000,
+        duration_ms: 5,
+        input_tokens: 1,
+        output_tokens: 1,
+        cost: f64::NAN,
+        state: TraceState::Ok,
+        malformed: bad,
+        user: 0,
+        session: 0,
+    };
+    let batch = |records: Vec<TraceRecord>| {
+        let mut b = TraceBatch {
+            latest_ms: Some(NOW - 1_000),
+            ..TraceBatch::default()
+        };
+        b.by_experiment.insert("1".into(), records);
+        vec![b]
+    };
+    fn saved(t: &Tally) -> Vec<&str> {
+        let mut v: Vec<&str> = t
+            .unsaved
+            .series
+            .iter()
+            .filter(|(f, _)| [names::TRACE_ERRORS, names::TRACES_GIVEN_UP].contains(f))
+            .map(|(_, k)| k.first().map_or("", |v| &**v))
+            .collect();
+        v.sort();
+        v
+    }
+    let mut t = Tally::new(&settings);
+    snap.traces = batch(vec![trace(1, 0)]);
+    cycle(&mut t, &mut snap, Vec::new(), false, NOW, usize::MAX);
+    assert_eq!(saved(&t), Vec::<&str>::new());
+    snap.traces = batch(vec![trace(2, malformed::COST)]);
+    cycle(&mut t, &mut snap, Vec::new(), false, NOW, usize::MAX);
+    assert_eq!(saved(&t), ["mlflow.trace.cost"]);
+    assert_eq!(t.trace_errors, [0, 1, 0, 0, 0]);
+}

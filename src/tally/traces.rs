@@ -142,8 +142,8 @@ impl TraceLedger {
         unsaved: &mut UnsavedTraces,
     ) -> TraceDeltas {
         let mut d = TraceDeltas::default();
+        let waits = |start_ms: i64| now_ms.saturating_sub(start_ms) <= w.max_in_progress_ms;
         for batch in batches {
-            let mut held: Option<i64> = None;
             // No later read of this scope starts before the look-back from its latest trace, or
             // the start of a trace in progress it waits for: what started before is counted and
             // not remembered (the first read of a large history remembers only its last minutes).
@@ -151,8 +151,7 @@ impl TraceLedger {
                 .by_experiment
                 .values()
                 .flatten()
-                .filter(|r| r.state == TraceState::InProgress)
-                .filter(|r| now_ms.saturating_sub(r.start_ms) <= w.max_in_progress_ms)
+                .filter(|r| r.state == TraceState::InProgress && waits(r.start_ms))
                 .map(|r| r.start_ms)
                 .min();
             let floor = match batch.latest_ms {
@@ -171,10 +170,8 @@ impl TraceLedger {
                         continue;
                     }
                     if r.state == TraceState::InProgress {
-                        let waited = now_ms.saturating_sub(r.start_ms) <= w.max_in_progress_ms;
-                        if waited {
-                            held = Some(held.map_or(r.start_ms, |h| h.min(r.start_ms)));
-                        } else {
+                        let waited = waits(r.start_ms);
+                        if !waited {
                             // Given up once: remembered as done, never counted.
                             d.given_up += 1;
                         }
@@ -221,7 +218,7 @@ impl TraceLedger {
                 (None, Some(old)) => old,
                 (None, None) => now_ms - w.overlap_ms,
             };
-            if let Some(h) = held {
+            if let Some(h) = waiting {
                 next = next.min(h);
             }
             if old != Some(next) {

@@ -87,6 +87,10 @@ impl Pipeline {
     pub async fn cycle(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
         // The traces' reads start where the tally's count of them ended.
         self.syncer.trace_cursors = self.tally.trace_state.cursors.clone();
+        self.syncer.feedback_since = self
+            .tally
+            .trace_state
+            .feedback_since(self.tally.settings.trace_window, now_ms);
         let report = match self.syncer.cycle(now_ms).await {
             Ok(r) => r,
             Err(e) => {

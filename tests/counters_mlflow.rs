@@ -198,6 +198,10 @@ const LATE: &[&str] = &[
     "mlflow_trace_cost_total",
     "mlflow_app_active_users",
     "mlflow_app_active_sessions",
+    // What LLM judges cost: from an app's first trace; feedback: from its first feedback of a name.
+    "mlflow_trace_judge_cost_total",
+    "mlflow_trace_feedback_total",
+    "mlflow_trace_feedback_score",
 ];
 
 /// Every `mlflow_…` family a board's queries or a rule reads (recording rules' names, with a `:`,

@@ -289,3 +289,189 @@ async fn traces_count_once_by_experiment_and_state_across_cycles_and_a_restart()
         assert_eq!(s.get("mlflow_app_active_users", &l), n, "{window}");
     }
 }
+
+/// The SDK's part of the feedback test: runs `script` (after a prelude with `mlflow`, the
+/// sources and `fb(trace, name, value, source, cost=None)`) and returns what it prints as
+/// `ID <name> <id>`.
+fn feedback_sdk(server: &MlflowServer, script: &str) -> std::collections::HashMap<String, String> {
+    let prelude = r#"
+import os, json, time, warnings
+warnings.simplefilter("ignore")
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+import mlflow
+from mlflow.entities import AssessmentSource
+
+def fb(trace, name, value, source, cost=None, error=None):
+    meta = {"mlflow.assessment.judgeCost": cost} if cost is not None else None
+    a = mlflow.log_feedback(trace_id=trace, name=name, value=value, error=error,
+                            source=AssessmentSource(source_type=source, source_id="t"), metadata=meta)
+    return a.assessment_id
+
+@mlflow.trace
+def answer(q):
+    return q
+
+mlflow.set_experiment("genai-fb")
+"#;
+    server
+        .python(&format!("{prelude}{script}"))
+        .lines()
+        .filter_map(|l| l.strip_prefix("ID "))
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Feedback (`mlflow.log_feedback`) is counted once each by experiment, name, source and value,
+/// scores in a histogram and LLM judges' cost summed; feedback given after its trace was counted
+/// (outside the overlap, inside `mlflow.feedback_window`) is counted by a later read, and an
+/// override counts as new feedback; a restart counts nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_counts_once_late_feedback_too_and_survives_a_restart() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    // Trace one, then two seconds later trace two: with an overlap of one second, the reads after
+    // the first reach trace one only through the feedback window.
+    let ids = tokio::task::block_in_place(|| {
+        feedback_sdk(
+            &server,
+            r#"
+answer("one"); one = mlflow.get_last_active_trace_id()
+time.sleep(2)
+answer("two"); two = mlflow.get_last_active_trace_id()
+fb(one, "helpful", True, "HUMAN")
+score = fb(one, "score", 0.75, "LLM_JUDGE", cost="0.0012")
+fb(one, "correct", "yes", "LLM_JUDGE", cost="0.002")
+fb(one, "correct", None, "LLM_JUDGE", error=ValueError("judge failed"))
+mlflow.log_expectation(trace_id=one, name="expected", value="one")
+print("ID one", one); print("ID two", two); print("ID score", score)
+"#,
+        )
+    });
+    let store = tempfile::tempdir().unwrap();
+    let env = [
+        ("MLFLOW_TRACKING_URI".to_string(), server.url.clone()),
+        (
+            "MLFLOW_EXPORTER_MLFLOW__TRACES_OVERLAP".to_string(),
+            "1s".to_string(),
+        ),
+        (
+            "MLFLOW_EXPORTER_MLFLOW__FEEDBACK_INTERVAL".to_string(),
+            "0s".to_string(),
+        ),
+    ]
+    .into();
+    let flags = FlagOverrides {
+        storage_path: Some(store.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let t = now_ms();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    pipeline.cycle(t).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    let fam = "mlflow_trace_feedback_total";
+    let f = |s: &Scrape, name: &str, source: &str, value: &str| {
+        s.get(
+            fam,
+            &[
+                ("experiment", "genai-fb"),
+                ("name", name),
+                ("source_type", source),
+                ("value", value),
+            ],
+        )
+    };
+    // Each name and source has all five values, from its first feedback on.
+    assert_eq!(s.family(fam).len(), 3 * 5, "{:?}", s.family(fam));
+    assert_eq!(f(&s, "helpful", "HUMAN", "true"), 1.0);
+    assert_eq!(f(&s, "helpful", "HUMAN", "false"), 0.0);
+    assert_eq!(f(&s, "score", "LLM_JUDGE", "numeric"), 1.0);
+    assert_eq!(f(&s, "correct", "LLM_JUDGE", "true"), 1.0);
+    assert_eq!(f(&s, "correct", "LLM_JUDGE", "error"), 1.0);
+    let score = |s: &Scrape, source: &str, part: &str| {
+        s.get(
+            &format!("mlflow_trace_feedback_score_{part}"),
+            &[
+                ("experiment", "genai-fb"),
+                ("name", "score"),
+                ("source_type", source),
+            ],
+        )
+    };
+    assert_eq!(score(&s, "LLM_JUDGE", "count"), 1.0);
+    assert_eq!(score(&s, "LLM_JUDGE", "sum"), 0.75);
+    let judge = [("experiment", "genai-fb")];
+    assert_eq!(
+        s.get("mlflow_trace_judge_cost_total", &judge),
+        0.0012 + 0.002
+    );
+    assert_eq!(
+        s.family("mlflow_exporter_trace_errors_total")
+            .values()
+            .sum::<f64>(),
+        0.0
+    );
+
+    // Later: a user's thumbs-down on trace one, a code check's score on trace two, and the
+    // judge's score of trace one overridden (the old one no longer valid; the new one counts).
+    tokio::task::block_in_place(|| {
+        feedback_sdk(
+            &server,
+            &format!(
+                r#"
+fb("{one}", "helpful", False, "HUMAN")
+fb("{two}", "score", 4, "CODE")
+mlflow.override_feedback(trace_id="{one}", assessment_id="{score}", value=0.5,
+    source=AssessmentSource(source_type="LLM_JUDGE", source_id="t"))
+"#,
+                one = ids["one"],
+                two = ids["two"],
+                score = ids["score"],
+            ),
+        )
+    });
+    let check = |s: &Scrape| {
+        assert_eq!(f(s, "helpful", "HUMAN", "true"), 1.0);
+        assert_eq!(f(s, "helpful", "HUMAN", "false"), 1.0);
+        assert_eq!(f(s, "score", "LLM_JUDGE", "numeric"), 2.0);
+        assert_eq!(f(s, "score", "CODE", "numeric"), 1.0);
+        assert_eq!(f(s, "correct", "LLM_JUDGE", "true"), 1.0);
+        assert_eq!(score(s, "LLM_JUDGE", "sum"), 0.75 + 0.5);
+        assert_eq!(score(s, "CODE", "sum"), 4.0);
+        // 4 is past the 3 bucket, within 4.
+        let le = |b: &str| {
+            s.get(
+                "mlflow_trace_feedback_score_bucket",
+                &[
+                    ("experiment", "genai-fb"),
+                    ("le", b),
+                    ("name", "score"),
+                    ("source_type", "CODE"),
+                ],
+            )
+        };
+        assert_eq!((le("3"), le("4")), (0.0, 1.0));
+        // The traces themselves once.
+        let ok = [("experiment", "genai-fb"), ("state", "OK")];
+        assert_eq!(s.get("mlflow_traces_total", &ok), 2.0);
+    };
+    pipeline.cycle(t + 10_000).await.unwrap();
+    check(&scrape(&pipeline.publisher));
+    // Read again: nothing more.
+    pipeline.cycle(t + 20_000).await.unwrap();
+    check(&scrape(&pipeline.publisher));
+
+    // After a restart, the window read again counts nothing twice.
+    pipeline.recorder.store().close().await;
+    drop(pipeline);
+    let mut pipeline = Pipeline::open(&settings, t + 30_000).await.unwrap();
+    pipeline.cycle(t + 30_000).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    check(&s);
+    assert_eq!(
+        s.get("mlflow_trace_judge_cost_total", &judge),
+        0.0012 + 0.002
+    );
+}

@@ -257,6 +257,14 @@ pub struct MlflowSettings {
     /// longer is given up (`mlflow_exporter_traces_given_up_total`).
     #[serde(with = "humantime_serde")]
     pub traces_max_in_progress: Duration,
+    /// Feedback comes after its trace (a user's thumbs-up, an LLM judge scoring later): every
+    /// `feedback_interval` a traces read looks back this far for feedback not counted yet, and
+    /// the exporter remembers the traces and feedback of this window. `0s`: no look-back (only
+    /// feedback there when a trace is first read is counted).
+    #[serde(with = "humantime_serde")]
+    pub feedback_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub feedback_interval: Duration,
     /// Reuse a connection to MLflow for the next request. Off by default: MLflow 3's server with
     /// several workers (its default is 4) leaves Nagle's algorithm on, so on a reused connection a
     /// small answer waits about 40 ms for the client's delayed ACK; a new connection is answered at
@@ -337,6 +345,8 @@ impl Default for MlflowSettings {
             read_traces: true,
             traces_overlap: Duration::from_secs(900),
             traces_max_in_progress: Duration::from_secs(3600),
+            feedback_window: Duration::from_secs(3600),
+            feedback_interval: Duration::from_secs(300),
             keep_alive: false,
             workspaces: WorkspaceSelection::default(),
         }
@@ -437,6 +447,8 @@ pub struct MetricsSettings {
     /// `mlflow_trace_latency_budget_seconds`, which `MLflowGenAILatencyHigh` compares with.
     #[serde(with = "humantime_serde")]
     pub trace_latency_budget: Duration,
+    /// Buckets of `mlflow_trace_feedback_score` (numeric feedback: a 0–1 judge score or 1–5 stars).
+    pub feedback_score_buckets: Vec<f64>,
 }
 
 /// A platform feature, used by a run when its one predicate holds, e.g. `{name: git, tag:
@@ -550,6 +562,7 @@ impl Default for MetricsSettings {
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
             ],
             trace_latency_budget: Duration::from_secs(10),
+            feedback_score_buckets: vec![0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 5.0],
         }
     }
 }
@@ -923,6 +936,10 @@ impl Settings {
             (
                 "metrics.trace_duration_buckets",
                 &self.metrics.trace_duration_buckets,
+            ),
+            (
+                "metrics.feedback_score_buckets",
+                &self.metrics.feedback_score_buckets,
             ),
             ("probes.duration_buckets", &self.probes.duration_buckets),
         ] {

@@ -1,10 +1,11 @@
 //! GenAI apps (MLflow 3's traces): traces finished by state and their durations, tokens and the
-//! cost MLflow recorded, by experiment (an app logs its traces to one); and the traces the
-//! exporter could not read whole, or gave up waiting for. All counted once by the tally.
+//! cost MLflow recorded, by experiment (an app logs its traces to one); the feedback on them and
+//! what LLM judges cost; and the traces the exporter could not read whole, or gave up waiting
+//! for. All counted once by the tally.
 
 use super::family::{Family, Spec, TextFamily};
 use super::Derivation;
-use crate::sync::traces::{malformed, TraceState};
+use crate::sync::traces::{malformed, FeedbackValue, TraceState};
 use crate::tally::Tally;
 
 pub const TRACES: Spec = Spec::counter(
@@ -27,9 +28,25 @@ pub const COST: Spec = Spec::counter(
     "What MLflow recorded finished traces cost (mlflow.trace.cost, total_cost; MLflow prices models in US dollars), by experiment",
     &["experiment"],
 );
+const FEEDBACK_LABELS: &[&str] = &["experiment", "name", "source_type"];
+pub const FEEDBACK: Spec = Spec::counter(
+    "mlflow_trace_feedback_total",
+    "Feedback on traces (MLflow assessments, overridden ones left out), by experiment, name, source_type (HUMAN, CODE, LLM_JUDGE, UNSPECIFIED) and value (true and false: a boolean or a judge's yes/no; numeric; text; error: the judge gave none)",
+    &["experiment", "name", "source_type", "value"],
+);
+pub const FEEDBACK_SCORE: Spec = Spec::histogram(
+    "mlflow_trace_feedback_score",
+    "Numeric feedback on traces, by experiment, name and source_type",
+    FEEDBACK_LABELS,
+);
+pub const JUDGE_COST: Spec = Spec::counter(
+    "mlflow_trace_judge_cost_total",
+    "What LLM judges' calls for feedback on traces cost (mlflow.assessment.judgeCost; MLflow prices models in US dollars), by experiment",
+    &["experiment"],
+);
 pub const ERRORS: Spec = Spec::counter(
     "mlflow_exporter_trace_errors_total",
-    "Traces counted with a part that could not be read (malformed metadata, a time or state MLflow does not write), by the part; that part is left out",
+    "Traces and feedback counted with a part that could not be read (malformed metadata, a time or state MLflow does not write, an assessment without an id or name), by the part; that part is left out",
     &["part"],
 );
 pub const GIVEN_UP: Spec = Spec::counter(
@@ -60,6 +77,9 @@ pub const SPECS: &[Spec] = &[
     DURATION,
     TOKENS,
     COST,
+    FEEDBACK,
+    FEEDBACK_SCORE,
+    JUDGE_COST,
     ERRORS,
     GIVEN_UP,
     LATENCY_BUDGET,
@@ -116,6 +136,25 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
     for (key, v) in &tally.trace_cost {
         cost.add(&[&key[0]], *v);
     }
+    let mut feedback = Family::new(&FEEDBACK);
+    let mut scores = Family::new(&FEEDBACK_SCORE);
+    let score_bounds = &d.settings.feedback_score_buckets;
+    let score_zeros = vec![0; score_bounds.len() + 1];
+    for (key, f) in &tally.trace_feedback {
+        let labels = [&*key[0], &*key[1], &*key[2]];
+        for (value, n) in FeedbackValue::LABELS.iter().zip(f.values) {
+            feedback.add(&[labels[0], labels[1], labels[2], value], n as f64);
+        }
+        let counts = match f.scores.counts.is_empty() {
+            true => &score_zeros,
+            false => &f.scores.counts,
+        };
+        scores.add_histogram(&labels, score_bounds, counts, f.scores.sum);
+    }
+    let mut judge = Family::new(&JUDGE_COST);
+    for (key, v) in &tally.judge_cost {
+        judge.add(&[&key[0]], *v);
+    }
     let mut errors = Family::new(&ERRORS);
     for ((_, part), n) in malformed::KEYS.iter().zip(&tally.trace_errors) {
         errors.add(&[part], *n as f64);
@@ -131,6 +170,9 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
         duration.finish(),
         tokens.finish(),
         cost.finish(),
+        feedback.finish(),
+        scores.finish(),
+        judge.finish(),
         errors.finish(),
         given_up.finish(),
         budget.finish(),

@@ -18,6 +18,11 @@ use crate::tally::{names, CostSeries, Key, StoredRun, Tally};
 
 /// The family name the corrections are stored under.
 const CORRECTIONS: &str = "corrections";
+/// The scope under which `tally_trace_cursors` keeps [`TraceLedger::memory_from`] (a workspace's
+/// name is never so).
+///
+/// [`TraceLedger::memory_from`]: crate::tally::traces::TraceLedger::memory_from
+const MEMORY_FROM: &str = "*memory";
 
 /// Rows of one save, made from the tally before it is handed to the writer thread.
 #[derive(Debug, Default)]
@@ -28,6 +33,8 @@ struct Rows {
     labels: Vec<(String, Box<str>)>,
     /// Traces remembered (or forgotten: `None`), and every scope's cursor when one moved.
     traces: Vec<(u128, Option<Seen>)>,
+    /// Feedback remembered with its trace's start (or forgotten: `None`).
+    feedback: Vec<(u128, Option<i64>)>,
     cursors: Option<Vec<(Box<str>, i64)>>,
     /// Apps' users and sessions: (labels, kind, person, last activity or `None`: forgotten).
     app_people: Vec<(String, u8, u64, Option<i64>)>,
@@ -73,13 +80,25 @@ impl EventStore {
                 v.sort_unstable_by_key(|(k, _)| *k);
                 v
             },
+            feedback: {
+                let mut v: Vec<_> = unsaved
+                    .traces
+                    .feedback
+                    .iter()
+                    .map(|(k, s)| (*k, *s))
+                    .collect();
+                v.sort_unstable_by_key(|(k, _)| *k);
+                v
+            },
             cursors: unsaved.traces.cursors.then(|| {
-                tally
-                    .trace_state
+                let ledger = &tally.trace_state;
+                let mut rows: Vec<(Box<str>, i64)> = ledger
                     .cursors
                     .iter()
                     .map(|(k, v)| (k.clone(), *v))
-                    .collect()
+                    .collect();
+                rows.extend(ledger.memory_from.map(|m| (MEMORY_FROM.into(), m)));
+                rows
             }),
             app_people: unsaved
                 .app_people
@@ -92,7 +111,8 @@ impl EventStore {
             + rows.series.len()
             + rows.objects.len()
             + rows.labels.len()
-            + rows.traces.len();
+            + rows.traces.len()
+            + rows.feedback.len();
         let path = self.path.clone();
         let (rows, result) = tokio::task::spawn_blocking(move || {
             let r = write_rows(&path, &rows);
@@ -184,6 +204,16 @@ fn write_rows(path: &Path, rows: &Rows) -> Result<(), StoreError> {
                 None => forget.execute([id.as_slice()])?,
             };
         }
+        let mut given = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tally_traces (trace_id, start_ms, in_progress, kind) VALUES (?, ?, 0, 1)",
+        )?;
+        for (id, start) in &rows.feedback {
+            let id = id.to_be_bytes();
+            match start {
+                Some(s) => given.execute(rusqlite::params![id.as_slice(), s])?,
+                None => forget.execute([id.as_slice()])?,
+            };
+        }
         let mut active = tx.prepare_cached(
             "INSERT OR REPLACE INTO tally_app_people (labels, kind, person, last_ms) VALUES (?, ?, ?, ?)",
         )?;
@@ -270,20 +300,30 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let scope: String = r.get(0)?;
-        tally.trace_state.cursors.insert(scope.into(), r.get(1)?);
+        if scope == MEMORY_FROM {
+            tally.trace_state.memory_from = Some(r.get(1)?);
+        } else {
+            tally.trace_state.cursors.insert(scope.into(), r.get(1)?);
+        }
     }
-    let mut stmt = conn.prepare("SELECT trace_id, start_ms, in_progress FROM tally_traces")?;
+    let mut stmt =
+        conn.prepare("SELECT trace_id, start_ms, in_progress, kind FROM tally_traces")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let id: Vec<u8> = r.get(0)?;
         let id: [u8; 16] = id
             .try_into()
             .map_err(|_| StoreError::Corrupt("a trace id is not 16 bytes".into()))?;
+        let id = u128::from_be_bytes(id);
+        if r.get::<_, i64>(3)? == 1 {
+            tally.trace_state.remember_feedback(id, r.get(1)?);
+            continue;
+        }
         let seen = Seen {
             start_ms: r.get(1)?,
             in_progress: r.get(2)?,
         };
-        tally.trace_state.remember(u128::from_be_bytes(id), seen);
+        tally.trace_state.remember(id, seen);
     }
     let mut stmt = conn.prepare("SELECT labels, kind, person, last_ms FROM tally_app_people")?;
     let mut rows = stmt.query([])?;
@@ -358,6 +398,11 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
         }
         names::TRACE_TOKENS => json!({"n": t.trace_tokens.get(key)?}),
         names::TRACE_COST => json!({"v": t.trace_cost.get(key)?}),
+        names::TRACE_FEEDBACK => {
+            let f = t.trace_feedback.get(key)?;
+            json!({"n": f.values, "c": f.scores.counts, "s": f.scores.sum, "b": t.settings.score_bounds})
+        }
+        names::JUDGE_COST => json!({"v": t.judge_cost.get(key)?}),
         names::TRACE_ERRORS => {
             let part = key.first()?;
             let i = crate::sync::traces::malformed::KEYS
@@ -460,6 +505,23 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         }
         names::TRACE_COST => {
             t.trace_cost.insert(key, v["v"].as_f64()?);
+        }
+        names::TRACE_FEEDBACK => {
+            let values: [u64; 5] = serde_json::from_value(v["n"].clone()).ok()?;
+            let stored: Vec<f64> = serde_json::from_value(v["b"].clone()).ok()?;
+            let counts: Vec<u64> = serde_json::from_value(v["c"].clone()).ok()?;
+            let scores = match counts.is_empty() {
+                true => FloatHistogramAcc::default(),
+                false => FloatHistogramAcc {
+                    counts: rebucket(&stored, &counts, &t.settings.score_bounds)?,
+                    sum: v["s"].as_f64()?,
+                },
+            };
+            t.trace_feedback
+                .insert(key, crate::tally::traces::FeedbackCounts { values, scores });
+        }
+        names::JUDGE_COST => {
+            t.judge_cost.insert(key, v["v"].as_f64()?);
         }
         names::TRACE_ERRORS => {
             // A part this version does not read is left alone.

@@ -110,6 +110,13 @@ pub struct Syncer {
     /// Where each scope's next traces read starts (the tally's cursors, `""` without
     /// workspaces); a scope without one reads every trace there is.
     pub trace_cursors: BTreeMap<Box<str>, i64>,
+    /// Where a read for late feedback starts (the tally's [`TraceLedger::feedback_since`]), and
+    /// how often one is made (`mlflow.feedback_interval`).
+    ///
+    /// [`TraceLedger::feedback_since`]: crate::tally::traces::TraceLedger::feedback_since
+    pub feedback_since: Option<i64>,
+    feedback_every_ms: i64,
+    last_feedback_ms: Option<i64>,
 }
 
 impl Syncer {
@@ -138,6 +145,9 @@ impl Syncer {
             full_uncounted: false,
             read_traces: settings.mlflow.read_traces,
             trace_cursors: BTreeMap::new(),
+            feedback_since: None,
+            feedback_every_ms: settings.mlflow.feedback_interval.as_millis() as i64,
+            last_feedback_ms: None,
         }
     }
 
@@ -291,7 +301,7 @@ impl Syncer {
             }
         }
         next.runs.shrink_to_fit();
-        let traces = self.read_traces(mlflow3, &failed).await;
+        let traces = self.read_traces(mlflow3, &failed, now_ms).await;
         requests += traces.requests;
         next.traces = std::mem::take(&mut self.snapshot.traces);
         next.traces.extend(traces.batches);
@@ -376,7 +386,7 @@ impl Syncer {
         if prompts_due {
             self.last_prompts_ms = Some(now_ms);
         }
-        let traces = self.read_traces(mlflow3, &failed).await;
+        let traces = self.read_traces(mlflow3, &failed, now_ms).await;
         requests += traces.requests;
         self.snapshot.traces.extend(traces.batches);
         self.cursor_ms = Some(now_ms);
@@ -395,10 +405,23 @@ impl Syncer {
     /// Reads the traces that started at or after each scope's cursor, on an MLflow 3 with
     /// `mlflow.read_traces`, but of the workspaces whose part of this cycle `failed`. A scope
     /// whose read fails gives nothing this cycle: its cursor stays, so the next reads it again.
-    async fn read_traces(&self, mlflow3: bool, failed: &[(String, MlflowError)]) -> TracesRead {
+    async fn read_traces(
+        &mut self,
+        mlflow3: bool,
+        failed: &[(String, MlflowError)],
+        now_ms: i64,
+    ) -> TracesRead {
         let mut out = TracesRead::default();
         if !(mlflow3 && self.read_traces) {
             return out;
+        }
+        // Every `mlflow.feedback_interval`, each read looks back over the feedback window too.
+        let look_back = self.feedback_since.filter(|_| {
+            self.last_feedback_ms
+                .is_none_or(|last| now_ms - last >= self.feedback_every_ms)
+        });
+        if look_back.is_some() {
+            self.last_feedback_ms = Some(now_ms);
         }
         let read = |s: &&Scope| {
             let w = s.workspace.as_deref();
@@ -411,7 +434,8 @@ impl Syncer {
             let since = self
                 .trace_cursors
                 .get(scope.workspace.as_deref().unwrap_or(""))
-                .copied();
+                .copied()
+                .map(|c| look_back.map_or(c, |b| b.min(c)));
             let mut batch = traces::TraceBatch {
                 workspace: scope.workspace.clone(),
                 ..Default::default()

@@ -1,11 +1,12 @@
 //! MLflow 3's traces (GenAI apps), read incrementally: each cycle searches the traces that started
 //! at or after the scope's cursor, which the tally keeps (it counts each trace once, by id, and
 //! holds the cursor back for traces still in progress). A trace is kept as a lean record: what
-//! the counters need, never its previews, inputs, outputs or spans.
+//! the counters need, never its previews, inputs, outputs or spans. Its feedback likewise: a
+//! name, who gave it and what it said, never the rationale.
 
 use std::collections::HashMap;
 
-use crate::source::mlflow::model::TraceInfo;
+use crate::source::mlflow::model::{Assessment, TraceInfo};
 
 /// A trace's state, as the counters label it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,14 +42,70 @@ pub mod malformed {
     pub const REQUEST_TIME: u8 = 4;
     pub const EXECUTION_DURATION: u8 = 8;
     pub const STATE: u8 = 16;
+    /// An assessment without an id or a name (or not an object): left out.
+    pub const ASSESSMENT: u8 = 32;
+    /// A feedback's judge cost that is not a finite, non-negative number (counted per feedback).
+    pub const JUDGE_COST: u8 = 64;
     /// The metadata key (or field) each bit names, as `mlflow_exporter_trace_errors_total` labels it.
-    pub const KEYS: [(u8, &str); 5] = [
+    pub const KEYS: [(u8, &str); 7] = [
         (TOKEN_USAGE, "mlflow.trace.tokenUsage"),
         (COST, "mlflow.trace.cost"),
         (REQUEST_TIME, "request_time"),
         (EXECUTION_DURATION, "execution_duration"),
         (STATE, "state"),
+        (ASSESSMENT, "assessments"),
+        (JUDGE_COST, "mlflow.assessment.judgeCost"),
     ];
+}
+
+/// Who gave a feedback (`source.source_type`), as the `source_type` label names it; MLflow's
+/// `AI_JUDGE` of before 3.2 is `LLM_JUDGE`, anything else `UNSPECIFIED`.
+pub const SOURCES: [&str; 4] = ["HUMAN", "CODE", "LLM_JUDGE", "UNSPECIFIED"];
+
+/// What a feedback said.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FeedbackValue {
+    /// `true`, or `yes` as MLflow's judges rate (`false`, `no`).
+    True,
+    False,
+    /// A score, observed in `mlflow_trace_feedback_score`.
+    Number(f64),
+    /// Any other value: a category, a list, an object.
+    Text,
+    /// No value: the judge failed (`feedback.error`).
+    Error,
+}
+
+impl FeedbackValue {
+    /// The `value` label of each, in [`FeedbackValue::index`] order.
+    pub const LABELS: [&'static str; 5] = ["true", "false", "numeric", "text", "error"];
+
+    pub fn index(self) -> usize {
+        match self {
+            FeedbackValue::True => 0,
+            FeedbackValue::False => 1,
+            FeedbackValue::Number(_) => 2,
+            FeedbackValue::Text => 3,
+            FeedbackValue::Error => 4,
+        }
+    }
+}
+
+/// What the counters need of one feedback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackRecord {
+    /// The 128 bits of an `a-<32 hex>` id; any other id hashed to as many.
+    pub id: u128,
+    /// When its trace started: the feedback is remembered as long as its trace can be read again.
+    pub trace_start_ms: i64,
+    pub name: Box<str>,
+    /// Index in [`SOURCES`].
+    pub source: u8,
+    pub value: FeedbackValue,
+    /// What the LLM judge's call cost (`mlflow.assessment.judgeCost`), NaN when not recorded.
+    pub judge_cost: f64,
+    /// The judge cost was there and could not be read.
+    pub judge_cost_malformed: bool,
 }
 
 /// What the counters need of one trace (80 bytes), held only from a read to its count.
@@ -82,6 +139,8 @@ pub struct TraceBatch {
     /// The workspace the read was of (none without workspaces).
     pub workspace: Option<String>,
     pub by_experiment: HashMap<String, Vec<TraceRecord>>,
+    /// The valid feedback on those traces, by experiment.
+    pub feedback: HashMap<String, Vec<FeedbackRecord>>,
     /// The latest start among the traces read, if any.
     pub latest_ms: Option<i64>,
 }
@@ -89,13 +148,18 @@ pub struct TraceBatch {
 impl TraceBatch {
     /// Adds one page of traces.
     pub fn add(&mut self, page: Vec<TraceInfo>) {
+        let mut feedback: Vec<(usize, Vec<FeedbackRecord>)> = Vec::new();
         let records: Vec<(String, TraceRecord)> = page
             .into_iter()
-            .map(|t| {
-                (
-                    t.trace_location.mlflow_experiment.experiment_id.clone(),
-                    record(&t),
-                )
+            .enumerate()
+            .map(|(i, t)| {
+                let mut r = record(&t);
+                if !t.assessments.is_empty() {
+                    let (given, bad) = feedback_of(&t.assessments);
+                    r.malformed |= bad;
+                    feedback.push((i, given));
+                }
+                (t.trace_location.mlflow_experiment.experiment_id, r)
             })
             .collect();
         // A trace whose start cannot be read takes the page's latest readable one.
@@ -104,11 +168,23 @@ impl TraceBatch {
             .filter(|(_, r)| r.malformed & malformed::REQUEST_TIME == 0)
             .map(|(_, r)| r.start_ms)
             .max();
-        for (experiment, mut r) in records {
+        let mut feedback = feedback.into_iter().peekable();
+        for (i, (experiment, mut r)) in records.into_iter().enumerate() {
             if r.malformed & malformed::REQUEST_TIME != 0 {
                 r.start_ms = page_latest.or(self.latest_ms).unwrap_or(0);
             }
             self.latest_ms = Some(self.latest_ms.map_or(r.start_ms, |t| t.max(r.start_ms)));
+            if let Some((_, mut given)) = feedback.next_if(|(at, _)| *at == i) {
+                if !given.is_empty() {
+                    for f in &mut given {
+                        f.trace_start_ms = r.start_ms;
+                    }
+                    self.feedback
+                        .entry(experiment.clone())
+                        .or_default()
+                        .extend(given);
+                }
+            }
             self.by_experiment.entry(experiment).or_default().push(r);
         }
     }
@@ -174,6 +250,67 @@ pub fn record(t: &TraceInfo) -> TraceRecord {
     }
 }
 
+/// The valid feedback among a trace's assessments (expectations and overridden feedback left
+/// out), and the [`malformed`] bits of those that cannot be read.
+pub fn feedback_of(assessments: &[Assessment]) -> (Vec<FeedbackRecord>, u8) {
+    let mut bad = 0;
+    let mut out = Vec::new();
+    for a in assessments {
+        if a.assessment_id.is_empty() || a.assessment_name.is_empty() {
+            bad |= malformed::ASSESSMENT;
+            continue;
+        }
+        let Some(f) = &a.feedback else { continue };
+        let overridden = matches!(&a.valid, Some(serde_json::Value::Bool(false)))
+            || matches!(&a.valid, Some(serde_json::Value::String(v)) if v == "false");
+        if overridden {
+            continue;
+        }
+        let source = match a.source.source_type.as_str() {
+            "HUMAN" => 0,
+            "CODE" => 1,
+            "LLM_JUDGE" | "AI_JUDGE" => 2,
+            _ => 3,
+        };
+        let (judge_cost, judge_cost_malformed) = match a.metadata.judge_cost.as_deref() {
+            None => (f64::NAN, false),
+            Some(text) => match text.trim().parse::<f64>() {
+                Ok(v) if (0.0..1e12).contains(&v) => (v, false),
+                _ => (f64::NAN, true),
+            },
+        };
+        out.push(FeedbackRecord {
+            id: prefixed_id("a-", &a.assessment_id),
+            trace_start_ms: 0,
+            name: a.assessment_name.as_str().into(),
+            source,
+            value: feedback_value(f),
+            judge_cost,
+            judge_cost_malformed,
+        });
+    }
+    (out, bad)
+}
+
+fn feedback_value(f: &crate::source::mlflow::model::Feedback) -> FeedbackValue {
+    use serde_json::Value;
+    match &f.value {
+        Value::Null if f.error.as_ref().is_some_and(|e| !e.is_null()) => FeedbackValue::Error,
+        Value::Bool(true) => FeedbackValue::True,
+        Value::Bool(false) => FeedbackValue::False,
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .map_or(FeedbackValue::Text, FeedbackValue::Number),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "yes" | "true" => FeedbackValue::True,
+            "no" | "false" => FeedbackValue::False,
+            _ => FeedbackValue::Text,
+        },
+        _ => FeedbackValue::Text,
+    }
+}
+
 /// An app's user or session as 64 bits of its name's SHA-256: stable across restarts (the store
 /// keeps when each was last active), never the name itself; 0 for none.
 pub fn person(name: Option<&str>) -> u64 {
@@ -188,7 +325,12 @@ pub fn person(name: Option<&str>) -> u64 {
 
 /// `tr-<32 hex>` as its 128 bits; another id (MLflow 2's request ids, a client's own) hashed.
 pub fn trace_id(id: &str) -> u128 {
-    if let Some(hex) = id.strip_prefix("tr-").filter(|h| h.len() == 32) {
+    prefixed_id("tr-", id)
+}
+
+/// `<prefix><32 hex>` as its 128 bits; another id hashed to as many.
+fn prefixed_id(prefix: &str, id: &str) -> u128 {
+    if let Some(hex) = id.strip_prefix(prefix).filter(|h| h.len() == 32) {
         if let Ok(n) = u128::from_str_radix(hex, 16) {
             return n;
         }
@@ -424,7 +566,79 @@ mod tests {
 
 #[cfg(test)]
 mod page_tests {
+    use super::{malformed, FeedbackValue, TraceBatch};
     use crate::source::mlflow::model::SearchTracesResponse;
+
+    /// Assessments as MLflow 3.17.2 returned them in `traces/search` (logged with
+    /// `mlflow.log_feedback` and `log_expectation`), with a judge's yes, an overridden feedback
+    /// and two that cannot be read added: the expectation and the overridden one are left out.
+    #[test]
+    fn feedback_is_read_from_the_traces_assessments() {
+        let page = r#"{"traces": [{"trace_id": "tr-df802ab41d4f6a3860662b78ce249463",
+          "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": "1"}},
+          "request_time": "2026-12-04T01:07:03.117Z", "execution_duration": "0.098s", "state": "OK",
+          "assessments": [
+            {"assessment_id": "a-b94e1df415404dcaacf52300c1bc96a8", "assessment_name": "helpful",
+             "source": {"source_type": "HUMAN", "source_id": "ann"}, "feedback": {"value": true}, "valid": true},
+            {"assessment_id": "a-9ca0fabc8f1a453d854425654262873a", "assessment_name": "score",
+             "source": {"source_type": "LLM_JUDGE", "source_id": "gpt-4o"}, "feedback": {"value": 0.75},
+             "metadata": {"mlflow.assessment.judgeCost": "0.0012"}, "valid": true},
+            {"assessment_id": "a-274b6f9a1e98414ab41e835c8e562776", "assessment_name": "tone",
+             "source": {"source_type": "CODE", "source_id": "rule"}, "feedback": {"value": "polite"}, "valid": true},
+            {"assessment_id": "a-653be5cd504d4802bcdcf2fbda26b60a", "assessment_name": "expected",
+             "source": {"source_type": "HUMAN", "source_id": "default"}, "expectation": {"value": "x"}, "valid": true},
+            {"assessment_id": "a-70335e61343a4ccb8e0e890dfa58c6ed", "assessment_name": "bad",
+             "source": {"source_type": "LLM_JUDGE", "source_id": "gpt-4o"},
+             "feedback": {"value": null, "error": {"error_code": "ValueError", "error_message": "judge failed"}}, "valid": true},
+            {"assessment_id": "a-00000000000000000000000000000001", "assessment_name": "correct",
+             "source": {"source_type": "AI_JUDGE"}, "feedback": {"value": "Yes"},
+             "metadata": {"mlflow.assessment.judgeCost": "abc"}},
+            {"assessment_id": "a-00000000000000000000000000000002", "assessment_name": "helpful",
+             "source": {"source_type": "HUMAN"}, "feedback": {"value": false}, "valid": false},
+            {"assessment_name": "no id", "feedback": {"value": true}},
+            "not an object"
+          ]}], "next_page_token": null}"#;
+        let p: SearchTracesResponse = serde_json::from_str(page).unwrap();
+        let mut batch = TraceBatch::default();
+        batch.add(p.traces);
+        let trace = &batch.by_experiment["1"][0];
+        assert_eq!(trace.malformed, malformed::ASSESSMENT);
+        let got: Vec<(&str, u8, FeedbackValue, String, bool)> = batch.feedback["1"]
+            .iter()
+            .map(|f| {
+                assert_eq!(f.trace_start_ms, trace.start_ms);
+                (
+                    &*f.name,
+                    f.source,
+                    f.value,
+                    format!("{:?}", f.judge_cost),
+                    f.judge_cost_malformed,
+                )
+            })
+            .collect();
+        let nan = format!("{:?}", f64::NAN);
+        assert_eq!(
+            got,
+            [
+                ("helpful", 0, FeedbackValue::True, nan.clone(), false),
+                (
+                    "score",
+                    2,
+                    FeedbackValue::Number(0.75),
+                    "0.0012".into(),
+                    false
+                ),
+                ("tone", 1, FeedbackValue::Text, nan.clone(), false),
+                ("bad", 2, FeedbackValue::Error, nan.clone(), false),
+                ("correct", 2, FeedbackValue::True, nan, true),
+            ]
+        );
+        assert_eq!(
+            batch.feedback["1"][0].id,
+            0xb94e1df415404dcaacf52300c1bc96a8
+        );
+        assert_eq!(malformed::KEYS[6].0, malformed::JUDGE_COST);
+    }
 
     /// A page where one trace's fields have the wrong JSON types still decodes: that trace is
     /// read as malformed (an object for the token usage is read as the usage), the others whole.

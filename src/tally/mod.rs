@@ -70,7 +70,10 @@ pub mod names {
     /// Traces counted with a part unreadable (by the part), and traces given up in progress.
     pub const TRACE_ERRORS: &str = "mlflow_exporter_trace_errors_total";
     pub const TRACES_GIVEN_UP: &str = "mlflow_exporter_traces_given_up_total";
-    pub const ALL: [&str; 20] = [
+    /// Feedback on traces (by value, with a histogram of the scores), and LLM judges' spend.
+    pub const TRACE_FEEDBACK: &str = "mlflow_trace_feedback_total";
+    pub const JUDGE_COST: &str = "mlflow_trace_judge_cost_total";
+    pub const ALL: [&str; 22] = [
         RUNS_ENDED,
         RUN_DURATION,
         RUNS_STARTED,
@@ -91,6 +94,8 @@ pub mod names {
         TRACE_DURATION,
         TRACE_TOKENS,
         TRACE_COST,
+        TRACE_FEEDBACK,
+        JUDGE_COST,
     ];
 }
 
@@ -113,6 +118,8 @@ pub struct TallySettings {
     pub trace_bounds: Vec<f64>,
     pub trace_bounds_ms: Vec<u64>,
     pub trace_window: traces::Window,
+    /// `metrics.feedback_score_buckets`, for numeric feedback.
+    pub score_bounds: Vec<f64>,
     /// The longest of `metrics.user_windows`: an app's user or session last active before it is
     /// forgotten.
     pub max_window_ms: i64,
@@ -139,7 +146,9 @@ impl TallySettings {
             trace_window: traces::Window {
                 overlap_ms: s.mlflow.traces_overlap.as_millis() as i64,
                 max_in_progress_ms: s.mlflow.traces_max_in_progress.as_millis() as i64,
+                feedback_ms: s.mlflow.feedback_window.as_millis() as i64,
             },
+            score_bounds: m.feedback_score_buckets.clone(),
             max_window_ms: m
                 .user_windows
                 .iter()
@@ -320,6 +329,10 @@ pub struct Tally {
     /// `[experiment]`: input and output tokens of the traces, and what MLflow recorded they cost.
     pub trace_tokens: Series<[u64; 2]>,
     pub trace_cost: Series<f64>,
+    /// `[experiment, name, source_type]`: feedback on the traces, by value, and its scores.
+    pub trace_feedback: Series<traces::FeedbackCounts>,
+    /// `[experiment]`: what LLM judges' calls for that feedback cost.
+    pub judge_cost: Series<f64>,
     /// Per [`crate::sync::traces::malformed::KEYS`]: traces counted with that part unreadable.
     pub trace_errors: [u64; crate::sync::traces::malformed::KEYS.len()],
     pub traces_given_up: u64,
@@ -383,6 +396,8 @@ impl Tally {
             trace_durations: Series::new(),
             trace_tokens: Series::new(),
             trace_cost: Series::new(),
+            trace_feedback: Series::new(),
+            judge_cost: Series::new(),
             trace_errors: Default::default(),
             traces_given_up: 0,
             trace_state: traces::TraceLedger::default(),
@@ -456,6 +471,8 @@ impl Tally {
             + self.trace_durations.len() * 2 * histogram_lines(&s.trace_bounds)
             + self.trace_tokens.len() * 2
             + self.trace_cost.len()
+            + self.trace_feedback.len() * feedback_lines(&s.score_bounds)
+            + self.judge_cost.len()
             // The apps' active users and sessions: every app with traces, at each window.
             + self.traces.len() * 2 * s.windows
             + self.trace_errors.len()
@@ -501,7 +518,10 @@ impl Tally {
             deltas.traces = self.trace_state.count(
                 batches,
                 |id| strings.intern(id),
-                &self.settings.trace_bounds_ms,
+                traces::Bounds {
+                    duration_ms: &self.settings.trace_bounds_ms,
+                    score: &self.settings.score_bounds,
+                },
                 self.settings.trace_window,
                 now_ms,
                 &mut self.unsaved.traces,
@@ -760,8 +780,25 @@ impl Tally {
         let mut trace_durations: Named<[HistogramAcc; 2]> = BTreeMap::new();
         let mut trace_tokens: Named<[u64; 2]> = BTreeMap::new();
         let mut trace_cost: Named<f64> = BTreeMap::new();
+        let mut feedback: Named<traces::FeedbackCounts> = BTreeMap::new();
+        let mut judge_cost: Named<f64> = BTreeMap::new();
         for (e, t) in d.traces.by_experiment {
             let k = key(&[exp(e)]);
+            let mut given: Vec<_> = t.feedback.into_iter().collect();
+            // In name order, so that which fold into the budget's room does not depend on a hash.
+            given.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut n_feedback = 0;
+            for ((name, source), counts) in given {
+                let n = counts.values.iter().sum::<u64>();
+                n_feedback += n;
+                let source = crate::sync::traces::SOURCES[usize::from(source)];
+                let slot = feedback.entry(key(&[exp(e), &name, source])).or_default();
+                slot.0 += n;
+                add_feedback(&mut slot.1, &counts);
+            }
+            let slot = judge_cost.entry(k.clone()).or_default();
+            slot.0 += n_feedback;
+            slot.1 += t.judge_cost;
             let people = self.app_people.entry(k.clone()).or_default();
             for (kind, seen) in t.people.iter().enumerate() {
                 for (who, at) in seen {
@@ -800,6 +837,7 @@ impl Tally {
             ENDED => 3,
             TRACES | TRACE_TOKENS => 2,
             TRACE_DURATIONS => 2 * trace_h,
+            FEEDBACK => feedback_lines(&st.score_bounds),
             _ => 1,
         };
         let mut wanted: Vec<(usize, u64, &Key)> = Vec::new();
@@ -818,6 +856,8 @@ impl Tally {
         wanted.extend(new_keys(&traces, &self.traces, TRACES));
         wanted.extend(new_keys(&trace_tokens, &self.trace_tokens, TRACE_TOKENS));
         wanted.extend(new_keys(&trace_cost, &self.trace_cost, TRACE_COST));
+        wanted.extend(new_keys(&judge_cost, &self.judge_cost, JUDGE_COST));
+        wanted.extend(new_keys(&feedback, &self.trace_feedback, FEEDBACK));
         wanted.extend(new_keys(
             &trace_durations,
             &self.trace_durations,
@@ -851,6 +891,8 @@ impl Tally {
             (TRACE_TOKENS, other_missing(&self.trace_tokens, 1)),
             (TRACE_COST, other_missing(&self.trace_cost, 1)),
             (TRACE_DURATIONS, other_missing(&self.trace_durations, 1)),
+            (JUDGE_COST, other_missing(&self.judge_cost, 1)),
+            (FEEDBACK, other_missing(&self.trace_feedback, 3)),
             (DURATIONS, other_missing(&self.durations, 1 + st.extra)),
             (UTIL, other_missing(&self.gpu_util, 2)),
             (COST, other_missing(&self.cost, 3)),
@@ -947,6 +989,22 @@ impl Tally {
             1,
             names::TRACE_COST,
             |a, b| *a += b,
+        );
+        budget.merge(
+            &mut self.judge_cost,
+            judge_cost,
+            &admitted[JUDGE_COST],
+            1,
+            names::JUDGE_COST,
+            |a, b| *a += b,
+        );
+        budget.merge(
+            &mut self.trace_feedback,
+            feedback,
+            &admitted[FEEDBACK],
+            cost_of(FEEDBACK),
+            names::TRACE_FEEDBACK,
+            add_feedback,
         );
         budget.merge(
             &mut self.trace_durations,
@@ -1335,6 +1393,20 @@ fn add_pair(a: &mut [u64; 2], b: &[u64; 2]) {
     a[1] += b[1];
 }
 
+fn add_feedback(a: &mut traces::FeedbackCounts, b: &traces::FeedbackCounts) {
+    for (x, y) in a.values.iter_mut().zip(&b.values) {
+        *x += y;
+    }
+    if !b.scores.counts.is_empty() {
+        a.scores.merge(&b.scores);
+    }
+}
+
+/// Samples one feedback series writes: a count per value, and the scores' histogram.
+pub fn feedback_lines(score_bounds: &[f64]) -> usize {
+    crate::sync::traces::FeedbackValue::LABELS.len() + histogram_lines(score_bounds)
+}
+
 fn add_counts(a: &mut [u64; 3], b: &[u64; 3]) {
     for i in 0..3 {
         a[i] += b[i];
@@ -1365,7 +1437,9 @@ const TRACES: usize = 11;
 const TRACE_TOKENS: usize = 12;
 const TRACE_COST: usize = 13;
 const TRACE_DURATIONS: usize = 14;
-const FAMILIES: usize = 15;
+const JUDGE_COST: usize = 15;
+const FEEDBACK: usize = 16;
+const FAMILIES: usize = 17;
 /// Which new series get room first when the budget is short: counts before the histograms of the
 /// same keys, the cost families (experiment × team × instance type, the most combinations) last.
 const PRIORITY: [usize; FAMILIES] = [
@@ -1381,6 +1455,8 @@ const PRIORITY: [usize; FAMILIES] = [
     TRACE_TOKENS,
     TRACE_COST,
     TRACE_DURATIONS,
+    JUDGE_COST,
+    FEEDBACK,
     DURATIONS,
     UTIL,
     COST,

@@ -3,15 +3,17 @@
 //! the start of a trace still in progress for up to `mlflow.traces_max_in_progress`. The traces
 //! read at or after the lowest cursor are remembered (24 bytes each, 28 to 50 with the map's
 //! room), so the overlap re-read counts none twice, across restarts too (the store keeps them
-//! with the counts).
+//! with the counts). Feedback comes after its trace: every `mlflow.feedback_interval` a read
+//! looks back over `mlflow.feedback_window`, so the traces and feedback of that window are
+//! remembered too, and each feedback is counted once, by its id.
 
 use std::collections::BTreeMap;
 
 use hashbrown::HashMap;
 
-use crate::metrics::family::HistogramAcc;
+use crate::metrics::family::{FloatHistogramAcc, HistogramAcc};
 use crate::sync::snapshot::Sym;
-use crate::sync::traces::{malformed, TraceBatch, TraceState};
+use crate::sync::traces::{malformed, FeedbackValue, TraceBatch, TraceState};
 
 /// A trace remembered: when it started, and whether it was still in progress (not counted yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,14 @@ pub struct TraceLedger {
     /// 24 bytes: a `u128` key would align it to 32), the start shifted left once with the
     /// in-progress bit below it.
     seen: HashMap<[u64; 2], i64>,
+    /// The feedback counted whose trace started at or after the lowest cursor or the feedback
+    /// window: by id, its trace's start.
+    feedback: HashMap<[u64; 2], i64>,
+    /// Every trace and feedback that started at or after this is remembered: a read that looks
+    /// back further would count again what was forgotten. `None` until the first count.
+    pub memory_from: Option<i64>,
+    /// The window's start at the last count (`i64::MAX` without a window).
+    hold: Option<i64>,
 }
 
 fn key(id: u128) -> [u64; 2] {
@@ -49,6 +59,9 @@ fn unpack(v: i64) -> Seen {
         in_progress: v & 1 == 1,
     }
 }
+
+/// The index of the judge cost's part in [`malformed::KEYS`].
+const JUDGE_COST_PART: usize = 6;
 
 /// What one count adds, by experiment (as the snapshot names its id).
 #[derive(Debug, Default)]
@@ -71,6 +84,18 @@ pub struct ExperimentTraces {
     /// The app's users and sessions (as [`crate::sync::traces::person`]) the traces were for,
     /// with the latest start of each.
     pub people: [HashMap<u64, i64>; 2],
+    /// Feedback counted, by name and source (an index of [`crate::sync::traces::SOURCES`]).
+    pub feedback: HashMap<(Box<str>, u8), FeedbackCounts>,
+    /// What LLM judges' calls for that feedback cost.
+    pub judge_cost: f64,
+}
+
+/// Feedback of one name from one source: how many said each [`FeedbackValue::LABELS`], and the
+/// numeric scores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FeedbackCounts {
+    pub values: [u64; 5],
+    pub scores: FloatHistogramAcc,
 }
 
 /// What changed of the state since the store last saved it.
@@ -78,18 +103,24 @@ pub struct ExperimentTraces {
 pub struct UnsavedTraces {
     /// Remembered (or changed) traces, and forgotten ones (`None`).
     pub seen: HashMap<u128, Option<Seen>>,
+    /// Feedback remembered (with its trace's start), and forgotten.
+    pub feedback: HashMap<u128, Option<i64>>,
+    /// The cursors or [`TraceLedger::memory_from`] changed.
     pub cursors: bool,
 }
 
 impl UnsavedTraces {
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty() && !self.cursors
+        self.seen.is_empty() && self.feedback.is_empty() && !self.cursors
     }
 
     /// Takes back what a failed save did not write; what changed since wins.
     pub fn merge_back(&mut self, older: UnsavedTraces) {
         for (id, s) in older.seen {
             self.seen.entry(id).or_insert(s);
+        }
+        for (id, s) in older.feedback {
+            self.feedback.entry(id).or_insert(s);
         }
         self.cursors |= older.cursors;
     }
@@ -100,6 +131,15 @@ impl UnsavedTraces {
 pub struct Window {
     pub overlap_ms: i64,
     pub max_in_progress_ms: i64,
+    /// `mlflow.feedback_window`: how far back the reads for late feedback look (0: they don't).
+    pub feedback_ms: i64,
+}
+
+/// The buckets traces and feedback are observed in.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds<'a> {
+    pub duration_ms: &'a [u64],
+    pub score: &'a [f64],
 }
 
 impl TraceLedger {
@@ -129,6 +169,23 @@ impl TraceLedger {
         self.seen.keys().map(id)
     }
 
+    /// Remembers a feedback counted (read back from the store), by its trace's start.
+    pub fn remember_feedback(&mut self, feedback: u128, trace_start_ms: i64) {
+        self.feedback.insert(key(feedback), trace_start_ms);
+    }
+
+    /// The feedback remembered.
+    pub fn feedback_remembered(&self) -> usize {
+        self.feedback.len()
+    }
+
+    /// Where a read for late feedback at `now_ms` starts: the feedback window back, but not
+    /// before what is remembered; `None` when there is no window (or nothing counted yet).
+    pub fn feedback_since(&self, w: Window, now_ms: i64) -> Option<i64> {
+        (w.feedback_ms > 0).then_some(())?;
+        Some((now_ms - w.feedback_ms).max(self.memory_from?))
+    }
+
     /// Counts the traces of `batches` not counted yet: a finished trace once, a trace in progress
     /// when it ends. `experiment` names an experiment id as the snapshot does. Moves each scope's
     /// cursor and forgets what no later read can return.
@@ -136,13 +193,22 @@ impl TraceLedger {
         &mut self,
         batches: Vec<TraceBatch>,
         mut experiment: impl FnMut(&str) -> Sym,
-        bounds_ms: &[u64],
+        b: Bounds,
         w: Window,
         now_ms: i64,
         unsaved: &mut UnsavedTraces,
     ) -> TraceDeltas {
         let mut d = TraceDeltas::default();
         let waits = |start_ms: i64| now_ms.saturating_sub(start_ms) <= w.max_in_progress_ms;
+        // What a read for late feedback may return again: remembered too.
+        let hold = match w.feedback_ms {
+            0 => i64::MAX,
+            ms => now_ms - ms,
+        };
+        self.hold = Some(hold);
+        let remembered_before = self
+            .memory_from
+            .or_else(|| self.cursors.values().min().copied());
         for batch in batches {
             // No later read of this scope starts before the look-back from its latest trace, or
             // the start of a trace in progress it waits for: what started before is counted and
@@ -159,7 +225,32 @@ impl TraceLedger {
                     waiting.map_or(latest - w.overlap_ms, |h| h.min(latest - w.overlap_ms))
                 }
                 None => i64::MIN,
-            };
+            }
+            .min(hold);
+            for (exp, given) in batch.feedback {
+                let slot = d.by_experiment.entry(experiment(&exp)).or_default();
+                for f in given {
+                    let k = key(f.id);
+                    if self.feedback.contains_key(&k) {
+                        continue;
+                    }
+                    let counts = slot.feedback.entry((f.name, f.source)).or_default();
+                    counts.values[f.value.index()] += 1;
+                    if let FeedbackValue::Number(v) = f.value {
+                        counts.scores.observe(b.score, v);
+                    }
+                    if f.judge_cost.is_finite() {
+                        slot.judge_cost += f.judge_cost;
+                    }
+                    if f.judge_cost_malformed {
+                        d.malformed[JUDGE_COST_PART] += 1;
+                    }
+                    if f.trace_start_ms >= floor {
+                        self.feedback.insert(k, f.trace_start_ms);
+                        unsaved.feedback.insert(f.id, Some(f.trace_start_ms));
+                    }
+                }
+            }
             for (exp, records) in batch.by_experiment {
                 let sym = experiment(&exp);
                 // Every experiment with traces has its series, at 0 from the start.
@@ -184,7 +275,7 @@ impl TraceLedger {
                     }
                     let i = r.state.index();
                     slot.count[i] += 1;
-                    slot.durations[i].observe_ms(bounds_ms, r.duration_ms);
+                    slot.durations[i].observe_ms(b.duration_ms, r.duration_ms);
                     slot.tokens[0] += r.input_tokens;
                     slot.tokens[1] += r.output_tokens;
                     if r.cost.is_finite() {
@@ -226,6 +317,16 @@ impl TraceLedger {
                 unsaved.cursors = true;
             }
         }
+        // Remembered from the lowest cursor or the window on, but what an older count forgot
+        // stays forgotten.
+        if let Some(lowest) = self.cursors.values().min().copied() {
+            let from = lowest.min(hold);
+            let from = remembered_before.map_or(from, |b| b.max(from));
+            if self.memory_from != Some(from) {
+                self.memory_from = Some(from);
+                unsaved.cursors = true;
+            }
+        }
         self.forget(unsaved);
         d
     }
@@ -238,6 +339,10 @@ impl TraceLedger {
         self.cursors.retain(|k, _| scopes.contains(&&**k));
         if self.cursors.len() != before {
             unsaved.cursors = true;
+            if let (Some(m), Some(lowest)) = (self.memory_from, self.cursors.values().min()) {
+                let hold = self.hold.unwrap_or(i64::MAX);
+                self.memory_from = Some(m.max((*lowest).min(hold)));
+            }
             self.forget(unsaved);
         }
     }
@@ -270,6 +375,7 @@ impl TraceLedger {
         let Some(lowest) = self.cursors.values().min().copied() else {
             return;
         };
+        let lowest = self.memory_from.map_or(lowest, |m| m.min(lowest));
         self.seen.retain(|k, v| {
             let keep = unpack(*v).start_ms >= lowest;
             if !keep {
@@ -277,8 +383,18 @@ impl TraceLedger {
             }
             keep
         });
+        self.feedback.retain(|k, start| {
+            let keep = *start >= lowest;
+            if !keep {
+                unsaved.feedback.insert(id(k), None);
+            }
+            keep
+        });
         if self.seen.capacity() > 4 * self.seen.len().max(256) {
             self.seen.shrink_to_fit();
+        }
+        if self.feedback.capacity() > 4 * self.feedback.len().max(256) {
+            self.feedback.shrink_to_fit();
         }
     }
 }
@@ -286,11 +402,16 @@ impl TraceLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::traces::TraceRecord;
+    use crate::sync::traces::{FeedbackRecord, TraceRecord};
 
     const W: Window = Window {
         overlap_ms: 1_000,
         max_in_progress_ms: 10_000,
+        feedback_ms: 0,
+    };
+    const B: Bounds = Bounds {
+        duration_ms: &[10],
+        score: &[0.5, 1.0],
     };
 
     fn trace(id: u128, start_ms: i64, state: TraceState) -> TraceRecord {
@@ -324,7 +445,130 @@ mod tests {
 
     fn count(s: &mut TraceLedger, records: Vec<TraceRecord>, now: i64) -> TraceDeltas {
         let mut unsaved = UnsavedTraces::default();
-        s.count(vec![batch(records)], |_| exp(), &[10], W, now, &mut unsaved)
+        s.count(vec![batch(records)], |_| exp(), B, W, now, &mut unsaved)
+    }
+
+    fn feedback(id: u128, trace_start_ms: i64, value: FeedbackValue) -> FeedbackRecord {
+        FeedbackRecord {
+            id,
+            trace_start_ms,
+            name: "helpful".into(),
+            source: 0,
+            value,
+            judge_cost: 0.25,
+            judge_cost_malformed: false,
+        }
+    }
+
+    /// Traces with their feedback so far, read at `now` with a feedback window of 5 000 ms.
+    fn count_with_feedback(
+        s: &mut TraceLedger,
+        records: Vec<TraceRecord>,
+        given: Vec<FeedbackRecord>,
+        now: i64,
+    ) -> (TraceDeltas, UnsavedTraces) {
+        let mut unsaved = UnsavedTraces::default();
+        let mut b = batch(records);
+        b.feedback.insert("1".into(), given);
+        let w = Window {
+            feedback_ms: 5_000,
+            ..W
+        };
+        let d = s.count(vec![b], |_| exp(), B, w, now, &mut unsaved);
+        (d, unsaved)
+    }
+
+    /// Feedback logged after its trace was counted is counted when a later read (looking back
+    /// over the feedback window) finds it; each feedback once, the trace not again.
+    #[test]
+    fn late_feedback_counts_once_and_its_trace_not_again() {
+        let mut s = TraceLedger::default();
+        let ok = TraceState::Ok;
+        let (d, _) = count_with_feedback(
+            &mut s,
+            vec![trace(1, 6_000, ok), trace(2, 9_000, ok)],
+            vec![feedback(100, 6_000, FeedbackValue::True)],
+            10_000,
+        );
+        let e = &d.by_experiment[&exp()];
+        assert_eq!(e.count, [2, 0]);
+        assert_eq!(e.feedback[&("helpful".into(), 0)].values, [1, 0, 0, 0, 0]);
+        assert_eq!(e.judge_cost, 0.25);
+        // Trace 1 is before the overlap (9 000 - 1 000) but inside the window (10 000 - 5 000):
+        // remembered, as is what was said of it, and reads may look back to 5 000.
+        assert_eq!(s.since(None), Some(8_000));
+        assert_eq!(s.memory_from, Some(5_000));
+        assert_eq!(
+            s.feedback_since(
+                Window {
+                    feedback_ms: 5_000,
+                    ..W
+                },
+                10_000
+            ),
+            Some(5_000)
+        );
+        assert_eq!(s.feedback_since(W, 10_000), None);
+        // Read again from the window: the first feedback again, two new ones on trace 1 (a
+        // score of 0.75 and a judge's error).
+        let (d, unsaved) = count_with_feedback(
+            &mut s,
+            vec![trace(1, 6_000, ok), trace(2, 9_000, ok)],
+            vec![
+                feedback(100, 6_000, FeedbackValue::True),
+                feedback(101, 6_000, FeedbackValue::Number(0.75)),
+                feedback(102, 6_000, FeedbackValue::Error),
+            ],
+            10_500,
+        );
+        let e = &d.by_experiment[&exp()];
+        assert_eq!(e.count, [0, 0]);
+        let f = &e.feedback[&("helpful".into(), 0)];
+        assert_eq!(f.values, [0, 0, 1, 0, 1]);
+        assert_eq!(
+            (f.scores.counts.as_slice(), f.scores.sum),
+            (&[0, 1, 0][..], 0.75)
+        );
+        assert_eq!(e.judge_cost, 0.5);
+        assert_eq!(unsaved.feedback[&101], Some(6_000));
+        assert_eq!(s.feedback_remembered(), 3);
+        // Once trace 1 is out of the window and the overlap, it and its feedback are forgotten.
+        let (d, unsaved) = count_with_feedback(&mut s, vec![trace(3, 20_000, ok)], vec![], 21_000);
+        assert_eq!(d.by_experiment[&exp()].count, [1, 0]);
+        assert_eq!(s.memory_from, Some(16_000));
+        assert_eq!(s.feedback_remembered(), 0);
+        assert_eq!(unsaved.feedback[&100], None);
+        assert_eq!(s.ids().collect::<Vec<_>>(), [3]);
+    }
+
+    /// A ledger saved before feedback was read remembers only from its lowest cursor: a read for
+    /// feedback does not look back before it, as it would count forgotten traces again.
+    #[test]
+    fn a_ledger_from_before_feedback_looks_back_no_further_than_it_remembers() {
+        let mut s = TraceLedger::default();
+        s.cursors.insert("".into(), 8_000);
+        let w = Window {
+            feedback_ms: 5_000,
+            ..W
+        };
+        assert_eq!(s.feedback_since(w, 10_000), None);
+        count_with_feedback(
+            &mut s,
+            vec![trace(2, 9_000, TraceState::Ok)],
+            vec![],
+            10_000,
+        );
+        assert_eq!(s.memory_from, Some(8_000));
+        assert_eq!(s.feedback_since(w, 10_000), Some(8_000));
+        // As time passes the window moves past it.
+        count_with_feedback(
+            &mut s,
+            vec![trace(3, 16_000, TraceState::Ok)],
+            vec![],
+            16_000,
+        );
+        assert_eq!(s.memory_from, Some(11_000));
+        assert_eq!(s.feedback_since(w, 16_000), Some(11_000));
     }
 
     /// The overlap re-reads what was counted: counted once. A trace in progress is counted when
@@ -389,7 +633,7 @@ mod tests {
         old.workspace = Some("gone".into());
         let mut new = batch(vec![trace(2, 9_000, TraceState::Ok)]);
         new.workspace = Some("kept".into());
-        s.count(vec![old, new], |_| exp(), &[10], W, 9_500, &mut unsaved);
+        s.count(vec![old, new], |_| exp(), B, W, 9_500, &mut unsaved);
         // The old scope's cursor (100 - 1 000) holds trace 2 of the other in memory.
         assert_eq!(s.remembered(), 2);
         s.keep_scopes(&["kept"], &mut unsaved);

@@ -281,6 +281,72 @@ pub struct TraceInfo {
     pub state: String,
     #[serde(default)]
     pub trace_metadata: TraceMetadata,
+    /// Feedback and expectations on the trace, as far as they were logged when it was read.
+    #[serde(default, deserialize_with = "lenient_list")]
+    pub assessments: Vec<Assessment>,
+}
+
+/// An assessment of a trace (MLflow 3): feedback (a value, or the error that kept a judge from
+/// giving one) or an expectation (ground truth, not read).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Assessment {
+    #[serde(default, deserialize_with = "text")]
+    pub assessment_id: String,
+    #[serde(default, deserialize_with = "text")]
+    pub assessment_name: String,
+    #[serde(default)]
+    pub source: AssessmentSource,
+    /// Absent on an expectation.
+    #[serde(default)]
+    pub feedback: Option<Feedback>,
+    #[serde(default)]
+    pub metadata: AssessmentMetadata,
+    /// False once another assessment overrides it (`mlflow.override_feedback`); absent before
+    /// MLflow had overrides.
+    #[serde(default)]
+    pub valid: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AssessmentSource {
+    /// `HUMAN`, `CODE`, `LLM_JUDGE` (`AI_JUDGE` before MLflow 3.2).
+    #[serde(default, deserialize_with = "text")]
+    pub source_type: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Feedback {
+    /// Any JSON: a boolean, a number, a text (`yes`/`no` from MLflow's judges), a list or object.
+    #[serde(default)]
+    pub value: serde_json::Value,
+    #[serde(default)]
+    pub error: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AssessmentMetadata {
+    /// What an LLM judge's call cost (a number as text, as MLflow's judges write it).
+    #[serde(
+        default,
+        rename = "mlflow.assessment.judgeCost",
+        deserialize_with = "opt_text"
+    )]
+    pub judge_cost: Option<String>,
+}
+
+/// A list whose items that do not decode are read as empty ones (the reader counts them as
+/// malformed), and anything but a list as none: one odd assessment never costs its trace or the
+/// page.
+fn lenient_list<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned + Default>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap_or_default())
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -1,0 +1,5 @@
+-- Feedback on traces (MLflow 3's assessments), counted once each by id: remembered with the start
+-- of its trace (kind 1) beside the traces (kind 0) for as long as a read can return it again.
+-- tally_trace_cursors also holds, under the scope '*memory' (no workspace is named so), the start
+-- from which every trace and feedback is remembered: no read looks back before it.
+ALTER TABLE tally_traces ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;

@@ -50,6 +50,7 @@ const RECORDING_RULES: &[&str] = &[
     "mlflow:traces:rate5m",
     "mlflow:trace_duration_seconds:p99_5m",
     "mlflow:trace_cost:increase1d",
+    "mlflow:trace_feedback_positive:ratio6h",
 ];
 
 const ALERTS: &[&str] = &[
@@ -70,6 +71,7 @@ const ALERTS: &[&str] = &[
     "MLflowGenAIErrorRatioHigh",
     "MLflowGenAILatencyHigh",
     "MLflowGenAICostSpike",
+    "MLflowGenAIFeedbackFalling",
 ];
 
 /// Labels Prometheus adds to every scraped series.

@@ -87,6 +87,7 @@ impl Pipeline {
     pub async fn cycle(&mut self, now_ms: i64) -> Result<CycleReport, MlflowError> {
         // The traces' reads start where the tally's count of them ended.
         self.syncer.trace_cursors = self.tally.trace_state.cursors.clone();
+        self.syncer.llm_cursors = self.tally.trace_state.llm_cursors.clone();
         self.syncer.feedback_since = self
             .tally
             .trace_state

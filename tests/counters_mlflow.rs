@@ -202,6 +202,9 @@ const LATE: &[&str] = &[
     "mlflow_trace_judge_cost_total",
     "mlflow_trace_feedback_total",
     "mlflow_trace_feedback_score",
+    // An app's LLM calls: from the first window of its traces with a call naming a model.
+    "mlflow_trace_llm_calls_total",
+    "mlflow_trace_llm_cost_total",
 ];
 
 /// Every `mlflow_…` family a board's queries or a rule reads (recording rules' names, with a `:`,

@@ -292,8 +292,11 @@ fn boards_and_rules(workspaces: bool) {
             ("MLFLOW_EXPORTER_WEBHOOKS__EVENTS__TOKEN", token),
             ("MLFLOW_EXPORTER_PROBES__INTERVAL", "1s"),
             ("MLFLOW_EXPORTER_PROBES__TIMEOUT", "1s"),
-            // Every cycle reads the prompt registry.
+            // Every cycle reads the prompt registry, and the apps' LLM calls of windows closed a
+            // second after they end.
             ("MLFLOW_EXPORTER_MLFLOW__PROMPTS_INTERVAL", "1s"),
+            ("MLFLOW_EXPORTER_MLFLOW__LLM_CALLS_INTERVAL", "1s"),
+            ("MLFLOW_EXPORTER_MLFLOW__TRACES_OVERLAP", "1s"),
         ],
     );
     let mut exporter = exporter;

@@ -475,3 +475,114 @@ mlflow.override_feedback(trace_id="{one}", assessment_id="{score}", value=0.5,
         0.0012 + 0.002
     );
 }
+
+/// Each app's LLM calls by model (MLflow's SPANS aggregation of its traces) are counted once a
+/// window has closed (`mlflow.traces_overlap` after it ends), once each: not again by the next
+/// cycle, nor after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_calls_count_once_by_app_and_model() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    // Three requests, each two calls of gpt-4o (which MLflow prices) and one of a model it has
+    // no price for.
+    let script = r#"
+import os, warnings
+warnings.simplefilter("ignore")
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+import mlflow
+from mlflow.entities import SpanType
+
+@mlflow.trace(span_type=SpanType.LLM)
+def gpt(q, model="gpt-4o"):
+    mlflow.get_current_active_span().set_attributes(
+        {"mlflow.chat.tokenUsage": {"input_tokens": 10, "output_tokens": 22, "total_tokens": 32}})
+    return "a"
+
+@mlflow.trace(span_type=SpanType.CHAT_MODEL)
+def local(q, model="house-llm-7b"):
+    return "b"
+
+@mlflow.trace
+def agent(q):
+    return gpt(q) + local(q) + gpt(q)
+
+mlflow.set_experiment("genai-agent")
+for q in ["a", "b", "c"]:
+    agent(q)
+"#;
+    tokio::task::block_in_place(|| server.python(script));
+    let store = tempfile::tempdir().unwrap();
+    let env = [
+        ("MLFLOW_TRACKING_URI".to_string(), server.url.clone()),
+        (
+            "MLFLOW_EXPORTER_MLFLOW__LLM_CALLS_INTERVAL".to_string(),
+            "0s".to_string(),
+        ),
+    ]
+    .into();
+    let flags = FlagOverrides {
+        storage_path: Some(store.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let t = now_ms();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    // The first cycle finds the app; its calls are read once their window has closed.
+    pipeline.cycle(t).await.unwrap();
+    let s = scrape(&pipeline.publisher);
+    assert!(s.family("mlflow_trace_llm_calls_total").is_empty());
+    let later = t + 16 * 60_000;
+    let report = pipeline.cycle(later).await.unwrap();
+    assert!(
+        report.traces_failed.is_empty(),
+        "{:?}",
+        report.traces_failed
+    );
+    // MLflow's own sum of the spans' cost over the same window.
+    let exp = tokio::task::block_in_place(|| experiment_id(&server, "genai-agent"));
+    let body = json!({
+        "experiment_ids": [exp], "view_type": "SPANS", "metric_name": "total_cost",
+        "aggregations": [{"aggregation_type": "SUM"}], "dimensions": ["span_model_name"],
+        "end_time_ms": later - 15 * 60_000 - 1,
+    })
+    .to_string();
+    let addr = server.url.trim_start_matches("http://");
+    let r = http_post(
+        addr,
+        "/api/3.0/mlflow/traces/metrics",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let mlflow_cost = v["data_points"][0]["values"]["SUM"].as_f64().unwrap();
+    assert!((mlflow_cost - 6.0 * 0.000245).abs() < 1e-12, "{v}");
+    let check = |s: &Scrape| {
+        let l = |m: &'static str| [("experiment", "genai-agent"), ("llm_model", m)];
+        assert_eq!(s.get("mlflow_trace_llm_calls_total", &l("gpt-4o")), 6.0);
+        assert_eq!(
+            s.get("mlflow_trace_llm_calls_total", &l("house-llm-7b")),
+            3.0
+        );
+        assert_eq!(
+            s.get("mlflow_trace_llm_cost_total", &l("gpt-4o")),
+            mlflow_cost
+        );
+        assert_eq!(
+            s.get("mlflow_trace_llm_cost_total", &l("house-llm-7b")),
+            0.0
+        );
+        assert_eq!(s.family("mlflow_trace_llm_calls_total").len(), 2);
+    };
+    check(&scrape(&pipeline.publisher));
+    // The next window holds nothing: the same figures.
+    pipeline.cycle(later + 60_000).await.unwrap();
+    check(&scrape(&pipeline.publisher));
+    // After a restart the windows read stay read.
+    pipeline.recorder.store().close().await;
+    drop(pipeline);
+    let mut pipeline = Pipeline::open(&settings, later + 120_000).await.unwrap();
+    for at in [later + 120_000, later + 180_000] {
+        pipeline.cycle(at).await.unwrap();
+        check(&scrape(&pipeline.publisher));
+    }
+}

@@ -265,6 +265,11 @@ pub struct MlflowSettings {
     pub feedback_window: Duration,
     #[serde(with = "humantime_serde")]
     pub feedback_interval: Duration,
+    /// Time between reads of each GenAI app's LLM calls by model (MLflow's aggregation of its
+    /// traces' spans: two requests an app). A window is read once, `traces_overlap` after it
+    /// ends, as a trace is counted. `0s`: every cycle.
+    #[serde(with = "humantime_serde")]
+    pub llm_calls_interval: Duration,
     /// Reuse a connection to MLflow for the next request. Off by default: MLflow 3's server with
     /// several workers (its default is 4) leaves Nagle's algorithm on, so on a reused connection a
     /// small answer waits about 40 ms for the client's delayed ACK; a new connection is answered at
@@ -347,6 +352,7 @@ impl Default for MlflowSettings {
             traces_max_in_progress: Duration::from_secs(3600),
             feedback_window: Duration::from_secs(3600),
             feedback_interval: Duration::from_secs(300),
+            llm_calls_interval: Duration::from_secs(300),
             keep_alive: false,
             workspaces: WorkspaceSelection::default(),
         }

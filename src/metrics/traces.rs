@@ -44,6 +44,17 @@ pub const JUDGE_COST: Spec = Spec::counter(
     "What LLM judges' calls for feedback on traces cost (mlflow.assessment.judgeCost; MLflow prices models in US dollars), by experiment",
     &["experiment"],
 );
+const LLM_LABELS: &[&str] = &["experiment", "llm_model"];
+pub const LLM_CALLS: Spec = Spec::counter(
+    "mlflow_trace_llm_calls_total",
+    "LLM calls of GenAI apps' traces (spans naming a model, as MLflow aggregates them), by experiment and llm_model (the model a span names: a provider's, or one served in-house); a window of traces is counted once, mlflow.traces_overlap after it ends",
+    LLM_LABELS,
+);
+pub const LLM_COST: Spec = Spec::counter(
+    "mlflow_trace_llm_cost_total",
+    "What MLflow priced those LLM calls at (the spans' total_cost, US dollars; 0 for a model MLflow has no price for), by experiment and llm_model",
+    LLM_LABELS,
+);
 pub const ERRORS: Spec = Spec::counter(
     "mlflow_exporter_trace_errors_total",
     "Traces and feedback counted with a part that could not be read (malformed metadata, a time or state MLflow does not write, an assessment without an id or name), by the part; that part is left out",
@@ -80,6 +91,8 @@ pub const SPECS: &[Spec] = &[
     FEEDBACK,
     FEEDBACK_SCORE,
     JUDGE_COST,
+    LLM_CALLS,
+    LLM_COST,
     ERRORS,
     GIVEN_UP,
     LATENCY_BUDGET,
@@ -155,6 +168,12 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
     for (key, v) in &tally.judge_cost {
         judge.add(&[&key[0]], *v);
     }
+    let mut calls = Family::new(&LLM_CALLS);
+    let mut llm_cost = Family::new(&LLM_COST);
+    for (key, (n, v)) in &tally.llm_calls {
+        calls.add(&[&key[0], &key[1]], *n as f64);
+        llm_cost.add(&[&key[0], &key[1]], *v);
+    }
     let mut errors = Family::new(&ERRORS);
     for ((_, part), n) in malformed::KEYS.iter().zip(&tally.trace_errors) {
         errors.add(&[part], *n as f64);
@@ -173,6 +192,8 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
         feedback.finish(),
         scores.finish(),
         judge.finish(),
+        calls.finish(),
+        llm_cost.finish(),
         errors.finish(),
         given_up.finish(),
         budget.finish(),

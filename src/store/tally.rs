@@ -24,6 +24,9 @@ const CORRECTIONS: &str = "corrections";
 /// [`TraceLedger::memory_from`]: crate::tally::traces::TraceLedger::memory_from
 const MEMORY_FROM: &str = "*memory";
 
+/// An app's LLM calls cursor: scope, experiment id, where its next read starts.
+type LlmCursor = (Box<str>, Box<str>, i64);
+
 /// Rows of one save, made from the tally before it is handed to the writer thread.
 #[derive(Debug, Default)]
 struct Rows {
@@ -36,6 +39,8 @@ struct Rows {
     /// Feedback remembered with its trace's start (or forgotten: `None`).
     feedback: Vec<(u128, Option<i64>)>,
     cursors: Option<Vec<(Box<str>, i64)>>,
+    /// Every app's LLM calls cursor, when one changed.
+    llm_cursors: Option<Vec<LlmCursor>>,
     /// Apps' users and sessions: (labels, kind, person, last activity or `None`: forgotten).
     app_people: Vec<(String, u8, u64, Option<i64>)>,
 }
@@ -99,6 +104,14 @@ impl EventStore {
                     .collect();
                 rows.extend(ledger.memory_from.map(|m| (MEMORY_FROM.into(), m)));
                 rows
+            }),
+            llm_cursors: unsaved.traces.llm_cursors.then(|| {
+                tally
+                    .trace_state
+                    .llm_cursors
+                    .iter()
+                    .map(|((s, e), v)| (s.clone(), e.clone(), *v))
+                    .collect()
             }),
             app_people: unsaved
                 .app_people
@@ -237,6 +250,15 @@ fn write_rows(path: &Path, rows: &Rows) -> Result<(), StoreError> {
                 cursor.execute(rusqlite::params![&**scope, since])?;
             }
         }
+        if let Some(cursors) = &rows.llm_cursors {
+            tx.execute("DELETE FROM tally_llm_cursors", [])?;
+            let mut cursor = tx.prepare_cached(
+                "INSERT INTO tally_llm_cursors (scope, experiment, next_ms) VALUES (?, ?, ?)",
+            )?;
+            for (scope, experiment, next) in cursors {
+                cursor.execute(rusqlite::params![&**scope, &**experiment, next])?;
+            }
+        }
     }
     tx.commit()?;
     Ok(())
@@ -305,6 +327,15 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
         } else {
             tally.trace_state.cursors.insert(scope.into(), r.get(1)?);
         }
+    }
+    let mut stmt = conn.prepare("SELECT scope, experiment, next_ms FROM tally_llm_cursors")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (scope, experiment): (String, String) = (r.get(0)?, r.get(1)?);
+        tally
+            .trace_state
+            .llm_cursors
+            .insert((scope.into(), experiment.into()), r.get(2)?);
     }
     let mut stmt =
         conn.prepare("SELECT trace_id, start_ms, in_progress, kind FROM tally_traces")?;
@@ -403,6 +434,10 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
             json!({"n": f.values, "c": f.scores.counts, "s": f.scores.sum, "b": t.settings.score_bounds})
         }
         names::JUDGE_COST => json!({"v": t.judge_cost.get(key)?}),
+        names::LLM_CALLS => {
+            let (n, v) = t.llm_calls.get(key)?;
+            json!({"n": n, "v": v})
+        }
         names::TRACE_ERRORS => {
             let part = key.first()?;
             let i = crate::sync::traces::malformed::KEYS
@@ -522,6 +557,9 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         }
         names::JUDGE_COST => {
             t.judge_cost.insert(key, v["v"].as_f64()?);
+        }
+        names::LLM_CALLS => {
+            t.llm_calls.insert(key, (n()?, v["v"].as_f64()?));
         }
         names::TRACE_ERRORS => {
             // A part this version does not read is left alone.

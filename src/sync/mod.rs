@@ -117,6 +117,12 @@ pub struct Syncer {
     pub feedback_since: Option<i64>,
     feedback_every_ms: i64,
     last_feedback_ms: Option<i64>,
+    /// Each app's next window of LLM calls (the tally's), how often they are read, and how long
+    /// after its end a window is read (`mlflow.traces_overlap`).
+    pub llm_cursors: BTreeMap<(Box<str>, Box<str>), i64>,
+    llm_every_ms: i64,
+    last_llm_ms: Option<i64>,
+    traces_overlap_ms: i64,
 }
 
 impl Syncer {
@@ -148,6 +154,10 @@ impl Syncer {
             feedback_since: None,
             feedback_every_ms: settings.mlflow.feedback_interval.as_millis() as i64,
             last_feedback_ms: None,
+            llm_cursors: BTreeMap::new(),
+            llm_every_ms: settings.mlflow.llm_calls_interval.as_millis() as i64,
+            last_llm_ms: None,
+            traces_overlap_ms: settings.mlflow.traces_overlap.as_millis() as i64,
         }
     }
 
@@ -305,6 +315,8 @@ impl Syncer {
         requests += traces.requests;
         next.traces = std::mem::take(&mut self.snapshot.traces);
         next.traces.extend(traces.batches);
+        next.llm_calls = std::mem::take(&mut self.snapshot.llm_calls);
+        next.llm_calls.extend(traces.llm);
         let gone = next.runs.carry_from(&self.snapshot.runs);
         self.gone.extend(gone);
         // Only a read of every part says what is gone: a workspace that failed here may hold
@@ -389,6 +401,7 @@ impl Syncer {
         let traces = self.read_traces(mlflow3, &failed, now_ms).await;
         requests += traces.requests;
         self.snapshot.traces.extend(traces.batches);
+        self.snapshot.llm_calls.extend(traces.llm);
         self.cursor_ms = Some(now_ms);
         Ok(CycleReport {
             mode: Mode::Incremental,
@@ -453,7 +466,57 @@ impl Syncer {
                 Err(e) => out.failed.push((scope.workspace.clone(), e)),
             }
         }
+        if self
+            .last_llm_ms
+            .is_none_or(|last| now_ms - last >= self.llm_every_ms)
+        {
+            self.last_llm_ms = Some(now_ms);
+            self.read_llm_calls(failed, now_ms, &mut out).await;
+        }
         out
+    }
+
+    /// Reads each app's LLM calls by model over its window since the last read, up to
+    /// `mlflow.traces_overlap` ago; an app whose read fails is read from the same point next time.
+    async fn read_llm_calls(
+        &self,
+        failed: &[(String, MlflowError)],
+        now_ms: i64,
+        out: &mut TracesRead,
+    ) {
+        let to_ms = now_ms - self.traces_overlap_ms - 1;
+        for scope in &self.scopes {
+            let w = scope.workspace.as_deref();
+            if failed.iter().any(|(f, _)| Some(f.as_str()) == w)
+                || out.failed.iter().any(|(f, _)| f.as_deref() == w)
+            {
+                continue;
+            }
+            let key = w.unwrap_or("");
+            let apps = self.llm_cursors.iter().filter(|((s, _), _)| &**s == key);
+            for ((_, experiment), cursor) in apps {
+                let from = (*cursor != crate::tally::traces::NEVER).then_some(*cursor);
+                if from.is_some_and(|f| f > to_ms) {
+                    continue;
+                }
+                match scope.client.llm_calls(experiment, from, to_ms).await {
+                    Ok((calls, n)) => {
+                        out.requests += n;
+                        out.llm.push(traces::LlmBatch {
+                            workspace: scope.workspace.clone(),
+                            experiment_id: experiment.to_string(),
+                            from_ms: *cursor,
+                            next_ms: to_ms + 1,
+                            calls,
+                        });
+                    }
+                    Err(e) => {
+                        out.failed.push((scope.workspace.clone(), e));
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// The whole part of a workspace first seen since the last full cycle, read and then added.
@@ -674,6 +737,7 @@ impl Syncer {
 #[derive(Default)]
 struct TracesRead {
     batches: Vec<traces::TraceBatch>,
+    llm: Vec<traces::LlmBatch>,
     requests: usize,
     read: usize,
     failed: Vec<(Option<String>, MlflowError)>,

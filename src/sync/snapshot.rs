@@ -571,6 +571,8 @@ pub struct Snapshot {
     pub prompt_versions: HashMap<(Sym, u32), VersionRecord>,
     /// Traces (MLflow 3) read since the tally last counted, by scope; it takes them.
     pub traces: Vec<super::traces::TraceBatch>,
+    /// LLM calls of the apps' traces (MLflow's SPANS aggregation) read since; the tally takes them.
+    pub llm_calls: Vec<super::traces::LlmBatch>,
 }
 
 #[cfg(test)]

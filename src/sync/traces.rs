@@ -199,6 +199,19 @@ impl TraceBatch {
     }
 }
 
+/// An app's LLM calls by model over a window of its traces, as MLflow aggregated them: counted
+/// once, as the window closes (`mlflow.traces_overlap` after its end, as a trace is).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LlmBatch {
+    pub workspace: Option<String>,
+    pub experiment_id: String,
+    /// Where the window started (the app's cursor when it was read; `i64::MIN`: the first read).
+    pub from_ms: i64,
+    /// Where the app's next window starts (this one's end, plus 1 ms).
+    pub next_ms: i64,
+    pub calls: Vec<crate::source::mlflow::model::LlmCalls>,
+}
+
 /// The lean record of a trace; what cannot be read is left out and flagged.
 pub fn record(t: &TraceInfo) -> TraceRecord {
     let mut bad = 0;

@@ -73,7 +73,10 @@ pub mod names {
     /// Feedback on traces (by value, with a histogram of the scores), and LLM judges' spend.
     pub const TRACE_FEEDBACK: &str = "mlflow_trace_feedback_total";
     pub const JUDGE_COST: &str = "mlflow_trace_judge_cost_total";
-    pub const ALL: [&str; 22] = [
+    /// The apps' LLM calls by model, and what MLflow priced them at (one series holds both).
+    pub const LLM_CALLS: &str = "mlflow_trace_llm_calls_total";
+    pub const LLM_COST: &str = "mlflow_trace_llm_cost_total";
+    pub const ALL: [&str; 24] = [
         RUNS_ENDED,
         RUN_DURATION,
         RUNS_STARTED,
@@ -96,6 +99,8 @@ pub mod names {
         TRACE_COST,
         TRACE_FEEDBACK,
         JUDGE_COST,
+        LLM_CALLS,
+        LLM_COST,
     ];
 }
 
@@ -333,6 +338,8 @@ pub struct Tally {
     pub trace_feedback: Series<traces::FeedbackCounts>,
     /// `[experiment]`: what LLM judges' calls for that feedback cost.
     pub judge_cost: Series<f64>,
+    /// `[experiment, model]`: the apps' LLM calls, and what MLflow priced them at.
+    pub llm_calls: Series<(u64, f64)>,
     /// Per [`crate::sync::traces::malformed::KEYS`]: traces counted with that part unreadable.
     pub trace_errors: [u64; crate::sync::traces::malformed::KEYS.len()],
     pub traces_given_up: u64,
@@ -398,6 +405,7 @@ impl Tally {
             trace_cost: Series::new(),
             trace_feedback: Series::new(),
             judge_cost: Series::new(),
+            llm_calls: Series::new(),
             trace_errors: Default::default(),
             traces_given_up: 0,
             trace_state: traces::TraceLedger::default(),
@@ -473,6 +481,7 @@ impl Tally {
             + self.trace_cost.len()
             + self.trace_feedback.len() * feedback_lines(&s.score_bounds)
             + self.judge_cost.len()
+            + self.llm_calls.len() * 2
             // The apps' active users and sessions: every app with traces, at each window.
             + self.traces.len() * 2 * s.windows
             + self.trace_errors.len()
@@ -527,6 +536,16 @@ impl Tally {
                 &mut self.unsaved.traces,
             );
             self.count_trace_errors(&deltas.traces);
+        }
+        let llm = std::mem::take(&mut snap.llm_calls);
+        if !llm.is_empty() {
+            let strings = &mut snap.strings;
+            self.trace_state.count_llm(
+                llm,
+                |id| strings.intern(id),
+                &mut deltas.traces,
+                &mut self.unsaved.traces,
+            );
         }
         let mut room = room;
         self.apply(snap, folds, deltas, full, &mut room, &mut report);
@@ -782,8 +801,15 @@ impl Tally {
         let mut trace_cost: Named<f64> = BTreeMap::new();
         let mut feedback: Named<traces::FeedbackCounts> = BTreeMap::new();
         let mut judge_cost: Named<f64> = BTreeMap::new();
+        let mut llm_calls: Named<(u64, f64)> = BTreeMap::new();
         for (e, t) in d.traces.by_experiment {
             let k = key(&[exp(e)]);
+            for (model, (n, cost)) in t.llm {
+                let slot = llm_calls.entry(key(&[exp(e), &model])).or_default();
+                slot.0 += n;
+                slot.1 .0 += n;
+                slot.1 .1 += cost;
+            }
             let mut given: Vec<_> = t.feedback.into_iter().collect();
             // In name order, so that which fold into the budget's room does not depend on a hash.
             given.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -838,6 +864,7 @@ impl Tally {
             TRACES | TRACE_TOKENS => 2,
             TRACE_DURATIONS => 2 * trace_h,
             FEEDBACK => feedback_lines(&st.score_bounds),
+            LLM => 2,
             _ => 1,
         };
         let mut wanted: Vec<(usize, u64, &Key)> = Vec::new();
@@ -858,6 +885,7 @@ impl Tally {
         wanted.extend(new_keys(&trace_cost, &self.trace_cost, TRACE_COST));
         wanted.extend(new_keys(&judge_cost, &self.judge_cost, JUDGE_COST));
         wanted.extend(new_keys(&feedback, &self.trace_feedback, FEEDBACK));
+        wanted.extend(new_keys(&llm_calls, &self.llm_calls, LLM));
         wanted.extend(new_keys(
             &trace_durations,
             &self.trace_durations,
@@ -893,6 +921,7 @@ impl Tally {
             (TRACE_DURATIONS, other_missing(&self.trace_durations, 1)),
             (JUDGE_COST, other_missing(&self.judge_cost, 1)),
             (FEEDBACK, other_missing(&self.trace_feedback, 3)),
+            (LLM, other_missing(&self.llm_calls, 2)),
             (DURATIONS, other_missing(&self.durations, 1 + st.extra)),
             (UTIL, other_missing(&self.gpu_util, 2)),
             (COST, other_missing(&self.cost, 3)),
@@ -1005,6 +1034,17 @@ impl Tally {
             cost_of(FEEDBACK),
             names::TRACE_FEEDBACK,
             add_feedback,
+        );
+        budget.merge(
+            &mut self.llm_calls,
+            llm_calls,
+            &admitted[LLM],
+            2,
+            names::LLM_CALLS,
+            |a, b| {
+                a.0 += b.0;
+                a.1 += b.1;
+            },
         );
         budget.merge(
             &mut self.trace_durations,
@@ -1439,7 +1479,8 @@ const TRACE_COST: usize = 13;
 const TRACE_DURATIONS: usize = 14;
 const JUDGE_COST: usize = 15;
 const FEEDBACK: usize = 16;
-const FAMILIES: usize = 17;
+const LLM: usize = 17;
+const FAMILIES: usize = 18;
 /// Which new series get room first when the budget is short: counts before the histograms of the
 /// same keys, the cost families (experiment × team × instance type, the most combinations) last.
 const PRIORITY: [usize; FAMILIES] = [
@@ -1457,6 +1498,7 @@ const PRIORITY: [usize; FAMILIES] = [
     TRACE_DURATIONS,
     JUDGE_COST,
     FEEDBACK,
+    LLM,
     DURATIONS,
     UTIL,
     COST,

@@ -13,7 +13,10 @@ use hashbrown::HashMap;
 
 use crate::metrics::family::{FloatHistogramAcc, HistogramAcc};
 use crate::sync::snapshot::Sym;
-use crate::sync::traces::{malformed, FeedbackValue, TraceBatch, TraceState};
+use crate::sync::traces::{malformed, FeedbackValue, LlmBatch, TraceBatch, TraceState};
+
+/// An app's LLM calls not read yet: its first read has no lower bound.
+pub const NEVER: i64 = i64::MIN;
 
 /// A trace remembered: when it started, and whether it was still in progress (not counted yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,9 @@ pub struct TraceLedger {
     pub memory_from: Option<i64>,
     /// The window's start at the last count (`i64::MAX` without a window).
     hold: Option<i64>,
+    /// By (scope, experiment id) of every app with traces: where the next read of its LLM calls
+    /// starts ([`NEVER`] before the first).
+    pub llm_cursors: BTreeMap<(Box<str>, Box<str>), i64>,
 }
 
 fn key(id: u128) -> [u64; 2] {
@@ -88,6 +94,8 @@ pub struct ExperimentTraces {
     pub feedback: HashMap<(Box<str>, u8), FeedbackCounts>,
     /// What LLM judges' calls for that feedback cost.
     pub judge_cost: f64,
+    /// The app's LLM calls by model, and what MLflow priced them at.
+    pub llm: HashMap<Box<str>, (u64, f64)>,
 }
 
 /// Feedback of one name from one source: how many said each [`FeedbackValue::LABELS`], and the
@@ -107,11 +115,13 @@ pub struct UnsavedTraces {
     pub feedback: HashMap<u128, Option<i64>>,
     /// The cursors or [`TraceLedger::memory_from`] changed.
     pub cursors: bool,
+    /// The LLM calls' cursors changed.
+    pub llm_cursors: bool,
 }
 
 impl UnsavedTraces {
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty() && self.feedback.is_empty() && !self.cursors
+        self.seen.is_empty() && self.feedback.is_empty() && !self.cursors && !self.llm_cursors
     }
 
     /// Takes back what a failed save did not write; what changed since wins.
@@ -123,6 +133,7 @@ impl UnsavedTraces {
             self.feedback.entry(id).or_insert(s);
         }
         self.cursors |= older.cursors;
+        self.llm_cursors |= older.llm_cursors;
     }
 }
 
@@ -209,6 +220,8 @@ impl TraceLedger {
         let remembered_before = self
             .memory_from
             .or_else(|| self.cursors.values().min().copied());
+        // The experiments of a batch, for their LLM calls' cursors.
+        let mut d_experiments: Vec<Box<str>> = Vec::new();
         for batch in batches {
             // No later read of this scope starts before the look-back from its latest trace, or
             // the start of a trace in progress it waits for: what started before is counted and
@@ -252,6 +265,7 @@ impl TraceLedger {
                 }
             }
             for (exp, records) in batch.by_experiment {
+                d_experiments.push(exp.as_str().into());
                 let sym = experiment(&exp);
                 // Every experiment with traces has its series, at 0 from the start.
                 let slot = d.by_experiment.entry(sym).or_default();
@@ -300,6 +314,13 @@ impl TraceLedger {
                 }
             }
             let scope: Box<str> = batch.workspace.as_deref().unwrap_or("").into();
+            for exp in d_experiments.drain(..) {
+                let k = (scope.clone(), exp);
+                if let std::collections::btree_map::Entry::Vacant(e) = self.llm_cursors.entry(k) {
+                    e.insert(NEVER);
+                    unsaved.llm_cursors = true;
+                }
+            }
             let old = self.cursors.get(&scope).copied();
             // Past the latest start read, less the overlap; never back; held at a trace that is
             // still in progress.
@@ -331,10 +352,47 @@ impl TraceLedger {
         d
     }
 
+    /// Adds the LLM calls read, by app and model, and moves each app's cursor past its window.
+    pub fn count_llm(
+        &mut self,
+        batches: Vec<LlmBatch>,
+        mut experiment: impl FnMut(&str) -> Sym,
+        d: &mut TraceDeltas,
+        unsaved: &mut UnsavedTraces,
+    ) {
+        for b in batches {
+            let k: (Box<str>, Box<str>) = (
+                b.workspace.as_deref().unwrap_or("").into(),
+                b.experiment_id.as_str().into(),
+            );
+            // Only a window from where the app's count stands: one read again (a cycle that
+            // read it was not counted) is not counted twice.
+            if self.llm_cursors.get(&k).copied() != Some(b.from_ms) {
+                continue;
+            }
+            self.llm_cursors.insert(k, b.next_ms);
+            unsaved.llm_cursors = true;
+            let slot = d
+                .by_experiment
+                .entry(experiment(&b.experiment_id))
+                .or_default();
+            for c in b.calls {
+                let m = slot.llm.entry(c.model.into_boxed_str()).or_default();
+                m.0 += c.calls;
+                if c.cost.is_finite() && c.cost >= 0.0 {
+                    m.1 += c.cost;
+                }
+            }
+        }
+    }
+
     /// Forgets the cursors of scopes no longer read (a workspace deleted, or excluded by
     /// `mlflow.workspaces`): a stale one would hold the lowest cursor back, and with it every
     /// trace read since.
     pub fn keep_scopes(&mut self, scopes: &[&str], unsaved: &mut UnsavedTraces) {
+        let apps = self.llm_cursors.len();
+        self.llm_cursors.retain(|(s, _), _| scopes.contains(&&**s));
+        unsaved.llm_cursors |= self.llm_cursors.len() != apps;
         let before = self.cursors.len();
         self.cursors.retain(|k, _| scopes.contains(&&**k));
         if self.cursors.len() != before {
@@ -539,6 +597,44 @@ mod tests {
         assert_eq!(s.feedback_remembered(), 0);
         assert_eq!(unsaved.feedback[&100], None);
         assert_eq!(s.ids().collect::<Vec<_>>(), [3]);
+    }
+
+    /// An app seen in a traces read gets a cursor for its LLM calls; a window is counted only
+    /// from where the app's count stands, so one read twice counts once.
+    #[test]
+    fn llm_calls_count_once_per_window() {
+        use crate::source::mlflow::model::LlmCalls;
+        let mut s = TraceLedger::default();
+        count(&mut s, vec![trace(1, 100, TraceState::Ok)], 1_000);
+        let app: (Box<str>, Box<str>) = ("".into(), "1".into());
+        assert_eq!(s.llm_cursors[&app], NEVER);
+        let window = |from_ms: i64, next_ms: i64, calls: u64| LlmBatch {
+            workspace: None,
+            experiment_id: "1".into(),
+            from_ms,
+            next_ms,
+            calls: vec![LlmCalls {
+                model: "gpt-4o".into(),
+                calls,
+                cost: 0.5,
+            }],
+        };
+        let mut d = TraceDeltas::default();
+        let mut unsaved = UnsavedTraces::default();
+        // The first window, then the same one read again (its cycle was not counted): once.
+        s.count_llm(
+            vec![window(NEVER, 500, 2), window(NEVER, 700, 3)],
+            |_| exp(),
+            &mut d,
+            &mut unsaved,
+        );
+        s.count_llm(vec![window(500, 900, 4)], |_| exp(), &mut d, &mut unsaved);
+        assert_eq!(d.by_experiment[&exp()].llm["gpt-4o"], (6, 1.0));
+        assert_eq!(s.llm_cursors[&app], 900);
+        assert!(unsaved.llm_cursors);
+        // A workspace no longer read drops its apps' cursors.
+        s.keep_scopes(&["other"], &mut unsaved);
+        assert!(s.llm_cursors.is_empty());
     }
 
     /// A ledger saved before feedback was read remembers only from its lowest cursor: a read for

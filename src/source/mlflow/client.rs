@@ -318,6 +318,57 @@ impl MlflowClient {
         Ok(requests)
     }
 
+    /// The LLM calls (spans naming a model) of one experiment's traces and what MLflow priced
+    /// them at, by model, over `[from_ms, to_ms]` (inclusive; no lower bound without `from_ms`):
+    /// MLflow's own aggregation (`traces/metrics`, SPANS view), one request each (and a page per
+    /// 1 000 models). Calls count by their trace's start, cost by the span's.
+    pub async fn llm_calls(
+        &self,
+        experiment_id: &str,
+        from_ms: Option<i64>,
+        to_ms: i64,
+    ) -> Result<(Vec<LlmCalls>, usize), MlflowError> {
+        let mut by_model: std::collections::BTreeMap<String, LlmCalls> = Default::default();
+        let mut requests = 0;
+        for (metric, aggregation) in [("span_count", "COUNT"), ("total_cost", "SUM")] {
+            requests += self
+                .pages::<TraceMetricsResponse, _>(
+                    "traces/metrics",
+                    |token| {
+                        Request::Post(json!({
+                            "experiment_ids": [experiment_id],
+                            "view_type": "SPANS",
+                            "metric_name": metric,
+                            "aggregations": [{"aggregation_type": aggregation}],
+                            "dimensions": ["span_model_name"],
+                            "start_time_ms": from_ms,
+                            "end_time_ms": to_ms,
+                            "page_token": token,
+                        }))
+                    },
+                    |points| {
+                        for p in points {
+                            let (Some(model), Some(v)) =
+                                (p.dimensions.span_model_name, p.values.get(aggregation))
+                            else {
+                                continue;
+                            };
+                            let slot = by_model.entry(model.clone()).or_insert_with(|| LlmCalls {
+                                model,
+                                ..LlmCalls::default()
+                            });
+                            match metric {
+                                "span_count" => slot.calls = v.max(0.0).round() as u64,
+                                _ => slot.cost = *v,
+                            }
+                        }
+                    },
+                )
+                .await?;
+        }
+        Ok((by_model.into_values().collect(), requests))
+    }
+
     /// Every registered model with its aliases (MLflow hides prompts from this search).
     pub async fn registered_models(&self) -> Result<(Vec<RegisteredModel>, usize), MlflowError> {
         self.registered_models_where(None).await
@@ -560,7 +611,7 @@ impl MlflowClient {
     ) -> Result<Bytes, (MlflowError, Option<Duration>)> {
         // MLflow 3's own endpoints live under /api/3.0; everything else is the 2.0 API.
         let root = match endpoint {
-            "server-info" | "workspaces" | "traces/search" => &self.api3,
+            "server-info" | "workspaces" | "traces/search" | "traces/metrics" => &self.api3,
             _ => &self.api,
         };
         let url = format!("{root}{endpoint}");

@@ -461,6 +461,40 @@ page!(
 );
 page!(SearchModelVersionsResponse, model_versions, ModelVersion);
 page!(SearchTracesResponse, traces, TraceInfo);
+page!(TraceMetricsResponse, data_points, TraceMetricPoint);
+
+/// `POST /api/3.0/mlflow/traces/metrics`: MLflow's aggregation of traces, spans or assessments.
+#[derive(Debug, Default, Deserialize)]
+pub struct TraceMetricsResponse {
+    #[serde(default, deserialize_with = "lenient_list")]
+    pub data_points: Vec<TraceMetricPoint>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
+}
+
+/// One group of an aggregation: its dimensions' values and each aggregation's (`COUNT`, `SUM`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TraceMetricPoint {
+    #[serde(default)]
+    pub dimensions: TraceMetricDimensions,
+    #[serde(default)]
+    pub values: std::collections::HashMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TraceMetricDimensions {
+    #[serde(default, deserialize_with = "opt_text")]
+    pub span_model_name: Option<String>,
+}
+
+/// The LLM calls of an app's traces to one model over a window, and what MLflow priced them at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LlmCalls {
+    pub model: String,
+    pub calls: u64,
+    /// US dollars; 0 where MLflow priced nothing.
+    pub cost: f64,
+}
 
 /// int64 fields arrive as JSON numbers, or as strings from proto-JSON encoders. A visitor rather
 /// than an untagged enum: that would buffer every timestamp of a million runs before trying each form.

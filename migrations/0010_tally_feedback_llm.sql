@@ -3,3 +3,12 @@
 -- tally_trace_cursors also holds, under the scope '*memory' (no workspace is named so), the start
 -- from which every trace and feedback is remembered: no read looks back before it.
 ALTER TABLE tally_traces ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+
+-- Where the next read of each app's LLM calls (MLflow's SPANS aggregation, by model) starts, by
+-- scope (the workspace, '' without workspaces) and experiment id; i64's least value: not read yet.
+CREATE TABLE tally_llm_cursors (
+    scope TEXT NOT NULL,
+    experiment TEXT NOT NULL,
+    next_ms INTEGER NOT NULL,
+    PRIMARY KEY (scope, experiment)
+) WITHOUT ROWID;

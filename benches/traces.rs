@@ -184,6 +184,19 @@ fn serve(now: i64) {
                 post(empty("models")),
             )
             .route("/api/3.0/mlflow/traces/search", post(traces))
+            // Each app's LLM calls by model, as MLflow aggregates its spans: one model.
+            .route(
+                "/api/3.0/mlflow/traces/metrics",
+                post(|Json(b): Json<serde_json::Value>| async move {
+                    let agg = b["aggregations"][0]["aggregation_type"].clone();
+                    let agg = agg.as_str().unwrap_or("COUNT").to_string();
+                    Json(serde_json::json!({"data_points": [{
+                        "metric_name": b["metric_name"],
+                        "dimensions": {"span_model_name": "gpt-4o"},
+                        "values": {agg: 1.0},
+                    }]}))
+                }),
+            )
             .route(
                 "/bench/add",
                 post(|State(d): State<Arc<Data>>| async move {
@@ -276,7 +289,7 @@ fn main() {
         "| steady: live heap at open / after the first sync; resident after the first sync / at the end | {live_open:.0} / {live_first:.0} MiB; {rss_first:.0} / {rss_end:.0} MiB | – |"
     );
     println!(
-        "| traces kept after the first sync (those since the lowest cursor: the 15 min look-back); after the cycles below, and their memory | {seen}; {seen_after} traces, {per_trace:.0} bytes a trace | ≤ 64 bytes a trace ({}) |",
+        "| traces kept after the first sync (those of the feedback window, 1 h, and the 15 min look-back), with their feedback; after the cycles below, and their memory | {seen}; {seen_after} traces, {per_trace:.0} bytes a trace | ≤ 64 bytes a trace ({}) |",
         ok(per_trace <= 64.0)
     );
     println!(

@@ -205,6 +205,8 @@ const LATE: &[&str] = &[
     // An app's LLM calls: from the first window of its traces with a call naming a model.
     "mlflow_trace_llm_calls_total",
     "mlflow_trace_llm_cost_total",
+    // Traces by logged model: from an app's first trace naming one.
+    "mlflow_logged_model_traces_total",
 ];
 
 /// Every `mlflow_…` family a board's queries or a rule reads (recording rules' names, with a `:`,

@@ -586,3 +586,87 @@ for q in ["a", "b", "c"]:
         check(&scrape(&pipeline.publisher));
     }
 }
+
+/// Traces of an app running as a logged model count toward it, production traffic apart from
+/// the evaluation traffic `mlflow.genai.evaluate` makes in its run (which the `evaluation`
+/// feature counts the user of); the evaluation's code scorer is feedback like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_of_a_logged_model_split_evaluation_from_production() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    let script = r#"
+import os, warnings
+warnings.simplefilter("ignore")
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+import mlflow
+from mlflow.genai.scorers import scorer
+
+mlflow.set_experiment("genai-eval")
+mlflow.set_active_model(name="agent-v1")
+
+@mlflow.trace
+def agent(question):
+    if question == "boom":
+        raise ValueError("no")
+    return question.upper()
+
+for q in ["a", "b", "c", "boom"]:
+    try:
+        agent(q)
+    except ValueError:
+        pass
+
+@scorer
+def short(outputs):
+    return len(outputs) < 2
+
+mlflow.genai.evaluate(
+    data=[{"inputs": {"question": "x"}}, {"inputs": {"question": "yy"}}],
+    predict_fn=agent, scorers=[short])
+"#;
+    tokio::task::block_in_place(|| server.python(script));
+    let store = tempfile::tempdir().unwrap();
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let flags = FlagOverrides {
+        storage_path: Some(store.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let t = now_ms();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    pipeline.cycle(t).await.unwrap();
+    let check = |s: &Scrape| {
+        let l = |traffic: &'static str, state: &'static str| {
+            [
+                ("experiment", "genai-eval"),
+                ("logged_model", "agent-v1"),
+                ("state", state),
+                ("traffic", traffic),
+            ]
+        };
+        let fam = "mlflow_logged_model_traces_total";
+        assert_eq!(s.get(fam, &l("production", "OK")), 3.0);
+        assert_eq!(s.get(fam, &l("production", "ERROR")), 1.0);
+        assert_eq!(s.get(fam, &l("evaluation", "OK")), 2.0);
+        assert_eq!(s.get(fam, &l("evaluation", "ERROR")), 0.0);
+        assert_eq!(s.family(fam).len(), 4);
+        let ok = [("experiment", "genai-eval"), ("state", "OK")];
+        assert_eq!(s.get("mlflow_traces_total", &ok), 5.0);
+        // The scorer said "x" is short and "YY" is not.
+        let f = |value: &'static str| {
+            [
+                ("experiment", "genai-eval"),
+                ("name", "short"),
+                ("source_type", "CODE"),
+                ("value", value),
+            ]
+        };
+        assert_eq!(s.get("mlflow_trace_feedback_total", &f("true")), 1.0);
+        assert_eq!(s.get("mlflow_trace_feedback_total", &f("false")), 1.0);
+        let eval = [("feature", "evaluation"), ("window", "1d")];
+        assert_eq!(s.get("mlflow_feature_users", &eval), 1.0);
+    };
+    check(&scrape(&pipeline.publisher));
+    // Read again: the same.
+    pipeline.cycle(t + 30_000).await.unwrap();
+    check(&scrape(&pipeline.publisher));
+}

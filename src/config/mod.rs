@@ -542,6 +542,13 @@ impl Default for MetricsSettings {
                 },
                 // MLflow 3 tags a run that loaded a prompt of its registry.
                 Feature::tag("prompts", "mlflow.linkedPrompts"),
+                // MLflow 3's GenAI evaluation (`mlflow.genai.evaluate`) tags its runs so.
+                Feature {
+                    name: "evaluation".into(),
+                    tag: Some("mlflow.runType".into()),
+                    value: Some("genai_evaluate".into()),
+                    ..Feature::default()
+                },
             ],
             quality_metrics: [
                 ("accuracy", Goal::Max),

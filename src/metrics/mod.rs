@@ -158,7 +158,7 @@ pub const MLFLOW3_ONLY: &[&str] = &[
 ];
 
 /// How many families [`counters`] returns.
-pub const COUNTER_FAMILIES: usize = 32;
+pub const COUNTER_FAMILIES: usize = 33;
 
 /// The counters (and histograms) of the tally: everything counted once, from MLflow's history;
 /// and the GenAI apps' active users and sessions at `now_ms`, which the tally keeps.

@@ -662,8 +662,8 @@ fn feature_users_count_each_user_once_per_window() {
             ("system_metrics,7d", 1.0),
         ])
     );
-    // Every feature and window is exported, zeros included: 7 features × 3 windows.
-    assert_eq!(series(&f, "mlflow_feature_users").len(), 21);
+    // Every feature and window is exported, zeros included: 8 features × 3 windows.
+    assert_eq!(series(&f, "mlflow_feature_users").len(), 24);
 }
 
 #[test]

@@ -55,6 +55,11 @@ pub const LLM_COST: Spec = Spec::counter(
     "What MLflow priced those LLM calls at (the spans' total_cost, US dollars; 0 for a model MLflow has no price for), by experiment and llm_model",
     LLM_LABELS,
 );
+pub const LOGGED_MODEL_TRACES: Spec = Spec::counter(
+    "mlflow_logged_model_traces_total",
+    "Finished traces naming a logged model (mlflow.modelId), by experiment, the logged model's name, traffic (evaluation: made in a run, mlflow.sourceRun; production: not) and state",
+    &["experiment", "logged_model", "traffic", "state"],
+);
 pub const ERRORS: Spec = Spec::counter(
     "mlflow_exporter_trace_errors_total",
     "Traces and feedback counted with a part that could not be read (malformed metadata, a time or state MLflow does not write, an assessment without an id or name), by the part; that part is left out",
@@ -93,6 +98,7 @@ pub const SPECS: &[Spec] = &[
     JUDGE_COST,
     LLM_CALLS,
     LLM_COST,
+    LOGGED_MODEL_TRACES,
     ERRORS,
     GIVEN_UP,
     LATENCY_BUDGET,
@@ -174,6 +180,15 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
         calls.add(&[&key[0], &key[1]], *n as f64);
         llm_cost.add(&[&key[0], &key[1]], *v);
     }
+    let mut linked = Family::new(&LOGGED_MODEL_TRACES);
+    for (key, counts) in &tally.logged_model_traces {
+        for st in TraceState::FINISHED {
+            linked.add(
+                &[&key[0], &key[1], &key[2], st.as_str()],
+                counts[st.index()] as f64,
+            );
+        }
+    }
     let mut errors = Family::new(&ERRORS);
     for ((_, part), n) in malformed::KEYS.iter().zip(&tally.trace_errors) {
         errors.add(&[part], *n as f64);
@@ -194,6 +209,7 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
         judge.finish(),
         calls.finish(),
         llm_cost.finish(),
+        linked.finish(),
         errors.finish(),
         given_up.finish(),
         budget.finish(),

@@ -438,6 +438,7 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
             let (n, v) = t.llm_calls.get(key)?;
             json!({"n": n, "v": v})
         }
+        names::LOGGED_MODEL_TRACES => json!({"n": t.logged_model_traces.get(key)?}),
         names::TRACE_ERRORS => {
             let part = key.first()?;
             let i = crate::sync::traces::malformed::KEYS
@@ -560,6 +561,10 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         }
         names::LLM_CALLS => {
             t.llm_calls.insert(key, (n()?, v["v"].as_f64()?));
+        }
+        names::LOGGED_MODEL_TRACES => {
+            t.logged_model_traces
+                .insert(key, serde_json::from_value(v["n"].clone()).ok()?);
         }
         names::TRACE_ERRORS => {
             // A part this version does not read is left alone.

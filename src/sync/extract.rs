@@ -470,7 +470,7 @@ mod tests {
         });
         let ex = Extractor::new(&s);
         // Defaults: registry (bit 0, never from the run), system_metrics 1, autolog 2, git 3, nested 4,
-        // datasets 5, prompts 6; the one pushed here is 7.
+        // datasets 5, prompts 6, evaluation 7; the one pushed here is 8.
         assert_eq!(ex.features(&run_with(&[], &[], 0)), 0);
         assert_eq!(
             ex.features(&run_with(&[], &["system/cpu_utilization_percentage"], 0)),
@@ -486,7 +486,7 @@ mod tests {
         );
         assert_eq!(
             ex.features(&run_with(&[("mlflow.autologging", "sklearn")], &[], 0)),
-            1 << 2 | 1 << 7
+            1 << 2 | 1 << 8
         );
         assert_eq!(
             ex.features(&run_with(
@@ -505,6 +505,10 @@ mod tests {
             r#"[{"name": "qa", "version": "1"}]"#,
         )];
         assert_eq!(ex.features(&run_with(&linked, &[], 0)), 1 << 6);
+        let evaluation = [("mlflow.runType", "genai_evaluate")];
+        assert_eq!(ex.features(&run_with(&evaluation, &[], 0)), 1 << 7);
+        let other = [("mlflow.runType", "test")];
+        assert_eq!(ex.features(&run_with(&other, &[], 0)), 0);
     }
 
     #[test]

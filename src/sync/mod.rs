@@ -1006,6 +1006,7 @@ fn logged_records(
         .map(|m| {
             let record = LoggedModelRecord {
                 experiment: strings.intern(&m.experiment_id),
+                name: strings.intern(&m.name),
                 status: LoggedStatus::parse(&m.status),
                 created_ms: m.creation_timestamp_ms.unwrap_or(NO_TIME),
             };

@@ -402,6 +402,8 @@ impl LoggedStatus {
 pub struct LoggedModelRecord {
     /// The experiment's id.
     pub experiment: Sym,
+    /// Its name (several logged models may share one).
+    pub name: Sym,
     pub status: LoggedStatus,
     /// Ms since the epoch, or [`NO_TIME`].
     pub created_ms: i64,

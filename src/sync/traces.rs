@@ -128,6 +128,11 @@ pub struct TraceRecord {
     /// `mlflow.trace.session`), 0 when the trace names none.
     pub user: u64,
     pub session: u64,
+    /// The logged model the trace names (`mlflow.modelId`): 1 + its place in the batch's
+    /// [`TraceBatch::models`]; 0 for none.
+    pub model: u32,
+    /// The trace was made in a run (`mlflow.sourceRun`): evaluation, not production traffic.
+    pub in_run: bool,
 }
 
 /// Token counts past this are not a trace's: read as malformed rather than counted.
@@ -143,6 +148,9 @@ pub struct TraceBatch {
     pub feedback: HashMap<String, Vec<FeedbackRecord>>,
     /// The latest start among the traces read, if any.
     pub latest_ms: Option<i64>,
+    /// The logged models the traces name, by id, each once, and their places there.
+    pub models: Vec<Box<str>>,
+    pub model_index: HashMap<Box<str>, u32>,
 }
 
 impl TraceBatch {
@@ -154,6 +162,22 @@ impl TraceBatch {
             .enumerate()
             .map(|(i, t)| {
                 let mut r = record(&t);
+                if let Some(id) = t
+                    .trace_metadata
+                    .model_id
+                    .as_deref()
+                    .filter(|m| !m.is_empty())
+                {
+                    r.model = match self.model_index.get(id) {
+                        Some(at) => *at,
+                        None => {
+                            self.models.push(id.into());
+                            let at = u32::try_from(self.models.len()).unwrap_or(0);
+                            self.model_index.insert(id.into(), at);
+                            at
+                        }
+                    };
+                }
                 if !t.assessments.is_empty() {
                     let (given, bad) = feedback_of(&t.assessments);
                     r.malformed |= bad;
@@ -260,6 +284,12 @@ pub fn record(t: &TraceInfo) -> TraceRecord {
         malformed: bad,
         user: person(t.trace_metadata.user.as_deref()),
         session: person(t.trace_metadata.session.as_deref()),
+        model: 0,
+        in_run: t
+            .trace_metadata
+            .source_run
+            .as_deref()
+            .is_some_and(|r| !r.is_empty()),
     }
 }
 
@@ -449,6 +479,8 @@ mod tests {
                 malformed: 0,
                 user: 0,
                 session: 0,
+                model: 0,
+                in_run: false,
             }
         );
         assert_eq!(std::mem::size_of::<TraceRecord>(), 80);

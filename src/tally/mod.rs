@@ -76,7 +76,9 @@ pub mod names {
     /// The apps' LLM calls by model, and what MLflow priced them at (one series holds both).
     pub const LLM_CALLS: &str = "mlflow_trace_llm_calls_total";
     pub const LLM_COST: &str = "mlflow_trace_llm_cost_total";
-    pub const ALL: [&str; 24] = [
+    /// Traces naming a logged model, by its name and their traffic (evaluation or production).
+    pub const LOGGED_MODEL_TRACES: &str = "mlflow_logged_model_traces_total";
+    pub const ALL: [&str; 25] = [
         RUNS_ENDED,
         RUN_DURATION,
         RUNS_STARTED,
@@ -101,6 +103,7 @@ pub mod names {
         JUDGE_COST,
         LLM_CALLS,
         LLM_COST,
+        LOGGED_MODEL_TRACES,
     ];
 }
 
@@ -340,6 +343,8 @@ pub struct Tally {
     pub judge_cost: Series<f64>,
     /// `[experiment, model]`: the apps' LLM calls, and what MLflow priced them at.
     pub llm_calls: Series<(u64, f64)>,
+    /// `[experiment, logged_model, traffic]`: traces naming a logged model, per finished state.
+    pub logged_model_traces: Series<[u64; 2]>,
     /// Per [`crate::sync::traces::malformed::KEYS`]: traces counted with that part unreadable.
     pub trace_errors: [u64; crate::sync::traces::malformed::KEYS.len()],
     pub traces_given_up: u64,
@@ -406,6 +411,7 @@ impl Tally {
             trace_feedback: Series::new(),
             judge_cost: Series::new(),
             llm_calls: Series::new(),
+            logged_model_traces: Series::new(),
             trace_errors: Default::default(),
             traces_given_up: 0,
             trace_state: traces::TraceLedger::default(),
@@ -482,6 +488,7 @@ impl Tally {
             + self.trace_feedback.len() * feedback_lines(&s.score_bounds)
             + self.judge_cost.len()
             + self.llm_calls.len() * 2
+            + self.logged_model_traces.len() * 2
             // The apps' active users and sessions: every app with traces, at each window.
             + self.traces.len() * 2 * s.windows
             + self.trace_errors.len()
@@ -802,8 +809,27 @@ impl Tally {
         let mut feedback: Named<traces::FeedbackCounts> = BTreeMap::new();
         let mut judge_cost: Named<f64> = BTreeMap::new();
         let mut llm_calls: Named<(u64, f64)> = BTreeMap::new();
+        let mut model_traces: Named<[u64; 2]> = BTreeMap::new();
         for (e, t) in d.traces.by_experiment {
             let k = key(&[exp(e)]);
+            let mut linked: Vec<_> = t.logged_models.into_iter().collect();
+            linked.sort_unstable();
+            for ((id, in_run), counts) in linked {
+                // By its name, as MLflow's UI shows it; a model not read (another experiment's,
+                // deleted) by its id.
+                let name = snap
+                    .logged_models
+                    .get(&id)
+                    .map(|m| s.get(m.name))
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or(&id);
+                let traffic = if in_run { "evaluation" } else { "production" };
+                let slot = model_traces
+                    .entry(key(&[exp(e), name, traffic]))
+                    .or_default();
+                slot.0 += counts.iter().sum::<u64>();
+                add_pair(&mut slot.1, &counts);
+            }
             for (model, (n, cost)) in t.llm {
                 let slot = llm_calls.entry(key(&[exp(e), &model])).or_default();
                 slot.0 += n;
@@ -864,7 +890,7 @@ impl Tally {
             TRACES | TRACE_TOKENS => 2,
             TRACE_DURATIONS => 2 * trace_h,
             FEEDBACK => feedback_lines(&st.score_bounds),
-            LLM => 2,
+            LLM | LOGGED_MODEL_TRACES => 2,
             _ => 1,
         };
         let mut wanted: Vec<(usize, u64, &Key)> = Vec::new();
@@ -886,6 +912,11 @@ impl Tally {
         wanted.extend(new_keys(&judge_cost, &self.judge_cost, JUDGE_COST));
         wanted.extend(new_keys(&feedback, &self.trace_feedback, FEEDBACK));
         wanted.extend(new_keys(&llm_calls, &self.llm_calls, LLM));
+        wanted.extend(new_keys(
+            &model_traces,
+            &self.logged_model_traces,
+            LOGGED_MODEL_TRACES,
+        ));
         wanted.extend(new_keys(
             &trace_durations,
             &self.trace_durations,
@@ -922,6 +953,10 @@ impl Tally {
             (JUDGE_COST, other_missing(&self.judge_cost, 1)),
             (FEEDBACK, other_missing(&self.trace_feedback, 3)),
             (LLM, other_missing(&self.llm_calls, 2)),
+            (
+                LOGGED_MODEL_TRACES,
+                other_missing(&self.logged_model_traces, 3),
+            ),
             (DURATIONS, other_missing(&self.durations, 1 + st.extra)),
             (UTIL, other_missing(&self.gpu_util, 2)),
             (COST, other_missing(&self.cost, 3)),
@@ -1045,6 +1080,14 @@ impl Tally {
                 a.0 += b.0;
                 a.1 += b.1;
             },
+        );
+        budget.merge(
+            &mut self.logged_model_traces,
+            model_traces,
+            &admitted[LOGGED_MODEL_TRACES],
+            2,
+            names::LOGGED_MODEL_TRACES,
+            add_pair,
         );
         budget.merge(
             &mut self.trace_durations,
@@ -1480,7 +1523,8 @@ const TRACE_DURATIONS: usize = 14;
 const JUDGE_COST: usize = 15;
 const FEEDBACK: usize = 16;
 const LLM: usize = 17;
-const FAMILIES: usize = 18;
+const LOGGED_MODEL_TRACES: usize = 18;
+const FAMILIES: usize = 19;
 /// Which new series get room first when the budget is short: counts before the histograms of the
 /// same keys, the cost families (experiment × team × instance type, the most combinations) last.
 const PRIORITY: [usize; FAMILIES] = [
@@ -1499,6 +1543,7 @@ const PRIORITY: [usize; FAMILIES] = [
     JUDGE_COST,
     FEEDBACK,
     LLM,
+    LOGGED_MODEL_TRACES,
     DURATIONS,
     UTIL,
     COST,

@@ -96,6 +96,9 @@ pub struct ExperimentTraces {
     pub judge_cost: f64,
     /// The app's LLM calls by model, and what MLflow priced them at.
     pub llm: HashMap<Box<str>, (u64, f64)>,
+    /// Traces naming a logged model (`mlflow.modelId`), by its id and whether they were made in
+    /// a run (evaluation): per finished state.
+    pub logged_models: HashMap<(Box<str>, bool), [u64; 2]>,
 }
 
 /// Feedback of one name from one source: how many said each [`FeedbackValue::LABELS`], and the
@@ -222,7 +225,8 @@ impl TraceLedger {
             .or_else(|| self.cursors.values().min().copied());
         // The experiments of a batch, for their LLM calls' cursors.
         let mut d_experiments: Vec<Box<str>> = Vec::new();
-        for batch in batches {
+        for mut batch in batches {
+            let models = std::mem::take(&mut batch.models);
             // No later read of this scope starts before the look-back from its latest trace, or
             // the start of a trace in progress it waits for: what started before is counted and
             // not remembered (the first read of a large history remembers only its last minutes).
@@ -290,6 +294,12 @@ impl TraceLedger {
                     let i = r.state.index();
                     slot.count[i] += 1;
                     slot.durations[i].observe_ms(b.duration_ms, r.duration_ms);
+                    if let Some(m) = (r.model as usize)
+                        .checked_sub(1)
+                        .and_then(|i| models.get(i))
+                    {
+                        slot.logged_models.entry((m.clone(), r.in_run)).or_default()[i] += 1;
+                    }
                     slot.tokens[0] += r.input_tokens;
                     slot.tokens[1] += r.output_tokens;
                     if r.cost.is_finite() {
@@ -484,6 +494,8 @@ mod tests {
             malformed: 0,
             user: id as u64 % 2 + 1,
             session: id as u64,
+            model: 0,
+            in_run: false,
         }
     }
 

@@ -245,6 +245,8 @@ pub struct LoggedModel {
 pub struct LoggedModelInfo {
     pub model_id: String,
     pub experiment_id: String,
+    #[serde(default)]
+    pub name: String,
     #[serde(default, deserialize_with = "opt_i64")]
     pub creation_timestamp_ms: Option<i64>,
     /// `LOGGED_MODEL_PENDING`, `LOGGED_MODEL_READY`, `LOGGED_MODEL_UPLOAD_FAILED`.
@@ -382,6 +384,12 @@ pub struct TraceMetadata {
         deserialize_with = "opt_text"
     )]
     pub session: Option<String>,
+    /// The run the trace was made in (`mlflow.genai.evaluate`, a script under `start_run`).
+    #[serde(default, rename = "mlflow.sourceRun", deserialize_with = "opt_text")]
+    pub source_run: Option<String>,
+    /// The logged model (MLflow 3's `LoggedModel`) the app was running as.
+    #[serde(default, rename = "mlflow.modelId", deserialize_with = "opt_text")]
+    pub model_id: Option<String>,
 }
 
 /// A string as it is; any other JSON value as its JSON text; null as empty.

@@ -296,7 +296,16 @@ pub fn count_and_derive(
     if publisher.set_model_fold(tally.labels.model_fold()) {
         publisher.set_history(delivery);
     }
-    let mut families = crate::metrics::gauges(snap, &folds, delivery, d, now_ms);
+    // Runs traces were made in: those counted before, and those of the traces read now.
+    let mut traced = tally.traced_runs();
+    for b in &snap.traces {
+        traced.extend(
+            b.source_runs
+                .iter()
+                .map(|r| crate::sync::snapshot::run_key(r)),
+        );
+    }
+    let mut families = crate::metrics::gauges(snap, &folds, delivery, d, &traced, now_ms);
     // `mlflow_exporter_series` has a sample per family, and one for the limit.
     let series_family =
         families.len() + crate::metrics::COUNTER_FAMILIES + publisher.other_families() + 2;

@@ -705,7 +705,8 @@ fn north_star(s: &Scrape, server: &MlflowServer, t: i64, phase: Phase) {
         ("datasets", [1.0, 1.0, 1.0]),
         // This history loads no prompt (tests/workspaces_mlflow.rs does).
         ("prompts", [0.0, 0.0, 0.0]),
-        // Nor a GenAI evaluation (tests/traces_mlflow.rs runs one).
+        // Nor a GenAI evaluation or a trace (tests/traces_mlflow.rs has them).
+        ("tracing", [0.0, 0.0, 0.0]),
         ("evaluation", [0.0, 0.0, 0.0]),
     ];
     let rows: Vec<([(&str, &str); 2], f64)> = features

@@ -662,8 +662,11 @@ mlflow.genai.evaluate(
         };
         assert_eq!(s.get("mlflow_trace_feedback_total", &f("true")), 1.0);
         assert_eq!(s.get("mlflow_trace_feedback_total", &f("false")), 1.0);
-        let eval = [("feature", "evaluation"), ("window", "1d")];
-        assert_eq!(s.get("mlflow_feature_users", &eval), 1.0);
+        // The evaluation's run, and traces made in it: one user of each feature.
+        for feature in ["evaluation", "tracing"] {
+            let l = [("feature", feature), ("window", "1d")];
+            assert_eq!(s.get("mlflow_feature_users", &l), 1.0, "{feature}");
+        }
     };
     check(&scrape(&pipeline.publisher));
     // Read again: the same.

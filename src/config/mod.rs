@@ -476,6 +476,9 @@ pub struct Feature {
     pub inputs: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub registered: bool,
+    /// MLflow 3: traces were made in the run (a trace's `mlflow.sourceRun` names it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub traces: bool,
 }
 
 impl Feature {
@@ -542,6 +545,11 @@ impl Default for MetricsSettings {
                 },
                 // MLflow 3 tags a run that loaded a prompt of its registry.
                 Feature::tag("prompts", "mlflow.linkedPrompts"),
+                Feature {
+                    name: "tracing".into(),
+                    traces: true,
+                    ..Feature::default()
+                },
                 // MLflow 3's GenAI evaluation (`mlflow.genai.evaluate`) tags its runs so.
                 Feature {
                     name: "evaluation".into(),
@@ -983,11 +991,12 @@ impl Settings {
                 f.metric_prefix.is_some(),
                 f.inputs,
                 f.registered,
+                f.traces,
             ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 return bad(
                     &key,
-                    "set exactly one of tag, metric_prefix, inputs: true or registered: true"
+                    "set exactly one of tag, metric_prefix, inputs: true, registered: true or traces: true"
                         .into(),
                 );
             }

@@ -241,7 +241,12 @@ impl Group<'_> {
 
 /// The users, teams and activations of the platform and, on a workspace-enabled MLflow, of each
 /// workspace (a run's workspace is its experiment's).
-pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
+pub fn families(
+    snap: &Snapshot,
+    d: &Derivation,
+    traced: &HashSet<RunKey>,
+    now_ms: i64,
+) -> Vec<TextFamily> {
     // Windows beyond 32 would overflow the bit set; Settings keeps them few in practice.
     let windows = &d.windows[..d.windows.len().min(32)];
     let registered: HashSet<RunKey> = snap.versions.values().filter_map(|v| v.run).collect();
@@ -268,6 +273,9 @@ pub fn families(snap: &Snapshot, d: &Derivation, now_ms: i64) -> Vec<TextFamily>
         let mut features = r.features;
         if registered.contains(&key) {
             features |= d.registered_features;
+        }
+        if traced.contains(&key) {
+            features |= d.traced_features;
         }
         if let Some(u) = user {
             u.record(r.start_ms, features, windows, now_ms);

@@ -29,7 +29,7 @@ use family::TextFamily;
 
 use crate::config::{DeliverySettings, MetricsSettings, Settings};
 use crate::delivery::Delivery;
-use crate::sync::snapshot::Snapshot;
+use crate::sync::snapshot::{RunKey, Snapshot};
 use crate::sync::RateCard;
 use crate::tally::Tally;
 use family::Spec;
@@ -48,6 +48,8 @@ pub struct Derivation {
     pub ttfm_bounds_ms: Vec<u64>,
     /// Bits of the features decided by the registry (a version was created from the run).
     pub registered_features: u32,
+    /// The features of runs traces were made in (`traces: true`).
+    pub traced_features: u32,
     pub delivery: DeliverySettings,
 }
 
@@ -70,6 +72,12 @@ impl Derivation {
                 .iter()
                 .enumerate()
                 .filter(|(_, f)| f.registered)
+                .fold(0, |bits, (i, _)| bits | 1 << i),
+            traced_features: m
+                .features
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.traces)
                 .fold(0, |bits, (i, _)| bits | 1 << i),
             delivery: s.delivery.clone(),
         }
@@ -106,7 +114,8 @@ pub fn derive(
     now_ms: i64,
 ) -> Vec<TextFamily> {
     let folds = tally.labels.folds(snap);
-    let mut out = gauges(snap, &folds, delivery, d, now_ms);
+    let traced = tally.traced_runs();
+    let mut out = gauges(snap, &folds, delivery, d, &traced, now_ms);
     out.extend(counters(tally, d, now_ms));
     out
 }
@@ -118,6 +127,7 @@ pub fn gauges(
     folds: &Folds,
     delivery: &Delivery,
     d: &Derivation,
+    traced: &hashbrown::HashSet<RunKey>,
     now_ms: i64,
 ) -> Vec<TextFamily> {
     // Two halves of about the same cost, one on another core: the users and teams of each window
@@ -129,7 +139,7 @@ pub fn gauges(
             first.extend(quality::families(snap, d, folds));
             first
         },
-        || adoption::families(snap, d, now_ms),
+        || adoption::families(snap, d, traced, now_ms),
     );
     out.extend(adoption);
     out.extend(delivery::families(snap, folds, delivery, d));
@@ -155,6 +165,12 @@ pub const MLFLOW3_ONLY: &[&str] = &[
     traces::LATENCY_BUDGET.name,
     traces::APP_USERS.name,
     traces::APP_SESSIONS.name,
+    traces::FEEDBACK.name,
+    traces::FEEDBACK_SCORE.name,
+    traces::JUDGE_COST.name,
+    traces::LLM_CALLS.name,
+    traces::LLM_COST.name,
+    traces::LOGGED_MODEL_TRACES.name,
 ];
 
 /// How many families [`counters`] returns.

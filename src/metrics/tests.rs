@@ -180,7 +180,7 @@ fn user_windows_include_their_start_edge() {
         NO_TIME,
     );
     let d = settings(|_| {});
-    let f = adoption::families(&b.snap, &d, NOW);
+    let f = adoption::families(&b.snap, &d, &Default::default(), NOW);
     assert_eq!(series(&f, "mlflow_users"), map(&[("", 5.0)]));
     assert_eq!(
         series(&f, "mlflow_active_users"),
@@ -204,7 +204,7 @@ fn configured_windows_are_labelled_as_promql_durations() {
     let d = settings(|s| {
         s.metrics.user_windows = vec![Duration::from_secs(3600), Duration::from_secs(7200)]
     });
-    let f = adoption::families(&b.snap, &d, NOW);
+    let f = adoption::families(&b.snap, &d, &Default::default(), NOW);
     assert_eq!(
         series(&f, "mlflow_active_users"),
         map(&[("1h", 0.0), ("2h", 1.0)])
@@ -635,7 +635,8 @@ fn nobody_activated_still_exports_an_empty_histogram() {
 fn feature_users_count_each_user_once_per_window() {
     let mut b = Build::default();
     b.experiment("1", "e", None, false);
-    // Default features: registry 0, system_metrics 1, autolog 2, git 3, nested_runs 4, datasets 5.
+    // Default features: registry 0, system_metrics 1, autolog 2, git 3, nested_runs 4, datasets 5,
+    // prompts 6, tracing 7 (from the runs traces were made in), evaluation 8.
     b.run("1", Some("a"), RunStatus::Finished, NOW - H, NOW)
         .features = 1 << 1 | 1 << 3;
     b.run("1", Some("a"), RunStatus::Running, NOW - 2 * H, NO_TIME)
@@ -644,7 +645,9 @@ fn feature_users_count_each_user_once_per_window() {
         .features = 1 << 2;
     b.run("1", Some("c"), RunStatus::Finished, NOW - 40 * D, NOW)
         .features = 0b111110;
-    let f = adoption::families(&b.snap, &settings(|_| {}), NOW);
+    // Run 3 (b's, 5 days ago) had traces made in it.
+    let traced = [3].into_iter().collect();
+    let f = adoption::families(&b.snap, &settings(|_| {}), &traced, NOW);
     let got: BTreeMap<String, f64> = series(&f, "mlflow_feature_users")
         .into_iter()
         .filter(|(_, v)| *v > 0.0)
@@ -660,10 +663,12 @@ fn feature_users_count_each_user_once_per_window() {
             ("system_metrics,1d", 1.0),
             ("system_metrics,30d", 1.0),
             ("system_metrics,7d", 1.0),
+            ("tracing,30d", 1.0),
+            ("tracing,7d", 1.0),
         ])
     );
-    // Every feature and window is exported, zeros included: 8 features × 3 windows.
-    assert_eq!(series(&f, "mlflow_feature_users").len(), 24);
+    // Every feature and window is exported, zeros included: 9 features × 3 windows.
+    assert_eq!(series(&f, "mlflow_feature_users").len(), 27);
 }
 
 #[test]

@@ -129,6 +129,8 @@ enum Predicate {
     Inputs,
     /// Decided from the registry when metrics are derived, not from the run.
     Registered,
+    /// Decided from the traces counted (the tally's runs named by a trace), not from the run.
+    Traces,
 }
 
 impl Predicate {
@@ -140,6 +142,7 @@ impl Predicate {
             },
             (None, Some(p)) => Predicate::MetricPrefix(p.clone()),
             _ if f.inputs => Predicate::Inputs,
+            _ if f.traces => Predicate::Traces,
             _ => Predicate::Registered,
         }
     }
@@ -152,7 +155,7 @@ impl Predicate {
                 m.key.as_bytes().first() == p.as_bytes().first() && m.key.starts_with(p.as_str())
             }),
             Predicate::Inputs => !run.inputs.dataset_inputs.is_empty(),
-            Predicate::Registered => false,
+            Predicate::Registered | Predicate::Traces => false,
         }
     }
 }
@@ -470,7 +473,8 @@ mod tests {
         });
         let ex = Extractor::new(&s);
         // Defaults: registry (bit 0, never from the run), system_metrics 1, autolog 2, git 3, nested 4,
-        // datasets 5, prompts 6, evaluation 7; the one pushed here is 8.
+        // datasets 5, prompts 6, tracing 7 (never from the run), evaluation 8; the one pushed
+        // here is 9.
         assert_eq!(ex.features(&run_with(&[], &[], 0)), 0);
         assert_eq!(
             ex.features(&run_with(&[], &["system/cpu_utilization_percentage"], 0)),
@@ -486,7 +490,7 @@ mod tests {
         );
         assert_eq!(
             ex.features(&run_with(&[("mlflow.autologging", "sklearn")], &[], 0)),
-            1 << 2 | 1 << 8
+            1 << 2 | 1 << 9
         );
         assert_eq!(
             ex.features(&run_with(
@@ -506,7 +510,7 @@ mod tests {
         )];
         assert_eq!(ex.features(&run_with(&linked, &[], 0)), 1 << 6);
         let evaluation = [("mlflow.runType", "genai_evaluate")];
-        assert_eq!(ex.features(&run_with(&evaluation, &[], 0)), 1 << 7);
+        assert_eq!(ex.features(&run_with(&evaluation, &[], 0)), 1 << 8);
         let other = [("mlflow.runType", "test")];
         assert_eq!(ex.features(&run_with(&other, &[], 0)), 0);
     }

@@ -148,6 +148,8 @@ pub struct TraceBatch {
     pub feedback: HashMap<String, Vec<FeedbackRecord>>,
     /// The latest start among the traces read, if any.
     pub latest_ms: Option<i64>,
+    /// The runs the traces were made in (`mlflow.sourceRun`), by id.
+    pub source_runs: std::collections::HashSet<Box<str>>,
     /// The logged models the traces name, by id, each once, and their places there.
     pub models: Vec<Box<str>>,
     pub model_index: HashMap<Box<str>, u32>,
@@ -162,6 +164,16 @@ impl TraceBatch {
             .enumerate()
             .map(|(i, t)| {
                 let mut r = record(&t);
+                if let Some(run) = t
+                    .trace_metadata
+                    .source_run
+                    .as_deref()
+                    .filter(|r| !r.is_empty())
+                {
+                    if !self.source_runs.contains(run) {
+                        self.source_runs.insert(run.into());
+                    }
+                }
                 if let Some(id) = t
                     .trace_metadata
                     .model_id

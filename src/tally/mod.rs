@@ -250,6 +250,8 @@ pub mod kinds {
     /// Prompts of MLflow 3's prompt registry, and their versions.
     pub const PROMPT: &str = "prompt";
     pub const PROMPT_VERSION: &str = "prompt_version";
+    /// Runs a trace was made in (MLflow 3's `mlflow.sourceRun`), for the `tracing` feature.
+    pub const TRACED_RUN: &str = "traced_run";
 }
 
 /// What changed since the store last saved the tally.
@@ -452,6 +454,7 @@ impl Tally {
             kinds::REGISTERED_LOGGED_MODEL,
             kinds::PROMPT,
             kinds::PROMPT_VERSION,
+            kinds::TRACED_RUN,
         ]
         .into_iter()
         .find(|k| *k == kind) else {
@@ -529,6 +532,11 @@ impl Tally {
             report.gone += 1;
         }
         let batches = std::mem::take(&mut snap.traces);
+        for b in &batches {
+            for run in &b.source_runs {
+                self.first_sight(kinds::TRACED_RUN, run);
+            }
+        }
         if !batches.is_empty() {
             let strings = &mut snap.strings;
             deltas.traces = self.trace_state.count(
@@ -1290,6 +1298,18 @@ impl Tally {
         self.unsaved
             .series
             .insert((names::TIME_TO_REGISTRATION, key(&[])));
+    }
+
+    /// The runs traces were made in, by key.
+    pub fn traced_runs(&self) -> HashSet<RunKey> {
+        self.objects
+            .get(kinds::TRACED_RUN)
+            .map(|runs| {
+                runs.keys()
+                    .map(|id| crate::sync::snapshot::run_key(id))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// True the first time an object is seen (recorded then), false for one counted before.

@@ -263,6 +263,11 @@ fn main() {
     let idle = rt.block_on(pipeline.cycle(now + 180_000)).unwrap();
     let idle_s = t.elapsed().as_secs_f64();
     let seen_after = pipeline.tally.trace_state.remembered();
+    // Five minutes on: the look-back for feedback, and every app's LLM calls, are due.
+    let t = Instant::now();
+    let due = rt.block_on(pipeline.cycle(now + 420_000)).unwrap();
+    let due_s = t.elapsed().as_secs_f64();
+    let llm_apps = pipeline.tally.trace_state.llm_cursors.len();
     // What the window of traces read costs a trace: a copy of the ledger, measured (a clone is
     // sized as the original's table is), holding the look-back's traces.
     let before = heap::LIVE.load(Ordering::Relaxed);
@@ -305,5 +310,12 @@ fn main() {
         idle.requests,
         idle_s * 1000.0,
         ok(seen_after <= ADDED + seen)
+    );
+    println!(
+        "| a cycle {} min after the first, with the feedback look-back and the LLM calls of {llm_apps} apps due: traces read, requests | {} traces, {} requests, {:.0} ms | – |",
+        7,
+        due.traces_read,
+        due.requests,
+        due_s * 1000.0
     );
 }

@@ -87,6 +87,21 @@ for i in ids:
         .collect()
 }
 
+/// Settings to read `server`, with the event store in `store` and `vars` set as the environment
+/// would.
+fn settings_for(server: &MlflowServer, store: &std::path::Path, vars: &[(&str, &str)]) -> Settings {
+    let mut env: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.insert("MLFLOW_TRACKING_URI".into(), server.url.clone());
+    let flags = FlagOverrides {
+        storage_path: Some(store.join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    Settings::load(Some(&example_config()), &env, &flags).unwrap()
+}
+
 /// A trace written as an app that logs its spans as they come does: first in progress, then
 /// finished (MLflow's `StartTraceV3` again, with its state and duration).
 fn start_trace(server: &MlflowServer, experiment_id: &str, state: &str, start_ms: i64) {
@@ -189,12 +204,7 @@ async fn traces_count_once_by_experiment_and_state_across_cycles_and_a_restart()
     tokio::task::block_in_place(|| start_trace(&server, &other, "IN_PROGRESS", t - 1_000));
 
     let store = tempfile::tempdir().unwrap();
-    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
-    let flags = FlagOverrides {
-        storage_path: Some(store.path().join("events.db").display().to_string()),
-        ..FlagOverrides::default()
-    };
-    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let settings = settings_for(&server, store.path(), &[]);
     let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
     let report = pipeline.cycle(t).await.unwrap();
     // Five finished, one in progress: read, not counted.
@@ -350,23 +360,14 @@ print("ID one", one); print("ID two", two); print("ID score", score)
         )
     });
     let store = tempfile::tempdir().unwrap();
-    let env = [
-        ("MLFLOW_TRACKING_URI".to_string(), server.url.clone()),
-        (
-            "MLFLOW_EXPORTER_MLFLOW__TRACES_OVERLAP".to_string(),
-            "1s".to_string(),
-        ),
-        (
-            "MLFLOW_EXPORTER_MLFLOW__FEEDBACK_INTERVAL".to_string(),
-            "0s".to_string(),
-        ),
-    ]
-    .into();
-    let flags = FlagOverrides {
-        storage_path: Some(store.path().join("events.db").display().to_string()),
-        ..FlagOverrides::default()
-    };
-    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let settings = settings_for(
+        &server,
+        store.path(),
+        &[
+            ("MLFLOW_EXPORTER_MLFLOW__TRACES_OVERLAP", "1s"),
+            ("MLFLOW_EXPORTER_MLFLOW__FEEDBACK_INTERVAL", "0s"),
+        ],
+    );
     let t = now_ms();
     let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
     pipeline.cycle(t).await.unwrap();
@@ -511,19 +512,11 @@ for q in ["a", "b", "c"]:
 "#;
     tokio::task::block_in_place(|| server.python(script));
     let store = tempfile::tempdir().unwrap();
-    let env = [
-        ("MLFLOW_TRACKING_URI".to_string(), server.url.clone()),
-        (
-            "MLFLOW_EXPORTER_MLFLOW__LLM_CALLS_INTERVAL".to_string(),
-            "0s".to_string(),
-        ),
-    ]
-    .into();
-    let flags = FlagOverrides {
-        storage_path: Some(store.path().join("events.db").display().to_string()),
-        ..FlagOverrides::default()
-    };
-    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let settings = settings_for(
+        &server,
+        store.path(),
+        &[("MLFLOW_EXPORTER_MLFLOW__LLM_CALLS_INTERVAL", "0s")],
+    );
     let t = now_ms();
     let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
     // The first cycle finds the app; its calls are read once their window has closed.
@@ -625,12 +618,7 @@ mlflow.genai.evaluate(
 "#;
     tokio::task::block_in_place(|| server.python(script));
     let store = tempfile::tempdir().unwrap();
-    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
-    let flags = FlagOverrides {
-        storage_path: Some(store.path().join("events.db").display().to_string()),
-        ..FlagOverrides::default()
-    };
-    let settings = Settings::load(Some(&example_config()), &env, &flags).unwrap();
+    let settings = settings_for(&server, store.path(), &[]);
     let t = now_ms();
     let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
     pipeline.cycle(t).await.unwrap();

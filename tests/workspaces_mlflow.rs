@@ -11,7 +11,7 @@ use mlflow_exporter::sync::Mode;
 use serde_json::{json, Value};
 
 mod common;
-use common::{example_config, http_post, now_ms, scrape, MlflowServer};
+use common::{example_config, http_post, now_ms, scrape, MlflowServer, Scrape};
 
 /// One REST call to MLflow in `workspace`; its JSON answer, with its status.
 fn rest(server: &MlflowServer, workspace: &str, path: &str, body: Value) -> (u16, Value) {
@@ -743,6 +743,7 @@ fn log_trace(server: &MlflowServer, workspace: &str, experiment_id: &str, n: u12
         "trace_metadata": {
             "mlflow.trace.tokenUsage": "{\"input_tokens\": 3, \"output_tokens\": 4, \"total_tokens\": 7}",
             "mlflow.trace.user": format!("user-{}", n % 2),
+            "mlflow.modelId": "m-00000000000000000000000000000001",
         },
     });
     ok(
@@ -753,8 +754,25 @@ fn log_trace(server: &MlflowServer, workspace: &str, experiment_id: &str, n: u12
     );
 }
 
-/// Two workspaces' GenAI apps of the same name: each workspace's traces are read with its header
-/// and counted under its own `workspace` label, never added together.
+/// A user's feedback on trace `n` of `workspace` (MLflow's `CreateAssessment`, as
+/// `mlflow.log_feedback` sends it).
+fn log_feedback(server: &MlflowServer, workspace: &str, n: u128, value: bool) {
+    let trace = format!("tr-{n:032x}");
+    ok(
+        server,
+        workspace,
+        &format!("/api/3.0/mlflow/traces/{trace}/assessments"),
+        json!({"assessment": {
+            "assessment_name": "helpful", "trace_id": trace,
+            "source": {"source_type": "HUMAN", "source_id": "u"},
+            "feedback": {"value": value},
+        }}),
+    );
+}
+
+/// Two workspaces' GenAI apps of the same name: each workspace's traces (and their feedback, and
+/// the logged model they name) are read with its header and counted under its own `workspace`
+/// label, never added together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_of_two_workspaces_are_counted_apart() {
     let dir = tempfile::tempdir().unwrap();
@@ -783,6 +801,8 @@ async fn traces_of_two_workspaces_are_counted_apart() {
         log_trace(&server, "default", &a, 1, "OK");
         log_trace(&server, "default", &a, 2, "ERROR");
         log_trace(&server, "team-b", &b, 3, "OK");
+        log_feedback(&server, "default", 1, true);
+        log_feedback(&server, "team-b", 3, false);
     });
     let store = tempfile::tempdir().unwrap();
     let settings = settings(&server, &store);
@@ -816,9 +836,40 @@ async fn traces_of_two_workspaces_are_counted_apart() {
     let users = |w: &'static str| [("workspace", w), ("experiment", "chat"), ("window", "1d")];
     assert_eq!(s.get("mlflow_app_active_users", &users("default")), 2.0);
     assert_eq!(s.get("mlflow_app_active_users", &users("team-b")), 1.0);
+    let again = |s: &Scrape| {
+        let feedback = |w: &'static str, value: &'static str| {
+            [
+                ("workspace", w),
+                ("experiment", "chat"),
+                ("name", "helpful"),
+                ("source_type", "HUMAN"),
+                ("value", value),
+            ]
+        };
+        let fam = "mlflow_trace_feedback_total";
+        assert_eq!(s.get(fam, &feedback("default", "true")), 1.0);
+        assert_eq!(s.get(fam, &feedback("default", "false")), 0.0);
+        assert_eq!(s.get(fam, &feedback("team-b", "true")), 0.0);
+        assert_eq!(s.get(fam, &feedback("team-b", "false")), 1.0);
+        // A logged model the exporter has not read is named by its id.
+        let model = |w: &'static str, state: &'static str| {
+            [
+                ("workspace", w),
+                ("experiment", "chat"),
+                ("logged_model", "m-00000000000000000000000000000001"),
+                ("traffic", "production"),
+                ("state", state),
+            ]
+        };
+        let fam = "mlflow_logged_model_traces_total";
+        assert_eq!(s.get(fam, &model("default", "OK")), 1.0);
+        assert_eq!(s.get(fam, &model("default", "ERROR")), 1.0);
+        assert_eq!(s.get(fam, &model("team-b", "OK")), 1.0);
+        assert_eq!(s.get("mlflow_traces_total", &traces("default", "OK")), 1.0);
+        assert_eq!(s.get("mlflow_traces_total", &traces("team-b", "OK")), 1.0);
+    };
+    again(&s);
     // Read again a minute later: nothing counted twice.
     pipeline.cycle(t + 60_000).await.unwrap();
-    let s = scrape(&pipeline.publisher);
-    assert_eq!(s.get("mlflow_traces_total", &traces("default", "OK")), 1.0);
-    assert_eq!(s.get("mlflow_traces_total", &traces("team-b", "OK")), 1.0);
+    again(&scrape(&pipeline.publisher));
 }

@@ -12,3 +12,11 @@ CREATE TABLE tally_llm_cursors (
     next_ms INTEGER NOT NULL,
     PRIMARY KEY (scope, experiment)
 ) WITHOUT ROWID;
+
+-- Traces counted that the rate card (cost.token_rates) waits for: read whole later, by id, with
+-- their scope and experiment id; a row goes once the trace is read.
+CREATE TABLE tally_unrated (
+    trace_id BLOB PRIMARY KEY,
+    scope TEXT NOT NULL,
+    experiment TEXT NOT NULL
+) WITHOUT ROWID;

@@ -207,6 +207,9 @@ const LATE: &[&str] = &[
     "mlflow_trace_llm_cost_total",
     // Traces by logged model: from an app's first trace naming one.
     "mlflow_logged_model_traces_total",
+    // What the rate card priced: from the first call it prices (none without cost.token_rates).
+    "mlflow_trace_rated_tokens_total",
+    "mlflow_trace_rated_cost_total",
 ];
 
 /// Every `mlflow_…` family a board's queries or a rule reads (recording rules' names, with a `:`,

@@ -239,6 +239,8 @@ fn config_with_tls_probe(dir: &std::path::Path, endpoint: &str) -> std::path::Pa
         .as_sequence_mut()
         .unwrap()
         .push(serde_yaml_ng::from_str(&target).unwrap());
+    config["cost"]["token_rates"] =
+        serde_yaml_ng::from_str("[{model: house-llm-7b, input: 0.2, output: 0.6}]").unwrap();
     write_file(
         dir,
         "config.yaml",
@@ -273,7 +275,6 @@ fn boards_and_rules(workspaces: bool) {
     let t = now_ms() / 1000 * 1000;
     mlflow.seed(t, "initial");
     mlflow.seed(t, "prompts");
-    mlflow.seed(t, "traces");
     let dir = tempfile::tempdir().unwrap();
     let endpoint = TlsEndpoint::start(dir.path());
     let config = config_with_tls_probe(dir.path(), &endpoint.url);
@@ -305,6 +306,8 @@ fn boards_and_rules(workspaces: bool) {
     // incident opened and resolved.
     mlflow.seed(t, "incremental");
     mlflow.seed(t, "prompts_move");
+    // The GenAI app's traces after the first read, so that the rate card prices them.
+    mlflow.seed(t, "traces");
     let auth = format!("Bearer {token}");
     for body in [
         r#"{"type":"incident_opened","model":"churn-model","id":"inc-1","severity":"critical"}"#,

@@ -661,3 +661,97 @@ mlflow.genai.evaluate(
     pipeline.cycle(t + 30_000).await.unwrap();
     check(&scrape(&pipeline.publisher));
 }
+
+/// With a rate card (`cost.token_rates`), the calls MLflow did not price (a model it has no price
+/// for) are priced by it: each trace counted is read whole once, later, across a restart too; a
+/// call MLflow priced is left to MLflow's figure even when the card names its model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_card_prices_the_calls_mlflow_does_not() {
+    let server = tokio::task::block_in_place(MlflowServer::start);
+    let prelude = r#"
+import os, warnings
+warnings.simplefilter("ignore")
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+import mlflow
+from mlflow.entities import SpanType
+mlflow.set_experiment("genai-rated")
+"#;
+    tokio::task::block_in_place(|| server.python(prelude));
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace(
+            "cost:\n",
+            "cost:\n  token_rates:\n    - {model: house-llm-7b, input: 1.0, output: 4.0}\n    - {model: gpt-4o, input: 100.0, output: 100.0}\n",
+        );
+    let config = common::write_file(dir.path(), "config.yaml", &config);
+    let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
+    let flags = FlagOverrides {
+        storage_path: Some(dir.path().join("events.db").display().to_string()),
+        ..FlagOverrides::default()
+    };
+    let settings = Settings::load(Some(&config), &env, &flags).unwrap();
+    let t = now_ms();
+    let mut pipeline = Pipeline::open(&settings, t).await.unwrap();
+    // The first read (no trace yet): the history, which the card does not price.
+    pipeline.cycle(t).await.unwrap();
+    // Three requests, each a call of gpt-4o (MLflow prices it) and one of a model it cannot.
+    let script = format!(
+        r#"{prelude}
+@mlflow.trace(span_type=SpanType.LLM)
+def gpt(q, model="gpt-4o"):
+    mlflow.get_current_active_span().set_attributes(
+        {{"mlflow.chat.tokenUsage": {{"input_tokens": 10, "output_tokens": 22, "total_tokens": 32}}}})
+    return "a"
+
+@mlflow.trace(span_type=SpanType.CHAT_MODEL)
+def local(q, model="house-llm-7b"):
+    mlflow.get_current_active_span().set_attributes(
+        {{"mlflow.chat.tokenUsage": {{"input_tokens": 100, "output_tokens": 50, "total_tokens": 150}}}})
+    return "b"
+
+@mlflow.trace
+def agent(q):
+    return gpt(q) + local(q)
+
+for q in ["a", "b", "c"]:
+    agent(q)
+"#
+    );
+    tokio::task::block_in_place(|| server.python(&script));
+    // Counted now, read whole from the next cycle on, after a restart here.
+    pipeline.cycle(t + 1_000).await.unwrap();
+    assert_eq!(pipeline.tally.trace_state.unrated.len(), 3);
+    pipeline.recorder.store().close().await;
+    drop(pipeline);
+    let mut pipeline = Pipeline::open(&settings, t + 2_000).await.unwrap();
+    assert_eq!(pipeline.tally.trace_state.unrated.len(), 3);
+    let per_call = (100.0 * 1.0 + 50.0 * 4.0) / 1e6;
+    let check = |s: &Scrape| {
+        let l = |kind: &'static str| {
+            [
+                ("experiment", "genai-rated"),
+                ("llm_model", "house-llm-7b"),
+                ("token_type", kind),
+            ]
+        };
+        let fam = "mlflow_trace_rated_tokens_total";
+        assert_eq!(s.get(fam, &l("input")), 300.0);
+        assert_eq!(s.get(fam, &l("output")), 150.0);
+        // gpt-4o's calls are MLflow's to price.
+        assert_eq!(s.family(fam).len(), 2, "{:?}", s.family(fam));
+        let cost = [("experiment", "genai-rated"), ("llm_model", "house-llm-7b")];
+        assert_eq!(
+            s.get("mlflow_trace_rated_cost_total", &cost),
+            per_call + per_call + per_call
+        );
+        let ok = [("experiment", "genai-rated"), ("state", "OK")];
+        assert_eq!(s.get("mlflow_traces_total", &ok), 3.0);
+    };
+    pipeline.cycle(t + 2_000).await.unwrap();
+    assert!(pipeline.tally.trace_state.unrated.is_empty());
+    check(&scrape(&pipeline.publisher));
+    // Nothing is read whole again.
+    pipeline.cycle(t + 3_000).await.unwrap();
+    check(&scrape(&pipeline.publisher));
+}

@@ -614,6 +614,19 @@ pub struct CostSettings {
     pub instance_type_tag: String,
     /// Rates, first match wins.
     pub rates: Vec<Rate>,
+    /// Prices of the LLM calls MLflow does not price (a model served in-house, one missing from
+    /// its price table), per model a span names: `mlflow_trace_rated_cost_total`, in `currency`.
+    pub token_rates: Vec<TokenRate>,
+}
+
+/// The price of one model's tokens, per million.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRate {
+    /// The model as a span names it (`mlflow.llm.model`), exactly.
+    pub model: String,
+    pub input: f64,
+    pub output: f64,
 }
 
 impl Default for CostSettings {
@@ -623,6 +636,7 @@ impl Default for CostSettings {
             default_hourly_rate: 0.0,
             instance_type_tag: "instance_type".into(),
             rates: Vec::new(),
+            token_rates: Vec::new(),
         }
     }
 }
@@ -1082,6 +1096,30 @@ impl Settings {
         self.probes.validate()?;
         if !self.cost.default_hourly_rate.is_finite() || self.cost.default_hourly_rate < 0.0 {
             return bad("cost.default_hourly_rate", "must be a number ≥ 0".into());
+        }
+        for (i, r) in self.cost.token_rates.iter().enumerate() {
+            let key = format!("cost.token_rates[{i}]");
+            if r.model.is_empty() {
+                return bad(
+                    &key,
+                    "model must name the model as spans do (mlflow.llm.model)".into(),
+                );
+            }
+            if [r.input, r.output]
+                .iter()
+                .any(|p| !p.is_finite() || *p < 0.0)
+            {
+                return bad(
+                    &key,
+                    "input and output must be prices ≥ 0 per million tokens".into(),
+                );
+            }
+            if self.cost.token_rates[..i]
+                .iter()
+                .any(|o| o.model == r.model)
+            {
+                return bad(&key, format!("model {:?} is priced twice", r.model));
+            }
         }
         for (i, r) in self.cost.rates.iter().enumerate() {
             let key = format!("cost.rates[{i}]");

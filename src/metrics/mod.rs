@@ -171,10 +171,12 @@ pub const MLFLOW3_ONLY: &[&str] = &[
     traces::LLM_CALLS.name,
     traces::LLM_COST.name,
     traces::LOGGED_MODEL_TRACES.name,
+    traces::RATED_TOKENS.name,
+    traces::RATED_COST.name,
 ];
 
 /// How many families [`counters`] returns.
-pub const COUNTER_FAMILIES: usize = 33;
+pub const COUNTER_FAMILIES: usize = 35;
 
 /// The counters (and histograms) of the tally: everything counted once, from MLflow's history;
 /// and the GenAI apps' active users and sessions at `now_ms`, which the tally keeps.

@@ -55,6 +55,16 @@ pub const LLM_COST: Spec = Spec::counter(
     "What MLflow priced those LLM calls at (the spans' total_cost, US dollars; 0 for a model MLflow has no price for), by experiment and llm_model",
     LLM_LABELS,
 );
+pub const RATED_TOKENS: Spec = Spec::counter(
+    "mlflow_trace_rated_tokens_total",
+    "Tokens of the LLM calls MLflow did not price and cost.token_rates does, by experiment, llm_model and token_type (input, output); counted from when the rate card is set",
+    &["experiment", "llm_model", "token_type"],
+);
+pub const RATED_COST: Spec = Spec::counter(
+    "mlflow_trace_rated_cost_total",
+    "What cost.token_rates prices those calls at (in cost.currency), by experiment and llm_model: the spend of models MLflow has no price for",
+    LLM_LABELS,
+);
 pub const LOGGED_MODEL_TRACES: Spec = Spec::counter(
     "mlflow_logged_model_traces_total",
     "Finished traces naming a logged model (mlflow.modelId), by experiment, the logged model's name, traffic (evaluation: made in a run, mlflow.sourceRun; production: not) and state",
@@ -98,6 +108,8 @@ pub const SPECS: &[Spec] = &[
     JUDGE_COST,
     LLM_CALLS,
     LLM_COST,
+    RATED_TOKENS,
+    RATED_COST,
     LOGGED_MODEL_TRACES,
     ERRORS,
     GIVEN_UP,
@@ -180,6 +192,13 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
         calls.add(&[&key[0], &key[1]], *n as f64);
         llm_cost.add(&[&key[0], &key[1]], *v);
     }
+    let mut rated_tokens = Family::new(&RATED_TOKENS);
+    let mut rated_cost = Family::new(&RATED_COST);
+    for (key, (n, v)) in &tally.rated {
+        rated_tokens.add(&[&key[0], &key[1], "input"], n[0] as f64);
+        rated_tokens.add(&[&key[0], &key[1], "output"], n[1] as f64);
+        rated_cost.add(&[&key[0], &key[1]], *v);
+    }
     let mut linked = Family::new(&LOGGED_MODEL_TRACES);
     for (key, counts) in &tally.logged_model_traces {
         for st in TraceState::FINISHED {
@@ -209,6 +228,8 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
         judge.finish(),
         calls.finish(),
         llm_cost.finish(),
+        rated_tokens.finish(),
+        rated_cost.finish(),
         linked.finish(),
         errors.finish(),
         given_up.finish(),

@@ -41,6 +41,8 @@ struct Rows {
     cursors: Option<Vec<(Box<str>, i64)>>,
     /// Every app's LLM calls cursor, when one changed.
     llm_cursors: Option<Vec<LlmCursor>>,
+    /// Traces the rate card waits for, with scope and experiment (`None`: no longer).
+    unrated: Vec<(u128, Option<crate::tally::traces::Waiting>)>,
     /// Apps' users and sessions: (labels, kind, person, last activity or `None`: forgotten).
     app_people: Vec<(String, u8, u64, Option<i64>)>,
 }
@@ -105,6 +107,16 @@ impl EventStore {
                 rows.extend(ledger.memory_from.map(|m| (MEMORY_FROM.into(), m)));
                 rows
             }),
+            unrated: {
+                let mut v: Vec<_> = unsaved
+                    .traces
+                    .unrated
+                    .iter()
+                    .map(|(k, w)| (*k, w.clone()))
+                    .collect();
+                v.sort_unstable_by_key(|(k, _)| *k);
+                v
+            },
             llm_cursors: unsaved.traces.llm_cursors.then(|| {
                 tally
                     .trace_state
@@ -125,7 +137,8 @@ impl EventStore {
             + rows.objects.len()
             + rows.labels.len()
             + rows.traces.len()
-            + rows.feedback.len();
+            + rows.feedback.len()
+            + rows.unrated.len();
         let path = self.path.clone();
         let (rows, result) = tokio::task::spawn_blocking(move || {
             let r = write_rows(&path, &rows);
@@ -250,6 +263,19 @@ fn write_rows(path: &Path, rows: &Rows) -> Result<(), StoreError> {
                 cursor.execute(rusqlite::params![&**scope, since])?;
             }
         }
+        let mut wait = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tally_unrated (trace_id, scope, experiment) VALUES (?, ?, ?)",
+        )?;
+        let mut done = tx.prepare_cached("DELETE FROM tally_unrated WHERE trace_id = ?")?;
+        for (id, w) in &rows.unrated {
+            let id = id.to_be_bytes();
+            match w {
+                Some((scope, exp)) => {
+                    wait.execute(rusqlite::params![id.as_slice(), &**scope, &**exp])?
+                }
+                None => done.execute([id.as_slice()])?,
+            };
+        }
         if let Some(cursors) = &rows.llm_cursors {
             tx.execute("DELETE FROM tally_llm_cursors", [])?;
             let mut cursor = tx.prepare_cached(
@@ -327,6 +353,19 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
         } else {
             tally.trace_state.cursors.insert(scope.into(), r.get(1)?);
         }
+    }
+    let mut stmt = conn.prepare("SELECT trace_id, scope, experiment FROM tally_unrated")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: Vec<u8> = r.get(0)?;
+        let id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("a trace id is not 16 bytes".into()))?;
+        let (scope, exp): (String, String) = (r.get(1)?, r.get(2)?);
+        tally
+            .trace_state
+            .unrated
+            .insert(u128::from_be_bytes(id), (scope.into(), exp.into()));
     }
     let mut stmt = conn.prepare("SELECT scope, experiment, next_ms FROM tally_llm_cursors")?;
     let mut rows = stmt.query([])?;
@@ -439,6 +478,10 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
             json!({"n": n, "v": v})
         }
         names::LOGGED_MODEL_TRACES => json!({"n": t.logged_model_traces.get(key)?}),
+        names::RATED_TOKENS => {
+            let (n, v) = t.rated.get(key)?;
+            json!({"n": n, "v": v})
+        }
         names::TRACE_ERRORS => {
             let part = key.first()?;
             let i = crate::sync::traces::malformed::KEYS
@@ -565,6 +608,10 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         names::LOGGED_MODEL_TRACES => {
             t.logged_model_traces
                 .insert(key, serde_json::from_value(v["n"].clone()).ok()?);
+        }
+        names::RATED_TOKENS => {
+            let n: [u64; 2] = serde_json::from_value(v["n"].clone()).ok()?;
+            t.rated.insert(key, (n, v["v"].as_f64()?));
         }
         names::TRACE_ERRORS => {
             // A part this version does not read is left alone.

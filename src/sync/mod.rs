@@ -120,6 +120,8 @@ pub struct Syncer {
     /// Each app's next window of LLM calls (the tally's), how often they are read, and how long
     /// after its end a window is read (`mlflow.traces_overlap`).
     pub llm_cursors: BTreeMap<(Box<str>, Box<str>), i64>,
+    /// Traces the rate card waits for (the tally's), by scope; some are read each cycle.
+    pub unrated: Vec<(Box<str>, u128)>,
     llm_every_ms: i64,
     last_llm_ms: Option<i64>,
     traces_overlap_ms: i64,
@@ -155,6 +157,7 @@ impl Syncer {
             feedback_every_ms: settings.mlflow.feedback_interval.as_millis() as i64,
             last_feedback_ms: None,
             llm_cursors: BTreeMap::new(),
+            unrated: Vec::new(),
             llm_every_ms: settings.mlflow.llm_calls_interval.as_millis() as i64,
             last_llm_ms: None,
             traces_overlap_ms: settings.mlflow.traces_overlap.as_millis() as i64,
@@ -317,6 +320,8 @@ impl Syncer {
         next.traces.extend(traces.batches);
         next.llm_calls = std::mem::take(&mut self.snapshot.llm_calls);
         next.llm_calls.extend(traces.llm);
+        next.rated = std::mem::take(&mut self.snapshot.rated);
+        next.rated.extend(traces.rated);
         let gone = next.runs.carry_from(&self.snapshot.runs);
         self.gone.extend(gone);
         // Only a read of every part says what is gone: a workspace that failed here may hold
@@ -402,6 +407,7 @@ impl Syncer {
         requests += traces.requests;
         self.snapshot.traces.extend(traces.batches);
         self.snapshot.llm_calls.extend(traces.llm);
+        self.snapshot.rated.extend(traces.rated);
         self.cursor_ms = Some(now_ms);
         Ok(CycleReport {
             mode: Mode::Incremental,
@@ -473,7 +479,52 @@ impl Syncer {
             self.last_llm_ms = Some(now_ms);
             self.read_llm_calls(failed, now_ms, &mut out).await;
         }
+        self.read_rated(failed, &mut out).await;
         out
+    }
+
+    /// Reads whole the traces the rate card waits for, [`RATED_PER_REQUEST`] to a request and
+    /// at most [`RATED_PER_CYCLE`] a scope each cycle: their LLM calls MLflow did not price.
+    async fn read_rated(&self, failed: &[(String, MlflowError)], out: &mut TracesRead) {
+        for scope in &self.scopes {
+            let w = scope.workspace.as_deref();
+            if failed.iter().any(|(f, _)| Some(f.as_str()) == w)
+                || out.failed.iter().any(|(f, _)| f.as_deref() == w)
+            {
+                continue;
+            }
+            let key = w.unwrap_or("");
+            let ids: Vec<u128> = self
+                .unrated
+                .iter()
+                .filter(|(s, _)| &**s == key)
+                .map(|(_, id)| *id)
+                .take(RATED_PER_CYCLE)
+                .collect();
+            for chunk in ids.chunks(RATED_PER_REQUEST) {
+                let names: Vec<String> = chunk.iter().map(|id| format!("tr-{id:032x}")).collect();
+                match scope.client.span_calls(&names).await {
+                    Ok(found) => {
+                        out.requests += 1;
+                        let mut batch = traces::RatedBatch {
+                            workspace: scope.workspace.clone(),
+                            asked: chunk.to_vec(),
+                            calls: Vec::new(),
+                        };
+                        for (id, calls) in found {
+                            let id = traces::trace_id(&id);
+                            let unpriced = calls.into_iter().filter(|c| !c.priced);
+                            batch.calls.extend(unpriced.map(|c| (id, c)));
+                        }
+                        out.rated.push(batch);
+                    }
+                    Err(e) => {
+                        out.failed.push((scope.workspace.clone(), e));
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Reads each app's LLM calls by model over its window since the last read, up to
@@ -733,11 +784,17 @@ impl Syncer {
     }
 }
 
+/// Traces read whole for the rate card: a request's, and a scope's each cycle (a backlog drains
+/// over cycles instead of stalling one).
+const RATED_PER_REQUEST: usize = 100;
+const RATED_PER_CYCLE: usize = 500;
+
 /// What one cycle's reads of traces gave.
 #[derive(Default)]
 struct TracesRead {
     batches: Vec<traces::TraceBatch>,
     llm: Vec<traces::LlmBatch>,
+    rated: Vec<traces::RatedBatch>,
     requests: usize,
     read: usize,
     failed: Vec<(Option<String>, MlflowError)>,

@@ -575,6 +575,8 @@ pub struct Snapshot {
     pub traces: Vec<super::traces::TraceBatch>,
     /// LLM calls of the apps' traces (MLflow's SPANS aggregation) read since; the tally takes them.
     pub llm_calls: Vec<super::traces::LlmBatch>,
+    /// Calls of traces the rate card prices, read since; the tally takes them.
+    pub rated: Vec<super::traces::RatedBatch>,
 }
 
 #[cfg(test)]

@@ -248,6 +248,16 @@ pub struct LlmBatch {
     pub calls: Vec<crate::source::mlflow::model::LlmCalls>,
 }
 
+/// The LLM calls of traces the rate card prices, read whole (`traces/batchGet`): calls MLflow did
+/// not price, by trace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RatedBatch {
+    pub workspace: Option<String>,
+    /// Every trace asked for, found or not: none is asked for again.
+    pub asked: Vec<u128>,
+    pub calls: Vec<(u128, crate::source::mlflow::model::SpanCall)>,
+}
+
 /// The lean record of a trace; what cannot be read is left out and flagged.
 pub fn record(t: &TraceInfo) -> TraceRecord {
     let mut bad = 0;
@@ -625,6 +635,56 @@ mod tests {
 mod page_tests {
     use super::{malformed, FeedbackValue, TraceBatch};
     use crate::source::mlflow::model::SearchTracesResponse;
+
+    /// Spans as MLflow 3.17.2's `traces/batchGet` returns them (OpenTelemetry attributes): the
+    /// calls that name a model, their tokens, and whether MLflow priced them; the rest is dropped.
+    #[test]
+    fn span_calls_are_read_from_batch_get() {
+        use crate::source::mlflow::model::{BatchGetTracesResponse, SpanCall};
+        let answer = r#"{"traces": [{"trace_info": {"trace_id": "tr-1195bebe1706401c7b7092ee85bbe296"},
+          "spans": [
+            {"name": "chat", "attributes": [
+              {"key": "mlflow.spanType", "value": {"string_value": "UNKNOWN"}},
+              {"key": "mlflow.spanInputs", "value": {"kvlist_value": {"values": [{"key": "q", "value": {"string_value": "x"}}]}}}]},
+            {"name": "llm", "attributes": [
+              {"key": "mlflow.chat.tokenUsage", "value": {"kvlist_value": {"values": [
+                {"key": "input_tokens", "value": {"int_value": "10"}},
+                {"key": "output_tokens", "value": {"int_value": 22}},
+                {"key": "total_tokens", "value": {"int_value": "32"}}]}}},
+              {"key": "mlflow.llm.model", "value": {"string_value": "gpt-4o"}},
+              {"key": "mlflow.llm.cost", "value": {"kvlist_value": {"values": []}}}]},
+            {"name": "llm2", "attributes": [
+              {"key": "mlflow.chat.tokenUsage", "value": {"kvlist_value": {"values": [
+                {"key": "input_tokens", "value": {"int_value": "-5"}},
+                {"key": "output_tokens", "value": {"int_value": "50"}}]}}},
+              {"key": "mlflow.llm.model", "value": {"string_value": "house-llm-7b"}}]},
+            "not a span"
+          ]}]}"#;
+        let r: BatchGetTracesResponse = serde_json::from_str(answer).unwrap();
+        let calls: Vec<SpanCall> = r.traces[0].spans.iter().filter_map(|s| s.call()).collect();
+        assert_eq!(
+            r.traces[0].trace_info.trace_id,
+            "tr-1195bebe1706401c7b7092ee85bbe296"
+        );
+        assert_eq!(
+            calls,
+            [
+                SpanCall {
+                    model: "gpt-4o".into(),
+                    input_tokens: 10,
+                    output_tokens: 22,
+                    priced: true
+                },
+                // A negative count is no count.
+                SpanCall {
+                    model: "house-llm-7b".into(),
+                    input_tokens: 0,
+                    output_tokens: 50,
+                    priced: false
+                },
+            ]
+        );
+    }
 
     /// Assessments as MLflow 3.17.2 returned them in `traces/search` (logged with
     /// `mlflow.log_feedback` and `log_expectation`), with a judge's yes, an overridden feedback

@@ -78,7 +78,10 @@ pub mod names {
     pub const LLM_COST: &str = "mlflow_trace_llm_cost_total";
     /// Traces naming a logged model, by its name and their traffic (evaluation or production).
     pub const LOGGED_MODEL_TRACES: &str = "mlflow_logged_model_traces_total";
-    pub const ALL: [&str; 25] = [
+    /// The LLM calls the rate card priced: their tokens and price (one series holds both).
+    pub const RATED_TOKENS: &str = "mlflow_trace_rated_tokens_total";
+    pub const RATED_COST: &str = "mlflow_trace_rated_cost_total";
+    pub const ALL: [&str; 27] = [
         RUNS_ENDED,
         RUN_DURATION,
         RUNS_STARTED,
@@ -104,6 +107,8 @@ pub mod names {
         LLM_CALLS,
         LLM_COST,
         LOGGED_MODEL_TRACES,
+        RATED_TOKENS,
+        RATED_COST,
     ];
 }
 
@@ -128,6 +133,8 @@ pub struct TallySettings {
     pub trace_window: traces::Window,
     /// `metrics.feedback_score_buckets`, for numeric feedback.
     pub score_bounds: Vec<f64>,
+    /// `cost.token_rates`: by model, input and output price per million tokens.
+    pub token_rates: HashMap<Box<str>, (f64, f64)>,
     /// The longest of `metrics.user_windows`: an app's user or session last active before it is
     /// forgotten.
     pub max_window_ms: i64,
@@ -155,7 +162,14 @@ impl TallySettings {
                 overlap_ms: s.mlflow.traces_overlap.as_millis() as i64,
                 max_in_progress_ms: s.mlflow.traces_max_in_progress.as_millis() as i64,
                 feedback_ms: s.mlflow.feedback_window.as_millis() as i64,
+                rate: !s.cost.token_rates.is_empty(),
             },
+            token_rates: s
+                .cost
+                .token_rates
+                .iter()
+                .map(|r| (r.model.as_str().into(), (r.input, r.output)))
+                .collect(),
             score_bounds: m.feedback_score_buckets.clone(),
             max_window_ms: m
                 .user_windows
@@ -347,6 +361,8 @@ pub struct Tally {
     pub llm_calls: Series<(u64, f64)>,
     /// `[experiment, logged_model, traffic]`: traces naming a logged model, per finished state.
     pub logged_model_traces: Series<[u64; 2]>,
+    /// `[experiment, model]`: the calls the rate card priced: input and output tokens, price.
+    pub rated: Series<([u64; 2], f64)>,
     /// Per [`crate::sync::traces::malformed::KEYS`]: traces counted with that part unreadable.
     pub trace_errors: [u64; crate::sync::traces::malformed::KEYS.len()],
     pub traces_given_up: u64,
@@ -414,6 +430,7 @@ impl Tally {
             judge_cost: Series::new(),
             llm_calls: Series::new(),
             logged_model_traces: Series::new(),
+            rated: Series::new(),
             trace_errors: Default::default(),
             traces_given_up: 0,
             trace_state: traces::TraceLedger::default(),
@@ -492,6 +509,7 @@ impl Tally {
             + self.judge_cost.len()
             + self.llm_calls.len() * 2
             + self.logged_model_traces.len() * 2
+            + self.rated.len() * 3
             // The apps' active users and sessions: every app with traces, at each window.
             + self.traces.len() * 2 * s.windows
             + self.trace_errors.len()
@@ -551,6 +569,17 @@ impl Tally {
                 &mut self.unsaved.traces,
             );
             self.count_trace_errors(&deltas.traces);
+        }
+        let rated = std::mem::take(&mut snap.rated);
+        if !rated.is_empty() {
+            let strings = &mut snap.strings;
+            self.trace_state.count_rated(
+                rated,
+                |id| strings.intern(id),
+                &self.settings.token_rates,
+                &mut deltas.traces,
+                &mut self.unsaved.traces,
+            );
         }
         let llm = std::mem::take(&mut snap.llm_calls);
         if !llm.is_empty() {
@@ -818,8 +847,15 @@ impl Tally {
         let mut judge_cost: Named<f64> = BTreeMap::new();
         let mut llm_calls: Named<(u64, f64)> = BTreeMap::new();
         let mut model_traces: Named<[u64; 2]> = BTreeMap::new();
+        let mut rated: Named<([u64; 2], f64)> = BTreeMap::new();
         for (e, t) in d.traces.by_experiment {
             let k = key(&[exp(e)]);
+            for (model, (tokens, price)) in t.rated {
+                let slot = rated.entry(key(&[exp(e), &model])).or_default();
+                slot.0 += 1;
+                add_pair(&mut slot.1 .0, &tokens);
+                slot.1 .1 += price;
+            }
             let mut linked: Vec<_> = t.logged_models.into_iter().collect();
             linked.sort_unstable();
             for ((id, in_run), counts) in linked {
@@ -899,6 +935,7 @@ impl Tally {
             TRACE_DURATIONS => 2 * trace_h,
             FEEDBACK => feedback_lines(&st.score_bounds),
             LLM | LOGGED_MODEL_TRACES => 2,
+            RATED => 3,
             _ => 1,
         };
         let mut wanted: Vec<(usize, u64, &Key)> = Vec::new();
@@ -920,6 +957,7 @@ impl Tally {
         wanted.extend(new_keys(&judge_cost, &self.judge_cost, JUDGE_COST));
         wanted.extend(new_keys(&feedback, &self.trace_feedback, FEEDBACK));
         wanted.extend(new_keys(&llm_calls, &self.llm_calls, LLM));
+        wanted.extend(new_keys(&rated, &self.rated, RATED));
         wanted.extend(new_keys(
             &model_traces,
             &self.logged_model_traces,
@@ -961,6 +999,7 @@ impl Tally {
             (JUDGE_COST, other_missing(&self.judge_cost, 1)),
             (FEEDBACK, other_missing(&self.trace_feedback, 3)),
             (LLM, other_missing(&self.llm_calls, 2)),
+            (RATED, other_missing(&self.rated, 2)),
             (
                 LOGGED_MODEL_TRACES,
                 other_missing(&self.logged_model_traces, 3),
@@ -1096,6 +1135,17 @@ impl Tally {
             2,
             names::LOGGED_MODEL_TRACES,
             add_pair,
+        );
+        budget.merge(
+            &mut self.rated,
+            rated,
+            &admitted[RATED],
+            3,
+            names::RATED_TOKENS,
+            |a, b| {
+                add_pair(&mut a.0, &b.0);
+                a.1 += b.1;
+            },
         );
         budget.merge(
             &mut self.trace_durations,
@@ -1544,7 +1594,8 @@ const JUDGE_COST: usize = 15;
 const FEEDBACK: usize = 16;
 const LLM: usize = 17;
 const LOGGED_MODEL_TRACES: usize = 18;
-const FAMILIES: usize = 19;
+const RATED: usize = 19;
+const FAMILIES: usize = 20;
 /// Which new series get room first when the budget is short: counts before the histograms of the
 /// same keys, the cost families (experiment × team × instance type, the most combinations) last.
 const PRIORITY: [usize; FAMILIES] = [
@@ -1564,6 +1615,7 @@ const PRIORITY: [usize; FAMILIES] = [
     FEEDBACK,
     LLM,
     LOGGED_MODEL_TRACES,
+    RATED,
     DURATIONS,
     UTIL,
     COST,

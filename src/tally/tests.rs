@@ -230,9 +230,9 @@ fn series_beyond_the_budget_fold_into_other_last_label_first() {
     // First the series of __other__ alone of every family, which are always made: ended (3),
     // started, six creation counters (logged models, prompts and prompt versions too), traces
     // (2), their tokens (2), cost and durations (2 histograms), judge cost, feedback, LLM calls
-    // (2), traces by logged model (2), durations (3 histograms), GPU utilization, cost (4).
+    // (2), traces by logged model (2), rated calls (3), durations (3 histograms), GPU utilization, cost (4).
     let reserved =
-        3 + 1 + 6 + 2 + 2 + 1 + 2 * trace_h + 1 + feedback + 2 + 2 + 3 * run_h + gpu_h + 4;
+        3 + 1 + 6 + 2 + 2 + 1 + 2 * trace_h + 1 + feedback + 2 + 2 + 3 + 3 * run_h + gpu_h + 4;
     // Then room for a's ended runs, its runs started, its experiment, its durations and one cost
     // series of four samples: y (two runs) has its own; x comes second, and a fold of it would
     // take as much room as it: it goes to the series of __other__ alone.

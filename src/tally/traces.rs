@@ -15,6 +15,9 @@ use crate::metrics::family::{FloatHistogramAcc, HistogramAcc};
 use crate::sync::snapshot::Sym;
 use crate::sync::traces::{malformed, FeedbackValue, LlmBatch, TraceBatch, TraceState};
 
+/// A trace the rate card waits for: its scope and experiment id.
+pub type Waiting = (Box<str>, Box<str>);
+
 /// An app's LLM calls not read yet: its first read has no lower bound.
 pub const NEVER: i64 = i64::MIN;
 
@@ -45,6 +48,8 @@ pub struct TraceLedger {
     /// By (scope, experiment id) of every app with traces: where the next read of its LLM calls
     /// starts ([`NEVER`] before the first).
     pub llm_cursors: BTreeMap<(Box<str>, Box<str>), i64>,
+    /// Traces counted that the rate card waits for, with their scope and experiment id.
+    pub unrated: BTreeMap<u128, Waiting>,
 }
 
 fn key(id: u128) -> [u64; 2] {
@@ -96,6 +101,8 @@ pub struct ExperimentTraces {
     pub judge_cost: f64,
     /// The app's LLM calls by model, and what MLflow priced them at.
     pub llm: HashMap<Box<str>, (u64, f64)>,
+    /// The calls the rate card priced, by model: input and output tokens, and their price.
+    pub rated: HashMap<Box<str>, ([u64; 2], f64)>,
     /// Traces naming a logged model (`mlflow.modelId`), by its id and whether they were made in
     /// a run (evaluation): per finished state.
     pub logged_models: HashMap<(Box<str>, bool), [u64; 2]>,
@@ -120,11 +127,17 @@ pub struct UnsavedTraces {
     pub cursors: bool,
     /// The LLM calls' cursors changed.
     pub llm_cursors: bool,
+    /// Traces the rate card waits for (`None`: no longer).
+    pub unrated: HashMap<u128, Option<Waiting>>,
 }
 
 impl UnsavedTraces {
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty() && self.feedback.is_empty() && !self.cursors && !self.llm_cursors
+        self.seen.is_empty()
+            && self.feedback.is_empty()
+            && self.unrated.is_empty()
+            && !self.cursors
+            && !self.llm_cursors
     }
 
     /// Takes back what a failed save did not write; what changed since wins.
@@ -137,6 +150,9 @@ impl UnsavedTraces {
         }
         self.cursors |= older.cursors;
         self.llm_cursors |= older.llm_cursors;
+        for (id, s) in older.unrated {
+            self.unrated.entry(id).or_insert(s);
+        }
     }
 }
 
@@ -147,6 +163,8 @@ pub struct Window {
     pub max_in_progress_ms: i64,
     /// `mlflow.feedback_window`: how far back the reads for late feedback look (0: they don't).
     pub feedback_ms: i64,
+    /// A rate card is set (`cost.token_rates`): traces counted are read whole later, for it.
+    pub rate: bool,
 }
 
 /// The buckets traces and feedback are observed in.
@@ -227,6 +245,10 @@ impl TraceLedger {
         let mut d_experiments: Vec<Box<str>> = Vec::new();
         for mut batch in batches {
             let models = std::mem::take(&mut batch.models);
+            // The rate card prices traces from its first read on: the history before is not
+            // read whole again.
+            let scope_key: Box<str> = batch.workspace.as_deref().unwrap_or("").into();
+            let rating = w.rate && self.cursors.contains_key(&scope_key);
             // No later read of this scope starts before the look-back from its latest trace, or
             // the start of a trace in progress it waits for: what started before is counted and
             // not remembered (the first read of a large history remembers only its last minutes).
@@ -292,6 +314,13 @@ impl TraceLedger {
                         continue;
                     }
                     let i = r.state.index();
+                    if rating && r.input_tokens + r.output_tokens > 0 {
+                        self.unrated
+                            .insert(r.id, (scope_key.clone(), exp.as_str().into()));
+                        unsaved
+                            .unrated
+                            .insert(r.id, Some((scope_key.clone(), exp.as_str().into())));
+                    }
                     slot.count[i] += 1;
                     slot.durations[i].observe_ms(b.duration_ms, r.duration_ms);
                     if let Some(m) = (r.model as usize)
@@ -396,10 +425,65 @@ impl TraceLedger {
         }
     }
 
+    /// Up to `per_scope` traces of each scope the rate card waits for, in id order.
+    pub fn waiting_for_rates(&self, per_scope: usize) -> Vec<(Box<str>, u128)> {
+        let mut taken: HashMap<&str, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (id, (scope, _)) in &self.unrated {
+            let n = taken.entry(scope).or_default();
+            if *n < per_scope {
+                *n += 1;
+                out.push((scope.clone(), *id));
+            }
+        }
+        out
+    }
+
+    /// Prices the calls of the traces read whole for the rate card (`rates`: by model, input and
+    /// output price per million tokens); each trace once, and only one it waits for.
+    pub fn count_rated(
+        &mut self,
+        batches: Vec<crate::sync::traces::RatedBatch>,
+        mut experiment: impl FnMut(&str) -> Sym,
+        rates: &HashMap<Box<str>, (f64, f64)>,
+        d: &mut TraceDeltas,
+        unsaved: &mut UnsavedTraces,
+    ) {
+        for b in batches {
+            let mut waited: HashMap<u128, Box<str>> = HashMap::new();
+            for id in b.asked {
+                if let Some((_, exp)) = self.unrated.remove(&id) {
+                    unsaved.unrated.insert(id, None);
+                    waited.insert(id, exp);
+                }
+            }
+            for (id, call) in b.calls {
+                let (Some(exp), Some((input, output))) =
+                    (waited.get(&id), rates.get(call.model.as_str()))
+                else {
+                    continue;
+                };
+                let slot = d.by_experiment.entry(experiment(exp)).or_default();
+                let m = slot.rated.entry(call.model.into_boxed_str()).or_default();
+                m.0[0] += call.input_tokens;
+                m.0[1] += call.output_tokens;
+                m.1 +=
+                    (call.input_tokens as f64 * input + call.output_tokens as f64 * output) / 1e6;
+            }
+        }
+    }
+
     /// Forgets the cursors of scopes no longer read (a workspace deleted, or excluded by
     /// `mlflow.workspaces`): a stale one would hold the lowest cursor back, and with it every
     /// trace read since.
     pub fn keep_scopes(&mut self, scopes: &[&str], unsaved: &mut UnsavedTraces) {
+        self.unrated.retain(|id, (s, _)| {
+            let keep = scopes.contains(&&**s);
+            if !keep {
+                unsaved.unrated.insert(*id, None);
+            }
+            keep
+        });
         let apps = self.llm_cursors.len();
         self.llm_cursors.retain(|(s, _), _| scopes.contains(&&**s));
         unsaved.llm_cursors |= self.llm_cursors.len() != apps;
@@ -476,6 +560,7 @@ mod tests {
         overlap_ms: 1_000,
         max_in_progress_ms: 10_000,
         feedback_ms: 0,
+        rate: false,
     };
     const B: Bounds = Bounds {
         duration_ms: &[10],
@@ -647,6 +732,63 @@ mod tests {
         // A workspace no longer read drops its apps' cursors.
         s.keep_scopes(&["other"], &mut unsaved);
         assert!(s.llm_cursors.is_empty());
+    }
+
+    /// With a rate card, traces counted after a scope's first read wait to be read whole; each is
+    /// priced once, only its calls to models the card prices, and only if it was waited for.
+    #[test]
+    fn the_rate_card_prices_each_trace_it_waits_for_once() {
+        use crate::source::mlflow::model::SpanCall;
+        use crate::sync::traces::RatedBatch;
+        let w = Window { rate: true, ..W };
+        let mut s = TraceLedger::default();
+        let mut unsaved = UnsavedTraces::default();
+        let run = |s: &mut TraceLedger, unsaved: &mut UnsavedTraces, records| {
+            s.count(vec![batch(records)], |_| exp(), B, w, 10_000, unsaved)
+        };
+        // The first read (the history): nothing waits.
+        run(&mut s, &mut unsaved, vec![trace(1, 1_000, TraceState::Ok)]);
+        assert!(s.unrated.is_empty());
+        // Then two traces with tokens, one in progress (not counted yet).
+        run(
+            &mut s,
+            &mut unsaved,
+            vec![
+                trace(2, 2_000, TraceState::Ok),
+                trace(3, 2_500, TraceState::InProgress),
+            ],
+        );
+        assert_eq!(s.unrated.keys().copied().collect::<Vec<_>>(), [2]);
+        assert_eq!(s.waiting_for_rates(10), [("".into(), 2)]);
+        let call = |model: &str, input, output| SpanCall {
+            model: model.into(),
+            input_tokens: input,
+            output_tokens: output,
+            priced: false,
+        };
+        let rates: HashMap<Box<str>, (f64, f64)> =
+            [("house".into(), (1.0, 4.0))].into_iter().collect();
+        let read = RatedBatch {
+            workspace: None,
+            asked: vec![2],
+            calls: vec![(2, call("house", 1_000, 500)), (2, call("other", 7, 7))],
+        };
+        let mut d = TraceDeltas::default();
+        s.count_rated(
+            vec![read.clone(), read],
+            |_| exp(),
+            &rates,
+            &mut d,
+            &mut unsaved,
+        );
+        // Once, though read twice: 1 000 × 1 + 500 × 4 per million.
+        assert_eq!(
+            d.by_experiment[&exp()].rated["house"],
+            ([1_000, 500], 0.003)
+        );
+        assert!(!d.by_experiment[&exp()].rated.contains_key("other"));
+        assert!(s.unrated.is_empty());
+        assert_eq!(unsaved.unrated[&2], None);
     }
 
     /// A ledger saved before feedback was read remembers only from its lowest cursor: a read for

@@ -369,6 +369,27 @@ impl MlflowClient {
         Ok((by_model.into_values().collect(), requests))
     }
 
+    /// The LLM calls of each of `trace_ids` (whole traces, spans and all: one request), by trace
+    /// id; a trace MLflow no longer has is left out.
+    pub async fn span_calls(
+        &self,
+        trace_ids: &[String],
+    ) -> Result<Vec<(String, Vec<SpanCall>)>, MlflowError> {
+        let q = trace_ids
+            .iter()
+            .map(|id| ("trace_ids", id.clone()))
+            .collect();
+        let answer: BatchGetTracesResponse = self.call("traces/batchGet", &Request::Get(q)).await?;
+        Ok(answer
+            .traces
+            .into_iter()
+            .map(|t| {
+                let calls = t.spans.iter().filter_map(Span::call).collect();
+                (t.trace_info.trace_id, calls)
+            })
+            .collect())
+    }
+
     /// Every registered model with its aliases (MLflow hides prompts from this search).
     pub async fn registered_models(&self) -> Result<(Vec<RegisteredModel>, usize), MlflowError> {
         self.registered_models_where(None).await
@@ -611,7 +632,8 @@ impl MlflowClient {
     ) -> Result<Bytes, (MlflowError, Option<Duration>)> {
         // MLflow 3's own endpoints live under /api/3.0; everything else is the 2.0 API.
         let root = match endpoint {
-            "server-info" | "workspaces" | "traces/search" | "traces/metrics" => &self.api3,
+            "server-info" | "workspaces" | "traces/search" | "traces/metrics"
+            | "traces/batchGet" => &self.api3,
             _ => &self.api,
         };
         let url = format!("{root}{endpoint}");

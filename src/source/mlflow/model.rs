@@ -495,6 +495,90 @@ pub struct TraceMetricDimensions {
     pub span_model_name: Option<String>,
 }
 
+/// `GET /api/3.0/mlflow/traces/batchGet`: whole traces, their spans with every attribute (inputs
+/// and outputs too: read, reduced to what [`SpanCall`] keeps, and dropped).
+#[derive(Debug, Default, Deserialize)]
+pub struct BatchGetTracesResponse {
+    #[serde(default, deserialize_with = "lenient_list")]
+    pub traces: Vec<FullTrace>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct FullTrace {
+    #[serde(default)]
+    pub trace_info: TraceIdOnly,
+    #[serde(default, deserialize_with = "lenient_list")]
+    pub spans: Vec<Span>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TraceIdOnly {
+    #[serde(default, deserialize_with = "text")]
+    pub trace_id: String,
+}
+
+/// An OpenTelemetry span as MLflow serves it: attributes as `{key, value: {string_value | int_value
+/// | kvlist_value …}}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Span {
+    #[serde(default, deserialize_with = "lenient_list")]
+    pub attributes: Vec<SpanAttribute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SpanAttribute {
+    #[serde(default, deserialize_with = "text")]
+    pub key: String,
+    #[serde(default)]
+    pub value: serde_json::Value,
+}
+
+/// What one LLM call (a span naming a model) used, as the rate card needs it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpanCall {
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// MLflow priced it (`mlflow.llm.cost`): the rate card leaves it to MLflow's figure.
+    pub priced: bool,
+}
+
+impl Span {
+    /// The call this span made, if it names a model; tokens it does not give (or gives as no
+    /// whole number) count 0.
+    pub fn call(&self) -> Option<SpanCall> {
+        let attr = |k: &str| {
+            self.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .map(|a| &a.value)
+        };
+        let model = attr("mlflow.llm.model")?["string_value"]
+            .as_str()?
+            .to_string();
+        let mut call = SpanCall {
+            model,
+            priced: attr("mlflow.llm.cost").is_some(),
+            ..SpanCall::default()
+        };
+        let usage = attr("mlflow.chat.tokenUsage").map(|v| &v["kvlist_value"]["values"]);
+        for kv in usage.and_then(|u| u.as_array()).into_iter().flatten() {
+            let n = &kv["value"]["int_value"];
+            let n = n
+                .as_u64()
+                .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+                .filter(|n| *n <= 1 << 40)
+                .unwrap_or(0);
+            match kv["key"].as_str() {
+                Some("input_tokens") => call.input_tokens = n,
+                Some("output_tokens") => call.output_tokens = n,
+                _ => {}
+            }
+        }
+        Some(call)
+    }
+}
+
 /// The LLM calls of an app's traces to one model over a window, and what MLflow priced them at.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LlmCalls {

@@ -22,9 +22,7 @@ fn sdk(
     let turns = serde_json::to_string(turns).unwrap();
     let script = format!(
         r#"
-import os, json, warnings
-warnings.simplefilter("ignore")
-os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+import json
 import mlflow
 from mlflow.entities import SpanType
 
@@ -305,9 +303,7 @@ async fn traces_count_once_by_experiment_and_state_across_cycles_and_a_restart()
 /// `ID <name> <id>`.
 fn feedback_sdk(server: &MlflowServer, script: &str) -> std::collections::HashMap<String, String> {
     let prelude = r#"
-import os, json, time, warnings
-warnings.simplefilter("ignore")
-os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+import json, time
 import mlflow
 from mlflow.entities import AssessmentSource
 
@@ -486,9 +482,6 @@ async fn llm_calls_count_once_by_app_and_model() {
     // Three requests, each two calls of gpt-4o (which MLflow prices) and one of a model it has
     // no price for.
     let script = r#"
-import os, warnings
-warnings.simplefilter("ignore")
-os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 import mlflow
 from mlflow.entities import SpanType
 
@@ -587,9 +580,6 @@ for q in ["a", "b", "c"]:
 async fn traces_of_a_logged_model_split_evaluation_from_production() {
     let server = tokio::task::block_in_place(MlflowServer::start);
     let script = r#"
-import os, warnings
-warnings.simplefilter("ignore")
-os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 import mlflow
 from mlflow.genai.scorers import scorer
 
@@ -669,9 +659,6 @@ mlflow.genai.evaluate(
 async fn the_rate_card_prices_the_calls_mlflow_does_not() {
     let server = tokio::task::block_in_place(MlflowServer::start);
     let prelude = r#"
-import os, warnings
-warnings.simplefilter("ignore")
-os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 import mlflow
 from mlflow.entities import SpanType
 mlflow.set_experiment("genai-rated")

@@ -487,13 +487,10 @@ impl Syncer {
     /// at most [`RATED_PER_CYCLE`] a scope each cycle: their LLM calls MLflow did not price.
     async fn read_rated(&self, failed: &[(String, MlflowError)], out: &mut TracesRead) {
         for scope in &self.scopes {
-            let w = scope.workspace.as_deref();
-            if failed.iter().any(|(f, _)| Some(f.as_str()) == w)
-                || out.failed.iter().any(|(f, _)| f.as_deref() == w)
-            {
+            if failed_here(scope, failed, out) {
                 continue;
             }
-            let key = w.unwrap_or("");
+            let key = scope.workspace.as_deref().unwrap_or("");
             let ids: Vec<u128> = self
                 .unrated
                 .iter()
@@ -537,13 +534,10 @@ impl Syncer {
     ) {
         let to_ms = now_ms - self.traces_overlap_ms - 1;
         for scope in &self.scopes {
-            let w = scope.workspace.as_deref();
-            if failed.iter().any(|(f, _)| Some(f.as_str()) == w)
-                || out.failed.iter().any(|(f, _)| f.as_deref() == w)
-            {
+            if failed_here(scope, failed, out) {
                 continue;
             }
-            let key = w.unwrap_or("");
+            let key = scope.workspace.as_deref().unwrap_or("");
             let apps = self.llm_cursors.iter().filter(|((s, _), _)| &**s == key);
             for ((_, experiment), cursor) in apps {
                 let from = (*cursor != crate::tally::traces::NEVER).then_some(*cursor);
@@ -782,6 +776,14 @@ impl Syncer {
         }
         (c.requests, c.runs_read)
     }
+}
+
+/// Whether this cycle's reads of `scope` failed already (its workspace's part, or a traces read):
+/// the reads after them skip it, and the next cycle reads it again from the same points.
+fn failed_here(scope: &Scope, failed: &[(String, MlflowError)], out: &TracesRead) -> bool {
+    let w = scope.workspace.as_deref();
+    failed.iter().any(|(f, _)| Some(f.as_str()) == w)
+        || out.failed.iter().any(|(f, _)| f.as_deref() == w)
 }
 
 /// Traces read whole for the rate card: a request's, and a scope's each cycle (a backlog drains

@@ -292,11 +292,15 @@ impl MlflowServer {
         self.child.id()
     }
 
-    /// Runs `script` with the MLflow SDK against this server; its standard output.
+    /// Runs `script` with the MLflow SDK against this server, warnings silenced and traces
+    /// logged before each traced call returns (so that the script can read them back, or give
+    /// feedback on them); its standard output.
     pub fn python(&self, script: &str) -> String {
         let out = Command::new(self.venv.join("bin/python"))
             .args(["-c", script])
             .env("MLFLOW_TRACKING_URI", &self.url)
+            .env("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+            .env("PYTHONWARNINGS", "ignore")
             .output()
             .expect("run python");
         let printed = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -1261,3 +1261,110 @@ async fn each_selected_workspace_is_read_and_one_that_fails_keeps_its_last_recor
         [run_key(&run_id(2))]
     );
 }
+
+// ---------------------------------------------------------------------------------------------------
+// MLflow 3's aggregations and whole traces, as faults make them
+
+/// `traces/metrics` answers that MLflow does not write on its own: a second page, a group without
+/// a model, values of the wrong type. Both pages are read, the odd groups left out, never a panic;
+/// an answer that is not JSON is a `decode` failure the cycle reports.
+#[tokio::test]
+async fn llm_calls_read_every_page_and_leave_odd_groups_out() {
+    let server = MockServer::start().await;
+    let point = |model: Value, agg: &str, v: Value| json!({"metric_name": "m", "dimensions": {"span_model_name": model}, "values": {agg: v}});
+    for (metric, agg, first, second) in [
+        ("span_count", "COUNT", json!(4.0), json!(2.0)),
+        ("total_cost", "SUM", json!(0.25), json!("x")),
+    ] {
+        Mock::given(method("POST"))
+            .and(path("/api/3.0/mlflow/traces/metrics"))
+            .and(body_partial_json(json!({"metric_name": metric, "page_token": null})))
+            .respond_with(ok(json!({
+                "data_points": [point(json!("gpt-4o"), agg, first), point(Value::Null, agg, json!(9.0)), "odd"],
+                "next_page_token": "p2",
+            })))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/api/3.0/mlflow/traces/metrics"))
+            .and(body_partial_json(
+                json!({"metric_name": metric, "page_token": "p2"}),
+            ))
+            .respond_with(ok(
+                json!({"data_points": [point(json!("house-llm"), agg, second)]}),
+            ))
+            .mount(&server)
+            .await;
+    }
+    let c = client(&settings(&server.uri()));
+    let (calls, requests) = c.llm_calls("7", None, 1_000).await.unwrap();
+    assert_eq!(requests, 4);
+    let got: Vec<(String, u64, f64)> = calls
+        .into_iter()
+        .map(|c| (c.model, c.calls, c.cost))
+        .collect();
+    // A cost that is no number is no cost; the group without a model is left out.
+    assert_eq!(
+        got,
+        [("gpt-4o".into(), 4, 0.25), ("house-llm".into(), 2, 0.0)]
+    );
+
+    let broken = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/3.0/mlflow/traces/metrics"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>proxy error</html>"))
+        .mount(&broken)
+        .await;
+    let err = client(&settings(&broken.uri()))
+        .llm_calls("7", Some(0), 1_000)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "decode");
+}
+
+/// `traces/batchGet` (the rate card's whole traces): each id asked for once in one request; a
+/// server error is retried and then reported with its reason, not a panic.
+#[tokio::test]
+async fn span_calls_ask_for_every_trace_in_one_request_and_report_failures() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/traces/batchGet"))
+        .respond_with(ok(json!({"traces": [
+            {"trace_info": {"trace_id": "tr-1"}, "spans": [{"attributes": [
+                {"key": "mlflow.llm.model", "value": {"string_value": "house-llm"}},
+                {"key": "mlflow.chat.tokenUsage", "value": {"kvlist_value": {"values": [
+                    {"key": "input_tokens", "value": {"int_value": "7"}}]}}}]}]},
+            {"trace_info": {"trace_id": "tr-2"}, "spans": "not a list"}
+        ]})))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    let c = client(&settings(&server.uri()));
+    let got = c
+        .span_calls(&["tr-1".to_string(), "tr-2".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0, "tr-1");
+    assert_eq!(
+        (
+            got[0].1[0].model.as_str(),
+            got[0].1[0].input_tokens,
+            got[0].1[0].priced
+        ),
+        ("house-llm", 7, false)
+    );
+    assert!(got[1].1.is_empty());
+    let asked = server.received_requests().await.unwrap();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].url.query(), Some("trace_ids=tr-1&trace_ids=tr-2"));
+    Mock::given(method("GET"))
+        .and(path("/api/3.0/mlflow/traces/batchGet"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let err = c.span_calls(&["tr-1".to_string()]).await.unwrap_err();
+    assert_eq!(err.reason(), "server_error");
+    // The first answer, then the first try and three retries of the second.
+    assert_eq!(server.received_requests().await.unwrap().len(), 1 + 4);
+}

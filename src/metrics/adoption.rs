@@ -129,14 +129,8 @@ pub fn time_to_first_model(tally: &Tally, d: &Derivation) -> TextFamily {
     let buckets = &d.settings.time_to_first_model_buckets;
     let h = &tally.time_to_first_model;
     // Exported empty before anyone activates, so the series exists from the start.
-    let zeros = vec![0; buckets.len() + 1];
-    let counts = if h.counts.is_empty() {
-        &zeros
-    } else {
-        &h.counts
-    };
     let mut f = Family::new(&TIME_TO_FIRST_MODEL);
-    f.add_histogram(&[], buckets, counts, h.sum_ms as f64 / 1000.0);
+    f.add_histogram(&[], buckets, &h.counts, h.sum_ms as f64 / 1000.0);
     f.finish()
 }
 

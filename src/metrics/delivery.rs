@@ -131,13 +131,7 @@ pub const HISTORY_SPECS: &[Spec] = &[
 ];
 
 fn histogram(f: &mut Family, values: &[&str], bounds: &[f64], acc: &HistogramAcc) {
-    let zeros = vec![0; bounds.len() + 1];
-    let counts = if acc.counts.is_empty() {
-        &zeros
-    } else {
-        &acc.counts
-    };
-    f.add_histogram(values, bounds, counts, acc.sum_ms as f64 / 1000.0);
+    f.add_histogram(values, bounds, &acc.counts, acc.sum_ms as f64 / 1000.0);
 }
 
 /// `mlflow_model_metric` and `mlflow_model_replaced_metric`: the quality metrics of the run

@@ -198,11 +198,13 @@ impl Family {
     }
 
     /// Adds a histogram series from per-bucket (not cumulative) counts; `counts` has one more slot
-    /// than `bounds`, for observations above the last bound.
+    /// than `bounds`, for observations above the last bound, or none at all: an accumulator that
+    /// observed nothing yet, written with every bucket at 0 so the series exists from the start.
     pub fn add_histogram(&mut self, values: &[&str], bounds: &[f64], counts: &[u64], sum: f64) {
         let pairs = self.own_pairs(values);
         let mut cumulative = 0;
-        for (b, c) in bounds.iter().zip(counts) {
+        let counts_or_zeros = counts.iter().chain(std::iter::repeat(&0));
+        for (b, c) in bounds.iter().zip(counts_or_zeros) {
             cumulative += c;
             self.line(&pairs, "_bucket", Some(*b), cumulative as f64);
         }
@@ -451,6 +453,24 @@ mod tests {
              x_seconds_bucket{a=\"v\",le=\"+Inf\"} 4\n\
              x_seconds_sum{a=\"v\"} 22.501\n\
              x_seconds_count{a=\"v\"} 4\n"
+        );
+    }
+
+    /// An accumulator that observed nothing has no counts: its series is written with every
+    /// bucket at 0, as the callers' own zero vectors wrote it before.
+    #[test]
+    fn a_histogram_without_observations_has_every_bucket_at_zero() {
+        let mut f = Family::new(&Spec::histogram("x_seconds", "x", &["a"]));
+        f.add_histogram(&["v"], &[1.0, 10.0], &[], 0.0);
+        assert_eq!(
+            std::str::from_utf8(f.finish().text()).unwrap(),
+            "# HELP x_seconds x (as of the last sync with MLflow)\n\
+             # TYPE x_seconds histogram\n\
+             x_seconds_bucket{a=\"v\",le=\"1\"} 0\n\
+             x_seconds_bucket{a=\"v\",le=\"10\"} 0\n\
+             x_seconds_bucket{a=\"v\",le=\"+Inf\"} 0\n\
+             x_seconds_sum{a=\"v\"} 0\n\
+             x_seconds_count{a=\"v\"} 0\n"
         );
     }
 

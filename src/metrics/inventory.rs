@@ -225,13 +225,7 @@ pub fn counters(tally: &Tally) -> Vec<TextFamily> {
 fn time_to_registration(tally: &Tally) -> TextFamily {
     let bounds = &tally.settings.reg_bounds;
     let h = &tally.time_to_registration;
-    let zeros = vec![0; bounds.len() + 1];
-    let counts = if h.counts.is_empty() {
-        &zeros
-    } else {
-        &h.counts
-    };
     let mut f = Family::new(&TIME_TO_REGISTRATION);
-    f.add_histogram(&[], bounds, counts, h.sum_ms as f64 / 1000.0);
+    f.add_histogram(&[], bounds, &h.counts, h.sum_ms as f64 / 1000.0);
     f.finish()
 }

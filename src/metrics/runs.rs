@@ -77,7 +77,6 @@ pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
     let mut total_f = Family::with_extra(&RUNS_ENDED, &extra);
     let mut dur_f = Family::with_extra(&RUN_DURATION, &extra);
     let bounds = &d.settings.run_duration_buckets;
-    let zeros = vec![0; bounds.len() + 1];
     let mut values: Vec<&str> = Vec::new();
     for (key, counts) in &tally.ended {
         for (i, st) in RunStatus::ENDED.into_iter().enumerate() {
@@ -89,12 +88,7 @@ pub fn counters(tally: &Tally, d: &Derivation) -> Vec<TextFamily> {
         for (i, st) in RunStatus::ENDED.into_iter().enumerate() {
             labels_into(key, st, &mut values);
             let h = &hists[i];
-            let counts = if h.counts.is_empty() {
-                &zeros
-            } else {
-                &h.counts
-            };
-            dur_f.add_histogram(&values, bounds, counts, h.sum_ms as f64 / 1000.0);
+            dur_f.add_histogram(&values, bounds, &h.counts, h.sum_ms as f64 / 1000.0);
         }
     }
     let mut started_f = Family::new(&RUNS_STARTED);

@@ -141,19 +141,13 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
     }
     let mut duration = Family::new(&DURATION);
     let bounds = &d.settings.trace_duration_buckets;
-    let zeros = vec![0; bounds.len() + 1];
     for (key, hists) in &tally.trace_durations {
         for st in TraceState::FINISHED {
             let h = &hists[st.index()];
-            let counts = if h.counts.is_empty() {
-                &zeros
-            } else {
-                &h.counts
-            };
             duration.add_histogram(
                 &[&key[0], st.as_str()],
                 bounds,
-                counts,
+                &h.counts,
                 h.sum_ms as f64 / 1000.0,
             );
         }
@@ -170,17 +164,12 @@ pub fn counters(tally: &Tally, d: &Derivation, now_ms: i64) -> Vec<TextFamily> {
     let mut feedback = Family::new(&FEEDBACK);
     let mut scores = Family::new(&FEEDBACK_SCORE);
     let score_bounds = &d.settings.feedback_score_buckets;
-    let score_zeros = vec![0; score_bounds.len() + 1];
     for (key, f) in &tally.trace_feedback {
         let labels = [&*key[0], &*key[1], &*key[2]];
         for (value, n) in FeedbackValue::LABELS.iter().zip(f.values) {
             feedback.add(&[labels[0], labels[1], labels[2], value], n as f64);
         }
-        let counts = match f.scores.counts.is_empty() {
-            true => &score_zeros,
-            false => &f.scores.counts,
-        };
-        scores.add_histogram(&labels, score_bounds, counts, f.scores.sum);
+        scores.add_histogram(&labels, score_bounds, &f.scores.counts, f.scores.sum);
     }
     let mut judge = Family::new(&JUDGE_COST);
     for (key, v) in &tally.judge_cost {

@@ -56,6 +56,15 @@ pub mod malformed {
         (ASSESSMENT, "assessments"),
         (JUDGE_COST, "mlflow.assessment.judgeCost"),
     ];
+
+    /// Adds one to the count of each part `bits` names (per [`KEYS`]).
+    pub fn count(bits: u8, parts: &mut [u64; KEYS.len()]) {
+        for (n, (bit, _)) in KEYS.iter().enumerate() {
+            if bits & bit != 0 {
+                parts[n] += 1;
+            }
+        }
+    }
 }
 
 /// Who gave a feedback (`source.source_type`), as the `source_type` label names it; MLflow's
@@ -104,8 +113,8 @@ pub struct FeedbackRecord {
     pub value: FeedbackValue,
     /// What the LLM judge's call cost (`mlflow.assessment.judgeCost`), NaN when not recorded.
     pub judge_cost: f64,
-    /// The judge cost was there and could not be read.
-    pub judge_cost_malformed: bool,
+    /// [`malformed`] bits of what of it could not be read (the judge cost).
+    pub malformed: u8,
 }
 
 /// What the counters need of one trace (80 bytes), held only from a read to its count.
@@ -337,11 +346,11 @@ pub fn feedback_of(assessments: &[Assessment]) -> (Vec<FeedbackRecord>, u8) {
             "LLM_JUDGE" | "AI_JUDGE" => 2,
             _ => 3,
         };
-        let (judge_cost, judge_cost_malformed) = match a.metadata.judge_cost.as_deref() {
-            None => (f64::NAN, false),
+        let (judge_cost, bits) = match a.metadata.judge_cost.as_deref() {
+            None => (f64::NAN, 0),
             Some(text) => match text.trim().parse::<f64>() {
-                Ok(v) if (0.0..1e12).contains(&v) => (v, false),
-                _ => (f64::NAN, true),
+                Ok(v) if (0.0..1e12).contains(&v) => (v, 0),
+                _ => (f64::NAN, malformed::JUDGE_COST),
             },
         };
         out.push(FeedbackRecord {
@@ -351,7 +360,7 @@ pub fn feedback_of(assessments: &[Assessment]) -> (Vec<FeedbackRecord>, u8) {
             source,
             value: feedback_value(f),
             judge_cost,
-            judge_cost_malformed,
+            malformed: bits,
         });
     }
     (out, bad)
@@ -720,7 +729,7 @@ mod page_tests {
         batch.add(p.traces);
         let trace = &batch.by_experiment["1"][0];
         assert_eq!(trace.malformed, malformed::ASSESSMENT);
-        let got: Vec<(&str, u8, FeedbackValue, String, bool)> = batch.feedback["1"]
+        let got: Vec<(&str, u8, FeedbackValue, String, u8)> = batch.feedback["1"]
             .iter()
             .map(|f| {
                 assert_eq!(f.trace_start_ms, trace.start_ms);
@@ -729,7 +738,7 @@ mod page_tests {
                     f.source,
                     f.value,
                     format!("{:?}", f.judge_cost),
-                    f.judge_cost_malformed,
+                    f.malformed,
                 )
             })
             .collect();
@@ -737,24 +746,23 @@ mod page_tests {
         assert_eq!(
             got,
             [
-                ("helpful", 0, FeedbackValue::True, nan.clone(), false),
+                ("helpful", 0, FeedbackValue::True, nan.clone(), 0),
+                ("score", 2, FeedbackValue::Number(0.75), "0.0012".into(), 0),
+                ("tone", 1, FeedbackValue::Text, nan.clone(), 0),
+                ("bad", 2, FeedbackValue::Error, nan.clone(), 0),
                 (
-                    "score",
+                    "correct",
                     2,
-                    FeedbackValue::Number(0.75),
-                    "0.0012".into(),
-                    false
+                    FeedbackValue::True,
+                    nan,
+                    malformed::JUDGE_COST
                 ),
-                ("tone", 1, FeedbackValue::Text, nan.clone(), false),
-                ("bad", 2, FeedbackValue::Error, nan.clone(), false),
-                ("correct", 2, FeedbackValue::True, nan, true),
             ]
         );
         assert_eq!(
             batch.feedback["1"][0].id,
             0xb94e1df415404dcaacf52300c1bc96a8
         );
-        assert_eq!(malformed::KEYS[6].0, malformed::JUDGE_COST);
     }
 
     /// A page where one trace's fields have the wrong JSON types still decodes: that trace is

@@ -71,9 +71,6 @@ fn unpack(v: i64) -> Seen {
     }
 }
 
-/// The index of the judge cost's part in [`malformed::KEYS`].
-const JUDGE_COST_PART: usize = 6;
-
 /// What one count adds, by experiment (as the snapshot names its id).
 #[derive(Debug, Default)]
 pub struct TraceDeltas {
@@ -281,9 +278,7 @@ impl TraceLedger {
                     if f.judge_cost.is_finite() {
                         slot.judge_cost += f.judge_cost;
                     }
-                    if f.judge_cost_malformed {
-                        d.malformed[JUDGE_COST_PART] += 1;
-                    }
+                    malformed::count(f.malformed, &mut d.malformed);
                     if f.trace_start_ms >= floor {
                         self.feedback.insert(k, f.trace_start_ms);
                         unsaved.feedback.insert(f.id, Some(f.trace_start_ms));
@@ -340,11 +335,7 @@ impl TraceLedger {
                             *last = (*last).max(r.start_ms);
                         }
                     }
-                    for (n, (bit, _)) in malformed::KEYS.iter().enumerate() {
-                        if r.malformed & bit != 0 {
-                            d.malformed[n] += 1;
-                        }
-                    }
+                    malformed::count(r.malformed, &mut d.malformed);
                     let s = Seen {
                         start_ms: r.start_ms,
                         in_progress: false,
@@ -611,7 +602,7 @@ mod tests {
             source: 0,
             value,
             judge_cost: 0.25,
-            judge_cost_malformed: false,
+            malformed: 0,
         }
     }
 
@@ -789,6 +780,36 @@ mod tests {
         assert!(!d.by_experiment[&exp()].rated.contains_key("other"));
         assert!(s.unrated.is_empty());
         assert_eq!(unsaved.unrated[&2], None);
+    }
+
+    /// A feedback whose judge cost cannot be read counts, as feedback, once; the cost part is
+    /// counted unreadable once too, and read again it counts nothing.
+    #[test]
+    fn a_feedback_with_an_unreadable_cost_is_counted_and_flagged_once() {
+        let mut s = TraceLedger::default();
+        let bad = FeedbackRecord {
+            judge_cost: f64::NAN,
+            malformed: malformed::JUDGE_COST,
+            ..feedback(100, 9_000, FeedbackValue::True)
+        };
+        let part = malformed::KEYS
+            .iter()
+            .position(|(bit, _)| *bit == malformed::JUDGE_COST)
+            .unwrap();
+        for expected in [1, 0] {
+            let (d, _) = count_with_feedback(
+                &mut s,
+                vec![trace(2, 9_000, TraceState::Ok)],
+                vec![bad.clone()],
+                10_000,
+            );
+            assert_eq!(d.malformed[part], expected);
+            assert_eq!(d.malformed.iter().sum::<u64>(), expected);
+            let e = &d.by_experiment[&exp()];
+            assert_eq!(e.judge_cost, 0.0);
+            let counted = e.feedback.get(&("helpful".into(), 0)).map(|f| f.values);
+            assert_eq!(counted, (expected == 1).then_some([1, 0, 0, 0, 0]));
+        }
     }
 
     /// A ledger saved before feedback was read remembers only from its lowest cursor: a read for

@@ -167,71 +167,56 @@ pub struct TraceBatch {
 impl TraceBatch {
     /// Adds one page of traces.
     pub fn add(&mut self, page: Vec<TraceInfo>) {
-        let mut feedback: Vec<(usize, Vec<FeedbackRecord>)> = Vec::new();
-        let records: Vec<(String, TraceRecord)> = page
+        // Each trace with its feedback, which takes its trace's start once that is settled.
+        let records: Vec<(String, TraceRecord, Vec<FeedbackRecord>)> = page
             .into_iter()
-            .enumerate()
-            .map(|(i, t)| {
+            .map(|t| {
                 let mut r = record(&t);
-                if let Some(run) = t
-                    .trace_metadata
-                    .source_run
-                    .as_deref()
-                    .filter(|r| !r.is_empty())
-                {
+                let meta = &t.trace_metadata;
+                if let Some(run) = meta.source_run.as_deref().filter(|r| !r.is_empty()) {
                     if !self.source_runs.contains(run) {
                         self.source_runs.insert(run.into());
                     }
                 }
-                if let Some(id) = t
-                    .trace_metadata
-                    .model_id
-                    .as_deref()
-                    .filter(|m| !m.is_empty())
-                {
-                    r.model = match self.model_index.get(id) {
-                        Some(at) => *at,
-                        None => {
-                            self.models.push(id.into());
-                            let at = u32::try_from(self.models.len()).unwrap_or(0);
-                            self.model_index.insert(id.into(), at);
-                            at
-                        }
-                    };
+                if let Some(id) = meta.model_id.as_deref().filter(|m| !m.is_empty()) {
+                    r.model = self.model(id);
                 }
-                if !t.assessments.is_empty() {
-                    let (given, bad) = feedback_of(&t.assessments);
-                    r.malformed |= bad;
-                    feedback.push((i, given));
-                }
-                (t.trace_location.mlflow_experiment.experiment_id, r)
+                let (given, bad) = feedback_of(&t.assessments);
+                r.malformed |= bad;
+                (t.trace_location.mlflow_experiment.experiment_id, r, given)
             })
             .collect();
         // A trace whose start cannot be read takes the page's latest readable one.
         let page_latest = records
             .iter()
-            .filter(|(_, r)| r.malformed & malformed::REQUEST_TIME == 0)
-            .map(|(_, r)| r.start_ms)
+            .filter(|(_, r, _)| r.malformed & malformed::REQUEST_TIME == 0)
+            .map(|(_, r, _)| r.start_ms)
             .max();
-        let mut feedback = feedback.into_iter().peekable();
-        for (i, (experiment, mut r)) in records.into_iter().enumerate() {
+        for (experiment, mut r, mut given) in records {
             if r.malformed & malformed::REQUEST_TIME != 0 {
                 r.start_ms = page_latest.or(self.latest_ms).unwrap_or(0);
             }
             self.latest_ms = Some(self.latest_ms.map_or(r.start_ms, |t| t.max(r.start_ms)));
-            if let Some((_, mut given)) = feedback.next_if(|(at, _)| *at == i) {
-                if !given.is_empty() {
-                    for f in &mut given {
-                        f.trace_start_ms = r.start_ms;
-                    }
-                    self.feedback
-                        .entry(experiment.clone())
-                        .or_default()
-                        .extend(given);
+            if !given.is_empty() {
+                for f in &mut given {
+                    f.trace_start_ms = r.start_ms;
                 }
+                let slot = self.feedback.entry(experiment.clone()).or_default();
+                slot.extend(given);
             }
             self.by_experiment.entry(experiment).or_default().push(r);
         }
+    }
+
+    /// The place (from 1) of a logged model among those the batch's traces name.
+    fn model(&mut self, id: &str) -> u32 {
+        if let Some(at) = self.model_index.get(id) {
+            return *at;
+        }
+        self.models.push(id.into());
+        let at = u32::try_from(self.models.len()).unwrap_or(0);
+        self.model_index.insert(id.into(), at);
+        at
     }
 
     /// How many traces the batch holds.

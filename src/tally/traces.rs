@@ -238,14 +238,12 @@ impl TraceLedger {
         let remembered_before = self
             .memory_from
             .or_else(|| self.cursors.values().min().copied());
-        // The experiments of a batch, for their LLM calls' cursors.
-        let mut d_experiments: Vec<Box<str>> = Vec::new();
         for mut batch in batches {
             let models = std::mem::take(&mut batch.models);
             // The rate card prices traces from its first read on: the history before is not
             // read whole again.
-            let scope_key: Box<str> = batch.workspace.as_deref().unwrap_or("").into();
-            let rating = w.rate && self.cursors.contains_key(&scope_key);
+            let scope: Box<str> = batch.workspace.as_deref().unwrap_or("").into();
+            let rating = w.rate && self.cursors.contains_key(&scope);
             // No later read of this scope starts before the look-back from its latest trace, or
             // the start of a trace in progress it waits for: what started before is counted and
             // not remembered (the first read of a large history remembers only its last minutes).
@@ -286,7 +284,12 @@ impl TraceLedger {
                 }
             }
             for (exp, records) in batch.by_experiment {
-                d_experiments.push(exp.as_str().into());
+                // Every app with traces has its LLM calls read, from its whole history.
+                let app = (scope.clone(), exp.as_str().into());
+                if let std::collections::btree_map::Entry::Vacant(e) = self.llm_cursors.entry(app) {
+                    e.insert(NEVER);
+                    unsaved.llm_cursors = true;
+                }
                 let sym = experiment(&exp);
                 // Every experiment with traces has its series, at 0 from the start.
                 let slot = d.by_experiment.entry(sym).or_default();
@@ -310,11 +313,9 @@ impl TraceLedger {
                     }
                     let i = r.state.index();
                     if rating && r.input_tokens + r.output_tokens > 0 {
-                        self.unrated
-                            .insert(r.id, (scope_key.clone(), exp.as_str().into()));
-                        unsaved
-                            .unrated
-                            .insert(r.id, Some((scope_key.clone(), exp.as_str().into())));
+                        let waits: Waiting = (scope.clone(), exp.as_str().into());
+                        self.unrated.insert(r.id, waits.clone());
+                        unsaved.unrated.insert(r.id, Some(waits));
                     }
                     slot.count[i] += 1;
                     slot.durations[i].observe_ms(b.duration_ms, r.duration_ms);
@@ -341,14 +342,6 @@ impl TraceLedger {
                         in_progress: false,
                     };
                     self.note(r.id, known, s, floor, unsaved);
-                }
-            }
-            let scope: Box<str> = batch.workspace.as_deref().unwrap_or("").into();
-            for exp in d_experiments.drain(..) {
-                let k = (scope.clone(), exp);
-                if let std::collections::btree_map::Entry::Vacant(e) = self.llm_cursors.entry(k) {
-                    e.insert(NEVER);
-                    unsaved.llm_cursors = true;
                 }
             }
             let old = self.cursors.get(&scope).copied();

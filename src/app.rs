@@ -88,7 +88,10 @@ impl Pipeline {
         // The traces' reads start where the tally's count of them ended.
         self.syncer.trace_cursors = self.tally.trace_state.cursors.clone();
         self.syncer.llm_cursors = self.tally.trace_state.llm_cursors.clone();
-        self.syncer.unrated = self.tally.trace_state.waiting_for_rates(500);
+        self.syncer.unrated = self
+            .tally
+            .trace_state
+            .waiting_for_rates(crate::sync::RATED_PER_CYCLE);
         self.syncer.feedback_since = self
             .tally
             .trace_state

@@ -442,12 +442,12 @@ impl Syncer {
         if look_back.is_some() {
             self.last_feedback_ms = Some(now_ms);
         }
-        let read = |s: &&Scope| {
-            let w = s.workspace.as_deref();
-            !failed.iter().any(|(f, _)| Some(f.as_str()) == w)
-        };
-        for scope in self.scopes.iter().filter(read) {
-            let Some(ids) = &scope.experiment_ids else {
+        for scope in &self.scopes {
+            let Some(ids) = scope
+                .experiment_ids
+                .as_ref()
+                .filter(|_| !failed_here(scope, failed, &out))
+            else {
                 continue;
             };
             let since = self
@@ -789,7 +789,7 @@ fn failed_here(scope: &Scope, failed: &[(String, MlflowError)], out: &TracesRead
 /// Traces read whole for the rate card: a request's, and a scope's each cycle (a backlog drains
 /// over cycles instead of stalling one).
 const RATED_PER_REQUEST: usize = 100;
-const RATED_PER_CYCLE: usize = 500;
+pub const RATED_PER_CYCLE: usize = 500;
 
 /// What one cycle's reads of traces gave.
 #[derive(Default)]

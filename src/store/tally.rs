@@ -82,21 +82,8 @@ impl EventStore {
                 .collect(),
             objects: unsaved.objects.clone(),
             labels,
-            traces: {
-                let mut v: Vec<_> = unsaved.traces.seen.iter().map(|(k, s)| (*k, *s)).collect();
-                v.sort_unstable_by_key(|(k, _)| *k);
-                v
-            },
-            feedback: {
-                let mut v: Vec<_> = unsaved
-                    .traces
-                    .feedback
-                    .iter()
-                    .map(|(k, s)| (*k, *s))
-                    .collect();
-                v.sort_unstable_by_key(|(k, _)| *k);
-                v
-            },
+            traces: by_id(&unsaved.traces.seen),
+            feedback: by_id(&unsaved.traces.feedback),
             cursors: unsaved.traces.cursors.then(|| {
                 let ledger = &tally.trace_state;
                 let mut rows: Vec<(Box<str>, i64)> = ledger
@@ -107,16 +94,7 @@ impl EventStore {
                 rows.extend(ledger.memory_from.map(|m| (MEMORY_FROM.into(), m)));
                 rows
             }),
-            unrated: {
-                let mut v: Vec<_> = unsaved
-                    .traces
-                    .unrated
-                    .iter()
-                    .map(|(k, w)| (*k, w.clone()))
-                    .collect();
-                v.sort_unstable_by_key(|(k, _)| *k);
-                v
-            },
+            unrated: by_id(&unsaved.traces.unrated),
             llm_cursors: unsaved.traces.llm_cursors.then(|| {
                 tally
                     .trace_state
@@ -357,15 +335,12 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
     let mut stmt = conn.prepare("SELECT trace_id, scope, experiment FROM tally_unrated")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let id: Vec<u8> = r.get(0)?;
-        let id: [u8; 16] = id
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("a trace id is not 16 bytes".into()))?;
+        let id = id_of(r.get(0)?)?;
         let (scope, exp): (String, String) = (r.get(1)?, r.get(2)?);
         tally
             .trace_state
             .unrated
-            .insert(u128::from_be_bytes(id), (scope.into(), exp.into()));
+            .insert(id, (scope.into(), exp.into()));
     }
     let mut stmt = conn.prepare("SELECT scope, experiment, next_ms FROM tally_llm_cursors")?;
     let mut rows = stmt.query([])?;
@@ -380,11 +355,7 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
         conn.prepare("SELECT trace_id, start_ms, in_progress, kind FROM tally_traces")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let id: Vec<u8> = r.get(0)?;
-        let id: [u8; 16] = id
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("a trace id is not 16 bytes".into()))?;
-        let id = u128::from_be_bytes(id);
+        let id = id_of(r.get(0)?)?;
         if r.get::<_, i64>(3)? == 1 {
             tally.trace_state.remember_feedback(id, r.get(1)?);
             continue;
@@ -428,6 +399,38 @@ fn read_into(path: &Path, mut tally: Tally) -> Result<Tally, StoreError> {
     Ok(tally)
 }
 
+/// Rows keyed by a trace's (or a feedback's) id, in id order: they append to the table's B-tree
+/// instead of landing on random pages.
+fn by_id<V: Clone>(m: &hashbrown::HashMap<u128, V>) -> Vec<(u128, V)> {
+    let mut v: Vec<(u128, V)> = m.iter().map(|(k, s)| (*k, s.clone())).collect();
+    v.sort_unstable_by_key(|(k, _)| *k);
+    v
+}
+
+/// A histogram of float observations as stored: its counts, their sum and the bounds they are on.
+fn float_hist_json(h: &FloatHistogramAcc, bounds: &[f64]) -> Value {
+    json!({"c": h.counts, "s": h.sum, "b": bounds})
+}
+
+/// A stored histogram of float observations (`c` counts over the `b` bounds they were taken at,
+/// `s` their sum) on `bounds`; `None` when it cannot be read.
+fn float_hist(v: &Value, bounds: &[f64]) -> Option<FloatHistogramAcc> {
+    let stored: Vec<f64> = serde_json::from_value(v["b"].clone()).ok()?;
+    let counts: Vec<u64> = serde_json::from_value(v["c"].clone()).ok()?;
+    Some(FloatHistogramAcc {
+        counts: rebucket(&stored, &counts, bounds)?,
+        sum: v["s"].as_f64()?,
+    })
+}
+
+/// A 16-byte id column as its 128 bits.
+fn id_of(bytes: Vec<u8>) -> Result<u128, StoreError> {
+    let id: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a trace id is not 16 bytes".into()))?;
+    Ok(u128::from_be_bytes(id))
+}
+
 fn labels_json(key: &Key) -> String {
     Value::from(key.iter().map(|v| Value::from(&**v)).collect::<Vec<_>>()).to_string()
 }
@@ -448,10 +451,7 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
             let c = t.cost.get(key)?;
             json!({"ms": c.ms, "gpu_ms": c.gpu_ms, "r": c.by_rate, "idle": c.idle_cost})
         }
-        names::GPU_UTILIZATION => {
-            let h = t.gpu_util.get(key)?;
-            json!({"c": h.counts, "s": h.sum, "b": t.settings.gpu_bounds})
-        }
+        names::GPU_UTILIZATION => float_hist_json(t.gpu_util.get(key)?, &t.settings.gpu_bounds),
         names::EXPERIMENTS_CREATED => json!({"n": t.experiments_created.get(key)?}),
         names::MODELS_CREATED => json!({"n": t.models_created.get(key)?}),
         names::VERSIONS_CREATED => json!({"n": t.versions_created.get(key)?}),
@@ -470,7 +470,9 @@ fn encode(t: &Tally, family: &str, key: &Key) -> Option<String> {
         names::TRACE_COST => json!({"v": t.trace_cost.get(key)?}),
         names::TRACE_FEEDBACK => {
             let f = t.trace_feedback.get(key)?;
-            json!({"n": f.values, "c": f.scores.counts, "s": f.scores.sum, "b": t.settings.score_bounds})
+            let mut v = float_hist_json(&f.scores, &t.settings.score_bounds);
+            v["n"] = json!(f.values);
+            v
         }
         names::JUDGE_COST => json!({"v": t.judge_cost.get(key)?}),
         names::LLM_CALLS => {
@@ -534,11 +536,8 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
             );
         }
         names::GPU_UTILIZATION => {
-            let stored: Vec<f64> = serde_json::from_value(v["b"].clone()).ok()?;
-            let counts: Vec<u64> = serde_json::from_value(v["c"].clone()).ok()?;
-            let counts = rebucket(&stored, &counts, &t.settings.gpu_bounds)?;
-            let sum = v["s"].as_f64()?;
-            t.gpu_util.insert(key, FloatHistogramAcc { counts, sum });
+            let h = float_hist(v, &t.settings.gpu_bounds)?;
+            t.gpu_util.insert(key, h);
         }
         names::EXPERIMENTS_CREATED => {
             t.experiments_created.insert(key, n()?);
@@ -587,15 +586,7 @@ fn decode(t: &mut Tally, family: &str, key: Key, v: &Value) -> Option<()> {
         }
         names::TRACE_FEEDBACK => {
             let values: [u64; 5] = serde_json::from_value(v["n"].clone()).ok()?;
-            let stored: Vec<f64> = serde_json::from_value(v["b"].clone()).ok()?;
-            let counts: Vec<u64> = serde_json::from_value(v["c"].clone()).ok()?;
-            let scores = match counts.is_empty() {
-                true => FloatHistogramAcc::default(),
-                false => FloatHistogramAcc {
-                    counts: rebucket(&stored, &counts, &t.settings.score_bounds)?,
-                    sum: v["s"].as_f64()?,
-                },
-            };
+            let scores = float_hist(v, &t.settings.score_bounds)?;
             t.trace_feedback
                 .insert(key, crate::tally::traces::FeedbackCounts { values, scores });
         }

@@ -1105,7 +1105,7 @@ impl Tally {
             &mut self.judge_cost,
             judge_cost,
             &admitted[JUDGE_COST],
-            1,
+            cost_of(JUDGE_COST),
             names::JUDGE_COST,
             |a, b| *a += b,
         );
@@ -1121,7 +1121,7 @@ impl Tally {
             &mut self.llm_calls,
             llm_calls,
             &admitted[LLM],
-            2,
+            cost_of(LLM),
             names::LLM_CALLS,
             |a, b| {
                 a.0 += b.0;
@@ -1132,7 +1132,7 @@ impl Tally {
             &mut self.logged_model_traces,
             model_traces,
             &admitted[LOGGED_MODEL_TRACES],
-            2,
+            cost_of(LOGGED_MODEL_TRACES),
             names::LOGGED_MODEL_TRACES,
             add_pair,
         );
@@ -1140,7 +1140,7 @@ impl Tally {
             &mut self.rated,
             rated,
             &admitted[RATED],
-            3,
+            cost_of(RATED),
             names::RATED_TOKENS,
             |a, b| {
                 add_pair(&mut a.0, &b.0);

@@ -12,6 +12,8 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod fuzzing;
+pub mod histogram;
+pub mod lock;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

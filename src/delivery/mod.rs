@@ -17,7 +17,7 @@ pub mod recorder;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::config::{DeliverySettings, WebhookSettings};
-use crate::metrics::family::{bounds_ms, HistogramAcc};
+use crate::histogram::{bounds_ms, HistogramAcc};
 use crate::sync::snapshot::{Snapshot, Sym, VersionRecord, NO_TIME};
 
 /// The legacy stage that counts as serving; it is tracked like an alias of this name.

@@ -3,7 +3,7 @@
 //! figures (lead time and its parts, recovery) with exact values.
 
 use super::*;
-use crate::metrics::family::bounds_ms;
+use crate::histogram::bounds_ms;
 use crate::sync::snapshot::*;
 
 const H: i64 = 3_600_000;

@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::family::TextFamily;
 
-use super::family::{Family, HistogramAcc, Spec};
+use super::family::{Family, Spec};
 use super::{Derivation, Folds};
 use crate::config::Goal;
 use crate::delivery::{Delivery, TargetFigures};
+use crate::histogram::HistogramAcc;
 use crate::sync::snapshot::{Snapshot, NO_TIME};
 use crate::tally::labels::ModelFold;
 

@@ -57,7 +57,7 @@ impl Derivation {
     pub fn new(s: &Settings) -> Derivation {
         let m = &s.metrics;
         Derivation {
-            bounds_ms: family::bounds_ms(&m.run_duration_buckets),
+            bounds_ms: crate::histogram::bounds_ms(&m.run_duration_buckets),
             windows: m
                 .user_windows
                 .iter()
@@ -66,7 +66,7 @@ impl Derivation {
             settings: m.clone(),
             rates: RateCard::new(&s.cost),
             currency: s.cost.currency.clone(),
-            ttfm_bounds_ms: family::bounds_ms(&m.time_to_first_model_buckets),
+            ttfm_bounds_ms: crate::histogram::bounds_ms(&m.time_to_first_model_buckets),
             registered_features: m
                 .features
                 .iter()

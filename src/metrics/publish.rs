@@ -21,6 +21,7 @@ use super::exporter::ExporterMetrics;
 use super::family::{Family, Spec, TextFamily};
 use super::{derive, halfway, in_parallel, Derivation};
 use crate::delivery::Delivery;
+use crate::lock::lock;
 use crate::sync::Snapshot;
 use crate::tally::labels::ModelFold;
 use crate::tally::Tally;
@@ -681,11 +682,6 @@ fn memchr_newline(b: &[u8]) -> Option<usize> {
 fn chunk_hash(piece: &[u8]) -> u64 {
     use std::hash::BuildHasher;
     foldhash::quality::FixedState::with_seed(0x6d6c_666c_6f77).hash_one(piece)
-}
-
-/// Locks, ignoring poisoning: the data behind these locks is replaced whole, never left half-written.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::probes::MLFLOW_PROBE;
 use crate::config::Settings;
-use crate::metrics::family::FloatHistogramAcc;
-use crate::metrics::publish::{lock, Publisher};
+use crate::histogram::FloatHistogramAcc;
+use crate::lock::lock;
+use crate::metrics::publish::Publisher;
 use crate::source::probe::{Outcome, Prober, Reason};
 use crate::store::EventStore;
 use availability::{Availability, Totals, Transition};

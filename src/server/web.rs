@@ -103,7 +103,7 @@ impl Web {
             return false;
         };
         let print = WebConfig::fingerprint(path);
-        let mut last = crate::metrics::publish::lock(&self.fingerprint);
+        let mut last = crate::lock::lock(&self.fingerprint);
         // Unchanged, or still unreadable since the last attempt (reported once, not every 5 s).
         if print == *last {
             return false;

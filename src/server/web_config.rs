@@ -511,11 +511,11 @@ impl Users {
             key.update(part.as_bytes());
         }
         let key: [u8; 32] = key.finalize().into();
-        if let Some(&ok) = crate::metrics::publish::lock(&self.cache).get(&key) {
+        if let Some(&ok) = crate::lock::lock(&self.cache).get(&key) {
             return ok && known;
         }
         let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
-        let mut cache = crate::metrics::publish::lock(&self.cache);
+        let mut cache = crate::lock::lock(&self.cache);
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }
@@ -556,7 +556,7 @@ mod tests {
             users.decoy.parse::<bcrypt::HashParts>().unwrap().get_cost(),
             4
         );
-        assert_eq!(crate::metrics::publish::lock(&users.cache).len(), 3);
+        assert_eq!(crate::lock::lock(&users.cache).len(), 3);
     }
 
     #[test]

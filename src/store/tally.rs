@@ -11,7 +11,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::{EventStore, StoreError};
-use crate::metrics::family::{FloatHistogramAcc, HistogramAcc};
+use crate::histogram::{FloatHistogramAcc, HistogramAcc};
 use crate::sync::snapshot::RunKey;
 use crate::tally::traces::Seen;
 use crate::tally::{names, CostSeries, Key, StoredRun, Tally};

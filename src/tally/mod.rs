@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use hashbrown::{HashMap, HashSet};
 
 use crate::config::Settings;
-use crate::metrics::family::{bounds_ms, FloatHistogramAcc, HistogramAcc};
+use crate::histogram::{bounds_ms, FloatHistogramAcc, HistogramAcc};
 use crate::sync::snapshot::{RunKey, RunRecord, RunStatus, Snapshot, Sym, NO_TIME};
 use crate::sync::RateCard;
 use labels::{Folds, StickyLabels, OTHER};

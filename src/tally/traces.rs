@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use hashbrown::HashMap;
 
-use crate::metrics::family::{FloatHistogramAcc, HistogramAcc};
+use crate::histogram::{FloatHistogramAcc, HistogramAcc};
 use crate::sync::snapshot::Sym;
 use crate::sync::traces::{malformed, FeedbackValue, LlmBatch, TraceBatch, TraceState};
 

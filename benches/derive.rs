@@ -8,7 +8,7 @@ use std::time::Instant;
 use mlflow_exporter::app::count_and_derive;
 use mlflow_exporter::config::{ExtraLabel, Rate, RateMatch, Settings};
 use mlflow_exporter::delivery::{Bounds, Delivery};
-use mlflow_exporter::metrics::publish::Publisher;
+use mlflow_exporter::exposition::Publisher;
 use mlflow_exporter::metrics::{derive, Derivation};
 use mlflow_exporter::sync::snapshot::RunStatus;
 use mlflow_exporter::tally::Tally;
@@ -99,7 +99,7 @@ fn main() {
     let series: usize = families.iter().map(|f| f.series()).sum();
 
     let d2 = d.clone();
-    let publisher = Publisher::new(d).unwrap();
+    let publisher = Publisher::detached(d).unwrap();
     let publish: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();

@@ -135,7 +135,7 @@ fn split(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String 
 /// MLflow's answer time summed per endpoint (the exporter's own request-latency histogram) and the
 /// requests counted in it: (endpoint, seconds, requests).
 fn latency(p: &Pipeline) -> Vec<(&'static str, f64, u64)> {
-    let h = &p.publisher.exporter.api_latency;
+    let h = p.telemetry.api_latency();
     [
         "experiments/search",
         "runs/search",

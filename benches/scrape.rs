@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mlflow_exporter::config::Settings;
 use mlflow_exporter::delivery::{Bounds, Delivery};
-use mlflow_exporter::metrics::publish::Publisher;
+use mlflow_exporter::exposition::Publisher;
 use mlflow_exporter::metrics::Derivation;
 use mlflow_exporter::server::{self, AppState};
 
@@ -30,7 +30,7 @@ fn wrk_figure(out: &str, key: &str) -> String {
 
 fn main() {
     let settings = Settings::default();
-    let publisher = Publisher::new(Derivation::new(&settings)).unwrap();
+    let publisher = Publisher::detached(Derivation::new(&settings)).unwrap();
     let history = Delivery::new(Bounds::new(&settings.delivery));
     let mut snap = common::snapshot(3_000, 55);
     let tally = mlflow_exporter::tally::Tally::of(&mut snap, &settings, common::NOW_MS);

@@ -13,7 +13,7 @@ use crate::delivery::recorder::Recorder;
 use crate::delivery::VersionTimes;
 use crate::delivery::{Bounds, Delivery, Labelling, Source};
 use crate::error::MlflowError;
-use crate::metrics::publish::Publisher;
+use crate::exposition::Publisher;
 use crate::metrics::Derivation;
 use crate::probes::Probes;
 use crate::server::ingest::{Ingest, VersionIndex};
@@ -21,8 +21,10 @@ use crate::server::web::{Limits, Web};
 use crate::server::{self, AppState};
 use crate::source::mlflow::MlflowClient;
 use crate::store::EventStore;
+use crate::sync::shape::Shape;
 use crate::sync::{CycleReport, Syncer};
 use crate::tally::Tally;
+use crate::telemetry::Telemetry;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -32,6 +34,8 @@ pub struct Pipeline {
     /// Shared with the webhook endpoints.
     pub recorder: Arc<Recorder>,
     pub publisher: Arc<Publisher>,
+    /// The exporter's own metrics, shared with every service.
+    pub telemetry: Arc<Telemetry>,
     pub ready: Arc<AtomicBool>,
     /// Version and run times of the last snapshot, for deployments pushed between syncs.
     pub versions: VersionIndex,
@@ -49,11 +53,14 @@ impl Pipeline {
     /// and folds the rest into the delivery state, so counters continue where the last run left
     /// them; reads back the tally.
     pub async fn open(settings: &Settings, now_ms: i64) -> Result<Pipeline, crate::Error> {
-        let publisher = Arc::new(Publisher::new(Derivation::new(settings))?);
-        let client = MlflowClient::new(
-            &settings.mlflow,
-            Some(publisher.exporter.api_latency.clone()),
-        )?;
+        let telemetry = Arc::new(Telemetry::new()?);
+        let shape = Arc::new(Shape::default());
+        let publisher = Arc::new(Publisher::new(
+            Derivation::new(settings),
+            telemetry.clone(),
+            shape,
+        )?);
+        let client = MlflowClient::new(&settings.mlflow, Some(telemetry.api_latency()))?;
         let store = EventStore::open(&settings.storage.path).await?;
         let retention_ms = settings.storage.retention.as_millis() as i64;
         let purged = store
@@ -70,8 +77,12 @@ impl Pipeline {
         );
         Ok(Pipeline {
             syncer: Syncer::new(client, settings),
-            recorder: Arc::new(Recorder::new(store, delivery, publisher.clone())),
+            recorder: Arc::new(Recorder::new(store, delivery, telemetry.clone(), {
+                let publisher = publisher.clone();
+                Box::new(move |d| publisher.offer_history(d))
+            })),
             publisher,
+            telemetry,
             ready: Arc::new(AtomicBool::new(false)),
             versions: VersionIndex::default(),
             serving_aliases: settings.delivery.serving_aliases.clone(),
@@ -99,20 +110,20 @@ impl Pipeline {
         let report = match self.syncer.cycle(now_ms).await {
             Ok(r) => r,
             Err(e) => {
-                self.publisher.exporter.sync_failed(&e);
+                self.telemetry.sync_failed(&e);
                 self.publisher.refresh();
                 tracing::warn!(reason = e.reason(), error = %e, "sync with MLflow failed; serving the last good snapshot");
                 return Err(e);
             }
         };
         self.publisher
-            .set_workspaces(self.syncer.workspaces_enabled());
-        self.publisher.set_mlflow3(self.syncer.is_mlflow3());
+            .shape()
+            .set(self.syncer.workspaces_enabled(), self.syncer.is_mlflow3());
         for w in self.syncer.workspaces() {
-            self.publisher.exporter.workspace_seen(w);
+            self.telemetry.workspace_seen(w);
         }
         for (workspace, e) in &report.failed {
-            self.publisher.exporter.workspace_sync_failed(workspace, e);
+            self.telemetry.workspace_sync_failed(workspace, e);
             tracing::warn!(workspace = %workspace, reason = e.reason(), error = %e, "sync of a workspace failed; it keeps its last good figures, the others go on");
         }
         if self.syncer.is_mlflow3() {
@@ -127,7 +138,7 @@ impl Pipeline {
         }
         for (workspace, e) in &report.traces_failed {
             let workspace = workspace.as_deref().unwrap_or("");
-            self.publisher.exporter.trace_read_failed(workspace, e);
+            self.telemetry.trace_read_failed(workspace, e);
             tracing::warn!(workspace, reason = e.reason(), error = %e, "reading MLflow's traces failed; the next cycle reads them again from the same point");
         }
         let phase = std::time::Instant::now();
@@ -156,8 +167,7 @@ impl Pipeline {
         self.cycles += 1;
         let ended = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
         let runs = self.syncer.snapshot().runs.len();
-        self.publisher
-            .exporter
+        self.telemetry
             .sync_succeeded(report.mode, report.seconds, ended, runs);
         let phase = std::time::Instant::now();
         self.publish(now_ms).await;
@@ -191,16 +201,14 @@ impl Pipeline {
             recorder: self.recorder.clone(),
             settings: settings.webhooks.clone(),
             versions: self.versions.clone(),
-            publisher: self.publisher.clone(),
+            telemetry: self.telemetry.clone(),
+            shape: self.publisher.shape().clone(),
             serving_aliases: settings.delivery.serving_aliases.clone(),
             deliveries: Default::default(),
             limiter: crate::server::ingest::limiter(&settings.webhooks),
-            mlflow: MlflowClient::new(
-                &settings.mlflow,
-                Some(self.publisher.exporter.api_latency.clone()),
-            )
-            .ok()
-            .map(Arc::new),
+            mlflow: MlflowClient::new(&settings.mlflow, Some(self.telemetry.api_latency()))
+                .ok()
+                .map(Arc::new),
             team_tag: settings.metrics.team_tag.clone(),
         })
     }
@@ -242,7 +250,7 @@ impl Pipeline {
         match self.recorder.store().save_tally(&mut self.tally).await {
             Ok(rows) => tracing::debug!(rows, runs = report.runs, "counters saved"),
             Err(e) => {
-                publisher.exporter.counter_store_errors.inc();
+                self.telemetry.counter_store_failed();
                 tracing::error!(error = %e, "cannot save the counters to the event store; kept in memory, retried at the next cycle");
             }
         }
@@ -297,9 +305,8 @@ pub fn count_and_derive(
 ) {
     let d = publisher.derivation();
     let folds = tally.labels.admit_and_fold(snap);
-    if publisher.set_model_fold(tally.labels.model_fold()) {
-        publisher.set_history(delivery);
-    }
+    publisher.set_model_fold(tally.labels.model_fold());
+    publisher.offer_history(delivery);
     // Runs traces were made in: those counted before, and those of the traces read now.
     let mut traced = tally.traced_runs();
     for b in &snap.traces {
@@ -347,8 +354,10 @@ pub async fn run(
     let web = Web::load(
         settings.web.config_file.clone(),
         own_auth_paths(&settings),
-        Some(pipeline.publisher.clone()),
+        Some(pipeline.telemetry.clone()),
     )?;
+    // The first scrape may come within the re-encode interval: it shows the web config's gauges.
+    pipeline.publisher.refresh();
     let state = AppState {
         publisher: pipeline.publisher.clone(),
         ready: pipeline.ready.clone(),
@@ -366,10 +375,11 @@ pub async fn run(
     let probes = Probes::start(
         &settings,
         pipeline.recorder.store().clone(),
-        &pipeline.publisher,
+        &pipeline.telemetry,
         shutdown.clone(),
     )
     .await?;
+    pipeline.publisher.add_probes(probes.book.clone())?;
     let sync = tokio::spawn(sync_loop(
         pipeline,
         settings.mlflow.sync_interval,

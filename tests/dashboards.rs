@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mlflow_exporter::config::{FlagOverrides, Settings};
+use mlflow_exporter::exposition::Publisher;
 use mlflow_exporter::metrics::family::Spec;
-use mlflow_exporter::metrics::publish::Publisher;
 use mlflow_exporter::metrics::{delivery, probes, specs, workspace, Derivation};
 use mlflow_exporter::sync::Mode;
 use prometheus::proto::MetricType;
@@ -107,12 +107,12 @@ fn settings() -> Settings {
 fn exporter_catalogue() -> BTreeMap<String, Family> {
     let derivation = Derivation::new(&settings());
     let extra = derivation.extra_label_names();
-    let publisher = Publisher::new(derivation).unwrap();
+    let publisher = Publisher::detached(derivation).unwrap();
     // Vectors without a series are not exposed: give each one, so their labels show.
-    let m = &publisher.exporter;
+    let m = publisher.telemetry();
     m.sync_succeeded(Mode::Full, 1.0, 1.0, 0);
     m.sync_succeeded(Mode::Incremental, 1.0, 2.0, 0);
-    m.api_latency.with_label_values(&["probe"]).observe(0.1);
+    m.api_latency().with_label_values(&["probe"]).observe(0.1);
     publisher.refresh();
     let text = String::from_utf8(publisher.current().text().to_vec()).unwrap();
 

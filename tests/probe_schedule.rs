@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mlflow_exporter::config::probes::Probe;
 use mlflow_exporter::config::Settings;
-use mlflow_exporter::metrics::publish::Publisher;
+use mlflow_exporter::exposition::Publisher;
 use mlflow_exporter::metrics::Derivation;
 use mlflow_exporter::probes::Probes;
 use mlflow_exporter::store::EventStore;
@@ -43,11 +43,12 @@ async fn a_slow_endpoint_never_delays_another() {
     let store = EventStore::open(&dir.path().join("events.db"))
         .await
         .unwrap();
-    let publisher = Arc::new(Publisher::new(Derivation::new(&settings)).unwrap());
+    let publisher = Arc::new(Publisher::detached(Derivation::new(&settings)).unwrap());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let probes = Probes::start(&settings, store, &publisher, shutdown)
+    let probes = Probes::start(&settings, store, publisher.telemetry(), shutdown)
         .await
         .unwrap();
+    publisher.add_probes(probes.book.clone()).unwrap();
     tokio::time::sleep(Duration::from_millis(2_050)).await;
     let _ = stop.send(true);
     probes.stop().await;

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use common::project_dir;
 use mlflow_exporter::config::Settings;
-use mlflow_exporter::metrics::publish::Publisher;
+use mlflow_exporter::exposition::Publisher;
 use mlflow_exporter::metrics::{delivery, probes, specs, workspace, Derivation};
 use mlflow_exporter::sync::Mode;
 use regex::Regex;
@@ -294,10 +294,10 @@ fn every_alert_has_a_severity_annotations_and_a_runbook_section() {
 /// from a real exposition, and the families of snapshots, the delivery history and the probes from
 /// their specs (they appear once there is something to report).
 fn exposed() -> BTreeMap<String, BTreeSet<String>> {
-    let publisher = Publisher::new(Derivation::new(&Settings::default())).unwrap();
-    let m = &publisher.exporter;
+    let publisher = Publisher::detached(Derivation::new(&Settings::default())).unwrap();
+    let m = publisher.telemetry();
     m.sync_succeeded(Mode::Full, 1.0, 1.0, 0);
-    m.api_latency.with_label_values(&["probe"]).observe(0.1);
+    m.api_latency().with_label_values(&["probe"]).observe(0.1);
     publisher.refresh();
     let text = String::from_utf8(publisher.current().text().to_vec()).unwrap();
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -217,18 +217,19 @@ pub fn history(
 pub fn first_cycle(
     settings: &mlflow_exporter::config::Settings,
 ) -> (
-    mlflow_exporter::metrics::publish::Publisher,
+    mlflow_exporter::exposition::Publisher,
     mlflow_exporter::tally::Tally,
     Snapshot,
     mlflow_exporter::delivery::Delivery,
     mlflow_exporter::tally::CountReport,
     std::time::Duration,
 ) {
-    use mlflow_exporter::metrics::{publish::Publisher, Derivation};
-    let publisher = Publisher::new(Derivation::new(settings)).expect("the families are valid");
+    use mlflow_exporter::exposition::Publisher;
+    use mlflow_exporter::metrics::Derivation;
+    let publisher = Publisher::detached(Derivation::new(settings)).expect("the families are valid");
     let mut snap = install(100_000);
     let delivery = history(&mut snap, settings);
-    publisher.set_history(&delivery);
+    publisher.offer_history(&delivery);
     let mut tally = mlflow_exporter::tally::Tally::new(settings);
     let started = std::time::Instant::now();
     let (families, report) = mlflow_exporter::app::count_and_derive(

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 
 use super::{Delivery, Event, Source};
-use crate::metrics::publish::Publisher;
 use crate::store::{EventStore, StoreError};
+use crate::telemetry::Telemetry;
+
+/// Told the history after every change (the publisher recomputes its families).
+pub type OnHistory = Box<dyn Fn(&Delivery) + Send + Sync>;
 
 /// What one recording did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -18,16 +21,23 @@ pub struct Outcome {
 pub struct Recorder {
     store: EventStore,
     delivery: tokio::sync::Mutex<Delivery>,
-    publisher: Arc<Publisher>,
+    telemetry: Arc<Telemetry>,
+    on_history: OnHistory,
 }
 
 impl Recorder {
-    pub fn new(store: EventStore, delivery: Delivery, publisher: Arc<Publisher>) -> Recorder {
-        publisher.set_history(&delivery);
+    pub fn new(
+        store: EventStore,
+        delivery: Delivery,
+        telemetry: Arc<Telemetry>,
+        on_history: OnHistory,
+    ) -> Recorder {
+        on_history(&delivery);
         Recorder {
             store,
             delivery: tokio::sync::Mutex::new(delivery),
-            publisher,
+            telemetry,
+            on_history,
         }
     }
 
@@ -44,14 +54,10 @@ impl Recorder {
         if events.is_empty() {
             return Ok(Outcome::default());
         }
-        let counter = &self.publisher.exporter.events;
         let added = match self.store.append(&events, now_ms).await {
             Ok(added) => added,
             Err(e) => {
-                counter
-                    .with_label_values(&[source.as_str(), "error"])
-                    .inc_by(events.len() as u64);
-                self.publisher.mark_stale();
+                self.telemetry.events_not_stored(source, events.len());
                 tracing::error!(source = source.as_str(), error = %e, events = events.len(), "cannot store delivery events");
                 return Err(e);
             }
@@ -64,16 +70,11 @@ impl Recorder {
             recorded: added.len(),
             duplicates: events.len() - added.len(),
         };
-        counter
-            .with_label_values(&[source.as_str(), "recorded"])
-            .inc_by(outcome.recorded as u64);
-        counter
-            .with_label_values(&[source.as_str(), "duplicate"])
-            .inc_by(outcome.duplicates as u64);
+        self.telemetry
+            .events_recorded(source, outcome.recorded, outcome.duplicates);
         if outcome.recorded > 0 {
-            self.publisher.set_history(&delivery);
+            (self.on_history)(&delivery);
         }
-        self.publisher.mark_stale();
         Ok(outcome)
     }
 

@@ -3,21 +3,18 @@
 //! [`runs`] (throughput, durations, runs started), [`adoption`] (users, teams, activation, time to
 //! value, feature use), [`cost`] (compute time, money, GPU time and utilization), [`quality`] (best
 //! model metrics), [`traces`] (GenAI apps), [`corrections`] (what the counters hold that MLflow no
-//! longer shows). Gauges
-//! follow the snapshot; counters are read from the tally, which counted each thing once.
-//! [`exporter`] holds the exporter's own health metrics and [`publish`] encodes everything once per
-//! snapshot.
+//! longer shows), [`delivery`] (DORA, from the delivery history), [`probes`] (from the probes'
+//! records). Gauges follow the snapshot; counters are read from the tally, which counted each thing
+//! once. The exporter's own metrics are [`crate::telemetry`]'s; [`crate::exposition`] encodes.
 
 pub mod adoption;
 pub mod corrections;
 pub mod cost;
 pub mod delivery;
-pub mod exporter;
 pub mod family;
 pub mod inventory;
 pub mod labels;
 pub mod probes;
-pub mod publish;
 pub mod quality;
 pub mod runs;
 pub mod traces;

@@ -14,9 +14,9 @@ use crate::config::probes::MLFLOW_PROBE;
 use crate::config::Settings;
 use crate::histogram::FloatHistogramAcc;
 use crate::lock::lock;
-use crate::metrics::publish::Publisher;
 use crate::source::probe::{Outcome, Prober, Reason};
 use crate::store::EventStore;
+use crate::telemetry::Telemetry;
 use availability::{Availability, Totals, Transition};
 
 /// What the metrics show of one probe, updated by every result.
@@ -111,11 +111,11 @@ struct Scheduled {
 
 impl Probes {
     /// Builds every probe (header values are read now; a missing one stops start-up), restores
-    /// their totals, exposes them through `publisher`, and starts them.
+    /// their totals, and starts them. Their records are in [`Probes::book`].
     pub async fn start(
         settings: &Settings,
         store: EventStore,
-        publisher: &Arc<Publisher>,
+        telemetry: &Arc<Telemetry>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Probes, crate::Error> {
         let p = &settings.probes;
@@ -158,10 +158,6 @@ impl Probes {
             records: scheduled.iter().map(|s| s.record.clone()).collect(),
             buckets: p.duration_buckets.clone(),
         });
-        let view = book.clone();
-        publisher.add_families(crate::metrics::probes::SPECS, move || {
-            crate::metrics::probes::families(&view)
-        })?;
         let n = scheduled.len().max(1) as u32;
         let mut tasks = Vec::with_capacity(scheduled.len() + 1);
         for (i, s) in scheduled.into_iter().enumerate() {
@@ -172,14 +168,14 @@ impl Probes {
                 offset,
                 book.buckets.clone(),
                 store.clone(),
-                publisher.clone(),
+                telemetry.clone(),
                 shutdown.clone(),
             )));
         }
         tasks.push(tokio::spawn(checkpoints(
             book.clone(),
             store.clone(),
-            publisher.clone(),
+            telemetry.clone(),
             p.checkpoint_interval,
             shutdown,
         )));
@@ -209,7 +205,7 @@ fn all_totals(book: &ProbeBook) -> Vec<(String, Totals)> {
 async fn checkpoints(
     book: Arc<ProbeBook>,
     store: EventStore,
-    publisher: Arc<Publisher>,
+    telemetry: Arc<Telemetry>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -220,7 +216,7 @@ async fn checkpoints(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         if let Err(e) = store.save_probe_totals(&all_totals(&book)).await {
-            publisher.exporter.probe_store_errors.inc();
+            telemetry.probe_store_failed();
             tracing::warn!(error = %e, "cannot save the probes' totals; will retry at the next checkpoint");
         }
     }
@@ -232,7 +228,7 @@ async fn run_probe(
     offset: Duration,
     buckets: Vec<f64>,
     store: EventStore,
-    publisher: Arc<Publisher>,
+    telemetry: Arc<Telemetry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let start = tokio::time::Instant::now() + offset;
@@ -246,13 +242,12 @@ async fn run_probe(
             t = tick.tick() => t,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let m = &publisher.exporter;
-        if due > next {
-            m.probe_skipped
-                .inc_by(((due - next).as_nanos() / s.interval.as_nanos().max(1)) as u64);
-        }
+        let skipped = match due > next {
+            true => ((due - next).as_nanos() / s.interval.as_nanos().max(1)) as u64,
+            false => 0,
+        };
         next = due + s.interval;
-        m.probe_delay.observe(due.elapsed().as_secs_f64());
+        telemetry.probe_started(due.elapsed().as_secs_f64(), skipped);
         let outcome = tokio::select! {
             o = s.prober.probe() => o,
             _ = shutdown.wait_for(|s| *s) => return,
@@ -261,7 +256,7 @@ async fn run_probe(
             tracing::debug!(probe = %record.name, reason = r.as_str(), status = ?outcome.status, detail = %outcome.detail, "probe failed");
         }
         let change = record.record(&outcome, &buckets);
-        publisher.mark_stale();
+        telemetry.probe_recorded();
         let Some((change, totals)) = change else {
             continue;
         };
@@ -278,7 +273,7 @@ async fn run_probe(
             .record_outage(&record.name, change, reason, &totals)
             .await
         {
-            m.probe_store_errors.inc();
+            telemetry.probe_store_failed();
             tracing::error!(probe = %record.name, error = %e, "cannot store the outage change; the totals are saved at the next checkpoint");
         }
     }

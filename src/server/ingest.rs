@@ -23,10 +23,11 @@ use serde_json::json;
 use crate::config::{Receiver, WebhookSettings};
 use crate::delivery::recorder::Recorder;
 use crate::delivery::{Event, Kind, Source, Subject, VersionTimes};
-use crate::metrics::publish::Publisher;
 use crate::source::events_api::{ApiEvent, ApiKind};
 use crate::source::mlflow::MlflowClient;
 use crate::source::{alertmanager, mlflow_webhook};
+use crate::sync::shape::Shape;
+use crate::telemetry::Telemetry;
 
 /// Times of every version in the last snapshot, for the lead time of pushed deployments.
 pub type VersionIndex = Arc<ArcSwap<HashMap<(Subject, String, u32), VersionTimes>>>;
@@ -35,8 +36,10 @@ pub struct Ingest {
     pub recorder: Arc<Recorder>,
     pub settings: WebhookSettings,
     pub versions: VersionIndex,
-    /// For the events counter, and to have refusals and duplicates shown by the next re-encode.
-    pub publisher: Arc<Publisher>,
+    /// For the events counter (refusals and duplicates).
+    pub telemetry: Arc<Telemetry>,
+    /// Whether MLflow has workspaces, to name pushed models as the snapshot names them.
+    pub shape: Arc<Shape>,
     /// Aliases whose moves are deployments.
     pub serving_aliases: Vec<String>,
     /// MLflow delivery ids taken recently (with when), to refuse replays within the freshness window.
@@ -77,7 +80,7 @@ async fn rate_limit(State(ingest): State<Arc<Ingest>>, req: Request, next: Next)
         use governor::clock::{Clock, DefaultClock};
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        count(&ingest, source, "rejected");
+        ingest.telemetry.event_rejected(source);
         tracing::debug!(source = source.as_str(), %ip, "webhook request over the rate limit");
         let mut resp = (
             StatusCode::TOO_MANY_REQUESTS,
@@ -113,7 +116,7 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
 
 /// A refused request: counted, and answered with a JSON error.
 fn refuse(ingest: &Ingest, source: Source, status: StatusCode, message: String) -> Response {
-    count(ingest, source, "rejected");
+    ingest.telemetry.event_rejected(source);
     tracing::warn!(source = source.as_str(), status = status.as_u16(), error = %message, "webhook request refused");
     let mut resp = (status, Json(json!({ "error": message }))).into_response();
     if status == StatusCode::UNAUTHORIZED {
@@ -123,16 +126,6 @@ fn refuse(ingest: &Ingest, source: Source, status: StatusCode, message: String) 
         );
     }
     resp
-}
-
-fn count(ingest: &Ingest, source: Source, outcome: &str) {
-    ingest
-        .publisher
-        .exporter
-        .events
-        .with_label_values(&[source.as_str(), outcome])
-        .inc();
-    ingest.publisher.mark_stale();
 }
 
 /// Checks that the receiver is on and the request carries its token; then the body.
@@ -199,7 +192,7 @@ async fn times_of(
         return VersionTimes::default();
     };
     let in_workspace;
-    let client = match ingest.publisher.workspaces_enabled() {
+    let client = match ingest.shape.workspaces() {
         true => {
             in_workspace = client.in_workspace(workspace.unwrap_or("default"));
             &in_workspace
@@ -275,7 +268,7 @@ async fn commit_change(
     )
     .await;
     if unchanged && resp.status() == StatusCode::OK {
-        count(ingest, source, "duplicate");
+        ingest.telemetry.event_duplicate(source);
         return (
             StatusCode::OK,
             Json(json!({ "recorded": 0, "duplicates": 1 })),
@@ -404,7 +397,7 @@ async fn mlflow_webhook(
             .into_response();
     };
     let workspace = payload.workspace.as_deref().or(a.workspace.as_deref());
-    let workspaces = ingest.publisher.workspaces_enabled();
+    let workspaces = ingest.shape.workspaces();
     let model = crate::delivery::model_key(workspaces, workspace, &a.name);
     let resp = if payload.action == "created" {
         let Some(version) = a.version.as_deref().and_then(|v| v.parse::<u32>().ok()) else {
@@ -486,7 +479,7 @@ async fn alertmanager_webhook(
         }
     };
     let s = &ingest.settings;
-    let workspaces = ingest.publisher.workspaces_enabled();
+    let workspaces = ingest.shape.workspaces();
     let (events, ignored) =
         match alertmanager::events(&payload, &s.model_label, &s.severity_label, workspaces) {
             Ok(x) => x,
@@ -538,11 +531,7 @@ async fn api_event(
     };
     let severity = event.severity.clone().unwrap_or_default();
     let workspace = event.workspace.as_deref();
-    let model = crate::delivery::model_key(
-        ingest.publisher.workspaces_enabled(),
-        workspace,
-        &event.model,
-    );
+    let model = crate::delivery::model_key(ingest.shape.workspaces(), workspace, &event.model);
     match event.kind {
         ApiKind::Deployment => {
             let (alias, version) = (

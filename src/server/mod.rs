@@ -2,6 +2,7 @@
 //! `/-/healthy`, `/-/ready`, and the webhook receivers of [`ingest`]. Handlers only read what the
 //! sync loop published; none waits on MLflow.
 
+pub mod body;
 pub mod ingest;
 pub mod web;
 pub mod web_config;
@@ -16,8 +17,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::metrics::exporter::{REVISION, VERSION};
-use crate::metrics::publish::Publisher;
+use crate::exposition::Publisher;
+use crate::telemetry::{REVISION, VERSION};
 
 /// Content type of the text exposition format 0.0.4.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -61,7 +62,8 @@ pub async fn serve(
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let encoded = state.publisher.current();
     let gzip = accepts_gzip(&headers);
-    let mut resp = encoded.body(gzip).into_response();
+    let parts = body::Parts(encoded.parts(gzip).into());
+    let mut resp = axum::body::Body::new(parts).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));

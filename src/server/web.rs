@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use super::web_config::{Fingerprint, WebConfig, WebConfigError};
-use crate::metrics::publish::Publisher;
+use crate::telemetry::Telemetry;
 
 /// Limits of the listener.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ pub struct Web {
     /// are not asked for basic auth as well: their senders cannot all send it.
     own_auth: Vec<String>,
     /// Where the reload gauges are published (none in tests of the listener alone).
-    publisher: Option<Arc<Publisher>>,
+    telemetry: Option<Arc<Telemetry>>,
     /// bcrypt checks running at once: one per core, so a flood of wrong passwords queues instead
     /// of taking every core from the scrapes and the sync.
     checks: Arc<Semaphore>,
@@ -69,7 +69,7 @@ impl Web {
     pub fn load(
         path: Option<PathBuf>,
         own_auth: Vec<String>,
-        publisher: Option<Arc<Publisher>>,
+        telemetry: Option<Arc<Telemetry>>,
     ) -> Result<Arc<Web>, WebConfigError> {
         let (config, print) = match &path {
             Some(p) => {
@@ -83,7 +83,7 @@ impl Web {
             current: ArcSwap::from_pointee(config),
             fingerprint: std::sync::Mutex::new(print),
             own_auth,
-            publisher,
+            telemetry,
             checks: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
@@ -127,14 +127,8 @@ impl Web {
     }
 
     fn count(&self, ok: bool) {
-        if let Some(p) = &self.publisher {
-            let m = &p.exporter;
-            m.web_config_last_reload_successful.set(ok as i64);
-            if ok {
-                let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-                m.web_config_last_reload_success.set(now);
-            }
-            p.refresh();
+        if let Some(t) = &self.telemetry {
+            t.web_config_read(ok);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! one that fails keeps its last good records while the others move on.
 
 pub mod extract;
+pub mod shape;
 pub mod snapshot;
 pub mod traces;
 

@@ -490,7 +490,7 @@ pub fn promtool_check_metrics(scrape: &str) -> (String, Option<i32>) {
 }
 
 /// What a publisher serves now, after `promtool check metrics` accepted it.
-pub fn scrape(publisher: &mlflow_exporter::metrics::publish::Publisher) -> Scrape {
+pub fn scrape(publisher: &mlflow_exporter::exposition::Publisher) -> Scrape {
     let text = String::from_utf8(publisher.current().text().to_vec()).unwrap();
     let (lint, code) = promtool_check_metrics(&text);
     assert_eq!(

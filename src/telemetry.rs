@@ -1,11 +1,16 @@
-//! The exporter's own health: whether the last sync worked, when and how long syncs take, why they
-//! fail, and the latency of its calls to MLflow. Registered once, in one place.
+//! The exporter's own health (`mlflow_up`, `mlflow_exporter_*`): whether the last sync worked, when
+//! and how long syncs take, why they fail, the latency of its calls to MLflow, events, probes and
+//! stores. The one handle services hold: each method is named for what happened and says the
+//! exposition changed, so no service reaches into the encoder.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
+use crate::delivery::Source;
 use crate::error::MlflowError;
 use crate::sync::Mode;
 
@@ -13,26 +18,33 @@ use crate::sync::Mode;
 pub const REVISION: &str = env!("MLFLOW_EXPORTER_BUILD_REVISION");
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[derive(Clone)]
-pub struct ExporterMetrics {
-    pub up: IntGauge,
-    pub last_sync: Gauge,
-    pub sync_duration: GaugeVec,
-    pub sync_errors: IntCounterVec,
-    pub trace_read_errors: IntCounterVec,
-    pub api_latency: HistogramVec,
-    pub snapshot_runs: IntGauge,
-    pub events: IntCounterVec,
-    pub probe_delay: Histogram,
-    pub probe_skipped: IntCounter,
-    pub probe_store_errors: IntCounter,
-    pub counter_store_errors: IntCounter,
-    pub web_config_last_reload_successful: IntGauge,
-    pub web_config_last_reload_success: Gauge,
+/// The exporter's own metrics, their registry, and whether they changed since the last encode.
+pub struct Telemetry {
+    registry: Registry,
+    up: IntGauge,
+    last_sync: Gauge,
+    sync_duration: GaugeVec,
+    sync_errors: IntCounterVec,
+    trace_read_errors: IntCounterVec,
+    api_latency: HistogramVec,
+    snapshot_runs: IntGauge,
+    events: IntCounterVec,
+    probe_delay: Histogram,
+    probe_skipped: IntCounter,
+    probe_store_errors: IntCounter,
+    counter_store_errors: IntCounter,
+    web_config_last_reload_successful: IntGauge,
+    web_config_last_reload_success: Gauge,
+    /// Set by every change, taken by the next encode: events and probe results can arrive far
+    /// faster than anyone scrapes.
+    changed: AtomicBool,
 }
 
-impl ExporterMetrics {
-    pub fn register(r: &Registry) -> prometheus::Result<ExporterMetrics> {
+impl Telemetry {
+    /// Registers every family (at 0 where a board or rule uses it) and the process collector.
+    pub fn new() -> prometheus::Result<Telemetry> {
+        let registry = Registry::new();
+        let r = &registry;
         let up = IntGauge::new(
             "mlflow_up",
             "1 if the last sync cycle with MLflow succeeded, else 0",
@@ -104,7 +116,7 @@ impl ExporterMetrics {
             ),
             &["source", "outcome"],
         )?;
-        for source in crate::delivery::Source::ALL {
+        for source in Source::ALL {
             for outcome in ["recorded", "duplicate", "rejected", "error"] {
                 events
                     .with_label_values(&[source.as_str(), outcome])
@@ -146,7 +158,12 @@ impl ExporterMetrics {
         )?;
         r.register(Box::new(web_config_last_reload_successful.clone()))?;
         r.register(Box::new(web_config_last_reload_success.clone()))?;
-        Ok(ExporterMetrics {
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Telemetry {
+            registry,
             up,
             last_sync,
             sync_duration,
@@ -161,7 +178,33 @@ impl ExporterMetrics {
             counter_store_errors,
             web_config_last_reload_successful,
             web_config_last_reload_success,
+            changed: AtomicBool::new(false),
         })
+    }
+
+    /// Every family as of now, for the encoder.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// Whether something changed since the last [`Telemetry::take_changed`].
+    pub fn pending(&self) -> bool {
+        self.changed.load(Ordering::Acquire)
+    }
+
+    /// Clears the change flag, as an encode begins.
+    pub fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks for a re-encode by the next scrape.
+    pub fn changed(&self) {
+        self.changed.store(true, Ordering::Release);
+    }
+
+    /// The latency histogram of MLflow's API, observed by the client at every attempt.
+    pub fn api_latency(&self) -> HistogramVec {
+        self.api_latency.clone()
     }
 
     pub fn sync_succeeded(&self, mode: Mode, seconds: f64, ended_at_s: f64, runs: usize) {
@@ -204,5 +247,68 @@ impl ExporterMetrics {
                 .with_label_values(&[reason, workspace])
                 .inc_by(0);
         }
+    }
+
+    /// Delivery events from `source` were committed: `recorded` new, `duplicates` already stored.
+    pub fn events_recorded(&self, source: Source, recorded: usize, duplicates: usize) {
+        self.event(source, "recorded", recorded);
+        self.event(source, "duplicate", duplicates);
+    }
+
+    /// `n` delivery events from `source` could not be stored.
+    pub fn events_not_stored(&self, source: Source, n: usize) {
+        self.event(source, "error", n);
+    }
+
+    /// A webhook request from `source` was refused (bad token, body or rate).
+    pub fn event_rejected(&self, source: Source) {
+        self.event(source, "rejected", 1);
+    }
+
+    /// A webhook delivery from `source` was one already taken (a replay).
+    pub fn event_duplicate(&self, source: Source) {
+        self.event(source, "duplicate", 1);
+    }
+
+    fn event(&self, source: Source, outcome: &str, n: usize) {
+        self.events
+            .with_label_values(&[source.as_str(), outcome])
+            .inc_by(n as u64);
+        self.changed();
+    }
+
+    /// A probe started `delay_s` after its time, `skipped` ticks after the last one it ran.
+    pub fn probe_started(&self, delay_s: f64, skipped: u64) {
+        if skipped > 0 {
+            self.probe_skipped.inc_by(skipped);
+        }
+        self.probe_delay.observe(delay_s);
+    }
+
+    /// A probe's result was folded in: its families changed.
+    pub fn probe_recorded(&self) {
+        self.changed();
+    }
+
+    /// An outage change or the probes' totals could not be written.
+    pub fn probe_store_failed(&self) {
+        self.probe_store_errors.inc();
+        self.changed();
+    }
+
+    /// What the counters counted could not be saved.
+    pub fn counter_store_failed(&self) {
+        self.counter_store_errors.inc();
+        self.changed();
+    }
+
+    /// `--web.config.file` was read: `ok` if it is the config now in force.
+    pub fn web_config_read(&self, ok: bool) {
+        self.web_config_last_reload_successful.set(ok as i64);
+        if ok {
+            let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+            self.web_config_last_reload_success.set(now);
+        }
+        self.changed();
     }
 }

@@ -386,12 +386,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let mut stop = shutdown;
-    let limits = Limits {
-        max_connections: settings.web.max_connections,
-        header_timeout: settings.web.read_header_timeout,
-        request_timeout: settings.web.request_timeout,
-        ..Limits::default()
-    };
+    let limits = Limits::new(&settings.web);
     server::serve(listener, state, web, limits, async move {
         let _ = stop.wait_for(|s| *s).await;
     })

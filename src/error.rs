@@ -5,11 +5,22 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-/// A configuration that cannot be used.
+/// A configuration that cannot be used: the key at fault (with the probe it belongs to, for a
+/// probe's; empty when the file as a whole cannot be read) and why, with what to do.
 #[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+#[error("invalid configuration: {}{why}", match key.is_empty() { true => String::new(), false => format!("{key}: ") })]
+pub struct ConfigError {
+    pub key: String,
+    pub why: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            why: why.into(),
+        }
+    }
 }
 
 /// A failed call to MLflow.

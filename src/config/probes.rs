@@ -168,7 +168,7 @@ impl ProbeSettings {
         let mut out: Vec<ProbeSpec> = Vec::with_capacity(self.targets.len());
         for (i, p) in self.targets.iter().enumerate() {
             let key = format!("probes.targets[{i}]");
-            let bad = |why: String| ConfigError::Invalid(format!("{key} ({}): {why}", p.name));
+            let bad = |why: String| ConfigError::new(format!("{key} ({})", p.name), why);
             if p.name.is_empty() {
                 return Err(bad("name is empty".into()));
             }
@@ -233,12 +233,14 @@ impl ProbeSettings {
         };
         defaults
             .check()
-            .map_err(|why| ConfigError::Invalid(format!("probes: {why}")))?;
+            .map_err(|why| ConfigError::new("probes", why))?;
         if self.checkpoint_interval.is_zero() {
-            return Err(ConfigError::Invalid(
-                "probes.checkpoint_interval: must be greater than zero".into(),
+            return Err(ConfigError::new(
+                "probes.checkpoint_interval",
+                "must be greater than zero",
             ));
         }
+        super::check_buckets("probes.duration_buckets", &self.duration_buckets)?;
         self.specs().map(|_| ())
     }
 }
@@ -279,5 +281,98 @@ impl Probe {
             alias: String::new(),
             tls: ProbeTls::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::load;
+
+    #[test]
+    fn a_probe_gets_the_defaults_and_keeps_its_body_as_written() {
+        let s = load(
+            "probes:\n  interval: 10s\n  failures_before_down: 3\n  targets:\n  - name: churn\n    url: http://churn:8080/invocations\n    body: {dataframe_split: {columns: [sepalLength], data: [[1.5]]}}\n    headers: {Authorization: 'Bearer lit-secret-1', X-Key: {env: KEY_VAR}}\n    timeout: 2s\n    model: churn\n    alias: champion\n",
+        )
+        .unwrap();
+        assert!(s.probes.mlflow_health);
+        let specs = s.probes.specs().unwrap();
+        assert_eq!(specs.len(), 1);
+        let p = &specs[0];
+        assert_eq!(p.method, reqwest::Method::POST);
+        assert_eq!(p.interval, Duration::from_secs(10));
+        assert_eq!(p.timeout, Duration::from_secs(2));
+        assert_eq!(p.failures_before_down, 3);
+        // Keys keep their case: a model's column names are case-sensitive.
+        assert_eq!(
+            p.probe.body.as_ref().unwrap().to_string(),
+            r#"{"dataframe_split":{"columns":["sepalLength"],"data":[[1.5]]}}"#
+        );
+        let printed = s.to_redacted_yaml();
+        assert!(!printed.contains("lit-secret-1"), "{printed}");
+        assert!(
+            printed.contains("Authorization: <redacted>") && printed.contains("env: KEY_VAR"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn bad_probes_are_refused_with_the_key_and_the_fix() {
+        let target = |extra: &str| {
+            format!("probes:\n  targets:\n  - name: churn\n    url: http://churn:8080/invocations\n{extra}")
+        };
+        for (yaml, expected) in [
+            (
+                target("    timeout: 20s\n"),
+                "probes.targets[0] (churn): timeout 20s is longer than the interval 15s",
+            ),
+            (
+                target("    failures_before_down: 0\n"),
+                "probes.targets[0] (churn): failures_before_down must be at least 1",
+            ),
+            (
+                target("    method: 'BAD METHOD'\n"),
+                "probes.targets[0] (churn): method \"BAD METHOD\" is not an HTTP method",
+            ),
+            (
+                target("    expect: {json_path: 'predictions'}\n"),
+                "probes.targets[0] (churn): expect.json_path \"predictions\"",
+            ),
+            (
+                target("    expect: {status: [42]}\n"),
+                "probes.targets[0] (churn): expect.status 42 is not an HTTP status",
+            ),
+            (
+                "probes:\n  targets:\n  - {name: mlflow, url: 'http://x/'}\n".into(),
+                "name \"mlflow\" is used twice",
+            ),
+            (
+                "probes:\n  targets:\n  - {name: a, url: 'http://u:pw@x/'}\n".into(),
+                "url holds credentials; send them in a header",
+            ),
+            (
+                "probes:\n  targets:\n  - {name: a, url: 'ftp://x/'}\n".into(),
+                "url \"ftp://x/\" is not an http(s) URL",
+            ),
+            (
+                "probes:\n  timeout: 0s\n".into(),
+                "probes: interval and timeout must be greater than zero",
+            ),
+            (
+                "probes:\n  duration_buckets: [1, 0.5]\n".into(),
+                "probes.duration_buckets: must be a non-empty list",
+            ),
+        ] {
+            let err = load(&yaml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {yaml}"))
+                .to_string();
+            assert!(err.contains(expected), "{yaml}\n→ {err}");
+        }
+        // The built-in probe's name is free when it is off.
+        assert!(load(
+            "probes:\n  mlflow_health: false\n  targets:\n  - {name: mlflow, url: 'http://x/'}\n"
+        )
+        .is_ok());
     }
 }

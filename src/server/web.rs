@@ -38,14 +38,22 @@ pub struct Limits {
     pub reload_every: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+impl Limits {
+    /// The limits `web.*` sets; the web config file is checked every 5 s.
+    pub fn new(s: &crate::config::WebSettings) -> Limits {
         Limits {
-            max_connections: 512,
-            header_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
+            max_connections: s.max_connections,
+            header_timeout: s.read_header_timeout,
+            request_timeout: s.request_timeout,
             reload_every: Duration::from_secs(5),
         }
+    }
+}
+
+impl Default for Limits {
+    /// The defaults of `web.*`.
+    fn default() -> Self {
+        Limits::new(&crate::config::WebSettings::default())
     }
 }
 

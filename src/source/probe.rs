@@ -84,7 +84,7 @@ impl Prober {
     /// Builds a configured probe: header values are read now (from the environment or files).
     pub fn new(spec: &ProbeSpec) -> Result<Prober, ConfigError> {
         let p = &spec.probe;
-        let bad = |why: String| ConfigError::Invalid(format!("probe {:?}: {why}", p.name));
+        let bad = |why: String| ConfigError::new(format!("probe {:?}", p.name), why);
         let mut headers = HeaderMap::new();
         for (name, source) in &p.headers {
             headers.insert(

@@ -141,33 +141,13 @@ impl Prober {
         s: &MlflowSettings,
         timeout: Duration,
     ) -> Result<Prober, crate::error::MlflowError> {
-        let setup = crate::error::MlflowError::Setup;
-        let b = client_builder(timeout).danger_accept_invalid_certs(s.insecure_tls);
-        let files = [s.server_cert_path.as_deref(), s.client_cert_path.as_deref()];
-        let client = http::with_tls_files(b, files[0], files[1])
-            .and_then(|b| http::build(b, &files))
-            .map_err(setup)?;
-        let url = reqwest::Url::parse(&format!(
-            "{}/health",
-            s.tracking_uri.trim().trim_end_matches('/')
-        ))
-        .map_err(|e| setup(format!("MLflow health URL: {e}")))?;
+        let connection = crate::source::mlflow::Connection::new(s)?;
+        let client = connection.client(client_builder(timeout))?;
+        let url = reqwest::Url::parse(&connection.url("health"))
+            .map_err(|e| crate::error::MlflowError::Setup(format!("MLflow health URL: {e}")))?;
         let mut headers = HeaderMap::new();
-        // As the MLflow client: Basic wins over a token.
-        let auth = match (&s.username, &s.password, &s.token) {
-            (Some(user), pw, _) => {
-                use base64::Engine as _;
-                let pair = format!("{user}:{}", pw.as_ref().map(Secret::expose).unwrap_or(""));
-                Some(Secret::new(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                )))
-            }
-            (None, _, Some(t)) => Some(Secret::new(format!("Bearer {}", t.expose()))),
-            _ => None,
-        };
-        if let Some(v) = auth.as_ref().and_then(sensitive) {
-            headers.insert(reqwest::header::AUTHORIZATION, v);
+        if let Some(v) = connection.authorization() {
+            headers.insert(reqwest::header::AUTHORIZATION, v.clone());
         }
         Ok(Prober {
             name: MLFLOW_PROBE.into(),

@@ -9,16 +9,17 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use futures_util::{stream, StreamExt};
 use prometheus::HistogramVec;
-use reqwest::header::{CONNECTION, RETRY_AFTER};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONNECTION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::model::*;
-use crate::config::{MlflowSettings, Secret};
+use super::Connection;
+use crate::config::MlflowSettings;
 use crate::error::MlflowError;
-use crate::source::http::{self, error_chain, is_tls_error};
+use crate::source::http::{error_chain, is_tls_error};
 
 /// Longest `Retry-After` honoured; beyond it the normal backoff applies.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -55,7 +56,8 @@ pub struct MlflowClient {
     api3: String,
     /// The workspace every request names, if any.
     workspace: Option<std::sync::Arc<str>>,
-    auth: Option<Auth>,
+    /// `Authorization`, from the [`Connection`] (sensitive: never printed).
+    authorization: Option<HeaderValue>,
     timeout: Duration,
     max_retries: u32,
     backoff: Duration,
@@ -78,28 +80,20 @@ pub enum RunsQuery<'a> {
 impl MlflowClient {
     /// Builds the client; `latency` receives one observation per HTTP request, labelled by endpoint.
     pub fn new(s: &MlflowSettings, latency: Option<HistogramVec>) -> Result<Self, MlflowError> {
-        let b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(s.timeout)
-            .connect_timeout(s.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("mlflow-exporter/", env!("CARGO_PKG_VERSION")))
-            .danger_accept_invalid_certs(s.insecure_tls);
-        let files = [s.server_cert_path.as_deref(), s.client_cert_path.as_deref()];
-        let http = http::with_tls_files(b, files[0], files[1])
-            .and_then(|b| http::build(b, &files))
-            .map_err(MlflowError::Setup)?;
-        // As in MLflow's client: Basic wins when both a user and a token are set.
-        let auth = match (&s.username, &s.password, &s.token) {
-            (Some(user), pw, _) => Some(Auth::Basic(user.clone(), pw.clone().unwrap_or_default())),
-            (None, _, Some(token)) => Some(Auth::Bearer(token.clone())),
-            _ => None,
-        };
+        let connection = Connection::new(s)?;
+        let http = connection.client(
+            reqwest::Client::builder()
+                .use_rustls_tls()
+                .timeout(s.timeout)
+                .connect_timeout(s.timeout.min(Duration::from_secs(10)))
+                .user_agent(concat!("mlflow-exporter/", env!("CARGO_PKG_VERSION"))),
+        )?;
         Ok(MlflowClient {
             http,
-            api: format!("{}/api/2.0/mlflow/", s.tracking_uri.trim_end_matches('/')),
-            api3: format!("{}/api/3.0/mlflow/", s.tracking_uri.trim_end_matches('/')),
+            api: connection.url("api/2.0/mlflow/"),
+            api3: connection.url("api/3.0/mlflow/"),
             workspace: None,
-            auth,
+            authorization: connection.authorization().cloned(),
             timeout: s.timeout,
             max_retries: s.max_retries,
             backoff: s.retry_backoff,
@@ -641,11 +635,9 @@ impl MlflowClient {
             Request::Get(q) => self.http.request(Method::GET, &url).query(q),
             Request::Post(body) => self.http.request(Method::POST, &url).json(body),
         };
-        builder = match &self.auth {
-            Some(Auth::Basic(user, pw)) => builder.basic_auth(user, Some(pw.expose())),
-            Some(Auth::Bearer(token)) => builder.bearer_auth(token.expose()),
-            None => builder,
-        };
+        if let Some(v) = &self.authorization {
+            builder = builder.header(AUTHORIZATION, v.clone());
+        }
         if fresh || !self.keep_alive {
             builder = builder.header(CONNECTION, "close");
         }
@@ -780,11 +772,6 @@ pub fn experiment_groups(ids: &[String], concurrency: usize) -> Vec<&[String]> {
 
 /// Credentials, sent on every request; reqwest marks the header sensitive so it is never logged.
 #[derive(Clone)]
-enum Auth {
-    Basic(String, Secret),
-    Bearer(Secret),
-}
-
 enum Request {
     Get(Vec<(&'static str, String)>),
     Post(serde_json::Value),

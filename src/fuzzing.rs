@@ -18,7 +18,10 @@ const NOW_MS: i64 = 1_700_000_000_000;
 
 fn extractor() -> &'static Extractor {
     static EX: OnceLock<Extractor> = OnceLock::new();
-    EX.get_or_init(|| Extractor::new(&Settings::default()))
+    EX.get_or_init(|| {
+        let s = Settings::default();
+        Extractor::new(&s, crate::sync::Card::new(&s))
+    })
 }
 
 /// A page of `runs/search` as MLflow answers it: decoded as the client decodes it, then turned into

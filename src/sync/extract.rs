@@ -2,163 +2,12 @@
 //! instance-type tags, the configured extra labels, the matching rate of the rate card, the GPU count
 //! and utilization, the features a run uses and its quality metrics.
 
-use regex::Regex;
+use std::sync::Arc;
 
+use super::card::{Card, Field};
 use super::snapshot::*;
-use crate::config::{CostSettings, ExtraLabel, Feature, Rate, Settings};
+use crate::config::{ExtraLabel, Settings};
 use crate::source::mlflow::model::{Experiment, ModelVersion, Pair, RegisteredModel, Run};
-
-/// Where a rate or label reads its value.
-#[derive(Debug, Clone)]
-enum Field {
-    Tag(String),
-    Param(String),
-}
-
-impl Field {
-    fn of(tag: &Option<String>, param: &Option<String>) -> Field {
-        match (tag, param) {
-            (Some(t), _) => Field::Tag(t.clone()),
-            (None, Some(p)) => Field::Param(p.clone()),
-            // Settings::validate refuses this; an empty tag name matches nothing.
-            (None, None) => Field::Tag(String::new()),
-        }
-    }
-
-    fn read<'a, P: Pair>(&self, tags: &'a [P], params: &'a [P]) -> Option<&'a str> {
-        match self {
-            Field::Tag(k) => tag(tags, k),
-            Field::Param(k) => tag(params, k),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-enum Matcher {
-    Exact(String),
-    Regex(Regex),
-}
-
-#[derive(Debug, Clone)]
-struct CompiledRate {
-    field: Field,
-    matcher: Matcher,
-    hourly_rate: f64,
-    gpus: Option<u32>,
-}
-
-/// The rate card, compiled: first match wins.
-#[derive(Debug, Clone)]
-pub struct RateCard {
-    rates: Vec<CompiledRate>,
-    pub default_hourly_rate: f64,
-}
-
-impl RateCard {
-    pub fn new(cost: &CostSettings) -> RateCard {
-        let rates = cost
-            .rates
-            .iter()
-            .take(usize::from(NO_RATE))
-            .map(|r: &Rate| CompiledRate {
-                field: Field::of(&r.matcher.tag, &r.matcher.param),
-                matcher: match (&r.matcher.value, &r.matcher.regex) {
-                    (_, Some(re)) => Matcher::Regex(
-                        // Settings::validate has compiled it once already.
-                        Regex::new(re).unwrap_or_else(|_| Regex::new("$^").expect("valid")),
-                    ),
-                    (v, None) => Matcher::Exact(v.clone().unwrap_or_default()),
-                },
-                hourly_rate: r.hourly_rate,
-                gpus: r.gpus,
-            })
-            .collect();
-        RateCard {
-            rates,
-            default_hourly_rate: cost.default_hourly_rate,
-        }
-    }
-
-    /// Index of the first rate matching the run's tags and params, or [`NO_RATE`].
-    pub fn find<P: Pair>(&self, tags: &[P], params: &[P]) -> u16 {
-        self.rates
-            .iter()
-            .position(|r| {
-                r.field
-                    .read(tags, params)
-                    .is_some_and(|v| match &r.matcher {
-                        Matcher::Exact(want) => v == want,
-                        Matcher::Regex(re) => re.is_match(v),
-                    })
-            })
-            .map_or(NO_RATE, |i| i as u16)
-    }
-
-    pub fn hourly_rate(&self, rate: u16) -> f64 {
-        self.rates
-            .get(usize::from(rate))
-            .map_or(self.default_hourly_rate, |r| r.hourly_rate)
-    }
-
-    /// GPUs of a run: the rate's own count when it has one, else what the run's system metrics show.
-    pub fn gpus(&self, rate: u16, gpus_logged: u16) -> u32 {
-        self.rates
-            .get(usize::from(rate))
-            .and_then(|r| r.gpus)
-            .unwrap_or(u32::from(gpus_logged))
-    }
-
-    /// Number of rates, for iterating by index.
-    pub fn len(&self) -> usize {
-        self.rates.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rates.is_empty()
-    }
-}
-
-/// A feature's predicate on a run.
-#[derive(Debug, Clone)]
-enum Predicate {
-    Tag {
-        key: String,
-        value: Option<String>,
-    },
-    MetricPrefix(String),
-    Inputs,
-    /// Decided from the registry when metrics are derived, not from the run.
-    Registered,
-    /// Decided from the traces counted (the tally's runs named by a trace), not from the run.
-    Traces,
-}
-
-impl Predicate {
-    fn new(f: &Feature) -> Predicate {
-        match (&f.tag, &f.metric_prefix) {
-            (Some(key), _) => Predicate::Tag {
-                key: key.clone(),
-                value: f.value.clone(),
-            },
-            (None, Some(p)) => Predicate::MetricPrefix(p.clone()),
-            _ if f.inputs => Predicate::Inputs,
-            _ if f.traces => Predicate::Traces,
-            _ => Predicate::Registered,
-        }
-    }
-
-    fn holds(&self, run: &Run) -> bool {
-        match self {
-            Predicate::Tag { key, value } => tag(&run.data.tags, key)
-                .is_some_and(|v| value.as_ref().is_none_or(|want| want == v)),
-            Predicate::MetricPrefix(p) => run.data.metrics.iter().any(|m| {
-                m.key.as_bytes().first() == p.as_bytes().first() && m.key.starts_with(p.as_str())
-            }),
-            Predicate::Inputs => !run.inputs.dataset_inputs.is_empty(),
-            Predicate::Registered | Predicate::Traces => false,
-        }
-    }
-}
 
 /// A page of runs as records, named by a table of the page's own strings.
 #[derive(Debug)]
@@ -190,13 +39,14 @@ pub struct Extractor {
     team_tag: String,
     instance_type_tag: String,
     extra: Vec<Field>,
-    features: Vec<Predicate>,
     quality_keys: Vec<String>,
-    pub rates: RateCard,
+    /// The rate card and feature table, shared with the tally and the derivation: the rate
+    /// index and feature bits recorded here are read back through the same card.
+    pub card: Arc<Card>,
 }
 
 impl Extractor {
-    pub fn new(s: &Settings) -> Extractor {
+    pub fn new(s: &Settings, card: Arc<Card>) -> Extractor {
         Extractor {
             team_tag: s.metrics.team_tag.clone(),
             instance_type_tag: s.cost.instance_type_tag.clone(),
@@ -206,24 +56,14 @@ impl Extractor {
                 .iter()
                 .map(|l: &ExtraLabel| Field::of(&l.tag, &l.param))
                 .collect(),
-            features: s.metrics.features.iter().map(Predicate::new).collect(),
             quality_keys: s
                 .metrics
                 .quality_metrics
                 .iter()
                 .map(|q| q.key.clone())
                 .collect(),
-            rates: RateCard::new(&s.cost),
+            card,
         }
-    }
-
-    /// The bit set of the features a run uses (registry aside).
-    fn features(&self, run: &Run) -> u32 {
-        self.features
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.holds(run))
-            .fold(0, |bits, (i, _)| bits | 1 << i)
     }
 
     /// Latest values of the quality keys, or nothing when the run logged none of them.
@@ -281,8 +121,8 @@ impl Extractor {
             extra,
             quality: self.quality(run),
             gpu_util_pct: gpu_utilization(data.metrics.iter().map(|m| (&*m.key, m.value))),
-            features: self.features(run),
-            rate: self.rates.find(&data.tags, &data.params),
+            features: self.card.features.of(run),
+            rate: self.card.rates.find(&data.tags, &data.params),
             gpus_logged: gpu_count(data.metrics.iter().map(|m| &*m.key)),
             status: RunStatus::parse(&info.status),
             deleted: info.lifecycle_stage == "deleted",
@@ -348,7 +188,7 @@ impl Extractor {
     }
 }
 
-fn tag<'a, P: Pair>(tags: &'a [P], key: &str) -> Option<&'a str> {
+pub(super) fn tag<'a, P: Pair>(tags: &'a [P], key: &str) -> Option<&'a str> {
     tags.iter()
         .find(|kv| key_eq(kv.key(), key))
         .map(|kv| kv.value())
@@ -404,18 +244,7 @@ pub fn gpu_utilization<'a>(metrics: impl Iterator<Item = (&'a str, f64)>) -> f64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RateMatch;
-    use crate::source::mlflow::model::KeyValue;
-
-    fn kv(pairs: &[(&str, &str)]) -> Vec<KeyValue> {
-        pairs
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect()
-    }
+    use crate::config::Feature;
 
     #[test]
     fn gpus_are_counted_per_node_and_index() {
@@ -471,29 +300,37 @@ mod tests {
             value: Some("sklearn".into()),
             ..Feature::default()
         });
-        let ex = Extractor::new(&s);
+        let ex = Extractor::new(&s, Card::new(&s));
         // Defaults: registry (bit 0, never from the run), system_metrics 1, autolog 2, git 3, nested 4,
         // datasets 5, prompts 6, tracing 7 (never from the run), evaluation 8; the one pushed
         // here is 9.
-        assert_eq!(ex.features(&run_with(&[], &[], 0)), 0);
+        assert_eq!(ex.card.features.of(&run_with(&[], &[], 0)), 0);
         assert_eq!(
-            ex.features(&run_with(&[], &["system/cpu_utilization_percentage"], 0)),
+            ex.card
+                .features
+                .of(&run_with(&[], &["system/cpu_utilization_percentage"], 0)),
             1 << 1
         );
         assert_eq!(
-            ex.features(&run_with(&[], &["systems/x", "my/system/y"], 0)),
+            ex.card
+                .features
+                .of(&run_with(&[], &["systems/x", "my/system/y"], 0)),
             0
         );
         assert_eq!(
-            ex.features(&run_with(&[("mlflow.autologging", "pytorch")], &[], 0)),
+            ex.card
+                .features
+                .of(&run_with(&[("mlflow.autologging", "pytorch")], &[], 0)),
             1 << 2
         );
         assert_eq!(
-            ex.features(&run_with(&[("mlflow.autologging", "sklearn")], &[], 0)),
+            ex.card
+                .features
+                .of(&run_with(&[("mlflow.autologging", "sklearn")], &[], 0)),
             1 << 2 | 1 << 9
         );
         assert_eq!(
-            ex.features(&run_with(
+            ex.card.features.of(&run_with(
                 &[
                     ("mlflow.source.git.commit", "abc"),
                     ("mlflow.parentRunId", "p")
@@ -503,21 +340,22 @@ mod tests {
             )),
             1 << 3 | 1 << 4
         );
-        assert_eq!(ex.features(&run_with(&[], &[], 2)), 1 << 5);
+        assert_eq!(ex.card.features.of(&run_with(&[], &[], 2)), 1 << 5);
         let linked = [(
             "mlflow.linkedPrompts",
             r#"[{"name": "qa", "version": "1"}]"#,
         )];
-        assert_eq!(ex.features(&run_with(&linked, &[], 0)), 1 << 6);
+        assert_eq!(ex.card.features.of(&run_with(&linked, &[], 0)), 1 << 6);
         let evaluation = [("mlflow.runType", "genai_evaluate")];
-        assert_eq!(ex.features(&run_with(&evaluation, &[], 0)), 1 << 8);
+        assert_eq!(ex.card.features.of(&run_with(&evaluation, &[], 0)), 1 << 8);
         let other = [("mlflow.runType", "test")];
-        assert_eq!(ex.features(&run_with(&other, &[], 0)), 0);
+        assert_eq!(ex.card.features.of(&run_with(&other, &[], 0)), 0);
     }
 
     #[test]
     fn quality_values_follow_the_configured_keys() {
-        let ex = Extractor::new(&Settings::default());
+        let s = Settings::default();
+        let ex = Extractor::new(&s, Card::new(&s));
         let mut run = run_with(&[], &["f1"], 0);
         run.data.metrics[0].value = 0.8;
         // accuracy, auc, f1, rmse, loss
@@ -527,52 +365,5 @@ mod tests {
         assert_eq!(q[2], 0.8);
         // None of the keys: nothing kept, no allocation.
         assert!(ex.quality(&run_with(&[], &["other"], 0)).is_empty());
-    }
-
-    #[test]
-    fn first_matching_rate_wins_on_tags_or_params() {
-        let rate = |tag: Option<&str>,
-                    param: Option<&str>,
-                    value: Option<&str>,
-                    regex: Option<&str>,
-                    r: f64,
-                    gpus| Rate {
-            matcher: RateMatch {
-                tag: tag.map(Into::into),
-                param: param.map(Into::into),
-                value: value.map(Into::into),
-                regex: regex.map(Into::into),
-            },
-            hourly_rate: r,
-            gpus,
-        };
-        let card = RateCard::new(&CostSettings {
-            default_hourly_rate: 0.1,
-            rates: vec![
-                rate(
-                    Some("instance_type"),
-                    None,
-                    Some("g5.xlarge"),
-                    None,
-                    1.006,
-                    Some(1),
-                ),
-                rate(None, Some("node"), None, Some("^p4d\\."), 32.77, Some(8)),
-                rate(Some("instance_type"), None, None, Some("^g5\\."), 2.0, None),
-            ],
-            ..CostSettings::default()
-        });
-        let none = kv(&[]);
-        assert_eq!(card.find(&kv(&[("instance_type", "g5.xlarge")]), &none), 0);
-        assert_eq!(card.find(&kv(&[("instance_type", "g5.2xlarge")]), &none), 2);
-        assert_eq!(card.find(&none, &kv(&[("node", "p4d.24xlarge")])), 1);
-        // A tag of the param's name does not match a param rule.
-        assert_eq!(card.find(&kv(&[("node", "p4d.24xlarge")]), &none), NO_RATE);
-        assert_eq!(card.hourly_rate(0), 1.006);
-        assert_eq!(card.hourly_rate(NO_RATE), 0.1);
-        assert_eq!(card.gpus(1, 2), 8);
-        // No GPU count in the rate: the run's own system metrics decide.
-        assert_eq!(card.gpus(2, 2), 2);
-        assert_eq!(card.gpus(NO_RATE, 3), 3);
     }
 }

@@ -6,6 +6,7 @@
 //! On a workspace-enabled MLflow 3 each workspace is a part of the cycle of its own (a [`Scope`]):
 //! one that fails keeps its last good records while the others move on.
 
+pub mod card;
 pub mod extract;
 pub mod shape;
 pub mod snapshot;
@@ -20,7 +21,8 @@ use crate::error::MlflowError;
 use crate::source::mlflow::client::RunsQuery;
 use crate::source::mlflow::model::{Experiment, LoggedModelInfo, ModelVersion, RegisteredModel};
 use crate::source::mlflow::MlflowClient;
-pub use extract::{Extractor, PageRecords, RateCard};
+pub use card::{Card, RateCard};
+pub use extract::{Extractor, PageRecords};
 pub use snapshot::Snapshot;
 use snapshot::{
     run_id, ExperimentRecord, Interner, LoggedModelRecord, LoggedStatus, ModelRecord, RunKey,
@@ -136,7 +138,7 @@ impl Syncer {
             workspaces_enabled: false,
             has_server_info: None,
             scopes: Vec::new(),
-            extractor: Arc::new(Extractor::new(settings)),
+            extractor: Arc::new(Extractor::new(settings, Card::new(settings))),
             full_every_ms: settings.mlflow.full_resync_interval.as_millis() as i64,
             overlap_ms: settings.mlflow.sync_overlap.as_millis() as i64,
             registry_every_ms: settings.mlflow.registry_interval.as_millis() as i64,

@@ -1,9 +1,10 @@
 //! The tally's rules on hand-built snapshots: each run counted once, removed runs and moved ends
 //! counted as corrections (once), sticky labels, the series budget, and the store round trip.
 
+use super::budget::{feedback_lines, histogram_lines};
 use super::*;
 use crate::config::Settings;
-use crate::sync::snapshot::{ExperimentRecord, ModelRecord, VersionRecord};
+use crate::sync::snapshot::{ExperimentRecord, ModelRecord, RunStatus, VersionRecord, NO_TIME};
 
 const H: i64 = 3_600_000;
 const NOW: i64 = 1_800_000_000_000;
@@ -226,7 +227,7 @@ fn series_beyond_the_budget_fold_into_other_last_label_first() {
     let run_h = histogram_lines(&settings.metrics.run_duration_buckets);
     let gpu_h = histogram_lines(&settings.metrics.gpu_utilization_buckets);
     let trace_h = histogram_lines(&settings.metrics.trace_duration_buckets);
-    let feedback = crate::tally::feedback_lines(&settings.metrics.feedback_score_buckets);
+    let feedback = feedback_lines(&settings.metrics.feedback_score_buckets);
     // First the series of __other__ alone of every family, which are always made: ended (3),
     // started, six creation counters (logged models, prompts and prompt versions too), traces
     // (2), their tokens (2), cost and durations (2 histograms), judge cost, feedback, LLM calls

@@ -98,7 +98,7 @@ impl Delivery {
         let (old, new) = (&c.bounds, fresh.bounds.clone());
         let re = |h: HistogramAcc, from: &[u64], to: &[u64]| -> Option<HistogramAcc> {
             Some(HistogramAcc {
-                counts: crate::store::tally::rebucket(from, &h.counts, to)?,
+                counts: crate::histogram::rebucket(from, &h.counts, to)?,
                 sum_ms: h.sum_ms,
             })
         };

@@ -18,7 +18,6 @@ use super::{EventStore, StoreError};
 use crate::sync::snapshot::RunKey;
 use crate::tally::traces::Seen;
 use crate::tally::{Key, StoredRun, Tally};
-pub(crate) use series::rebucket;
 use series::{decode, encode};
 
 /// The scope under which `tally_trace_cursors` keeps [`TraceLedger::memory_from`] (a workspace's

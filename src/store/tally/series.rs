@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::histogram::{FloatHistogramAcc, HistogramAcc};
+use crate::histogram::{rebucket, FloatHistogramAcc, HistogramAcc};
 use crate::tally::{names, CostSeries, Key, Tally};
 
 /// The family name the corrections are stored under.
@@ -234,55 +234,10 @@ fn hist_ms(v: &Value, bounds: &[u64]) -> Option<HistogramAcc> {
     })
 }
 
-/// Per-bucket counts over `old` bounds (one more count than bounds) moved onto `new` bounds: each
-/// old bucket's count goes to the first new bucket whose bound is at least the old one (the
-/// overflow bucket to the new overflow bucket). Count and sum stay exact; with other buckets, the
-/// new ones are an upper estimate. `None` when the counts do not fit the bounds.
-pub(crate) fn rebucket<B: PartialOrd + Copy>(
-    old: &[B],
-    counts: &[u64],
-    new: &[B],
-) -> Option<Vec<u64>> {
-    if counts.is_empty() {
-        return Some(Vec::new());
-    }
-    if counts.len() != old.len() + 1 {
-        return None;
-    }
-    if old.len() == new.len() && old.iter().zip(new).all(|(a, b)| a == b) {
-        return Some(counts.to_vec());
-    }
-    let mut out = vec![0; new.len() + 1];
-    for (i, c) in counts.iter().enumerate() {
-        let j = match old.get(i) {
-            Some(bound) => new.partition_point(|b| b < bound),
-            None => new.len(),
-        };
-        out[j] += c;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::connect;
     use super::*;
-
-    #[test]
-    fn reconfigured_buckets_keep_every_observation() {
-        assert_eq!(
-            rebucket(&[1, 10], &[2, 1, 1], &[1, 10]),
-            Some(vec![2, 1, 1])
-        );
-        // 1 → 5, 10 → 10, overflow stays overflow.
-        assert_eq!(
-            rebucket(&[1, 10], &[2, 1, 1], &[5, 10, 20]),
-            Some(vec![2, 1, 0, 1])
-        );
-        assert_eq!(rebucket(&[1, 10], &[2, 1, 1], &[3]), Some(vec![2, 2]));
-        assert_eq!(rebucket(&[1, 10], &[2, 1], &[3]), None);
-        assert_eq!(rebucket::<u64>(&[], &[], &[3]), Some(vec![]));
-    }
 
     /// Rows of a family this version does not count, and corrections of one, are left alone:
     /// the tally still loads.

@@ -22,6 +22,7 @@ use crate::server::{self, AppState};
 use crate::source::mlflow::MlflowClient;
 use crate::store::EventStore;
 use crate::sync::shape::Shape;
+use crate::sync::Card;
 use crate::sync::{CycleReport, Syncer};
 use crate::tally::Tally;
 use crate::telemetry::Telemetry;
@@ -55,8 +56,10 @@ impl Pipeline {
     pub async fn open(settings: &Settings, now_ms: i64) -> Result<Pipeline, crate::Error> {
         let telemetry = Arc::new(Telemetry::new()?);
         let shape = Arc::new(Shape::default());
+        // One rate card and feature table: runs are judged by it and read back through it.
+        let card = Card::new(settings);
         let publisher = Arc::new(Publisher::new(
-            Derivation::new(settings),
+            Derivation::with_card(settings, card.clone()),
             telemetry.clone(),
             shape,
         )?);
@@ -67,7 +70,9 @@ impl Pipeline {
             .compact_before(now_ms - retention_ms, empty_history(settings))
             .await?;
         let delivery = store.load_delivery(empty_history(settings)).await?;
-        let tally = store.load_tally(Tally::new(settings)).await?;
+        let tally = store
+            .load_tally(Tally::with_card(settings, card.clone()))
+            .await?;
         tracing::info!(
             path = %settings.storage.path.display(),
             events = delivery.events,
@@ -76,7 +81,7 @@ impl Pipeline {
             "delivery history and counters loaded"
         );
         Ok(Pipeline {
-            syncer: Syncer::new(client, settings),
+            syncer: Syncer::with_card(client, settings, card),
             recorder: Arc::new(Recorder::new(store, delivery, telemetry.clone(), {
                 let publisher = publisher.clone();
                 Box::new(move |d| publisher.offer_history(d))
@@ -435,5 +440,25 @@ pub async fn sync_loop(
             _ = pipeline.cycle(now_ms) => {}
             _ = shutdown.wait_for(|s| *s) => return pipeline,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run's rate is an index into the card that judged it: the tally and the derivation read it
+    /// through that same card.
+    #[tokio::test]
+    async fn the_sync_the_tally_and_the_derivation_share_one_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::default();
+        s.mlflow.tracking_uri = "http://127.0.0.1:1".into();
+        s.storage.path = dir.path().join("events.db");
+        let p = Pipeline::open(&s, 0).await.unwrap();
+        let card = &p.tally.settings.card;
+        assert!(Arc::ptr_eq(card, &p.publisher.derivation().card));
+        assert!(Arc::ptr_eq(card, p.syncer.card()));
+        p.recorder.store().close().await;
     }
 }

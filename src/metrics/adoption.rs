@@ -266,10 +266,10 @@ pub fn families(
         }
         let mut features = r.features;
         if registered.contains(&key) {
-            features |= d.registered_features;
+            features |= d.card.features.registered;
         }
         if traced.contains(&key) {
-            features |= d.traced_features;
+            features |= d.card.features.traced;
         }
         if let Some(u) = user {
             u.record(r.start_ms, features, windows, now_ms);

@@ -20,6 +20,7 @@ pub mod runs;
 pub mod traces;
 pub mod workspace;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use family::TextFamily;
@@ -27,7 +28,7 @@ use family::TextFamily;
 use crate::config::{DeliverySettings, MetricsSettings, Settings};
 use crate::delivery::Delivery;
 use crate::sync::snapshot::{RunKey, Snapshot};
-use crate::sync::RateCard;
+use crate::sync::Card;
 use crate::tally::Tally;
 use family::Spec;
 
@@ -35,7 +36,9 @@ use family::Spec;
 #[derive(Debug, Clone)]
 pub struct Derivation {
     pub settings: MetricsSettings,
-    pub rates: RateCard,
+    /// The feature table the sync judged runs by: the registry's and the traces' bits are added
+    /// here, where the registry and the traces are known.
+    pub card: Arc<Card>,
     /// `run_duration_buckets` in ms.
     pub bounds_ms: Vec<u64>,
     /// Windows in ms with their label values (`1d`, `7d`, …).
@@ -43,15 +46,16 @@ pub struct Derivation {
     pub currency: String,
     /// `time_to_first_model_buckets` in ms.
     pub ttfm_bounds_ms: Vec<u64>,
-    /// Bits of the features decided by the registry (a version was created from the run).
-    pub registered_features: u32,
-    /// The features of runs traces were made in (`traces: true`).
-    pub traced_features: u32,
     pub delivery: DeliverySettings,
 }
 
 impl Derivation {
+    /// A derivation with a card of its own (tests and tools; the pipeline shares the sync's).
     pub fn new(s: &Settings) -> Derivation {
+        Derivation::with_card(s, Card::new(s))
+    }
+
+    pub fn with_card(s: &Settings, card: Arc<Card>) -> Derivation {
         let m = &s.metrics;
         Derivation {
             bounds_ms: crate::histogram::bounds_ms(&m.run_duration_buckets),
@@ -61,21 +65,9 @@ impl Derivation {
                 .map(|w| (w.as_millis() as i64, window_label(*w)))
                 .collect(),
             settings: m.clone(),
-            rates: RateCard::new(&s.cost),
+            card,
             currency: s.cost.currency.clone(),
             ttfm_bounds_ms: crate::histogram::bounds_ms(&m.time_to_first_model_buckets),
-            registered_features: m
-                .features
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| f.registered)
-                .fold(0, |bits, (i, _)| bits | 1 << i),
-            traced_features: m
-                .features
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| f.traces)
-                .fold(0, |bits, (i, _)| bits | 1 << i),
             delivery: s.delivery.clone(),
         }
     }

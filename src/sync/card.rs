@@ -4,9 +4,9 @@
 //! the derivation read them back through the same [`Card`], shared, so an index is never read
 //! against another card.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use regex::Regex;
 
 use super::extract::tag;

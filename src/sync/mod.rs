@@ -135,14 +135,20 @@ pub struct Syncer {
 }
 
 impl Syncer {
+    /// A syncer with a card of its own (tests and tools; the pipeline shares one card).
     pub fn new(client: MlflowClient, settings: &Settings) -> Syncer {
+        Syncer::with_card(client, settings, Card::new(settings))
+    }
+
+    /// A syncer that judges runs by `card`, the one the tally and the derivation read them with.
+    pub fn with_card(client: MlflowClient, settings: &Settings, card: Arc<Card>) -> Syncer {
         Syncer {
             client,
             selection: settings.mlflow.workspaces.clone(),
             workspaces_enabled: false,
             has_server_info: None,
             scopes: Vec::new(),
-            extractor: Arc::new(Extractor::new(settings, Card::new(settings))),
+            extractor: Arc::new(Extractor::new(settings, card)),
             full_every_ms: settings.mlflow.full_resync_interval.as_millis() as i64,
             overlap_ms: settings.mlflow.sync_overlap.as_millis() as i64,
             registry_every_ms: settings.mlflow.registry_interval.as_millis() as i64,
@@ -179,6 +185,11 @@ impl Syncer {
     /// Changes `mlflow.running_interval` from the next cycle on.
     pub fn set_running_interval(&mut self, every: std::time::Duration) {
         self.running_every_ms = every.as_millis() as i64;
+    }
+
+    /// The rate card and feature table runs are judged by.
+    pub fn card(&self) -> &Arc<Card> {
+        &self.extractor.card
     }
 
     pub fn snapshot(&self) -> &Snapshot {

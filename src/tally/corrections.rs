@@ -21,7 +21,7 @@ impl Tally {
 
     /// A counted run that a full read no longer found: everything it counted is a correction.
     pub(super) fn correct_gone(&mut self, key: RunKey, r: &RunRecord, now_ms: i64) {
-        let run = stored(r, now_ms, &self.settings.rates, true);
+        let run = stored(r, now_ms, &self.settings.card.rates, true);
         self.correct_stored(key, run);
     }
 

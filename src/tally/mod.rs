@@ -26,6 +26,7 @@ mod objects;
 mod runs;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 // foldhash, not SipHash: these maps are hit once per run, and their keys are our own symbols.
 use hashbrown::{HashMap, HashSet};
@@ -33,7 +34,7 @@ use hashbrown::{HashMap, HashSet};
 use crate::config::Settings;
 use crate::histogram::{bounds_ms, FloatHistogramAcc, HistogramAcc};
 use crate::sync::snapshot::{RunKey, RunRecord, Snapshot, Sym};
-use crate::sync::RateCard;
+use crate::sync::Card;
 use labels::{Folds, StickyLabels};
 pub use objects::{first_models, prompt_team, registrations};
 use runs::Ended;
@@ -132,7 +133,9 @@ pub struct TallySettings {
     pub max_series: usize,
     /// Extra labels of the runs families.
     pub extra: usize,
-    pub rates: RateCard,
+    /// The rate card and token rates the sync judged runs by (shared, so a run's rate index is
+    /// read against the card that found it).
+    pub card: Arc<Card>,
     pub run_bounds: Vec<f64>,
     pub run_bounds_ms: Vec<u64>,
     pub gpu_bounds: Vec<f64>,
@@ -147,8 +150,6 @@ pub struct TallySettings {
     pub trace_window: traces::Window,
     /// `metrics.feedback_score_buckets`, for numeric feedback.
     pub score_bounds: Vec<f64>,
-    /// `cost.token_rates`: by model, input and output price per million tokens.
-    pub token_rates: HashMap<Box<str>, (f64, f64)>,
     /// The longest of `metrics.user_windows`: an app's user or session last active before it is
     /// forgotten.
     pub max_window_ms: i64,
@@ -157,12 +158,12 @@ pub struct TallySettings {
 }
 
 impl TallySettings {
-    pub fn new(s: &Settings) -> TallySettings {
+    pub fn new(s: &Settings, card: Arc<Card>) -> TallySettings {
         let m = &s.metrics;
         TallySettings {
             max_series: m.max_series,
             extra: m.extra_labels.len(),
-            rates: RateCard::new(&s.cost),
+            card,
             run_bounds: m.run_duration_buckets.clone(),
             run_bounds_ms: bounds_ms(&m.run_duration_buckets),
             gpu_bounds: m.gpu_utilization_buckets.clone(),
@@ -178,12 +179,6 @@ impl TallySettings {
                 feedback_ms: s.mlflow.feedback_window.as_millis() as i64,
                 rate: !s.cost.token_rates.is_empty(),
             },
-            token_rates: s
-                .cost
-                .token_rates
-                .iter()
-                .map(|r| (r.model.as_str().into(), (r.input, r.output)))
-                .collect(),
             score_bounds: m.feedback_score_buckets.clone(),
             max_window_ms: m
                 .user_windows
@@ -349,7 +344,13 @@ struct Deltas {
 type Named<V> = BTreeMap<Key, (u64, V)>;
 
 impl Tally {
+    /// A tally with a card of its own (tests and tools; the pipeline shares the sync's).
     pub fn new(settings: &Settings) -> Tally {
+        Tally::with_card(settings, Card::new(settings))
+    }
+
+    /// A tally that reads rates through `card`, the one the sync judged the runs by.
+    pub fn with_card(settings: &Settings, card: Arc<Card>) -> Tally {
         let extra = settings
             .metrics
             .extra_labels
@@ -357,7 +358,7 @@ impl Tally {
             .map(|l| l.name.clone())
             .collect();
         Tally {
-            settings: TallySettings::new(settings),
+            settings: TallySettings::new(settings, card),
             labels: StickyLabels::new(settings.metrics.max_label_values, extra),
             ended: Series::new(),
             durations: Series::new(),
@@ -460,7 +461,7 @@ impl Tally {
             self.trace_state.count_rated(
                 rated,
                 |id| strings.intern(id),
-                &self.settings.token_rates,
+                &self.settings.card.token_rates,
                 &mut deltas.traces,
                 &mut self.unsaved.traces,
             );

@@ -89,7 +89,7 @@ impl Tally {
         report: &mut CountReport,
     ) -> HashSet<RunKey> {
         use bits::*;
-        let rates = &self.settings.rates;
+        let rates = &self.settings.card.rates;
         let bounds = &self.settings.run_bounds_ms;
         let gpu_bounds = &self.settings.gpu_bounds;
         let mut claimed = HashSet::new();

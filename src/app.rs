@@ -117,7 +117,6 @@ impl Pipeline {
             Err(e) => {
                 self.telemetry.sync_failed(&e);
                 self.publisher.refresh();
-                tracing::warn!(reason = e.reason(), error = %e, "sync with MLflow failed; serving the last good snapshot");
                 return Err(e);
             }
         };
@@ -129,7 +128,6 @@ impl Pipeline {
         }
         for (workspace, e) in &report.failed {
             self.telemetry.workspace_sync_failed(workspace, e);
-            tracing::warn!(workspace = %workspace, reason = e.reason(), error = %e, "sync of a workspace failed; it keeps its last good figures, the others go on");
         }
         if self.syncer.is_mlflow3() {
             let scopes: Vec<&str> = match self.syncer.workspaces_enabled() {
@@ -144,7 +142,6 @@ impl Pipeline {
         for (workspace, e) in &report.traces_failed {
             let workspace = workspace.as_deref().unwrap_or("");
             self.telemetry.trace_read_failed(workspace, e);
-            tracing::warn!(workspace, reason = e.reason(), error = %e, "reading MLflow's traces failed; the next cycle reads them again from the same point");
         }
         let phase = std::time::Instant::now();
         self.record_changes(now_ms).await;
@@ -255,8 +252,7 @@ impl Pipeline {
         match self.recorder.store().save_tally(&mut self.tally).await {
             Ok(rows) => tracing::debug!(rows, runs = report.runs, "counters saved"),
             Err(e) => {
-                self.telemetry.counter_store_failed();
-                tracing::error!(error = %e, "cannot save the counters to the event store; kept in memory, retried at the next cycle");
+                self.telemetry.counter_store_failed(&e);
             }
         }
         publisher.publish_families(&families, &delivery);

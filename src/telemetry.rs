@@ -1,7 +1,8 @@
 //! The exporter's own health (`mlflow_up`, `mlflow_exporter_*`): whether the last sync worked, when
 //! and how long syncs take, why they fail, the latency of its calls to MLflow, events, probes and
-//! stores. The one handle services hold: each method is named for what happened and says the
-//! exposition changed, so no service reaches into the encoder.
+//! stores. The one handle services hold: each method is named for what happened, writes the log
+//! line of a failure with its counter (so a counted failure is always logged, and the other way
+//! round), and says the exposition changed, so no service reaches into the encoder.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,6 +13,7 @@ use prometheus::{
 
 use crate::delivery::Source;
 use crate::error::MlflowError;
+use crate::store::StoreError;
 use crate::sync::Mode;
 
 /// Revision baked in by build.rs (`git rev-parse`), or `unknown`.
@@ -217,6 +219,7 @@ impl Telemetry {
     }
 
     pub fn sync_failed(&self, err: &MlflowError) {
+        tracing::warn!(reason = err.reason(), error = %err, "sync with MLflow failed; serving the last good snapshot");
         self.up.set(0);
         self.sync_errors
             .with_label_values(&[err.reason(), ""])
@@ -225,6 +228,7 @@ impl Telemetry {
 
     /// A workspace's part of a cycle failed; the others went on, so `mlflow_up` stays as it is.
     pub fn workspace_sync_failed(&self, workspace: &str, err: &MlflowError) {
+        tracing::warn!(workspace, reason = err.reason(), error = %err, "sync of a workspace failed; it keeps its last good figures, the others go on");
         self.sync_errors
             .with_label_values(&[err.reason(), workspace])
             .inc();
@@ -232,6 +236,7 @@ impl Telemetry {
 
     /// A read of a scope's traces failed (`workspace` empty without workspaces).
     pub fn trace_read_failed(&self, workspace: &str, err: &MlflowError) {
+        tracing::warn!(workspace, reason = err.reason(), error = %err, "reading MLflow's traces failed; the next cycle reads them again from the same point");
         self.trace_read_errors
             .with_label_values(&[err.reason(), workspace])
             .inc();
@@ -256,7 +261,8 @@ impl Telemetry {
     }
 
     /// `n` delivery events from `source` could not be stored.
-    pub fn events_not_stored(&self, source: Source, n: usize) {
+    pub fn events_not_stored(&self, source: Source, n: usize, err: &StoreError) {
+        tracing::error!(source = source.as_str(), error = %err, events = n, "cannot store delivery events");
         self.event(source, "error", n);
     }
 
@@ -290,14 +296,23 @@ impl Telemetry {
         self.changed();
     }
 
-    /// An outage change or the probes' totals could not be written.
-    pub fn probe_store_failed(&self) {
+    /// The probes' totals could not be saved at a checkpoint.
+    pub fn probe_totals_not_saved(&self, err: &StoreError) {
+        tracing::warn!(error = %err, "cannot save the probes' totals; will retry at the next checkpoint");
+        self.probe_store_errors.inc();
+        self.changed();
+    }
+
+    /// A probe's outage opening or closing could not be stored.
+    pub fn outage_not_stored(&self, probe: &str, err: &StoreError) {
+        tracing::error!(probe, error = %err, "cannot store the outage change; the totals are saved at the next checkpoint");
         self.probe_store_errors.inc();
         self.changed();
     }
 
     /// What the counters counted could not be saved.
-    pub fn counter_store_failed(&self) {
+    pub fn counter_store_failed(&self, err: &StoreError) {
+        tracing::error!(error = %err, "cannot save the counters to the event store; kept in memory, retried at the next cycle");
         self.counter_store_errors.inc();
         self.changed();
     }

@@ -57,8 +57,7 @@ impl Recorder {
         let added = match self.store.append(&events, now_ms).await {
             Ok(added) => added,
             Err(e) => {
-                self.telemetry.events_not_stored(source, events.len());
-                tracing::error!(source = source.as_str(), error = %e, events = events.len(), "cannot store delivery events");
+                self.telemetry.events_not_stored(source, events.len(), &e);
                 return Err(e);
             }
         };

@@ -216,8 +216,7 @@ async fn checkpoints(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         if let Err(e) = store.save_probe_totals(&all_totals(&book)).await {
-            telemetry.probe_store_failed();
-            tracing::warn!(error = %e, "cannot save the probes' totals; will retry at the next checkpoint");
+            telemetry.probe_totals_not_saved(&e);
         }
     }
 }
@@ -273,8 +272,7 @@ async fn run_probe(
             .record_outage(&record.name, change, reason, &totals)
             .await
         {
-            telemetry.probe_store_failed();
-            tracing::error!(probe = %record.name, error = %e, "cannot store the outage change; the totals are saved at the next checkpoint");
+            telemetry.outage_not_stored(&record.name, &e);
         }
     }
 }

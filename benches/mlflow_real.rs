@@ -5,11 +5,11 @@
 //! Prints markdown rows with targets, met or not. `cargo bench --bench mlflow_real`
 //! (`MLFLOW_REAL_RUNS=5000` for a quick check).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod floor;
 mod heap;
 mod procfs;
+#[path = "../tests/support/mod.rs"]
+mod support;
 use procfs::{cpu_seconds, stat_fields};
 mod rt;
 
@@ -21,10 +21,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, now_ms, project_dir, venv_bin, MlflowServer};
 use heap::{mib_of, LIVE, PEAK};
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::Settings;
+use support::http::{free_port, http_get};
+use support::mlflow::MlflowServer;
+use support::{now_ms, project_dir, venv_bin};
 
 #[global_allocator]
 static ALLOC: heap::Counting = heap::Counting;

@@ -3,13 +3,17 @@
 //! version no sync has seen yet (read from MLflow); forged, stale and replayed deliveries are
 //! refused and recorded nowhere.
 
-mod common;
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use mlflow_exporter::source::mlflow_webhook::sign;
+use support::exporter::ExporterProcess;
+use support::http::{http_post, wait_until};
+use support::mlflow::MlflowServer;
+use support::scrape::to_labels;
+use support::{now_ms, venv_bin, write_file};
 
 const SECRET: &str = "whsec-Tg4-never-print";
 

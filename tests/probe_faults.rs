@@ -4,7 +4,7 @@
 //! sent; and the exporter must never show a probe header's secret in its log, its metrics or
 //! `check-config`.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, now_ms, run_exporter, write_file, ExporterProcess, Scrape};
 use mlflow_exporter::config::probes::{HeaderSource, Probe, ProbeSettings};
 use mlflow_exporter::config::Secret;
 use mlflow_exporter::source::probe::{Outcome, Prober, Reason};
@@ -21,6 +20,10 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use serde_json::json;
+use support::exporter::{run_exporter, ExporterProcess};
+use support::http::{free_port, http_get};
+use support::scrape::Scrape;
+use support::{now_ms, write_file};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -393,7 +396,7 @@ struct Ca {
 impl Ca {
     fn new(name: &str) -> Ca {
         Ca {
-            issuer: common::tls::ca(name),
+            issuer: support::tls::ca(name),
         }
     }
 

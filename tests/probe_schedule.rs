@@ -1,7 +1,7 @@
 //! Probes run on their own schedules: an endpoint that never answers in time does not delay a fast
 //! one, and nothing is skipped; results reach `/metrics` without waiting for a sync.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,7 @@ async fn a_slow_endpoint_never_delays_another() {
     let _ = stop.send(true);
     probes.stop().await;
 
-    let s = common::scrape(&publisher);
+    let s = support::scrape::scrape(&publisher);
     let fast = [("probe", "fast"), ("model", ""), ("alias", "")];
     let slow = [("probe", "slow"), ("model", ""), ("alias", "")];
     // Ticks at 0, 100, …, 2 000 ms: 21 probes, each answered, none skipped or late by a tick.

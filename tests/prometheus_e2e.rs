@@ -4,14 +4,17 @@
 //! recording rule must return data, and stopping MLflow must make `MLflowDown` fire once its `for`
 //! has passed. Again on a workspace-enabled MLflow 3, the workspace variable set to `default`.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::prometheus::Prometheus;
-use common::*;
 use serde_json::Value;
+use support::exporter::{example_config, ExporterProcess};
+use support::http::{free_port, http_post, wait_until};
+use support::mlflow::MlflowServer;
+use support::prometheus::Prometheus;
+use support::{now_ms, project_dir, stop_group, venv_bin, write_file};
 
 /// Grafana's built-in variables, and what they stand for in an instant query.
 const BUILTIN: &[(&str, &str)] = &[

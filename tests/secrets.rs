@@ -3,13 +3,13 @@
 //! reach MLflow, refuses wrong credentials on every receiver, and serves metrics; its log, its
 //! metrics, `check-config` and its error messages are then searched for each secret.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{
-    free_port, http_get, http_post, run_exporter, wait_until, write_file, ExporterProcess,
-};
+use support::exporter::{run_exporter, ExporterProcess};
+use support::http::{free_port, http_get, http_post, wait_until};
+use support::write_file;
 
 const MLFLOW_PASSWORD: &str = "mlflow-pw-Qe7-never";
 const MLFLOW_TOKEN: &str = "mlflow-token-Hb2-never";
@@ -109,7 +109,10 @@ fn no_secret_reaches_the_log_the_metrics_check_config_or_an_error() {
         &[
             ("Authorization", &format!("Bearer {MLFLOW_RECEIVER_TOKEN}")),
             ("X-MLflow-Delivery-Id", "d-1"),
-            ("X-MLflow-Timestamp", &(common::now_ms() / 1000).to_string()),
+            (
+                "X-MLflow-Timestamp",
+                &(support::now_ms() / 1000).to_string(),
+            ),
             ("X-MLflow-Signature", "v1,AAAA"),
         ],
         b"{}",

@@ -3,14 +3,16 @@
 //! receiver answers 503 so the sender retries, counts each as an error, loses nothing it
 //! acknowledged, and records again once the disk has space or has been repaired.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, http_get, http_post, stored_events, wait_until, ExporterProcess, Scrape};
+use support::exporter::{stored_events, ExporterProcess};
+use support::http::{free_port, http_get, http_post, wait_until};
+use support::scrape::Scrape;
 
 const TOKEN: &str = "store-faults-token";
 
@@ -49,7 +51,7 @@ impl Drop for Tmpfs {
 fn post(addr: &str, id: &str) -> (u16, String) {
     let body = serde_json::json!({
         "type": "incident_opened", "model": "m", "id": id, "severity": "s",
-        "at": common::now_ms() / 1000,
+        "at": support::now_ms() / 1000,
     });
     let r = http_post(
         addr,

@@ -7,8 +7,12 @@ use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
 use serde_json::{json, Value};
 
-mod common;
-use common::{example_config, http_post, now_ms, scrape, MlflowServer, Scrape};
+mod support;
+use support::exporter::example_config;
+use support::http::http_post;
+use support::mlflow::MlflowServer;
+use support::now_ms;
+use support::scrape::{scrape, Scrape};
 
 /// The SDK's part: a chat turn of an app in `genai-chat` for each (user, session) of `turns` (an
 /// LLM span of gpt-4o with 10 input and 22 output tokens each), and on the first call one turn
@@ -129,7 +133,7 @@ fn start_trace(server: &MlflowServer, experiment_id: &str, state: &str, start_ms
 
 fn experiment_id(server: &MlflowServer, name: &str) -> String {
     let addr = server.url.trim_start_matches("http://");
-    let r = common::http_get(
+    let r = support::http::http_get(
         addr,
         &format!("/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}"),
         &[],
@@ -671,7 +675,7 @@ mlflow.set_experiment("genai-rated")
             "cost:\n",
             "cost:\n  token_rates:\n    - {model: house-llm-7b, input: 1.0, output: 4.0}\n    - {model: gpt-4o, input: 100.0, output: 100.0}\n",
         );
-    let config = common::write_file(dir.path(), "config.yaml", &config);
+    let config = support::write_file(dir.path(), "config.yaml", &config);
     let env = [("MLFLOW_TRACKING_URI".to_string(), server.url.clone())].into();
     let flags = FlagOverrides {
         storage_path: Some(dir.path().join("events.db").display().to_string()),

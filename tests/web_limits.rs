@@ -2,13 +2,14 @@
 //! more connections than allowed, a body trickled a byte at a time, and a webhook flood. Each is
 //! cut off within its bound, and the exporter keeps answering the others.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, http_post, wait_until, ExporterProcess};
+use support::exporter::ExporterProcess;
+use support::http::{free_port, http_get, http_post, wait_until};
 
 const TOKEN: &str = "events-token-for-limits";
 

@@ -3,16 +3,19 @@
 //! fails. The file is re-read when it changes, a bad one keeps the last good config, and a bad one
 //! at start-up stops the exporter with the reason. promtool accepts the files used here.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::prometheus::Prometheus;
-use common::tls::{Ca, Leaf};
-use common::{free_port, run_exporter, wait_until, write_file, ExporterProcess, Scrape};
 use rcgen::ExtendedKeyUsagePurpose;
+use support::exporter::{run_exporter, ExporterProcess};
+use support::http::{free_port, wait_until};
+use support::prometheus::Prometheus;
+use support::scrape::Scrape;
+use support::tls::{Ca, Leaf};
+use support::write_file;
 
 const USER: &str = "prometheus";
 const PASSWORD: &str = "scrape-secret-7f3a";
@@ -187,7 +190,9 @@ fn prometheus_scrapes_over_mutual_tls_with_basic_auth_and_others_are_refused() {
         assert!(e.is_connect() || e.is_request(), "{who:?}: {e:?}");
     }
     // Plain HTTP on the TLS port gets nothing either.
-    assert!(common::http_get(&exporter.addr, "/metrics", &[]).map_or(true, |r| r.status != 200));
+    assert!(
+        support::http::http_get(&exporter.addr, "/metrics", &[]).map_or(true, |r| r.status != 200)
+    );
 
     // A real Prometheus: one job with everything right, one without credentials, one with the
     // intruder's certificate.
@@ -347,7 +352,7 @@ fn the_deploy_example_passes_promtool_and_serves_https_with_its_password() {
     std::fs::copy(pki.path("server-key.pem"), dir.path().join("tls.key")).unwrap();
     let web = dir.path().join("web-config.yml");
     std::fs::copy(
-        common::project_dir().join("deploy/web-config.example.yml"),
+        support::project_dir().join("deploy/web-config.example.yml"),
         &web,
     )
     .unwrap();

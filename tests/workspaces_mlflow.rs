@@ -10,8 +10,12 @@ use mlflow_exporter::source::mlflow::MlflowClient;
 use mlflow_exporter::sync::Mode;
 use serde_json::{json, Value};
 
-mod common;
-use common::{example_config, http_post, now_ms, scrape, MlflowServer, Scrape};
+mod support;
+use support::exporter::example_config;
+use support::http::http_post;
+use support::mlflow::MlflowServer;
+use support::now_ms;
+use support::scrape::{scrape, Scrape};
 
 /// One REST call to MLflow in `workspace`; its JSON answer, with its status.
 fn rest(server: &MlflowServer, workspace: &str, path: &str, body: Value) -> (u16, Value) {
@@ -353,7 +357,7 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
     );
     seed(&mlflow, "default", "exp", &["alice"], t);
     let exp_b = seed(&mlflow, "team-b", "exp", &["bob"], t);
-    let config = common::write_file(
+    let config = support::write_file(
         mlflow.dir.path(),
         "exporter.yaml",
         &format!(
@@ -362,7 +366,7 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
             mlflow.url
         ),
     );
-    let mut exporter = common::ExporterProcess::start(
+    let mut exporter = support::exporter::ExporterProcess::start(
         mlflow.dir.path(),
         &[
             "--config.file",
@@ -413,9 +417,10 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
         &format!("{api}/registered-models/alias"),
         json!({"name": "churn", "alias": "champion", "version": "2"}),
     );
-    let target =
-        |w| common::to_labels(&[("workspace", w), ("model", "churn"), ("alias", "champion")]);
-    common::wait_until(
+    let target = |w| {
+        support::scrape::to_labels(&[("workspace", w), ("model", "churn"), ("alias", "champion")])
+    };
+    support::http::wait_until(
         std::time::Duration::from_secs(30),
         "team-b's deployment in /metrics",
         || {
@@ -434,14 +439,14 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
         ("model", "churn"),
         ("alias", "champion"),
     ];
-    common::wait_until(
+    support::http::wait_until(
         std::time::Duration::from_secs(20),
         "the probe of team-b's churn",
         || {
             exporter
                 .scrape()
                 .family("mlflow_probe_success")
-                .get(&common::to_labels(&probed))
+                .get(&support::scrape::to_labels(&probed))
                 == Some(&1.0)
         },
     );
@@ -490,12 +495,12 @@ fn a_webhook_from_a_second_workspace_lands_in_its_own_workspace() {
         &format!("{api}/registered-models/alias"),
         json!({"name": "qa", "alias": "champion", "version": "1"}),
     );
-    let prompt = common::to_labels(&[
+    let prompt = support::scrape::to_labels(&[
         ("workspace", "team-b"),
         ("prompt", "qa"),
         ("alias", "champion"),
     ]);
-    common::wait_until(
+    support::http::wait_until(
         std::time::Duration::from_secs(30),
         "team-b's prompt deployment in /metrics",
         || {
@@ -704,7 +709,7 @@ async fn prompts_and_their_alias_moves_are_counted_apart_from_models() {
     });
     let t2 = t1 + 60_000;
     pipeline.cycle(t2).await.unwrap();
-    let check = |s: &common::Scrape| {
+    let check = |s: &support::scrape::Scrape| {
         assert_eq!(s.get("mlflow_prompt_deployments_total", &qa), 2.0);
         assert_eq!(s.get("mlflow_prompt_rollbacks_total", &qa), 1.0);
         assert_eq!(s.get("mlflow_prompt_rollbacks_total", &sum), 0.0);

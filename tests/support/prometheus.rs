@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, http_get, stop_group};
+use super::http::{free_port, http_get};
+use super::stop_group;
 
 pub struct Prometheus {
     pub addr: String,

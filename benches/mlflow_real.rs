@@ -8,6 +8,8 @@
 mod floor;
 mod heap;
 mod procfs;
+// The bench starts MLflow with the tests' helpers; it needs only a few of them.
+#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 use procfs::{cpu_seconds, stat_fields};
@@ -309,7 +311,7 @@ fn main() {
     // Two workers: one per core, so the exporter's concurrent searches are each answered by a worker
     // of their own (one worker would serialise them; more would only contend for the two cores).
     let server = MlflowServer::start_on(dir, 2, &[]);
-    let pgrp = server.pid();
+    let pgrp = server.child.id();
     eprintln!("MLflow at {} (process group {pgrp})", server.url);
 
     let mut settings = Settings::default();

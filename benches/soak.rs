@@ -4,6 +4,8 @@
 //! and events sent against events stored.
 
 mod procfs;
+// The soak drives MLflow and the exporter with the tests' helpers; it needs only some of them.
+#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -5,6 +5,8 @@
 //! kept wherever an experiment or a model is (MLflow 3 workspaces), and unit tests that make every
 //! alert fire and stay quiet and pin every recording rule's value.
 
+// Only the project's path of the tests' support is used here.
+#[allow(dead_code)]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

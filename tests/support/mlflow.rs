@@ -15,7 +15,8 @@ pub struct MlflowServer {
     pub url: String,
     pub addr: String,
     pub dir: tempfile::TempDir,
-    child: Child,
+    /// The `mlflow server` process, leader of the process group its workers run in.
+    pub child: Child,
     /// The virtualenv it runs from; its Python seeds it.
     venv: PathBuf,
 }
@@ -143,11 +144,6 @@ impl MlflowServer {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mlflow.log")).unwrap_or_default()
-    }
-
-    /// The `mlflow server` process, leader of the process group its workers run in.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Runs `script` with the MLflow SDK against this server, warnings silenced and traces

@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests and the benches that drive real processes, one module
 //! for each kind; here, the project's paths and virtualenv, and process groups. Every service binds
 //! 127.0.0.1 on a free port and is stopped when its handle drops.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! A real Prometheus (the Debian package's binary) for tests: scrapes given targets every second,
 //! evaluates given rule files every second, and answers PromQL over its HTTP API.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -132,10 +132,6 @@ impl Prometheus {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
     }
 }
 

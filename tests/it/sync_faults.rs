@@ -3,16 +3,14 @@
 //! derived figure as it was, say so with `mlflow_up 0`, an unchanged last-sync time and one count of
 //! the right reason; and the next good cycle must recover by itself.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::mock_mlflow::*;
+use crate::support::now_ms;
+use crate::support::scrape::{assert_family, scrape, Scrape};
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::Settings;
 use serde_json::json;
-use support::mock_mlflow::*;
-use support::now_ms;
-use support::scrape::{assert_family, scrape, Scrape};
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

@@ -4,16 +4,15 @@
 //! `mlflow_exporter_series` says so, and a later cycle with new runs, values and models stays
 //! within it without lowering a counter.
 
-mod support;
-#[path = "../benches/install/mod.rs"]
+#[path = "../../benches/install/mod.rs"]
 mod synthetic;
 
 use std::collections::BTreeMap;
 
+use crate::support::scrape::{assert_counters_kept, Scrape};
 use mlflow_exporter::app::count_and_derive;
 use mlflow_exporter::config::Settings;
 use mlflow_exporter::sync::snapshot::{RunRecord, RunStatus};
-use support::scrape::{assert_counters_kept, Scrape};
 
 const H: i64 = 3_600_000;
 

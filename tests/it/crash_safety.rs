@@ -2,8 +2,6 @@
 //! and the exporter is SIGKILLed, or sent SIGTERM (it must then exit cleanly); after a restart on the
 //! same store every acknowledged event is there exactly once and is counted.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -12,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::exporter::{stored_events, ExporterProcess};
-use support::http::{free_port, http_get, http_post, wait_until, HttpResponse};
-use support::scrape::{to_labels, Scrape};
-use support::{now_ms, stop_group, write_file};
+use crate::support::exporter::{stored_events, ExporterProcess};
+use crate::support::http::{free_port, http_get, http_post, wait_until, HttpResponse};
+use crate::support::scrape::{to_labels, Scrape};
+use crate::support::{now_ms, stop_group, write_file};
 
 const TOKEN: &str = "ci-token-crash-K3v";
 const THREADS: usize = 8;

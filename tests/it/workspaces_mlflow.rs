@@ -10,12 +10,12 @@ use mlflow_exporter::source::mlflow::MlflowClient;
 use mlflow_exporter::sync::Mode;
 use serde_json::{json, Value};
 
-mod support;
-use support::exporter::example_config;
-use support::http::http_post;
-use support::mlflow::MlflowServer;
-use support::now_ms;
-use support::scrape::{scrape, Scrape};
+use crate::support;
+use crate::support::exporter::example_config;
+use crate::support::http::http_post;
+use crate::support::mlflow::MlflowServer;
+use crate::support::now_ms;
+use crate::support::scrape::{scrape, Scrape};
 
 /// One REST call to MLflow in `workspace`; its JSON answer, with its status.
 fn rest(server: &MlflowServer, workspace: &str, path: &str, body: Value) -> (u16, Value) {

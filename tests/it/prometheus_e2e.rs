@@ -4,17 +4,15 @@
 //! recording rule must return data, and stopping MLflow must make `MLflowDown` fire once its `for`
 //! has passed. Again on a workspace-enabled MLflow 3, the workspace variable set to `default`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::exporter::{example_config, ExporterProcess};
+use crate::support::http::{free_port, http_post, wait_until};
+use crate::support::mlflow::MlflowServer;
+use crate::support::prometheus::Prometheus;
+use crate::support::{now_ms, project_dir, stop_group, venv_bin, write_file};
 use serde_json::Value;
-use support::exporter::{example_config, ExporterProcess};
-use support::http::{free_port, http_post, wait_until};
-use support::mlflow::MlflowServer;
-use support::prometheus::Prometheus;
-use support::{now_ms, project_dir, stop_group, venv_bin, write_file};
 
 /// Grafana's built-in variables, and what they stand for in an instant query.
 const BUILTIN: &[(&str, &str)] = &[

@@ -2,15 +2,13 @@
 //! resolved alert through the exporter's webhook (incident counted, recovery timed exactly), and
 //! CI/CD events are taken or refused (token, size, bad JSON) with nothing recorded when refused.
 
-mod support;
-
 use std::time::Duration;
 
-use support::alertmanager::Alertmanager;
-use support::exporter::{stored_events, ExporterProcess};
-use support::http::{free_port, http_get, http_post, wait_until};
-use support::scrape::to_labels;
-use support::{now_ms, write_file};
+use crate::support::alertmanager::Alertmanager;
+use crate::support::exporter::{stored_events, ExporterProcess};
+use crate::support::http::{free_port, http_get, http_post, wait_until};
+use crate::support::scrape::to_labels;
+use crate::support::{now_ms, write_file};
 
 const AM_TOKEN: &str = "am-token-Q7x";
 const CI_TOKEN: &str = "ci-token-W2k";

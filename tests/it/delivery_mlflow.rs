@@ -1,19 +1,17 @@
 //! Delivery end to end against a real MLflow: tests/fixtures/registry.py moves serving aliases and the
 //! Production stage between cycles; exact figures after each, a restart on the same store, the audit.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::exporter::example_config;
+use crate::support::mlflow::MlflowServer;
+use crate::support::scrape::{assert_family, scrape, to_labels, Labels, Scrape};
+use crate::support::{now_ms, project_dir, venv_bin};
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
 use serde_json::{json, Value};
-use support::exporter::example_config;
-use support::mlflow::MlflowServer;
-use support::scrape::{assert_family, scrape, to_labels, Labels, Scrape};
-use support::{now_ms, project_dir, venv_bin};
 
 const MIN: i64 = 60_000;
 const H: i64 = 60 * MIN;

@@ -3,17 +3,15 @@
 //! version no sync has seen yet (read from MLflow); forged, stale and replayed deliveries are
 //! refused and recorded nowhere.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::exporter::ExporterProcess;
+use crate::support::http::{http_post, wait_until};
+use crate::support::mlflow::MlflowServer;
+use crate::support::scrape::to_labels;
+use crate::support::{now_ms, venv_bin, write_file};
 use mlflow_exporter::source::mlflow_webhook::sign;
-use support::exporter::ExporterProcess;
-use support::http::{http_post, wait_until};
-use support::mlflow::MlflowServer;
-use support::scrape::to_labels;
-use support::{now_ms, venv_bin, write_file};
 
 const SECRET: &str = "whsec-Tg4-never-print";
 

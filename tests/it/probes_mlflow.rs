@@ -6,17 +6,15 @@
 //! store and in `/metrics`, and both survive a restart of the exporter. The header's value never
 //! shows, in the debug log or in `/metrics`.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::exporter::ExporterProcess;
-use support::http::{http_post, wait_until};
-use support::mlflow::{log_pyfunc_model, MlflowServer, ModelServer};
-use support::scrape::{to_labels, Scrape};
-use support::{now_ms, write_file};
+use crate::support::exporter::ExporterProcess;
+use crate::support::http::{http_post, wait_until};
+use crate::support::mlflow::{log_pyfunc_model, MlflowServer, ModelServer};
+use crate::support::scrape::{to_labels, Scrape};
+use crate::support::{now_ms, write_file};
 
 const MODEL: &str = "churn-model";
 const ALIAS: &str = "champion";

@@ -3,19 +3,18 @@
 //! fails. The file is re-read when it changes, a bad one keeps the last good config, and a bad one
 //! at start-up stops the exporter with the reason. promtool accepts the files used here.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support;
+use crate::support::exporter::{run_exporter, ExporterProcess};
+use crate::support::http::{free_port, wait_until};
+use crate::support::prometheus::Prometheus;
+use crate::support::scrape::Scrape;
+use crate::support::tls::{Ca, Leaf};
+use crate::support::write_file;
 use rcgen::ExtendedKeyUsagePurpose;
-use support::exporter::{run_exporter, ExporterProcess};
-use support::http::{free_port, wait_until};
-use support::prometheus::Prometheus;
-use support::scrape::Scrape;
-use support::tls::{Ca, Leaf};
-use support::write_file;
 
 const USER: &str = "prometheus";
 const PASSWORD: &str = "scrape-secret-7f3a";

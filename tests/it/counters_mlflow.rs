@@ -4,19 +4,17 @@
 //! counter or histogram series and remove none; what MLflow no longer shows is counted as a
 //! correction, once.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::exporter::{example_config, ExporterProcess};
+use crate::support::http::{http_post, wait_until};
+use crate::support::mlflow::MlflowServer;
+use crate::support::scrape::{assert_counters_kept, process_counter, scrape, Scrape};
+use crate::support::{now_ms, project_dir, venv_bin};
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
 use mlflow_exporter::sync::Mode;
-use support::exporter::{example_config, ExporterProcess};
-use support::http::{http_post, wait_until};
-use support::mlflow::MlflowServer;
-use support::scrape::{assert_counters_kept, process_counter, scrape, Scrape};
-use support::{now_ms, project_dir, venv_bin};
 
 const MIN: i64 = 60_000;
 

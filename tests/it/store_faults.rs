@@ -3,16 +3,15 @@
 //! receiver answers 503 so the sender retries, counts each as an error, loses nothing it
 //! acknowledged, and records again once the disk has space or has been repaired.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::exporter::{stored_events, ExporterProcess};
-use support::http::{free_port, http_get, http_post, wait_until};
-use support::scrape::Scrape;
+use crate::support;
+use crate::support::exporter::{stored_events, ExporterProcess};
+use crate::support::http::{free_port, http_get, http_post, wait_until};
+use crate::support::scrape::Scrape;
 
 const TOKEN: &str = "store-faults-token";
 

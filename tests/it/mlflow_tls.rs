@@ -1,17 +1,15 @@
 //! TLS tests of the MLflow client against a small HTTPS server on 127.0.0.1 with rcgen certificates:
 //! a custom CA bundle, untrusted and insecure modes, mutual TLS, and unusable certificate files.
 
-mod support;
-
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::tls::{Ca, Leaf};
 use mlflow_exporter::config::Settings;
 use mlflow_exporter::error::MlflowError;
 use mlflow_exporter::source::mlflow::MlflowClient;
 use rcgen::ExtendedKeyUsagePurpose;
-use support::tls::{Ca, Leaf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};

@@ -4,14 +4,17 @@
 //! sent; and the exporter must never show a probe header's secret in its log, its metrics or
 //! `check-config`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::exporter::{run_exporter, ExporterProcess};
+use crate::support::http::{free_port, http_get};
+use crate::support::scrape::Scrape;
+use crate::support::{now_ms, write_file};
 use mlflow_exporter::config::probes::{HeaderSource, Probe, ProbeSettings};
 use mlflow_exporter::config::Secret;
 use mlflow_exporter::source::probe::{Outcome, Prober, Reason};
@@ -20,10 +23,6 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use serde_json::json;
-use support::exporter::{run_exporter, ExporterProcess};
-use support::http::{free_port, http_get};
-use support::scrape::Scrape;
-use support::{now_ms, write_file};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};

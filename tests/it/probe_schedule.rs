@@ -1,11 +1,10 @@
 //! Probes run on their own schedules: an endpoint that never answers in time does not delay a fast
 //! one, and nothing is skipped; results reach `/metrics` without waiting for a sync.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support;
 use mlflow_exporter::config::probes::Probe;
 use mlflow_exporter::config::Settings;
 use mlflow_exporter::exposition::Publisher;

@@ -2,16 +2,14 @@
 //! metric's exact value after the first (full) sync, then after one incremental cycle that sees new
 //! runs, an ended run, a new version and a moved alias. Expected values are worked out by hand there.
 
-mod support;
-
+use crate::support::exporter::example_config;
+use crate::support::mlflow::MlflowServer;
+use crate::support::now_ms;
+use crate::support::scrape::{assert_family, scrape, Scrape};
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
 use mlflow_exporter::sync::snapshot::run_key;
 use mlflow_exporter::sync::Mode;
-use support::exporter::example_config;
-use support::mlflow::MlflowServer;
-use support::now_ms;
-use support::scrape::{assert_family, scrape, Scrape};
 
 const MIN: i64 = 60_000;
 

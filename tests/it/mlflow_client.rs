@@ -15,8 +15,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{body_partial_json, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-mod support;
-use support::mock_mlflow::*;
+use crate::support::mock_mlflow::*;
 
 /// Settings pointing at `uri`, with fast retries and a generous timeout.
 fn settings(uri: &str) -> Settings {

@@ -2,17 +2,15 @@
 //! the HTTP endpoints, a scrape that `promtool check metrics` accepts, MLflow going away (last good
 //! snapshot served, `mlflow_up 0`), graceful exit on SIGTERM, and no secret in any output.
 
-mod support;
-
 use std::io::Read;
 use std::process::Command;
 use std::time::Duration;
 
-use support::exporter::{example_config, run_exporter, ExporterProcess};
-use support::http::{free_port, http_get, wait_until};
-use support::mlflow::MlflowServer;
-use support::scrape::{promtool_check_metrics, Scrape};
-use support::{now_ms, write_file};
+use crate::support::exporter::{example_config, run_exporter, ExporterProcess};
+use crate::support::http::{free_port, http_get, wait_until};
+use crate::support::mlflow::MlflowServer;
+use crate::support::scrape::{promtool_check_metrics, Scrape};
+use crate::support::{now_ms, write_file};
 
 const PASSWORD: &str = "pw-Zq8-never-print";
 const TOKEN: &str = "tok-Xv3-never-print";

@@ -3,13 +3,12 @@
 //! reach MLflow, refuses wrong credentials on every receiver, and serves metrics; its log, its
 //! metrics, `check-config` and its error messages are then searched for each secret.
 
-mod support;
-
 use std::time::Duration;
 
-use support::exporter::{run_exporter, ExporterProcess};
-use support::http::{free_port, http_get, http_post, wait_until};
-use support::write_file;
+use crate::support;
+use crate::support::exporter::{run_exporter, ExporterProcess};
+use crate::support::http::{free_port, http_get, http_post, wait_until};
+use crate::support::write_file;
 
 const MLFLOW_PASSWORD: &str = "mlflow-pw-Qe7-never";
 const MLFLOW_TOKEN: &str = "mlflow-token-Hb2-never";

@@ -2,14 +2,12 @@
 //! more connections than allowed, a body trickled a byte at a time, and a webhook flood. Each is
 //! cut off within its bound, and the exporter keeps answering the others.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::exporter::ExporterProcess;
-use support::http::{free_port, http_get, http_post, wait_until};
+use crate::support::exporter::ExporterProcess;
+use crate::support::http::{free_port, http_get, http_post, wait_until};
 
 const TOKEN: &str = "events-token-for-limits";
 

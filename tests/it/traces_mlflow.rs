@@ -7,12 +7,12 @@ use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::{FlagOverrides, Settings};
 use serde_json::{json, Value};
 
-mod support;
-use support::exporter::example_config;
-use support::http::http_post;
-use support::mlflow::MlflowServer;
-use support::now_ms;
-use support::scrape::{scrape, Scrape};
+use crate::support;
+use crate::support::exporter::example_config;
+use crate::support::http::http_post;
+use crate::support::mlflow::MlflowServer;
+use crate::support::now_ms;
+use crate::support::scrape::{scrape, Scrape};
 
 /// The SDK's part: a chat turn of an app in `genai-chat` for each (user, session) of `turns` (an
 /// LLM span of gpt-4o with 10 input and 22 output tokens each), and on the first call one turn

@@ -20,37 +20,21 @@
 //! What stays unchecked here: that the images exist and build (no Docker engine), and that a cluster
 //! with prometheus-operator accepts the objects (no cluster).
 
-use serde_yaml_ng::{Mapping, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use serde_yaml_ng::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::{project_dir, venv_bin};
+
 // --- helpers ---------------------------------------------------------------------------------------
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn k8s_dir() -> PathBuf {
-    root().join("deploy/kubernetes")
+    project_dir().join("deploy/kubernetes")
 }
 
 fn compose_dir() -> PathBuf {
-    root().join("deploy/compose")
-}
-
-/// A program of the virtualenv that scripts/setup.sh fills (or `MLFLOW_EXPORTER_TEST_VENV`).
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("MLFLOW_EXPORTER_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv"));
-    let bin = venv.join("bin").join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/test, whose scripts/setup.sh installs it into .venv (or set MLFLOW_EXPORTER_TEST_VENV)",
-        bin.display()
-    );
-    bin
+    project_dir().join("deploy/compose")
 }
 
 /// A program of a Debian package that scripts/test installs.
@@ -181,7 +165,7 @@ fn cargo_version() -> String {
 
 /// `MLFLOW_VERSION` of scripts/setup.sh: the MLflow the tests run against.
 fn setup_mlflow_version() -> String {
-    let src = read(&root().join("scripts/setup.sh"));
+    let src = read(&project_dir().join("scripts/setup.sh"));
     let line = src
         .lines()
         .find(|l| l.starts_with("MLFLOW_VERSION="))
@@ -227,218 +211,9 @@ fn check_config(args: &[String], env: &BTreeMap<String, String>) -> Value {
 
 // --- kustomize ---------------------------------------------------------------------------------------
 
-/// `kubectl kustomize` or `kustomize build`, where installed.
-fn kustomize_command(dir: &Path) -> Option<Command> {
-    let works = |prog: &str, args: &[&str]| {
-        Command::new(prog)
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if works("kubectl", &["kustomize", "--help"]) {
-        let mut c = Command::new("kubectl");
-        c.arg("kustomize").arg(dir);
-        Some(c)
-    } else if works("kustomize", &["version"]) {
-        let mut c = Command::new("kustomize");
-        c.arg("build").arg(dir);
-        Some(c)
-    } else {
-        None
-    }
-}
+mod kustomize;
 
-fn render_with_kustomize(dir: &Path) -> Option<Vec<Value>> {
-    let mut cmd = kustomize_command(dir)?;
-    let out = run(&mut cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(yaml_docs(
-        &String::from_utf8_lossy(&out.stdout),
-        "kustomize's output",
-    ))
-}
-
-/// The kustomization in `dir`, rendered: kustomize itself where installed, else [`render_fallback`].
-fn render(dir: &Path) -> Vec<Value> {
-    render_with_kustomize(dir).unwrap_or_else(|| render_fallback(dir))
-}
-
-/// A renderer of what deploy/kubernetes uses of kustomize, and nothing else (anything else panics):
-/// `resources` (files and directories), `configMapGenerator` with `files` (no hash suffix),
-/// `namespace`, and `patches` that delete an object (`$patch: delete`) or are JSON 6902 patches of a
-/// target. `fallback_renderer_agrees_with_kustomize` keeps it honest where kustomize is installed.
-fn render_fallback(dir: &Path) -> Vec<Value> {
-    let k = read_yaml(&dir.join("kustomization.yaml"));
-    let known: BTreeSet<String> = [
-        "apiVersion",
-        "kind",
-        "namespace",
-        "resources",
-        "configMapGenerator",
-        "patches",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    let unknown: Vec<_> = keys(&k).difference(&known).cloned().collect();
-    assert!(
-        unknown.is_empty(),
-        "{}: the fallback renderer does not know {unknown:?}; extend it or render with kubectl",
-        dir.display()
-    );
-    let mut objects = Vec::new();
-    for r in seq(&k, &["resources"]) {
-        let path = dir.join(r.as_str().expect("resource path"));
-        if path.is_dir() {
-            objects.extend(render_fallback(&path));
-        } else {
-            objects.extend(yaml_docs(&read(&path), &path.display().to_string()));
-        }
-    }
-    for g in seq(&k, &["configMapGenerator"]) {
-        assert_eq!(
-            keys(g),
-            ["files", "name"].into_iter().map(String::from).collect(),
-            "configMapGenerator"
-        );
-        let mut data = Mapping::new();
-        for f in seq(g, &["files"]) {
-            let f = f.as_str().unwrap();
-            let (key, file) = f
-                .split_once('=')
-                .unwrap_or((f.rsplit('/').next().unwrap(), f));
-            data.insert(key.into(), read(&dir.join(file)).into());
-        }
-        let mut cm = Mapping::new();
-        cm.insert("apiVersion".into(), "v1".into());
-        cm.insert("kind".into(), "ConfigMap".into());
-        let mut meta = Mapping::new();
-        meta.insert("name".into(), at(g, &["name"]).clone());
-        cm.insert("metadata".into(), meta.into());
-        cm.insert("data".into(), data.into());
-        objects.push(cm.into());
-    }
-    for p in seq(&k, &["patches"]) {
-        if let Some(path) = at(p, &["path"]).as_str() {
-            let patch = read_yaml(&dir.join(path));
-            assert_eq!(
-                s(&patch, &["$patch"]),
-                "delete",
-                "{path}: only $patch: delete is supported"
-            );
-            let before = objects.len();
-            objects.retain(|o| {
-                !(s(o, &["kind"]) == s(&patch, &["kind"])
-                    && s(o, &["metadata", "name"]) == s(&patch, &["metadata", "name"]))
-            });
-            assert_eq!(objects.len() + 1, before, "{path} deletes one object");
-        } else {
-            let (kind, name) = (s(p, &["target", "kind"]), s(p, &["target", "name"]));
-            let ops = yaml(s(p, &["patch"]), "a JSON 6902 patch");
-            let mut hits = 0;
-            for o in objects.iter_mut() {
-                if s(o, &["kind"]) == kind && s(o, &["metadata", "name"]) == name {
-                    json_patch(o, &ops);
-                    hits += 1;
-                }
-            }
-            assert_eq!(hits, 1, "patch target {kind}/{name}");
-        }
-    }
-    if let Some(ns) = at(&k, &["namespace"]).as_str() {
-        for o in objects.iter_mut() {
-            o["metadata"]
-                .as_mapping_mut()
-                .expect("metadata")
-                .insert("namespace".into(), ns.into());
-        }
-    }
-    objects
-}
-
-/// JSON 6902 `add`, `replace` and `remove`.
-fn json_patch(doc: &mut Value, ops: &Value) {
-    for op in ops.as_sequence().expect("a list of operations") {
-        let path: Vec<String> = s(op, &["path"])
-            .split('/')
-            .skip(1)
-            .map(|p| p.replace("~1", "/").replace("~0", "~"))
-            .collect();
-        let (last, parents) = path.split_last().expect("a path");
-        let mut parent = &mut *doc;
-        for p in parents {
-            parent = match parent {
-                Value::Mapping(m) => m.get_mut(p.as_str()),
-                Value::Sequence(sq) => p.parse::<usize>().ok().and_then(|i| sq.get_mut(i)),
-                _ => None,
-            }
-            .unwrap_or_else(|| panic!("patch path {path:?}: no {p}"));
-        }
-        let value = at(op, &["value"]).clone();
-        match (s(op, &["op"]), parent) {
-            ("add", Value::Sequence(sq)) if last == "-" => sq.push(value),
-            ("add", Value::Sequence(sq)) => sq.insert(last.parse().unwrap(), value),
-            ("add", Value::Mapping(m)) => {
-                m.insert(last.as_str().into(), value);
-            }
-            ("replace", Value::Mapping(m)) if m.contains_key(last.as_str()) => {
-                m.insert(last.as_str().into(), value);
-            }
-            ("replace", Value::Sequence(sq)) => sq[last.parse::<usize>().unwrap()] = value,
-            ("remove", Value::Mapping(m)) => {
-                m.remove(last.as_str()).expect("remove an existing key");
-            }
-            ("remove", Value::Sequence(sq)) => {
-                sq.remove(last.parse().unwrap());
-            }
-            (op, _) => panic!("unsupported JSON patch operation {op} at {path:?}"),
-        }
-    }
-}
-
-/// Objects by `Kind/name`, with the hash suffix of generated ConfigMaps cut from their names and
-/// from every reference to them.
-fn by_kind_name(objects: &[Value]) -> BTreeMap<String, Value> {
-    let mut renames = HashMap::new();
-    for o in objects {
-        let name = s(o, &["metadata", "name"]);
-        if s(o, &["kind"]) == "ConfigMap" {
-            if let Some((base, hash)) = name.rsplit_once('-') {
-                if hash.len() == 10 && hash.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    renames.insert(name.to_string(), base.to_string());
-                }
-            }
-        }
-    }
-    fn rename(v: &mut Value, renames: &HashMap<String, String>) {
-        match v {
-            Value::String(s) => {
-                if let Some(n) = renames.get(s.as_str()) {
-                    *s = n.clone();
-                }
-            }
-            Value::Sequence(sq) => sq.iter_mut().for_each(|v| rename(v, renames)),
-            Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| rename(v, renames)),
-            _ => {}
-        }
-    }
-    objects
-        .iter()
-        .map(|o| {
-            let mut o = o.clone();
-            rename(&mut o, &renames);
-            (
-                format!("{}/{}", s(&o, &["kind"]), s(&o, &["metadata", "name"])),
-                o,
-            )
-        })
-        .collect()
-}
+use kustomize::{by_kind_name, render, render_fallback, render_with_kustomize};
 
 const OVERLAYS: [&str; 2] = ["base", "sidecar"];
 
@@ -1097,7 +872,7 @@ fn service_servicemonitor_and_networkpolicy_agree_with_the_pod() {
 // --- the PrometheusRule ------------------------------------------------------------------------------
 
 fn rules_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/prometheus/rules"))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(project_dir().join("deploy/prometheus/rules"))
         .expect("deploy/prometheus/rules")
         .map(|e| e.unwrap().path())
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
@@ -1206,7 +981,7 @@ fn prometheusrule_is_generated_from_the_rules_files() {
 // --- Alertmanager ------------------------------------------------------------------------------------
 
 fn alertmanager_yml() -> PathBuf {
-    root().join("deploy/alertmanager/alertmanager.yml")
+    project_dir().join("deploy/alertmanager/alertmanager.yml")
 }
 
 fn routes_for(labels: &[&str]) -> BTreeSet<String> {
@@ -1421,7 +1196,7 @@ fn compose_mounts_exist_and_volumes_are_declared() {
     assert!(context.join(s(build, &["dockerfile"])).is_file());
     assert_eq!(
         context.canonicalize().unwrap(),
-        root().canonicalize().unwrap()
+        project_dir().canonicalize().unwrap()
     );
     assert_eq!(
         s(c.service("mlflow-exporter"), &["image"]),
@@ -1617,7 +1392,7 @@ struct Dockerfile {
 }
 
 fn dockerfile() -> Dockerfile {
-    let src = read(&root().join("Dockerfile"));
+    let src = read(&project_dir().join("Dockerfile"));
     let mut lines = Vec::new();
     let mut cur = String::new();
     for line in src.lines() {
@@ -1663,7 +1438,7 @@ fn hadolint(dockerfile: &Path, cwd: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn dockerfile_passes_hadolint() {
     // Every rule, every level: findings are fixed or ignored in .hadolint.yaml with a reason.
-    let findings = hadolint(&root().join("Dockerfile"), &root());
+    let findings = hadolint(&project_dir().join("Dockerfile"), &project_dir());
     assert!(findings.is_empty(), "hadolint: {findings:#?}");
     // And hadolint does report what it should (it is not a silent no-op).
     let dir = tempfile::tempdir().unwrap();
@@ -1725,7 +1500,7 @@ fn dockerfile_builds_a_small_non_root_image_without_a_shell() {
         .strip_prefix("rust:")
         .and_then(|t| t.split('-').next())
         .expect("a rust image");
-    let msrv = read(&root().join("Cargo.toml"))
+    let msrv = read(&project_dir().join("Cargo.toml"))
         .lines()
         .find_map(|l| {
             l.strip_prefix("rust-version = ")
@@ -1742,7 +1517,7 @@ fn dockerfile_builds_a_small_non_root_image_without_a_shell() {
 #[test]
 fn dockerfile_build_context_holds_what_cargo_needs() {
     let df = dockerfile();
-    let ignored: Vec<String> = read(&root().join(".dockerignore"))
+    let ignored: Vec<String> = read(&project_dir().join(".dockerignore"))
         .lines()
         .map(|l| l.trim().trim_matches('/').to_string())
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -1760,7 +1535,7 @@ fn dockerfile_build_context_holds_what_cargo_needs() {
             .collect();
         let (dest, srcs) = parts.split_last().unwrap();
         for src in srcs {
-            let from = root().join(src);
+            let from = project_dir().join(src);
             assert!(from.exists(), "COPY {src}: no such file");
             assert!(
                 !ignored.iter().any(|i| i == src),
@@ -1778,7 +1553,7 @@ fn dockerfile_build_context_holds_what_cargo_needs() {
     // ... including the directory sqlx's migrate! embeds at compile time ...
     let re = regex::Regex::new(r#"migrate!\(\s*"([^"]+)"\s*\)"#).unwrap();
     let mut embedded = BTreeSet::new();
-    walk(&root().join("src"), &mut |p| {
+    walk(&project_dir().join("src"), &mut |p| {
         for cap in re.captures_iter(&read(p)) {
             embedded.insert(cap[1].trim_start_matches("./").to_string());
         }

@@ -5,22 +5,18 @@
 //! kept wherever an experiment or a model is (MLflow 3 workspaces), and unit tests that make every
 //! alert fire and stay quiet and pin every recording rule's value.
 
-// Only the project's path of the tests' support is used here.
-#[allow(dead_code)]
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::project_dir;
 use mlflow_exporter::config::Settings;
 use mlflow_exporter::exposition::Publisher;
 use mlflow_exporter::metrics::{delivery, probes, specs, workspace, Derivation};
 use mlflow_exporter::sync::Mode;
 use regex::Regex;
 use serde_yaml_ng::Value;
-use support::project_dir;
 
 const RUNBOOKS: &str =
     "https://github.com/mlflow-exporter/mlflow-exporter/blob/main/docs/runbooks.md";

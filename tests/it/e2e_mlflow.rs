@@ -704,9 +704,9 @@ fn north_star(s: &Scrape, server: &MlflowServer, t: i64, phase: Phase) {
         ("git", [2.0, 2.0, 2.0]),
         ("nested_runs", [2.0, 2.0, 2.0]),
         ("datasets", [1.0, 1.0, 1.0]),
-        // This history loads no prompt (tests/workspaces_mlflow.rs does).
+        // This history loads no prompt (tests/it/workspaces_mlflow.rs does).
         ("prompts", [0.0, 0.0, 0.0]),
-        // Nor a GenAI evaluation or a trace (tests/traces_mlflow.rs has them).
+        // Nor a GenAI evaluation or a trace (tests/it/traces_mlflow.rs has them).
         ("tracing", [0.0, 0.0, 0.0]),
         ("evaluation", [0.0, 0.0, 0.0]),
     ];

@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: a Rust toolchain compiles the exporter; the final image holds the binary and
 # the C runtime it links against (distroless cc: glibc, libgcc, CA certificates), runs as a non-root
-# user and has no shell. tests/deploy.rs lints this file with hadolint and checks that the build
-# context it copies is complete.
+# user and has no shell. tests/lint/deploy.rs lints this file with hadolint and checks that the
+# build context it copies is complete.
 #   docker build -t mlflow-exporter:0.1.0 --build-arg REVISION="$(git rev-parse --short=12 HEAD)" .
 
 # Debian 12 (bookworm) in both stages: the binary links against the glibc of the final image.

@@ -5,11 +5,13 @@
 //! Prints markdown rows with targets, met or not. `cargo bench --bench mlflow_real`
 //! (`MLFLOW_REAL_RUNS=5000` for a quick check).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod floor;
 mod heap;
 mod procfs;
+// The bench starts MLflow with the tests' helpers; it needs only a few of them.
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
 use procfs::{cpu_seconds, stat_fields};
 mod rt;
 
@@ -21,10 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, now_ms, project_dir, venv_bin, MlflowServer};
 use heap::{mib_of, LIVE, PEAK};
 use mlflow_exporter::app::Pipeline;
 use mlflow_exporter::config::Settings;
+use support::http::{free_port, http_get};
+use support::mlflow::MlflowServer;
+use support::{now_ms, project_dir, venv_bin};
 
 #[global_allocator]
 static ALLOC: heap::Counting = heap::Counting;
@@ -307,7 +311,7 @@ fn main() {
     // Two workers: one per core, so the exporter's concurrent searches are each answered by a worker
     // of their own (one worker would serialise them; more would only contend for the two cores).
     let server = MlflowServer::start_on(dir, 2, &[]);
-    let pgrp = server.pid();
+    let pgrp = server.child.id();
     eprintln!("MLflow at {} (process group {pgrp})", server.url);
 
     let mut settings = Settings::default();

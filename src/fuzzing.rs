@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets (`fuzz/`, run by `scripts/fuzz`) and of their regression tests
-//! (`tests/fuzz_regressions.rs`): each hands arbitrary bytes to a parser that the network or a user
+//! (`tests/it/fuzz_regressions.rs`): each hands arbitrary bytes to a parser that the network or a user
 //! reaches, the way the exporter does. Any input may be refused; none may panic.
 
 use std::collections::HashMap;
@@ -106,7 +106,7 @@ pub fn web_config(data: &[u8]) {
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
 
-/// Every target by name, for `tests/fuzz_regressions.rs`.
+/// Every target by name, for `tests/it/fuzz_regressions.rs`.
 pub const TARGETS: &[(&str, Target)] = &[
     ("runs_page", runs_page),
     ("mlflow_webhook", mlflow_webhook),

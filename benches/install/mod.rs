@@ -1,6 +1,7 @@
-//! A synthetic large install for the series budget (benches/derive.rs and tests/series_budget.rs):
-//! runs, experiments, teams, instance types and a registry shaped like the real-MLflow bench's store
-//! (benches/baseline/load_mlflow.py), and a month of delivery history on it, from a fixed seed.
+//! A synthetic large install for the series budget (benches/derive.rs and
+//! tests/it/series_budget.rs): runs, experiments, teams, instance types and a registry shaped like
+//! the real-MLflow bench's store (benches/baseline/load_mlflow.py), and a month of delivery history
+//! on it, from a fixed seed.
 
 use mlflow_exporter::sync::snapshot::*;
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes base/prometheusrule.yaml, the prometheus-operator PrometheusRule whose spec.groups are the
 # groups of every rules file in deploy/prometheus/rules/ (in file name order), unchanged.
-# Run it after changing a rules file; tests/deploy.rs fails while the two disagree.
+# Run it after changing a rules file; tests/lint/deploy.rs fails while the two disagree.
 #   deploy/kubernetes/gen-prometheusrule.sh [OUTPUT]   (default: deploy/kubernetes/base/prometheusrule.yaml)
 # Needs Python 3 with PyYAML (the project's .venv has it: scripts/setup.sh).
 set -euo pipefail

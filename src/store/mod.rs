@@ -48,7 +48,7 @@ impl EventStore {
             .journal_mode(SqliteJournalMode::Wal)
             // An event is acknowledged only once it is on the disk. NORMAL survives a crash of the
             // process, but a disk the kernel turns read-only after an error (or a power loss) drops
-            // the commits still in the page cache: tests/store_faults.rs lost the whole store so.
+            // the commits still in the page cache: tests/it/store_faults.rs lost the whole store so.
             // FULL syncs the WAL at each commit (~0.2 ms here; the receivers' rate fell from
             // 4 400–5 000 to 2 400 events/s, as the recorder commits one request at a time).
             .synchronous(SqliteSynchronous::Full)
